@@ -1,0 +1,14 @@
+//! mcc: the ahead-of-time model compiler.
+//!
+//! Stages, one module each: `gguf` (parse and validate the file), `describe` (llama
+//! config, tensor roles and tokenizer from the metadata), `plan` (kernel and blob layout
+//! per tensor), `emit` (the generated crate's sources) and `build` (cargo, progress, the
+//! final binary). `inspect` and `synth` are tools over the same stages.
+
+pub mod build;
+pub mod describe;
+pub mod emit;
+pub mod gguf;
+pub mod inspect;
+pub mod plan;
+pub mod synth;

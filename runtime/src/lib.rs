@@ -1,0 +1,13 @@
+//! mcc-runtime: everything a compiled model needs that does not depend on the model.
+//!
+//! The generated crate owns the specifics (shapes, tensor types, offsets, call order);
+//! this crate owns the generic machinery: quantized kernels, forward-pass ops, the
+//! thread pool, tokenizer, sampler and the command line of the emitted binary.
+//! Nothing here may look up a tensor's type at run time: callers are monomorphised.
+
+pub mod matmul;
+pub mod ops;
+pub mod pool;
+pub mod quant;
+pub mod sampler;
+pub mod tokenizer;

@@ -1,0 +1,34 @@
+//! F32: plain IEEE single floats, one "block" per weight (32 bits per weight).
+//! Dotted with f32 activations, as ggml does.
+
+use super::{ActType, WeightType};
+
+#[derive(Clone, Copy, Debug, Default)]
+#[allow(non_camel_case_types)]
+pub struct F32;
+
+impl ActType for F32 {
+    const NAME: &'static str = "F32";
+    const BLOCK_ELEMS: usize = 1;
+    type Block = f32;
+
+    fn quantize_ref(x: &[f32], out: &mut [f32]) {
+        out.copy_from_slice(x);
+    }
+}
+
+impl WeightType for F32 {
+    const NAME: &'static str = "F32";
+    const GGML_ID: u32 = 0;
+    const BLOCK_ELEMS: usize = 1;
+    type Block = f32;
+    type Act = F32;
+
+    fn dequantize_ref(blocks: &[f32], out: &mut [f32]) {
+        out.copy_from_slice(blocks);
+    }
+
+    fn vec_dot_ref(row: &[f32], act: &[f32]) -> f32 {
+        row.iter().zip(act).map(|(w, a)| w * a).sum()
+    }
+}

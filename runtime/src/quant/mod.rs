@@ -1,0 +1,81 @@
+//! Quantized tensor formats: one file per ggml type.
+//!
+//! Each format file holds the `#[repr(C)]` block struct with its size asserted, a doc
+//! comment with layout, formula and bits per weight, the scalar reference
+//! `dequantize_ref` / `vec_dot_ref`, and the `WeightType` impl. SIMD versions live in
+//! the ISA modules (`x86_avx2`, `aarch64_neon`) under the same function names and are
+//! chosen at compile time with `cfg(target_feature)`; the scalar code is the fallback.
+//!
+//! Activations are quantized once per matmul input into the format the weight type
+//! pairs with (`WeightType::Act`), so every dot product stays in integers.
+
+use std::mem::{align_of, size_of};
+
+pub mod f16;
+pub mod f32;
+
+/// A ggml tensor type as it is stored in the weight blob: each row is a run of blocks.
+pub trait WeightType: Copy + Send + Sync + 'static {
+    /// ggml's name of the type (`Q4_K`), as inspect and the emitted code print it.
+    const NAME: &'static str;
+    /// ggml's type id in GGUF tensor infos.
+    const GGML_ID: u32;
+    /// Weights per block.
+    const BLOCK_ELEMS: usize;
+    /// One block as stored; its size is ggml's bytes per block.
+    type Block: Copy + Send + Sync + 'static;
+    /// The activation format a row of this type is dotted with.
+    type Act: ActType;
+
+    /// Scalar reference: `blocks` -> f32, `out.len() == blocks.len() * BLOCK_ELEMS`.
+    fn dequantize_ref(blocks: &[Self::Block], out: &mut [f32]);
+
+    /// Scalar reference dot product of one row with a row of quantized activations.
+    /// `row.len() * BLOCK_ELEMS == act.len() * Act::BLOCK_ELEMS`.
+    fn vec_dot_ref(row: &[Self::Block], act: &[ActBlock<Self>]) -> f32;
+
+    /// The fastest dot product this build has for the target CPU. Formats override it
+    /// with their SIMD version under `cfg(target_feature)`.
+    #[inline(always)]
+    fn vec_dot(row: &[Self::Block], act: &[ActBlock<Self>]) -> f32 {
+        Self::vec_dot_ref(row, act)
+    }
+}
+
+/// Block type of the activations that weight type `W` is dotted with.
+pub type ActBlock<W> = <<W as WeightType>::Act as ActType>::Block;
+
+/// A format activations are quantized to before the dot products (Q8_0, Q8_1, Q8_K, or
+/// plain f32 / f16 for float weights).
+pub trait ActType: Copy + Send + Sync + 'static {
+    const NAME: &'static str;
+    /// Activations per block.
+    const BLOCK_ELEMS: usize;
+    type Block: Copy + Default + Send + Sync + 'static;
+
+    /// Scalar reference quantization, `x.len() == out.len() * BLOCK_ELEMS`.
+    fn quantize_ref(x: &[f32], out: &mut [Self::Block]);
+
+    /// The fastest quantization this build has; must give the same blocks as
+    /// `quantize_ref` up to float rounding of the scale.
+    #[inline(always)]
+    fn quantize(x: &[f32], out: &mut [Self::Block]) {
+        Self::quantize_ref(x, out)
+    }
+}
+
+/// Number of activation blocks for a row of `n` values.
+pub const fn act_blocks<A: ActType>(n: usize) -> usize {
+    n / A::BLOCK_ELEMS
+}
+
+/// Views raw blob bytes as blocks of `W`. The emitted code aligns every tensor to 64
+/// bytes and asserts sizes at compile time, so a failure here is a compiler bug.
+pub fn blocks_of<W: WeightType>(bytes: &[u8]) -> &[W::Block] {
+    let size = size_of::<W::Block>();
+    assert!(bytes.len() % size == 0, "{}: {} bytes is not a whole number of blocks", W::NAME, bytes.len());
+    assert!(bytes.as_ptr() as usize % align_of::<W::Block>() == 0, "{}: misaligned blocks", W::NAME);
+    // SAFETY: length and alignment are checked above, and every block type is a
+    // `#[repr(C)]` struct of integers/f16 for which every bit pattern is valid.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), bytes.len() / size) }
+}
