@@ -15,6 +15,10 @@ impl ActType for F32 {
     fn quantize_ref(x: &[f32], out: &mut [f32]) {
         out.copy_from_slice(x);
     }
+
+    fn dequantize_ref(blocks: &[f32], out: &mut [f32]) {
+        out.copy_from_slice(blocks);
+    }
 }
 
 impl WeightType for F32 {
@@ -30,5 +34,21 @@ impl WeightType for F32 {
 
     fn vec_dot_ref(row: &[f32], act: &[f32]) -> f32 {
         row.iter().zip(act).map(|(w, a)| w * a).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::F32;
+    use crate::quant::testing;
+
+    #[test]
+    fn dequantize_matches_gguf_py() {
+        testing::check_dequantize::<F32>(0);
+    }
+
+    #[test]
+    fn vec_dot_within_f64_reference() {
+        testing::check_vec_dot::<F32>(1e-6);
     }
 }

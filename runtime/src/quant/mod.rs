@@ -14,6 +14,9 @@ use std::mem::{align_of, size_of};
 pub mod f16;
 pub mod f32;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 /// A ggml tensor type as it is stored in the weight blob: each row is a run of blocks.
 pub trait WeightType: Copy + Send + Sync + 'static {
     /// ggml's name of the type (`Q4_K`), as inspect and the emitted code print it.
@@ -55,6 +58,9 @@ pub trait ActType: Copy + Send + Sync + 'static {
 
     /// Scalar reference quantization, `x.len() == out.len() * BLOCK_ELEMS`.
     fn quantize_ref(x: &[f32], out: &mut [Self::Block]);
+
+    /// The values the blocks stand for (tests and error bounds).
+    fn dequantize_ref(blocks: &[Self::Block], out: &mut [f32]);
 
     /// The fastest quantization this build has; must give the same blocks as
     /// `quantize_ref` up to float rounding of the scale.

@@ -1,0 +1,1 @@
+//! (in progress) tokenizer.ggml.* metadata -> mcc_runtime::tokenizer::TokenizerSpec

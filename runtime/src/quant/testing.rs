@@ -1,0 +1,94 @@
+//! Shared checks for every format: golden vectors from gguf-py and dot-product error
+//! limits against an f64 reference.
+
+use super::{ActBlock, ActType, WeightType};
+
+/// Blocks and their gguf-py dequantization, from `golden/<NAME>.bin`
+/// (written by `scripts/quant_golden.py`).
+pub fn golden<W: WeightType>() -> (Vec<W::Block>, Vec<f32>) {
+    let path = format!("{}/src/quant/golden/{}.bin", env!("CARGO_MANIFEST_DIR"), W::NAME);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let n_blocks = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+    let block_bytes = std::mem::size_of::<W::Block>();
+    let (raw, vals) = bytes[4..].split_at(n_blocks * block_bytes);
+    assert_eq!(vals.len(), n_blocks * W::BLOCK_ELEMS * 4, "{path}: size");
+    let mut blocks = Vec::<W::Block>::with_capacity(n_blocks);
+    // SAFETY: blocks are plain-old-data; the copy fills exactly n_blocks of them.
+    unsafe {
+        std::ptr::copy_nonoverlapping(raw.as_ptr(), blocks.as_mut_ptr().cast::<u8>(), raw.len());
+        blocks.set_len(n_blocks);
+    }
+    let values = vals.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    (blocks, values)
+}
+
+/// Our scalar `dequantize_ref` against gguf-py, allowing `max_ulps` f32 ulps (0 for formats
+/// that compute exactly; formats that scale in f16 are still exact in f32 here, because
+/// gguf-py and we both widen the f16 scale before multiplying).
+pub fn check_dequantize<W: WeightType>(max_ulps: u32) {
+    let (blocks, want) = golden::<W>();
+    let mut got = vec![0f32; want.len()];
+    W::dequantize_ref(&blocks, &mut got);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let ulps = (g.to_bits() as i64 - w.to_bits() as i64).unsigned_abs();
+        assert!(
+            ulps <= max_ulps as u64 || (g - w).abs() <= f32::MIN_POSITIVE,
+            "{}: value {i} (block {}): got {g}, gguf-py {w}",
+            W::NAME,
+            i / W::BLOCK_ELEMS
+        );
+    }
+}
+
+/// Deterministic pseudo-random activations, roughly N(0, 1) with a few outliers, as
+/// residual-stream activations look.
+pub fn activations(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..n)
+        .map(|i| {
+            let u: f64 = (0..4).map(|_| next()).sum::<f64>() - 2.0;
+            (if i % 97 == 0 { 8.0 * u } else { u * 1.7 }) as f32
+        })
+        .collect()
+}
+
+/// Checks `vec_dot_ref` and `vec_dot` on the golden blocks against the f64 dot of the
+/// dequantized weights and dequantized activations. The error is measured relative to
+/// `sum |w_i * a_i|`, the natural scale of float accumulation error; `rel_limit` is the
+/// per-format limit, derived in each format's test from its precision. The SIMD and
+/// scalar dots must also agree within the same limit.
+pub fn check_vec_dot<W: WeightType>(rel_limit: f64) {
+    let (blocks, w) = golden::<W>();
+    let n = w.len();
+    for seed in 0..4 {
+        let x = activations(n, seed);
+        let mut act = vec![ActBlock::<W>::default(); n / W::Act::BLOCK_ELEMS];
+        W::Act::quantize_ref(&x, &mut act);
+        let mut xq = vec![0f32; n];
+        W::Act::dequantize_ref(&act, &mut xq);
+        let exact: f64 = w.iter().zip(&xq).map(|(&a, &b)| a as f64 * b as f64).sum();
+        let scale: f64 = w.iter().zip(&xq).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+        let r = W::vec_dot_ref(&blocks, &act) as f64;
+        let s = W::vec_dot(&blocks, &act) as f64;
+        let err_ref = (r - exact).abs() / scale;
+        let err_simd = (s - exact).abs() / scale;
+        let err_pair = (s - r).abs() / scale;
+        assert!(err_ref <= rel_limit, "{}: scalar dot {r} vs f64 {exact}: rel err {err_ref:e} > {rel_limit:e}", W::NAME);
+        assert!(err_simd <= rel_limit, "{}: fast dot {s} vs f64 {exact}: rel err {err_simd:e} > {rel_limit:e}", W::NAME);
+        assert!(err_pair <= rel_limit, "{}: fast dot {s} vs scalar {r}: rel diff {err_pair:e}", W::NAME);
+        // The activation quantizer must agree with its reference.
+        let mut act_fast = vec![ActBlock::<W>::default(); act.len()];
+        W::Act::quantize(&x, &mut act_fast);
+        let mut xq_fast = vec![0f32; n];
+        W::Act::dequantize_ref(&act_fast, &mut xq_fast);
+        for (i, (a, b)) in xq.iter().zip(&xq_fast).enumerate() {
+            assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{}: quantize vs quantize_ref at {i}: {a} vs {b}", W::Act::NAME);
+        }
+    }
+}
