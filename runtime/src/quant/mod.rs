@@ -14,6 +14,9 @@ use std::mem::{align_of, size_of};
 pub mod f16;
 pub mod f32;
 
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+pub mod x86_avx2;
+
 #[cfg(test)]
 pub(crate) mod testing;
 

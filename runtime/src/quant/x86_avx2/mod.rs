@@ -1,0 +1,7 @@
+//! AVX2 + FMA versions of the dot products and activation quantizers, under the same
+//! names as the scalar references. Compiled only when the target has AVX2 and FMA
+//! (the generated binaries build with `-C target-cpu=native` by default).
+
+pub mod iquants;
+pub mod kquants;
+pub mod legacy;
