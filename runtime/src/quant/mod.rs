@@ -13,6 +13,7 @@ use std::mem::{align_of, size_of};
 
 pub mod f16;
 pub mod f32;
+pub mod q8_k;
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 pub mod x86_avx2;
