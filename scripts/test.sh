@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command (README): fetches the models and data the tests need, checks
+# formatting and lints, then runs every test of the workspace. Needs network access to
+# PyPI and crates.io the first time only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/fetch-models.sh
+python3 -c 'import gguf, numpy' 2>/dev/null || python3 -m pip install -q gguf==0.19.0 numpy
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -q -- -D warnings
+cargo test --workspace --all-targets "$@"
