@@ -1,1 +1,472 @@
-//! (in progress)
+//! AVX2 + FMA dot products of the i-quant formats with their activations: IQ4_NL with
+//! Q8_0, every other IQ format with Q8_K.
+//!
+//! Every kernel has the same shape. One 256-bit register holds 32 consecutive weights of
+//! a sub-block as bytes (grid points looked up from the lattice tables, or IQ4 levels
+//! from a 16-entry `pshufb` table); the signs are moved onto the Q8 quants; `maddubs`
+//! multiplies and sums pairs to i16, and `madd` with the sub-block scale sums pairs of
+//! those to i32, so lane `k` of the 8 i32 lanes accumulates weights `4k..4k+4` of every
+//! sub-block of the super-block. Each super-block then adds `d_w * d_a * lanes` to an
+//! 8-lane f32 accumulator with one FMA, and the lanes are summed at the end.
+//!
+//! That lane assignment, the FMA per super-block and the order of the final horizontal
+//! sum are the ones ggml's x86 kernels use, so on the same blocks these functions return
+//! the same f32 bits as llama.cpp's CPU backend (the integer lane sums cannot differ, and
+//! the float operations are the same ones in the same order). The scalar references
+//! compute the same integers with a sequential f32 sum instead.
+//!
+//! No i16 can saturate: a `maddubs` pair is at most 2 · 62 · 127 (IQ3_XXS grid) or
+//! 2 · 127 · 127 (IQ4 levels, applied to |level| with the sign moved onto q8), and Q8_K /
+//! Q8_0 quants never hold -128, so moving a sign onto them cannot overflow.
+//!
+//! The public functions are safe: this module is only compiled when the build enables
+//! AVX2 and FMA (`cfg(target_feature)`), so the `#[target_feature]` workers they call
+//! run on a CPU that has them.
+
+use std::arch::x86_64::*;
+
+use crate::quant::iq1_m::{scale_words, super_scale, BlockIQ1M, IQ1M_DELTA};
+use crate::quant::iq1_s::{BlockIQ1S, IQ1S_DELTA};
+use crate::quant::iq2_s::BlockIQ2S;
+use crate::quant::iq2_xs::BlockIQ2XS;
+use crate::quant::iq2_xxs::{sub_block_words, BlockIQ2XXS};
+use crate::quant::iq3_s::BlockIQ3S;
+use crate::quant::iq3_xxs::{signs_scale_word, BlockIQ3XXS};
+use crate::quant::iq4_nl::{levels_dot, BlockIQ4NL};
+use crate::quant::iq4_xs::{sub_scale, BlockIQ4XS};
+use crate::quant::iq_grids::{
+    IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS_BYTES,
+    KVALUES_IQ4NL,
+};
+use crate::quant::q8_0::BlockQ8_0;
+use crate::quant::q8_k::{BlockQ8K, QK_K};
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+/// Loads the 32 bytes at `offset` of a byte slice (bounds-checked).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn load32<T: Copy>(s: &[T], offset: usize) -> __m256i {
+    debug_assert_eq!(std::mem::size_of::<T>(), 1);
+    let bytes = &s[offset..offset + 32];
+    // SAFETY: 32 one-byte elements are 32 readable bytes; unaligned load.
+    unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
+}
+
+/// Loads 16 bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn load16(bytes: &[u8; 16]) -> __m128i {
+    // SAFETY: a 16-byte array is 16 readable bytes; unaligned load.
+    unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) }
+}
+
+/// Four 64-bit table entries, `e0` in the lowest lane: 32 bytes of weights in order.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn u64x4(e0: u64, e1: u64, e2: u64, e3: u64) -> __m256i {
+    _mm256_set_epi64x(e3 as i64, e2 as i64, e1 as i64, e0 as i64)
+}
+
+/// Eight 32-bit table entries looked up by `index(k)`, k = 0..8, lowest first.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn u32x8(table: &[u32], index: impl Fn(usize) -> usize) -> __m256i {
+    let e = |k: usize| table[index(k)] as i32;
+    _mm256_set_epi32(e(7), e(6), e(5), e(4), e(3), e(2), e(1), e(0))
+}
+
+/// Sum of the 8 f32 lanes: upper half onto lower, then pairs, then the last two; the
+/// order ggml uses, so totals agree bit for bit.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum_f32x8(v: __m256) -> f32 {
+    let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    let s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
+    _mm_cvtss_f32(s1)
+}
+
+/// Signed bytes × signed bytes, adjacent pairs summed to i16: `maddubs(|x|, y·sign(x))`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn dot_i8_pairs(x: __m256i, y: __m256i) -> __m256i {
+    _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+}
+
+/// `q8` with the sign of byte `p` flipped where bit `p % 8` of byte `p / 8` of `bits` is
+/// set (explicit sign bits: four bytes for 32 weights).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn apply_sign_bits(q8: __m256i, bits: u32) -> __m256i {
+    // byte p of the result picks byte p / 8 of the broadcast word (both 128-bit halves
+    // hold the word, so the in-lane shuffle reaches bytes 2 and 3 from the upper half)
+    let pick = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+        2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let spread = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), pick);
+    let negative = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    // (q ^ m) - m negates q where m = -1 and keeps it where m = 0
+    _mm256_sub_epi8(_mm256_xor_si256(q8, negative), negative)
+}
+
+/// `q8` with signs from four 7-bit indices into the even-parity sign table.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn apply_sign_indices(q8: __m256i, i0: usize, i1: usize, i2: usize, i3: usize) -> __m256i {
+    let t = &KSIGNS_IQ2XS_BYTES;
+    _mm256_sign_epi8(q8, u64x4(t[i0], t[i1], t[i2], t[i3]))
+}
+
+/// The same i16 scale for every pair of the 32 weights.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn scale_all(ls: i32) -> __m256i {
+    _mm256_set1_epi16(ls as i16)
+}
+
+/// Scale `lo` for the first 16 weights (lower 128 bits), `hi` for the last 16.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn scale_halves(lo: i32, hi: i32) -> __m256i {
+    _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16))
+}
+
+/// Adds `d * lanes` (the super-block's i32 lane sums) to `acc` with one rounding.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn fma_block(acc: __m256, d: f32, lanes: __m256i) -> __m256 {
+    _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc)
+}
+
+// ---------------------------------------------------------------------------------------
+// IQ4_NL × Q8_0, IQ4_XS × Q8_K
+// ---------------------------------------------------------------------------------------
+
+/// The 32 levels of one IQ4 sub-block (16 index bytes): low nibbles give weights 0..16
+/// (lower 128 bits), high nibbles weights 16..32.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn iq4_levels(table: __m128i, qs: &[u8; 16]) -> __m256i {
+    let bits = load16(qs);
+    let low = _mm_and_si128(bits, _mm_set1_epi8(0x0f));
+    let high = _mm_and_si128(_mm_srli_epi16::<4>(bits), _mm_set1_epi8(0x0f));
+    _mm256_set_m128i(_mm_shuffle_epi8(table, high), _mm_shuffle_epi8(table, low))
+}
+
+/// The IQ4 level table as a `pshufb` lookup.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn iq4_table() -> __m128i {
+    // SAFETY: KVALUES_IQ4NL is 16 readable bytes.
+    unsafe { _mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()) }
+}
+
+/// Dot product of an IQ4_NL row with Q8_0 activations (same block count).
+pub fn vec_dot_iq4_nl_q8_0(row: &[BlockIQ4NL], act: &[BlockQ8_0]) -> f32 {
+    assert_eq!(row.len(), act.len(), "IQ4_NL dot: block counts differ");
+    // SAFETY: compiled only with AVX2 and FMA enabled (module cfg).
+    unsafe { dot_iq4_nl(row, act) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn dot_iq4_nl(row: &[BlockIQ4NL], act: &[BlockQ8_0]) -> f32 {
+    let table = iq4_table();
+    let ones = _mm256_set1_epi16(1);
+    let block_lanes = |w: &BlockIQ4NL, a: &BlockQ8_0| {
+        let products = dot_i8_pairs(iq4_levels(table, &w.qs), load32(&a.qs, 0));
+        _mm256_madd_epi16(products, ones)
+    };
+    // Even and odd blocks go to separate accumulators (two FMA chains in flight).
+    let (mut acc_even, mut acc_odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let pairs = row.len() / 2;
+    for (w, a) in row.chunks_exact(2).zip(act.chunks_exact(2)) {
+        let d0 = a[0].d.to_f32() * w[0].d.to_f32();
+        let d1 = a[1].d.to_f32() * w[1].d.to_f32();
+        acc_even = fma_block(acc_even, d0, block_lanes(&w[0], &a[0]));
+        acc_odd = fma_block(acc_odd, d1, block_lanes(&w[1], &a[1]));
+    }
+    let mut sum = hsum_f32x8(_mm256_add_ps(acc_even, acc_odd));
+    // An odd last block is added in scalar, with a separate multiply and add.
+    if let (Some(w), Some(a)) = (row.get(2 * pairs), act.get(2 * pairs)) {
+        let d = a.d.to_f32() * w.d.to_f32();
+        sum += d * levels_dot(&w.qs, &a.qs) as f32;
+    }
+    sum
+}
+
+/// Dot product of an IQ4_XS row with Q8_K activations (same block count).
+pub fn vec_dot_iq4_xs_q8_k(row: &[BlockIQ4XS], act: &[BlockQ8K]) -> f32 {
+    assert_eq!(row.len(), act.len(), "IQ4_XS dot: block counts differ");
+    // SAFETY: compiled only with AVX2 and FMA enabled (module cfg).
+    unsafe { dot_iq4_xs(row, act) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn dot_iq4_xs(row: &[BlockIQ4XS], act: &[BlockQ8K]) -> f32 {
+    let table = iq4_table();
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in row.iter().zip(act) {
+        // two independent i32 chains: even and odd sub-blocks
+        let (mut sum_even, mut sum_odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for ib in (0..QK_K / 32).step_by(2) {
+            let qs = &w.qs[16 * ib..16 * ib + 32];
+            let p0 = dot_i8_pairs(
+                iq4_levels(table, qs[..16].try_into().unwrap()),
+                load32(&a.qs, 32 * ib),
+            );
+            let p1 = dot_i8_pairs(
+                iq4_levels(table, qs[16..].try_into().unwrap()),
+                load32(&a.qs, 32 * ib + 32),
+            );
+            sum_even =
+                _mm256_add_epi32(sum_even, _mm256_madd_epi16(p0, scale_all(sub_scale(w, ib))));
+            sum_odd = _mm256_add_epi32(
+                sum_odd,
+                _mm256_madd_epi16(p1, scale_all(sub_scale(w, ib + 1))),
+            );
+        }
+        acc = fma_block(acc, w.d.to_f32() * a.d, _mm256_add_epi32(sum_even, sum_odd));
+    }
+    hsum_f32x8(acc)
+}
+
+// ---------------------------------------------------------------------------------------
+// IQ2_XXS, IQ2_XS, IQ2_S × Q8_K
+// ---------------------------------------------------------------------------------------
+
+/// Dot product of an IQ2_XXS row with Q8_K activations (same block count).
+pub fn vec_dot_iq2_xxs_q8_k(row: &[BlockIQ2XXS], act: &[BlockQ8K]) -> f32 {
+    assert_eq!(row.len(), act.len(), "IQ2_XXS dot: block counts differ");
+    // SAFETY: compiled only with AVX2 and FMA enabled (module cfg).
+    unsafe { dot_iq2_xxs(row, act) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn dot_iq2_xxs(row: &[BlockIQ2XXS], act: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in row.iter().zip(act) {
+        let mut sums = [_mm256_setzero_si256(); 2];
+        for ib in 0..QK_K / 32 {
+            let (indices, signs_scale) = sub_block_words(w, ib);
+            let g = |l: u32| IQ2XXS_GRID[(indices >> (8 * l)) as usize & 0xff];
+            let s = |l: u32| (signs_scale >> (7 * l)) as usize & 127;
+            let grid = u64x4(g(0), g(1), g(2), g(3));
+            let q8 = apply_sign_indices(load32(&a.qs, 32 * ib), s(0), s(1), s(2), s(3));
+            let ls = 2 * (signs_scale >> 28) as i32 + 1;
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q8), scale_all(ls));
+            sums[ib % 2] = _mm256_add_epi32(sums[ib % 2], p);
+        }
+        acc = fma_block(acc, w.d.to_f32() * a.d, _mm256_add_epi32(sums[0], sums[1]));
+    }
+    0.125 * hsum_f32x8(acc)
+}
+
+/// Dot product of an IQ2_XS row with Q8_K activations (same block count).
+pub fn vec_dot_iq2_xs_q8_k(row: &[BlockIQ2XS], act: &[BlockQ8K]) -> f32 {
+    assert_eq!(row.len(), act.len(), "IQ2_XS dot: block counts differ");
+    // SAFETY: compiled only with AVX2 and FMA enabled (module cfg).
+    unsafe { dot_iq2_xs(row, act) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn dot_iq2_xs(row: &[BlockIQ2XS], act: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in row.iter().zip(act) {
+        let mut sums = [_mm256_setzero_si256(); 2];
+        for ib in 0..QK_K / 32 {
+            let q = &w.qs[4 * ib..4 * ib + 4];
+            let g = |l: usize| IQ2XS_GRID[(q[l] & 511) as usize];
+            let s = |l: usize| (q[l] >> 9) as usize;
+            let grid = u64x4(g(0), g(1), g(2), g(3));
+            let q8 = apply_sign_indices(load32(&a.qs, 32 * ib), s(0), s(1), s(2), s(3));
+            let sc = w.scales[ib];
+            let ls = scale_halves(2 * (sc & 0xf) as i32 + 1, 2 * (sc >> 4) as i32 + 1);
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q8), ls);
+            sums[ib % 2] = _mm256_add_epi32(sums[ib % 2], p);
+        }
+        acc = fma_block(acc, w.d.to_f32() * a.d, _mm256_add_epi32(sums[0], sums[1]));
+    }
+    0.125 * hsum_f32x8(acc)
+}
+
+/// Dot product of an IQ2_S row with Q8_K activations (same block count).
+pub fn vec_dot_iq2_s_q8_k(row: &[BlockIQ2S], act: &[BlockQ8K]) -> f32 {
+    assert_eq!(row.len(), act.len(), "IQ2_S dot: block counts differ");
+    // SAFETY: compiled only with AVX2 and FMA enabled (module cfg).
+    unsafe { dot_iq2_s(row, act) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn dot_iq2_s(row: &[BlockIQ2S], act: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in row.iter().zip(act) {
+        let mut sums = [_mm256_setzero_si256(); 2];
+        for ib in 0..QK_K / 32 {
+            let qh = w.qh[ib] as usize;
+            let g = |l: usize| IQ2S_GRID[w.qs[4 * ib + l] as usize | ((qh >> (2 * l)) & 3) << 8];
+            let grid = u64x4(g(0), g(1), g(2), g(3));
+            let signs = u32::from_le_bytes(w.signs[4 * ib..4 * ib + 4].try_into().unwrap());
+            let q8 = apply_sign_bits(load32(&a.qs, 32 * ib), signs);
+            let sc = w.scales[ib];
+            let ls = scale_halves(2 * (sc & 0xf) as i32 + 1, 2 * (sc >> 4) as i32 + 1);
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q8), ls);
+            sums[ib % 2] = _mm256_add_epi32(sums[ib % 2], p);
+        }
+        acc = fma_block(acc, w.d.to_f32() * a.d, _mm256_add_epi32(sums[0], sums[1]));
+    }
+    0.125 * hsum_f32x8(acc)
+}
+
+// ---------------------------------------------------------------------------------------
+// IQ3_XXS, IQ3_S × Q8_K
+// ---------------------------------------------------------------------------------------
+
+/// Dot product of an IQ3_XXS row with Q8_K activations (same block count).
+pub fn vec_dot_iq3_xxs_q8_k(row: &[BlockIQ3XXS], act: &[BlockQ8K]) -> f32 {
+    assert_eq!(row.len(), act.len(), "IQ3_XXS dot: block counts differ");
+    // SAFETY: compiled only with AVX2 and FMA enabled (module cfg).
+    unsafe { dot_iq3_xxs(row, act) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn dot_iq3_xxs(row: &[BlockIQ3XXS], act: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in row.iter().zip(act) {
+        let mut sums = [_mm256_setzero_si256(); 2];
+        for ib in 0..QK_K / 32 {
+            let qs = &w.qs[8 * ib..8 * ib + 8];
+            let grid = u32x8(&IQ3XXS_GRID, |k| qs[k] as usize);
+            let word = signs_scale_word(w, ib);
+            let s = |l: u32| (word >> (7 * l)) as usize & 127;
+            let q8 = apply_sign_indices(load32(&a.qs, 32 * ib), s(0), s(1), s(2), s(3));
+            let ls = 2 * (word >> 28) as i32 + 1;
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q8), scale_all(ls));
+            sums[ib % 2] = _mm256_add_epi32(sums[ib % 2], p);
+        }
+        acc = fma_block(acc, w.d.to_f32() * a.d, _mm256_add_epi32(sums[0], sums[1]));
+    }
+    0.25 * hsum_f32x8(acc)
+}
+
+/// Dot product of an IQ3_S row with Q8_K activations (same block count).
+pub fn vec_dot_iq3_s_q8_k(row: &[BlockIQ3S], act: &[BlockQ8K]) -> f32 {
+    assert_eq!(row.len(), act.len(), "IQ3_S dot: block counts differ");
+    // SAFETY: compiled only with AVX2 and FMA enabled (module cfg).
+    unsafe { dot_iq3_s(row, act) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn dot_iq3_s(row: &[BlockIQ3S], act: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in row.iter().zip(act) {
+        let mut sums = [_mm256_setzero_si256(); 2];
+        for ib in 0..QK_K / 32 {
+            let qs = &w.qs[8 * ib..8 * ib + 8];
+            let qh = w.qh[ib] as usize;
+            let grid = u32x8(&IQ3S_GRID, |k| qs[k] as usize | ((qh >> k) & 1) << 8);
+            let signs = u32::from_le_bytes(w.signs[4 * ib..4 * ib + 4].try_into().unwrap());
+            let q8 = apply_sign_bits(load32(&a.qs, 32 * ib), signs);
+            let ls = 2 * ((w.scales[ib / 2] >> (4 * (ib % 2))) & 0xf) as i32 + 1;
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q8), scale_all(ls));
+            sums[ib % 2] = _mm256_add_epi32(sums[ib % 2], p);
+        }
+        acc = fma_block(acc, w.d.to_f32() * a.d, _mm256_add_epi32(sums[0], sums[1]));
+    }
+    hsum_f32x8(acc)
+}
+
+// ---------------------------------------------------------------------------------------
+// IQ1_S, IQ1_M × Q8_K
+// ---------------------------------------------------------------------------------------
+
+/// Dot product of an IQ1_S row with Q8_K activations (same block count).
+pub fn vec_dot_iq1_s_q8_k(row: &[BlockIQ1S], act: &[BlockQ8K]) -> f32 {
+    assert_eq!(row.len(), act.len(), "IQ1_S dot: block counts differ");
+    // SAFETY: compiled only with AVX2 and FMA enabled (module cfg).
+    unsafe { dot_iq1_s(row, act) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn dot_iq1_s(row: &[BlockIQ1S], act: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    // The shift terms, Σ d * Σ (2s + 1) * ±1 * Σ q8, in a scalar f32 (fused multiply-add).
+    let mut acc_shift = 0f32;
+    for (w, a) in row.iter().zip(act) {
+        let mut sum = _mm256_setzero_si256();
+        let mut shift = 0i32;
+        for ib in 0..QK_K / 32 {
+            let qh = w.qh[ib] as usize;
+            let g = |l: usize| IQ1S_GRID[w.qs[4 * ib + l] as usize | ((qh >> (3 * l)) & 7) << 8];
+            let grid = u64x4(g(0), g(1), g(2), g(3));
+            let ls = 2 * ((qh >> 12) & 7) as i32 + 1;
+            let p = _mm256_madd_epi16(dot_i8_pairs(grid, load32(&a.qs, 32 * ib)), scale_all(ls));
+            sum = _mm256_add_epi32(sum, p);
+            let q8_sum = a.bsums[2 * ib] as i32 + a.bsums[2 * ib + 1] as i32;
+            shift += if qh & 0x8000 != 0 {
+                -ls * q8_sum
+            } else {
+                ls * q8_sum
+            };
+        }
+        let d = a.d * w.d.to_f32();
+        acc = fma_block(acc, d, sum);
+        acc_shift = d.mul_add(shift as f32, acc_shift);
+    }
+    hsum_f32x8(acc) + IQ1S_DELTA * acc_shift
+}
+
+/// Dot product of an IQ1_M row with Q8_K activations (same block count).
+pub fn vec_dot_iq1_m_q8_k(row: &[BlockIQ1M], act: &[BlockQ8K]) -> f32 {
+    assert_eq!(row.len(), act.len(), "IQ1_M dot: block counts differ");
+    // SAFETY: compiled only with AVX2 and FMA enabled (module cfg).
+    unsafe { dot_iq1_m(row, act) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn dot_iq1_m(row: &[BlockIQ1M], act: &[BlockQ8K]) -> f32 {
+    let ones = _mm256_set1_epi8(1);
+    // grid part and shift part in separate 8-lane accumulators
+    let (mut acc, mut acc_shift) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for (w, a) in row.iter().zip(act) {
+        let words = scale_words(w);
+        let (mut sum, mut shift) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for ib in 0..QK_K / 32 {
+            let mut grid = [0u64; 4];
+            let mut shift_signs = [0u64; 4];
+            for (l, (g, s)) in grid.iter_mut().zip(&mut shift_signs).enumerate() {
+                let nibble = (w.qh[2 * ib + l / 2] >> (4 * (l % 2))) as usize & 0xf;
+                *g = IQ1S_GRID[w.qs[4 * ib + l] as usize | (nibble & 7) << 8];
+                // -1 bytes for a negative shift, +1 otherwise
+                *s = if nibble & 8 != 0 {
+                    u64::MAX
+                } else {
+                    0x0101_0101_0101_0101
+                };
+            }
+            let half = |h: usize| 2 * ((words[h / 4] >> (3 * (h % 4))) & 7) as i32 + 1;
+            let ls = scale_halves(half(2 * ib), half(2 * ib + 1));
+            let q8 = load32(&a.qs, 32 * ib);
+            let grid = u64x4(grid[0], grid[1], grid[2], grid[3]);
+            let signs = u64x4(
+                shift_signs[0],
+                shift_signs[1],
+                shift_signs[2],
+                shift_signs[3],
+            );
+            let p_grid = _mm256_madd_epi16(dot_i8_pairs(grid, q8), ls);
+            let p_shift =
+                _mm256_madd_epi16(_mm256_maddubs_epi16(ones, _mm256_sign_epi8(q8, signs)), ls);
+            sum = _mm256_add_epi32(sum, p_grid);
+            shift = _mm256_add_epi32(shift, p_shift);
+        }
+        let d = a.d * super_scale(&words).to_f32();
+        acc = fma_block(acc, d, sum);
+        acc_shift = fma_block(acc_shift, d, shift);
+    }
+    hsum_f32x8(acc) + IQ1M_DELTA * hsum_f32x8(acc_shift)
+}

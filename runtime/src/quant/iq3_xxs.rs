@@ -1,0 +1,148 @@
+//! IQ3_XXS: 3.0625 bits per weight. Four weights at a time are one point of a fixed
+//! lattice ([`IQ3XXS_GRID`], 256 points of magnitudes {4, 12, ..., 52, 62}); each group
+//! of eight weights has an even-parity sign pattern ([`KSIGNS_IQ2XS`]); a 4-bit scale
+//! per 32 weights.
+//!
+//! Layout of one super-block of 256 weights (98 bytes):
+//!
+//! ```text
+//! d             f16       super-block scale
+//! qs            [u8; 64]  grid index of each group of 4 weights
+//! signs_scales  [u8; 32]  one little-endian u32 per sub-block of 32 weights:
+//!                         bits 7l..7l+7 = sign index of weights 8l..8l+8 (l = 0..3),
+//!                         bits 28..32 = sub-block scale s
+//! ```
+//!
+//! Weight `j` of a sub-block: `d * (0.5 + s) / 2 * grid[qs[j / 4]][j % 4] * sign(j)`.
+//! The dot product with Q8_K sums `(2s + 1) * Σ grid * sign * q8` in integers per
+//! super-block and applies `d_w * d_a / 4` at the end.
+
+use half::f16;
+
+use super::iq_grids::{IQ3XXS_GRID, KSIGNS_IQ2XS};
+use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::WeightType;
+
+/// One IQ3_XXS super-block of 256 weights.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BlockIQ3XXS {
+    /// Super-block scale.
+    pub d: f16,
+    /// Grid index per group of 4 weights.
+    pub qs: [u8; QK_K / 4],
+    /// Per sub-block of 32: four 7-bit sign indices and the 4-bit scale (u32, LE).
+    pub signs_scales: [u8; QK_K / 8],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockIQ3XXS>() == 2 + 3 * QK_K / 8);
+
+/// Marker for the IQ3_XXS weight format.
+#[derive(Clone, Copy, Debug, Default)]
+#[allow(non_camel_case_types)]
+pub struct IQ3_XXS;
+
+/// The signs-and-scale word of sub-block `ib`.
+#[inline(always)]
+pub(crate) fn signs_scale_word(block: &BlockIQ3XXS, ib: usize) -> u32 {
+    u32::from_le_bytes(
+        block.signs_scales[4 * ib..4 * ib + 4]
+            .try_into()
+            .expect("4 bytes"),
+    )
+}
+
+/// Grid magnitudes of the 8 weights `8l..8l+8` of sub-block `ib`.
+#[inline(always)]
+fn group(block: &BlockIQ3XXS, ib: usize, l: usize) -> [u8; 8] {
+    let lo = IQ3XXS_GRID[block.qs[8 * ib + 2 * l] as usize];
+    let hi = IQ3XXS_GRID[block.qs[8 * ib + 2 * l + 1] as usize];
+    (lo as u64 | (hi as u64) << 32).to_le_bytes()
+}
+
+impl WeightType for IQ3_XXS {
+    const NAME: &'static str = "IQ3_XXS";
+    const GGML_ID: u32 = 18;
+    const BLOCK_ELEMS: usize = QK_K;
+    type Block = BlockIQ3XXS;
+    type Act = Q8_K;
+
+    fn dequantize_ref(blocks: &[BlockIQ3XXS], out: &mut [f32]) {
+        debug_assert_eq!(out.len(), blocks.len() * QK_K);
+        for (block, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
+            let d = block.d.to_f32();
+            for (ib, y) in y.chunks_exact_mut(32).enumerate() {
+                let word = signs_scale_word(block, ib);
+                let db = d * (0.5 + (word >> 28) as f32) * 0.5;
+                for (l, y) in y.chunks_exact_mut(8).enumerate() {
+                    let grid = group(block, ib, l);
+                    let signs = KSIGNS_IQ2XS[(word >> (7 * l)) as usize & 127];
+                    for (j, y) in y.iter_mut().enumerate() {
+                        let sign = if signs & (1 << j) != 0 { -1.0 } else { 1.0 };
+                        *y = db * grid[j] as f32 * sign;
+                    }
+                }
+            }
+        }
+    }
+
+    fn vec_dot_ref(row: &[BlockIQ3XXS], act: &[BlockQ8K]) -> f32 {
+        debug_assert_eq!(row.len(), act.len());
+        let mut sum = 0f32;
+        for (block, a) in row.iter().zip(act) {
+            let mut isum = 0i32;
+            for ib in 0..QK_K / 32 {
+                let word = signs_scale_word(block, ib);
+                let mut sub = 0i32;
+                for l in 0..4 {
+                    let grid = group(block, ib, l);
+                    let signs = KSIGNS_IQ2XS[(word >> (7 * l)) as usize & 127];
+                    let q8 = &a.qs[32 * ib + 8 * l..32 * ib + 8 * l + 8];
+                    for j in 0..8 {
+                        let p = grid[j] as i32 * q8[j] as i32;
+                        sub += if signs & (1 << j) != 0 { -p } else { p };
+                    }
+                }
+                isum += (2 * (word >> 28) as i32 + 1) * sub;
+            }
+            sum += block.d.to_f32() * a.d * isum as f32;
+        }
+        0.25 * sum
+    }
+
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    #[inline(always)]
+    fn vec_dot(row: &[BlockIQ3XXS], act: &[BlockQ8K]) -> f32 {
+        super::x86_avx2::iquants::vec_dot_iq3_xxs_q8_k(row, act)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IQ3_XXS;
+    use crate::quant::testing;
+
+    #[test]
+    fn dequantize_matches_gguf_py() {
+        // Same f32 operations in the same order as gguf-py: (d * (0.5 + s) * 0.5) * grid.
+        testing::check_dequantize::<IQ3_XXS>(0);
+    }
+
+    #[test]
+    fn vec_dot_within_f64_reference() {
+        // Integer sums (at most 8 * 31 * 32 * 62 * 127 < 2^31), then the same f32 scaling
+        // as IQ2_XXS (see its derivation): below ~15u ≈ 9e-7 of Σ |w a|.
+        testing::check_vec_dot::<IQ3_XXS>(2e-6);
+    }
+
+    #[test]
+    fn vec_dot_matches_llama_cpp() {
+        // Bit-exact with ggml's x86 AVX2 dot on the same blocks (fast path); the scalar
+        // reference within the limit derived above.
+        crate::quant::iq_golden_dot::check_ggml_dot::<IQ3_XXS>(2e-6);
+    }
+}
