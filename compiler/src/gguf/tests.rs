@@ -40,7 +40,7 @@ impl Raw {
     }
     /// Pads to the next multiple of `align`, as the data section start requires.
     fn pad(&mut self, align: usize) -> &mut Self {
-        while self.0.len() % align != 0 {
+        while !self.0.len().is_multiple_of(align) {
             self.0.push(0);
         }
         self
