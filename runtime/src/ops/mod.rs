@@ -1,0 +1,755 @@
+//! Forward-pass building blocks: RMS norm, RoPE, attention over the f16 KV cache,
+//! SwiGLU and softmax.
+//!
+//! Every op reproduces the arithmetic of llama.cpp's CPU backend (ggml-cpu, built
+//! with `-march=native` on the same machine) step by step: the same precision at
+//! every intermediate, the same summation trees, the same `expf` approximation, the
+//! same fused multiply-adds. Floating point is not associative, so "the same formula"
+//! is not enough for greedy text and logits to agree over hundreds of tokens; the
+//! order of the operations is part of the contract here.
+//!
+//! ggml picks its vector width at compile time, and so do we: [`SIMD_WIDTH`] is the
+//! f32 lane count ggml's `GGML_SIMD` macros use for this target (16 with AVX-512F,
+//! 8 with AVX2+FMA+F16C, none otherwise). The scalar reference of every reduction
+//! takes the width as a parameter so the tests can check the SIMD kernels bit for bit.
+//!
+//! This module owns arithmetic only: no allocation in the per-token paths beyond
+//! small stack buffers, no threading (callers split heads or rows), no knowledge of
+//! the model layout beyond the slices it is given.
+
+use half::f16;
+use thiserror::Error;
+
+#[cfg(all(
+    target_arch = "x86_64",
+    any(
+        target_feature = "avx512f",
+        all(
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        )
+    )
+))]
+mod x86;
+
+#[cfg(test)]
+mod tests;
+
+/// f32 lanes per vector in ggml's generic SIMD layer (`GGML_F32_EPR`) for this target:
+/// the width of its f16 dot-product accumulators. 0 means ggml runs its scalar code.
+pub const SIMD_WIDTH: usize = if cfg!(all(target_arch = "x86_64", target_feature = "avx512f")) {
+    16
+} else if cfg!(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+)) {
+    8
+} else {
+    0
+};
+
+/// Which vectorised `expf` ggml uses for SiLU and softmax on this target. The AVX-512
+/// and AVX2 versions share a polynomial but round differently at the end, so each
+/// has its own scalar twin here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpFlavor {
+    /// `ggml_v_expf` for `__m512` (needs AVX-512F and DQ): 16 lanes, `scalef` at the end.
+    Avx512,
+    /// `ggml_v_expf` for `__m256` (needs AVX2 and FMA): 8 lanes, `k + k*j` at the end.
+    Avx2,
+    /// No vector path: libm `expf` for every element.
+    Libm,
+}
+
+/// The `expf` flavor of this build target.
+pub const EXP_FLAVOR: ExpFlavor = if cfg!(all(
+    target_arch = "x86_64",
+    target_feature = "avx512f",
+    target_feature = "avx512dq"
+)) {
+    ExpFlavor::Avx512
+} else if cfg!(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+)) {
+    ExpFlavor::Avx2
+} else {
+    ExpFlavor::Libm
+};
+
+impl ExpFlavor {
+    /// Elements per vector block; the tail after the last full block uses libm `expf`.
+    pub const fn block(self) -> usize {
+        match self {
+            ExpFlavor::Avx512 => 16,
+            ExpFlavor::Avx2 => 8,
+            ExpFlavor::Libm => 1,
+        }
+    }
+}
+
+/// Head sizes up to this use stack scratch in [`attend_head`]; larger ones allocate.
+const STACK_HEAD_DIM: usize = 512;
+
+/// A RoPE table that cannot be built from the given hyperparameters.
+#[derive(Debug, Error, PartialEq)]
+pub enum RopeError {
+    #[error("rope_dim {rope_dim} must be even and at most head_dim {head_dim}")]
+    BadRopeDim { rope_dim: usize, head_dim: usize },
+    #[error("rope_freqs has {found} factors, rope_dim {rope_dim} needs {needed}")]
+    ShortFreqFactors {
+        found: usize,
+        rope_dim: usize,
+        needed: usize,
+    },
+    #[error("rope base {0} must be finite and positive")]
+    BadBase(f32),
+}
+
+// ---------------------------------------------------------------------------------
+// RMS norm
+// ---------------------------------------------------------------------------------
+
+/// `out = x / sqrt(mean(x²) + eps) * weight`, all slices of the same length.
+///
+/// Precision as ggml: each square is an f32 product widened to f64 and summed in f64
+/// (sequentially; ggml does not vectorise this loop); the mean is rounded to f32
+/// before `eps` is added; the inverse root is f32 (`1/sqrtf`); the output is
+/// `(x * scale) * weight` in f32, the order of ggml's fused RMS_NORM+MUL and of the
+/// unfused pair alike.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    debug_assert_eq!(x.len(), weight.len());
+    debug_assert_eq!(x.len(), out.len());
+    let sum_sq: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (sum_sq / x.len() as f64) as f32;
+    let scale = 1.0f32 / (mean + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = v * scale * w;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// RoPE
+// ---------------------------------------------------------------------------------
+
+/// Rotary position embedding in the "normal" (GGUF, adjacent pairs) layout, with a
+/// precomputed `(cos, sin)` table for every position below `n_ctx`.
+///
+/// Pair `i` of each head, `(x[2i], x[2i+1])`, turns by
+/// `theta_i = pos * base^(-2i/rope_dim) / freq_factor[i]`. The table is built the
+/// way ggml builds its per-row cache, because the angle's rounding shows up in the
+/// logits: `theta_scale = powf(base, -2/rope_dim)` in f32, `theta_0 = pos` and each
+/// next angle is the previous one times `theta_scale` in f32 (not a fresh power), the
+/// freq factor divides that product, and `cosf`/`sinf` come from libm in f32.
+/// Values past `rope_dim` in each head are left alone.
+///
+/// Memory: `n_ctx * rope_dim` f32 (4 MiB for 8K context and 128-wide rope).
+pub struct Rope {
+    head_dim: usize,
+    rope_dim: usize,
+    n_ctx: usize,
+    /// `[pos][pair] -> (cos, sin)`, `rope_dim / 2` pairs per position.
+    table: Vec<(f32, f32)>,
+}
+
+impl Rope {
+    /// Builds the table. `freq_factors` (Llama-3.1 `rope_freqs.weight`) needs at least
+    /// `rope_dim / 2` entries.
+    ///
+    /// # Panics
+    /// On hyperparameters [`Rope::try_new`] rejects; the compiler validates them first.
+    pub fn new(
+        head_dim: usize,
+        rope_dim: usize,
+        base: f32,
+        freq_factors: Option<&[f32]>,
+        n_ctx: usize,
+    ) -> Rope {
+        match Rope::try_new(head_dim, rope_dim, base, freq_factors, n_ctx) {
+            Ok(rope) => rope,
+            Err(e) => panic!("invalid RoPE parameters: {e}"),
+        }
+    }
+
+    /// [`Rope::new`] with the checks returned as errors.
+    pub fn try_new(
+        head_dim: usize,
+        rope_dim: usize,
+        base: f32,
+        freq_factors: Option<&[f32]>,
+        n_ctx: usize,
+    ) -> Result<Rope, RopeError> {
+        if rope_dim & 1 != 0 || rope_dim > head_dim {
+            return Err(RopeError::BadRopeDim { rope_dim, head_dim });
+        }
+        if !(base.is_finite() && base > 0.0) {
+            return Err(RopeError::BadBase(base));
+        }
+        let n_pairs = rope_dim / 2;
+        if let Some(ff) = freq_factors {
+            if ff.len() < n_pairs {
+                return Err(RopeError::ShortFreqFactors {
+                    found: ff.len(),
+                    rope_dim,
+                    needed: n_pairs,
+                });
+            }
+        }
+        // ggml divides in f32: `-2.0f/n_dims`.
+        let theta_scale = base.powf(-2.0f32 / rope_dim as f32);
+        let mut table = Vec::with_capacity(n_ctx * n_pairs);
+        for pos in 0..n_ctx {
+            // Positions are int32 in ggml, converted to float: exact below 2^24.
+            let mut theta = pos as f32;
+            for i in 0..n_pairs {
+                // Without factors ggml divides by 1.0f, which is exact.
+                let angle = match freq_factors {
+                    Some(ff) => theta / ff[i],
+                    None => theta,
+                };
+                table.push((angle.cos(), angle.sin()));
+                theta *= theta_scale;
+            }
+        }
+        Ok(Rope {
+            head_dim,
+            rope_dim,
+            n_ctx,
+            table,
+        })
+    }
+
+    /// Values per head.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    /// Rotated values per head.
+    pub fn rope_dim(&self) -> usize {
+        self.rope_dim
+    }
+
+    /// Positions the table covers.
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// `(cos, sin)` of every pair at `pos` (`rope_dim / 2` entries).
+    pub fn angles(&self, pos: usize) -> &[(f32, f32)] {
+        let n_pairs = self.rope_dim / 2;
+        &self.table[pos * n_pairs..(pos + 1) * n_pairs]
+    }
+
+    /// Rotates `n_heads` consecutive heads of `head_dim` values in `x` for position
+    /// `pos` (`pos < n_ctx`, `x.len() >= n_heads * head_dim`).
+    ///
+    /// Per pair, GCC contracts ggml's vectorised loop into one `vfmaddsub`:
+    /// `x0' = fma(x0, cos, -(x1*sin))` and `x1' = fma(x0, sin, x1*cos)`: the `x0`
+    /// products are fused, the `x1` products rounded first (checked bit for bit
+    /// against ggml in the golden test).
+    pub fn apply(&self, x: &mut [f32], n_heads: usize, pos: usize) {
+        debug_assert!(
+            pos < self.n_ctx,
+            "position {pos} outside the RoPE table ({})",
+            self.n_ctx
+        );
+        debug_assert!(x.len() >= n_heads * self.head_dim);
+        let angles = self.angles(pos);
+        for head in x.chunks_exact_mut(self.head_dim).take(n_heads) {
+            for (pair, &(cos, sin)) in head[..self.rope_dim].chunks_exact_mut(2).zip(angles) {
+                let (x0, x1) = (pair[0], pair[1]);
+                pair[0] = x0.mul_add(cos, -(x1 * sin));
+                pair[1] = x0.mul_add(sin, x1 * cos);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// f16 helpers
+// ---------------------------------------------------------------------------------
+
+/// Rounds f32 to f16 (nearest, ties to even), as ggml stores K and V into an f16 cache
+/// and converts Q before the K dot product.
+pub fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
+    debug_assert_eq!(src.len(), dst.len());
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    {
+        x86::f32_to_f16(src, dst);
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = f16::from_f32(s);
+    }
+}
+
+/// Dot product of two f16 rows in ggml's order for lane width `width`
+/// (`ggml_vec_dot_f16`): four accumulators of `width` f32 lanes take fused
+/// multiply-adds over blocks of `4 * width`; they are added pairwise (0+2, 1+3, then
+/// 0+1), the lanes are reduced by the target's horizontal-add tree, and the tail
+/// after the last full block is added in f64, one rounded f32 product at a time.
+/// `width == 0` is ggml's scalar build: a plain f64 sum of f32 products.
+pub fn dot_f16_ref(a: &[f16], b: &[f16], width: usize) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let n = a.len();
+    let mut sum = 0f64;
+    let mut done = 0;
+    if width > 0 {
+        let step = 4 * width;
+        let blocks_end = n - n % step;
+        let mut acc = [[0f32; 16]; 4];
+        for block in (0..blocks_end).step_by(step) {
+            for (j, lanes) in acc.iter_mut().enumerate() {
+                for (l, lane) in lanes[..width].iter_mut().enumerate() {
+                    let i = block + j * width + l;
+                    *lane = a[i].to_f32().mul_add(b[i].to_f32(), *lane);
+                }
+            }
+        }
+        let mut lanes = [0f32; 16];
+        for l in 0..width {
+            let low = acc[0][l] + acc[2][l];
+            let high = acc[1][l] + acc[3][l];
+            lanes[l] = low + high;
+        }
+        sum = reduce_lanes_dot(&lanes[..width]) as f64;
+        done = blocks_end;
+    }
+    for i in done..n {
+        sum += (a[i].to_f32() * b[i].to_f32()) as f64;
+    }
+    sum as f32
+}
+
+/// Horizontal sum of one accumulator in the tree ggml's dot-product reduce macros use:
+/// 16 lanes (GCC's `_mm512_reduce_add_ps`): halves, then quarters, then
+/// `(t0 + t2) + (t1 + t3)`; 8 lanes (`_mm_hadd_ps` twice): halves, then
+/// `(t0 + t1) + (t2 + t3)`.
+fn reduce_lanes_dot(v: &[f32]) -> f32 {
+    match v.len() {
+        16 => {
+            let h: [f32; 8] = std::array::from_fn(|i| v[i] + v[i + 8]);
+            let q: [f32; 4] = std::array::from_fn(|i| h[i] + h[i + 4]);
+            (q[0] + q[2]) + (q[1] + q[3])
+        }
+        8 => {
+            let q: [f32; 4] = std::array::from_fn(|i| v[i] + v[i + 4]);
+            (q[0] + q[1]) + (q[2] + q[3])
+        }
+        _ => v.iter().sum(),
+    }
+}
+
+/// Horizontal sum of one block in `ggml_vec_soft_max_f32`: 16 lanes reduce like
+/// [`reduce_lanes_dot`]; 8 lanes go halves, then `movehl` and `movehdup`, which gives
+/// `(t0 + t2) + (t1 + t3)` (not the dot product's `(t0 + t1) + (t2 + t3)`).
+fn reduce_lanes_softmax(v: &[f32]) -> f32 {
+    match v.len() {
+        16 => reduce_lanes_dot(v),
+        8 => {
+            let q: [f32; 4] = std::array::from_fn(|i| v[i] + v[i + 4]);
+            (q[0] + q[2]) + (q[1] + q[3])
+        }
+        _ => v.iter().sum(),
+    }
+}
+
+/// [`dot_f16_ref`] for this target's width, with SIMD where available.
+#[inline]
+pub fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    {
+        x86::dot_f16_w16(a, b)
+    }
+    #[cfg(all(
+        target_arch = "x86_64",
+        not(target_feature = "avx512f"),
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    {
+        x86::dot_f16_w8(a, b)
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        any(
+            target_feature = "avx512f",
+            all(
+                target_feature = "avx2",
+                target_feature = "fma",
+                target_feature = "f16c"
+            )
+        )
+    )))]
+    {
+        dot_f16_ref(a, b, SIMD_WIDTH)
+    }
+}
+
+/// `acc[i] = f16(fma(x[i], v, f32(acc[i])))`: ggml's `ggml_vec_mad_f16`, which
+/// accumulates attention values in an f16 buffer, rounding after every position.
+#[inline]
+fn mad_f16(acc: &mut [f16], x: &[f16], v: f32) {
+    debug_assert_eq!(acc.len(), x.len());
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    {
+        x86::mad_f16(acc, x, v)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    for (a, &xv) in acc.iter_mut().zip(x) {
+        *a = f16::from_f32(xv.to_f32().mul_add(v, a.to_f32()));
+    }
+}
+
+/// `acc[i] = f16(f32(acc[i]) * v)`: ggml's `ggml_vec_scale_f16`.
+#[inline]
+fn scale_f16(acc: &mut [f16], v: f32) {
+    for a in acc.iter_mut() {
+        *a = f16::from_f32(a.to_f32() * v);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Attention
+// ---------------------------------------------------------------------------------
+
+/// Attention of one query head over the first `n_kv` cached positions, as ggml's
+/// flash-attention kernel computes it for one query row
+/// (`ggml_compute_forward_flash_attn_ext_f16_one_chunk`), which is what llama.cpp runs
+/// on the CPU by default (`flash_attn = auto` resolves to enabled there):
+///
+/// 1. Q is rounded to f16, the type of the K cache, and each score is the f16 dot
+///    product [`dot_f16`] (f32 accumulators), rounded to f32, times `scale`.
+/// 2. Online softmax in key order: a new maximum `M` rescales the running output by
+///    `expf(M_old - M)` and counts with weight 1; otherwise the weight is
+///    `expf(s - M)`. The running output is an **f16** buffer, updated with one
+///    rounding per position ([`mad_f16`]); the running sum `S` is f32, `S*ms + vs`.
+/// 3. The output is `f32(acc) * (1/S)` (a multiply by the rounded reciprocal).
+///
+/// Layout: `k_cache`/`v_cache` hold `kv_stride` f16 values per position; this head's
+/// K and V are `kv_off .. kv_off + head_dim` of each row, `head_dim = q.len() =
+/// out.len()`. `scores` is scratch of at least `n_kv`. Causality is the caller's
+/// choice of `n_kv`.
+///
+/// With a decode step over 512 or more padded KV cells, llama.cpp splits the keys
+/// across threads instead; see [`attend_head_split`].
+#[allow(clippy::too_many_arguments)]
+pub fn attend_head(
+    q: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
+    kv_stride: usize,
+    kv_off: usize,
+    n_kv: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let head_dim = q.len();
+    let mut acc_stack = [f16::ZERO; STACK_HEAD_DIM];
+    let mut acc_heap;
+    let acc: &mut [f16] = if head_dim <= STACK_HEAD_DIM {
+        &mut acc_stack[..head_dim]
+    } else {
+        acc_heap = vec![f16::ZERO; head_dim];
+        &mut acc_heap
+    };
+    let scores = &mut scores[..n_kv];
+    kq_scores(q, k_cache, kv_stride, kv_off, scale, scores);
+    let (_, sum) = softmax_v_chunk(scores, v_cache, kv_stride, kv_off, 0, acc);
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    for (o, a) in out.iter_mut().zip(acc.iter()) {
+        *o = a.to_f32() * inv;
+    }
+}
+
+/// Attention of one query head with the keys split into chunks of `chunk_len`
+/// positions, as llama.cpp's decode path does when a single query row meets 512 or
+/// more KV cells (`use_split_kv_path`): each chunk runs the online softmax of
+/// [`attend_head`] on its own (f16 running output), then the chunks are merged in key
+/// order in f32: `M = max(M, M_c)`, `out = out*expf(M_old - M) + f32(acc_c)*expf(M_c - M)`,
+/// `S = S*expf(M_old - M) + S_c*expf(M_c - M)`, and finally `out *= 1/S`.
+///
+/// `chunk_len` comes from [`llama_cpp_split_chunk_len`]; chunks past `n_kv` are empty
+/// (llama.cpp masks them) and skipped. Arguments otherwise as [`attend_head`].
+#[allow(clippy::too_many_arguments)]
+pub fn attend_head_split(
+    q: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
+    kv_stride: usize,
+    kv_off: usize,
+    n_kv: usize,
+    scale: f32,
+    chunk_len: usize,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let head_dim = q.len();
+    let chunk_len = chunk_len.max(1);
+    let mut acc_stack = [f16::ZERO; STACK_HEAD_DIM];
+    let mut acc_heap;
+    let acc: &mut [f16] = if head_dim <= STACK_HEAD_DIM {
+        &mut acc_stack[..head_dim]
+    } else {
+        acc_heap = vec![f16::ZERO; head_dim];
+        &mut acc_heap
+    };
+    let scores = &mut scores[..n_kv];
+    kq_scores(q, k_cache, kv_stride, kv_off, scale, scores);
+
+    let out = &mut out[..head_dim];
+    out.fill(0.0);
+    let mut max = f32::NEG_INFINITY;
+    let mut sum = 0f32;
+    for (c, chunk) in scores.chunks(chunk_len).enumerate() {
+        let (chunk_max, chunk_sum) =
+            softmax_v_chunk(chunk, v_cache, kv_stride, kv_off, c * chunk_len, acc);
+        if chunk_sum == 0.0 {
+            continue;
+        }
+        let new_max = max.max(chunk_max);
+        let old_weight = (max - new_max).exp();
+        let chunk_weight = (chunk_max - new_max).exp();
+        for (o, a) in out.iter_mut().zip(acc.iter()) {
+            *o = merge(*o, old_weight, a.to_f32(), chunk_weight);
+        }
+        sum = merge(sum, old_weight, chunk_sum, chunk_weight);
+        max = new_max;
+    }
+    if sum != 0.0 {
+        let inv = 1.0 / sum;
+        for o in out.iter_mut() {
+            *o *= inv;
+        }
+    }
+}
+
+/// `a*wa + b*wb` as GCC contracts it in ggml's partial-merge loop: the first
+/// product fused, the second rounded (checked against ggml in the golden test).
+#[inline(always)]
+fn merge(a: f32, wa: f32, b: f32, wb: f32) -> f32 {
+    a.mul_add(wa, b * wb)
+}
+
+/// The key-chunk length llama.cpp's split decode path uses, or `None` when it takes the
+/// single-pass path.
+///
+/// llama.cpp pads the KV view to a multiple of 256 cells (at least 256, at most the
+/// cache size `n_ctx_cells`); a single query row over 512 or more padded cells is split
+/// into `n_threads` chunks of `ceil(padded / n_threads)` cells. `n_kv` counts the
+/// cells in use including the token being decoded.
+pub fn llama_cpp_split_chunk_len(
+    n_kv: usize,
+    n_ctx_cells: usize,
+    n_threads: usize,
+) -> Option<usize> {
+    let padded = n_kv.div_ceil(256).max(1) * 256;
+    let padded = padded.min(n_ctx_cells);
+    if padded >= 512 {
+        let threads = n_threads.max(1);
+        Some(padded.div_ceil(threads))
+    } else {
+        None
+    }
+}
+
+/// `scores[i] = f32(dot_f16(f16(q), K_i)) * scale` for every cached position.
+fn kq_scores(
+    q: &[f32],
+    k_cache: &[f16],
+    kv_stride: usize,
+    kv_off: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let head_dim = q.len();
+    let mut q_stack = [f16::ZERO; STACK_HEAD_DIM];
+    let mut q_heap;
+    let q16: &mut [f16] = if head_dim <= STACK_HEAD_DIM {
+        &mut q_stack[..head_dim]
+    } else {
+        q_heap = vec![f16::ZERO; head_dim];
+        &mut q_heap
+    };
+    f32_to_f16(q, q16);
+    for (pos, s) in scores.iter_mut().enumerate() {
+        let row = pos * kv_stride + kv_off;
+        *s = dot_f16(&k_cache[row..row + head_dim], q16) * scale;
+    }
+}
+
+/// Online softmax over `scores` (positions `first ..`) with the f16 running output
+/// `acc`; returns `(max, sum)`. See [`attend_head`] for the arithmetic.
+fn softmax_v_chunk(
+    scores: &[f32],
+    v_cache: &[f16],
+    kv_stride: usize,
+    kv_off: usize,
+    first: usize,
+    acc: &mut [f16],
+) -> (f32, f32) {
+    let head_dim = acc.len();
+    acc.fill(f16::ZERO);
+    let mut max = f32::NEG_INFINITY;
+    let mut sum = 0f32;
+    for (i, &s) in scores.iter().enumerate() {
+        let row = (first + i) * kv_stride + kv_off;
+        let (rescale, weight) = if s > max {
+            let old = max;
+            max = s;
+            let rescale = (old - max).exp();
+            scale_f16(acc, rescale);
+            (rescale, 1.0)
+        } else {
+            (1.0, (s - max).exp())
+        };
+        mad_f16(acc, &v_cache[row..row + head_dim], weight);
+        sum = sum.mul_add(rescale, weight);
+    }
+    (max, sum)
+}
+
+// ---------------------------------------------------------------------------------
+// SwiGLU, SiLU, softmax
+// ---------------------------------------------------------------------------------
+
+/// `ggml_v_expf` of the given flavor, one lane at a time (libm `expf` for
+/// [`ExpFlavor::Libm`]).
+///
+/// Both vector flavors split `x = n*ln2 + b` (n by the 1.5*2^23 rounding trick, ln2 in
+/// two parts), evaluate a degree-5 polynomial in `b` with fused multiply-adds, and
+/// scale by `2^n`. AVX-512 folds the constant 1 into the polynomial and scales with
+/// `scalef` (one rounding); AVX2 builds `k = 2^n` from the exponent bits and returns
+/// `k + k*j` in one fma, with special cases for `|n| > 126`.
+pub fn expf_flavor(x: f32, flavor: ExpFlavor) -> f32 {
+    const SHIFTER: u32 = 0x4b40_0000; // 0x1.8p23
+    const LOG2E: u32 = 0x3fb8_aa3b; // 0x1.715476p+0
+    const LN2_HI: u32 = 0x3f31_7200; // 0x1.62e4p-1
+    const LN2_LO: u32 = 0x35bf_be8e; // 0x1.7f7d1cp-20
+    const C5: u32 = 0x3c07_2010; // 0x1.0e4020p-7
+    const C4: u32 = 0x3d2b_9f17; // 0x1.573e2ep-5
+    const C3: u32 = 0x3e2a_af33; // 0x1.555e66p-3
+    const C2: u32 = 0x3eff_fedb; // 0x1.fffdb6p-2
+    const C1: u32 = 0x3f7f_fff6; // 0x1.ffffecp-1
+    let c = f32::from_bits;
+
+    if flavor == ExpFlavor::Libm {
+        return x.exp();
+    }
+    let shifter = c(SHIFTER);
+    let z = x.mul_add(c(LOG2E), shifter);
+    let n = z - shifter;
+    let b = (-n).mul_add(c(LN2_LO), (-n).mul_add(c(LN2_HI), x));
+    let u = b * b;
+    let high = c(C5).mul_add(b, c(C4)).mul_add(u, c(C3).mul_add(b, c(C2)));
+    match flavor {
+        ExpFlavor::Avx512 => {
+            if n.abs() > 192.0 {
+                return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+            }
+            let j = high.mul_add(u, c(C1).mul_add(b, 1.0));
+            scalef(j, n as i32)
+        }
+        _ => {
+            let j = high.mul_add(u, c(C1) * b);
+            let e = z.to_bits() << 23;
+            let k = c(e.wrapping_add(1.0f32.to_bits()));
+            if n.abs() <= 126.0 {
+                return j.mul_add(k, k);
+            }
+            let g: u32 = if n <= 0.0 { 0x8200_0000 } else { 0 };
+            let s1 = c(g.wrapping_add(0x7f00_0000));
+            if n.abs() > 192.0 {
+                return s1 * s1;
+            }
+            let s2 = c(e.wrapping_sub(g));
+            s2.mul_add(j, s2) * s1
+        }
+    }
+}
+
+/// `j * 2^n` with a single rounding, like `vscalefps`, for `|n| <= 192`.
+fn scalef(j: f32, n: i32) -> f32 {
+    let pow2 = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
+    if (-126..=127).contains(&n) {
+        j * pow2(n)
+    } else if n < -126 {
+        // j*2^(n+100) stays normal and exact; the second product rounds once.
+        (j * pow2(n + 100)) * pow2(-100)
+    } else {
+        (j * pow2(n - 100)) * pow2(100)
+    }
+}
+
+/// SiLU of one element as ggml's vector path computes it: `x / (1 + expf(0 - x))`.
+#[inline(always)]
+fn silu_flavor(x: f32, flavor: ExpFlavor) -> f32 {
+    x / (1.0 + expf_flavor(0.0 - x, flavor))
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]`, as `ggml_vec_swiglu_f32`: full vector blocks use
+/// the target's `ggml_v_expf`, the tail uses libm `expf`.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    swiglu_flavor(gate, up, EXP_FLAVOR);
+}
+
+/// [`swiglu`] for a given flavor (exposed for tests on other targets' arithmetic).
+pub fn swiglu_flavor(gate: &mut [f32], up: &[f32], flavor: ExpFlavor) {
+    debug_assert_eq!(gate.len(), up.len());
+    let block = flavor.block();
+    let vec_end = gate.len() - gate.len() % block;
+    for (g, &u) in gate[..vec_end].iter_mut().zip(up) {
+        *g = silu_flavor(*g, flavor) * u;
+    }
+    for (g, &u) in gate[vec_end..].iter_mut().zip(&up[vec_end..]) {
+        *g = silu_flavor(*g, ExpFlavor::Libm) * u;
+    }
+}
+
+/// In-place softmax as ggml's SOFT_MAX op computes one row: the max (first-wins
+/// `>` scan), `expf(x - max)` per vector block with each block's horizontal f32 sum
+/// added to an f64 total (tail: libm `expf`, added one by one), then a multiply by
+/// `f32(1.0 / total)`.
+pub fn softmax(x: &mut [f32]) {
+    softmax_flavor(x, EXP_FLAVOR);
+}
+
+/// [`softmax`] for a given flavor.
+pub fn softmax_flavor(x: &mut [f32], flavor: ExpFlavor) {
+    if x.is_empty() {
+        return;
+    }
+    let max = x
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if m > v { m } else { v });
+    let block = flavor.block();
+    let vec_end = x.len() - x.len() % block;
+    let mut total = 0f64;
+    if flavor != ExpFlavor::Libm {
+        for chunk in x[..vec_end].chunks_exact_mut(block) {
+            for v in chunk.iter_mut() {
+                *v = expf_flavor(*v - max, flavor);
+            }
+            total += reduce_lanes_softmax(chunk) as f64;
+        }
+    }
+    let tail_start = if flavor == ExpFlavor::Libm {
+        0
+    } else {
+        vec_end
+    };
+    for v in x[tail_start..].iter_mut() {
+        *v = (*v - max).exp();
+        total += *v as f64;
+    }
+    let inv = (1.0 / total) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}

@@ -1,0 +1,136 @@
+//! x86-64 kernels for the attention inner loops over the f16 KV cache. Each one is the
+//! vector twin of a scalar reference in `ops` and gives the same bits.
+
+use half::f16;
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// [`super::dot_f16_ref`] with 16 lanes: four `__m512` accumulators over blocks of 64.
+#[cfg(target_feature = "avx512f")]
+#[inline]
+pub(super) fn dot_f16_w16(a: &[f16], b: &[f16]) -> f32 {
+    let n = a.len().min(b.len());
+    let blocks_end = n - n % 64;
+    let pa = a.as_ptr() as *const __m256i;
+    let pb = b.as_ptr() as *const __m256i;
+    // SAFETY: every 16-value load starts below blocks_end <= n, inside both slices.
+    let lanes = unsafe {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut block = 0;
+        while block < blocks_end {
+            for (j, acc_j) in acc.iter_mut().enumerate() {
+                let off = (block + 16 * j) / 16;
+                let va = _mm512_cvtph_ps(_mm256_loadu_si256(pa.add(off)));
+                let vb = _mm512_cvtph_ps(_mm256_loadu_si256(pb.add(off)));
+                *acc_j = _mm512_fmadd_ps(va, vb, *acc_j);
+            }
+            block += 64;
+        }
+        let low = _mm512_add_ps(acc[0], acc[2]);
+        let high = _mm512_add_ps(acc[1], acc[3]);
+        let total = _mm512_add_ps(low, high);
+        // Horizontal sum in GCC's `_mm512_reduce_add_ps` tree (see `reduce_lanes_dot`).
+        let upper = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(total)));
+        let halves = _mm256_add_ps(upper, _mm512_castps512_ps256(total));
+        let quarters = _mm_add_ps(
+            _mm256_extractf128_ps::<1>(halves),
+            _mm256_castps256_ps128(halves),
+        );
+        let swapped = _mm_shuffle_ps::<0b01_00_11_10>(quarters, quarters);
+        let pairs = _mm_add_ps(quarters, swapped);
+        _mm_cvtss_f32(pairs) + _mm_cvtss_f32(_mm_shuffle_ps::<1>(pairs, pairs))
+    };
+    let mut sum = lanes as f64;
+    for i in blocks_end..n {
+        sum += (a[i].to_f32() * b[i].to_f32()) as f64;
+    }
+    sum as f32
+}
+
+/// [`super::dot_f16_ref`] with 8 lanes: four `__m256` accumulators over blocks of 32.
+#[cfg(all(
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[allow(dead_code)] // used on AVX2 targets without AVX-512, tested everywhere
+#[inline]
+pub(super) fn dot_f16_w8(a: &[f16], b: &[f16]) -> f32 {
+    let n = a.len().min(b.len());
+    let blocks_end = n - n % 32;
+    let pa = a.as_ptr() as *const __m128i;
+    let pb = b.as_ptr() as *const __m128i;
+    // SAFETY: every 8-value load starts below blocks_end <= n, inside both slices.
+    let lanes = unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut block = 0;
+        while block < blocks_end {
+            for (j, acc_j) in acc.iter_mut().enumerate() {
+                let off = (block + 8 * j) / 8;
+                let va = _mm256_cvtph_ps(_mm_loadu_si128(pa.add(off)));
+                let vb = _mm256_cvtph_ps(_mm_loadu_si128(pb.add(off)));
+                *acc_j = _mm256_fmadd_ps(va, vb, *acc_j);
+            }
+            block += 32;
+        }
+        let low = _mm256_add_ps(acc[0], acc[2]);
+        let high = _mm256_add_ps(acc[1], acc[3]);
+        let total = _mm256_add_ps(low, high);
+        let quarters = _mm_add_ps(
+            _mm256_castps256_ps128(total),
+            _mm256_extractf128_ps::<1>(total),
+        );
+        let pairs = _mm_hadd_ps(quarters, quarters);
+        _mm_cvtss_f32(_mm_hadd_ps(pairs, pairs))
+    };
+    let mut sum = lanes as f64;
+    for i in blocks_end..n {
+        sum += (a[i].to_f32() * b[i].to_f32()) as f64;
+    }
+    sum as f32
+}
+
+/// `acc[i] = f16(fma(x[i], v, f32(acc[i])))`, 16 at a time (rounding to nearest even).
+#[cfg(target_feature = "avx512f")]
+#[inline]
+pub(super) fn mad_f16(acc: &mut [f16], x: &[f16], v: f32) {
+    let n = acc.len().min(x.len());
+    let vec_end = n - n % 16;
+    let pa = acc.as_mut_ptr() as *mut __m256i;
+    let px = x.as_ptr() as *const __m256i;
+    // SAFETY: loads and stores of 16 values start below vec_end <= n.
+    unsafe {
+        let vv = _mm512_set1_ps(v);
+        for blk in 0..vec_end / 16 {
+            let va = _mm512_cvtph_ps(_mm256_loadu_si256(pa.add(blk)));
+            let vx = _mm512_cvtph_ps(_mm256_loadu_si256(px.add(blk)));
+            let sum = _mm512_fmadd_ps(vx, vv, va);
+            _mm256_storeu_si256(
+                pa.add(blk),
+                _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(sum),
+            );
+        }
+    }
+    for i in vec_end..n {
+        acc[i] = f16::from_f32(x[i].to_f32().mul_add(v, acc[i].to_f32()));
+    }
+}
+
+/// f32 -> f16 rounding to nearest even, 16 at a time.
+#[cfg(target_feature = "avx512f")]
+#[inline]
+pub(super) fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
+    let n = src.len().min(dst.len());
+    let vec_end = n - n % 16;
+    // SAFETY: loads and stores of 16 values start below vec_end <= n.
+    unsafe {
+        for blk in 0..vec_end / 16 {
+            let v = _mm512_loadu_ps(src.as_ptr().add(16 * blk));
+            let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+            _mm256_storeu_si256((dst.as_mut_ptr() as *mut __m256i).add(blk), h);
+        }
+    }
+    for i in vec_end..n {
+        dst[i] = f16::from_f32(src[i]);
+    }
+}
