@@ -119,6 +119,19 @@ impl GgufWriter {
         self
     }
 
+    /// Removes a key; returns its value if it was there.
+    pub fn remove_kv(&mut self, key: &str) -> Option<Value> {
+        let i = self.metadata.iter().position(|(k, _)| k == key)?;
+        Some(self.metadata.remove(i).1)
+    }
+
+    /// Removes a tensor; returns whether it was there.
+    pub fn remove_tensor(&mut self, name: &str) -> bool {
+        let before = self.tensors.len();
+        self.tensors.retain(|t| t.name != name);
+        self.tensors.len() != before
+    }
+
     /// The value of a key added so far.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
