@@ -217,7 +217,7 @@ pub fn report_json(g: &GgufFile, with_tensors: bool) -> Json {
 }
 
 /// Bytes in MB/GB with two decimals.
-fn size(bytes: u64) -> String {
+pub(crate) fn size(bytes: u64) -> String {
     let b = bytes as f64;
     if b >= 1e9 {
         format!("{:.2} GB", b / 1e9)

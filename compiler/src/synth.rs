@@ -516,11 +516,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let layout = synthesize(&cfg, args.vocab_from.as_deref(), &args.output, mode)?;
     let params: u64 = layout.tensors.iter().map(|t| t.n_elements).sum();
     eprintln!(
-        "mcc synth: wrote {} ({} tensors, {:.1}M params, {:.2} GB{}) in {:.1}s",
+        "mcc synth: wrote {} ({} tensors, {:.1}M params, {}{}) in {:.1}s",
         args.output.display(),
         layout.tensors.len(),
         params as f64 / 1e6,
-        layout.file_len as f64 / 1e9,
+        crate::inspect::size(layout.file_len),
         if args.header_only {
             ", header only"
         } else {
