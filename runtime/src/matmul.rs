@@ -1,1 +1,287 @@
-//! (in progress)
+//! Weight matrix times activations, for any weight format: `matvec` for decode (one
+//! token), `matmul` for prefill batches, and `quantize_act` to turn the f32 inputs into
+//! the activation format the weights pair with, once per matmul input.
+//!
+//! Weights are row-major: row `r` is `cols / W::BLOCK_ELEMS` consecutive blocks, and
+//! output `r` is that row's dot with the activations. Work is split across the pool by
+//! rows; every output element is one `W::vec_dot`, so the results do not depend on the
+//! number of threads or on the tiling.
+
+use crate::pool::{DisjointOut, Pool};
+use crate::quant::{ActBlock, ActType, WeightType};
+
+/// Bytes of weights a thread should get per claimed chunk of rows at least: enough that
+/// claiming (one atomic add) is noise next to streaming the rows.
+const MIN_CHUNK_BYTES: usize = 16 << 10;
+
+/// Chunks per thread a matrix is cut into at most, so that threads that get slower chunks
+/// (or lose their core for a while on a shared machine) can be compensated.
+const CHUNKS_PER_THREAD: usize = 8;
+
+/// Tokens whose dots with one weight row are taken while the row is in L1: each row is
+/// read from memory once per `TOKEN_TILE` tokens.
+const TOKEN_TILE: usize = 16;
+
+/// Weight bytes of the rows one matmul task covers at most: the rows stay in L2 while the
+/// task walks over the token tiles.
+const MATMUL_TASK_BYTES: usize = 256 << 10;
+
+/// Weight blocks per row for a row of activations of `act_blocks` blocks.
+fn row_blocks<W: WeightType>(act_blocks: usize) -> usize {
+    let cols = act_blocks * W::Act::BLOCK_ELEMS;
+    assert!(
+        cols.is_multiple_of(W::BLOCK_ELEMS),
+        "{}: {cols} columns is not a whole number of blocks",
+        W::NAME
+    );
+    cols / W::BLOCK_ELEMS
+}
+
+/// Rows per chunk for a matrix of `rows` rows of `row_bytes` bytes on `n_threads` threads.
+fn rows_per_chunk(rows: usize, row_bytes: usize, n_threads: usize) -> usize {
+    let balanced = rows.div_ceil(n_threads * CHUNKS_PER_THREAD);
+    let min_rows = MIN_CHUNK_BYTES.div_ceil(row_bytes.max(1));
+    balanced.max(min_rows).max(1)
+}
+
+/// `W (rows × cols) @ x -> out (rows)`. `w` holds `rows` rows of blocks, `act` is `x`
+/// quantized to `W::Act` (`cols / Act::BLOCK_ELEMS` blocks), `out.len()` is `rows`.
+pub fn matvec<W: WeightType>(pool: &Pool, w: &[W::Block], act: &[ActBlock<W>], out: &mut [f32]) {
+    let rows = out.len();
+    let rb = row_blocks::<W>(act.len());
+    assert_eq!(
+        w.len(),
+        rows * rb,
+        "{} matvec: {} weight blocks for {rows} rows of {rb}",
+        W::NAME,
+        w.len()
+    );
+    if rb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let row_bytes = rb * size_of::<W::Block>();
+    let chunk = rows_per_chunk(rows, row_bytes, pool.n_threads());
+    pool.for_each_chunk(out, chunk, |start, out| {
+        let rows_w = &w[start * rb..(start + out.len()) * rb];
+        for (o, row) in out.iter_mut().zip(rows_w.chunks_exact(rb)) {
+            *o = W::vec_dot(row, act);
+        }
+    });
+}
+
+/// The same for `n_tokens` tokens: `act` holds `n_tokens` rows of quantized activations
+/// (one after another), `out` is `n_tokens × rows`, token-major (`out[t * rows + r]`).
+///
+/// Threads take chunks of weight rows (at most `MATMUL_TASK_BYTES` of them, so they stay
+/// in L2); within a chunk, tokens go in tiles of `TOKEN_TILE` and each row is dotted with
+/// every token of the tile while it is in L1.
+pub fn matmul<W: WeightType>(
+    pool: &Pool,
+    w: &[W::Block],
+    act: &[ActBlock<W>],
+    n_tokens: usize,
+    out: &mut [f32],
+) {
+    if n_tokens == 0 {
+        assert!(
+            act.is_empty() && out.is_empty(),
+            "{} matmul: 0 tokens with non-empty buffers",
+            W::NAME
+        );
+        return;
+    }
+    assert!(
+        act.len().is_multiple_of(n_tokens) && out.len().is_multiple_of(n_tokens),
+        "{} matmul: buffers for {n_tokens} tokens",
+        W::NAME
+    );
+    if n_tokens == 1 {
+        return matvec::<W>(pool, w, act, out);
+    }
+    let act_row = act.len() / n_tokens;
+    let rows = out.len() / n_tokens;
+    let rb = row_blocks::<W>(act_row);
+    assert_eq!(
+        w.len(),
+        rows * rb,
+        "{} matmul: {} weight blocks for {rows} rows of {rb}",
+        W::NAME,
+        w.len()
+    );
+    if rb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let row_bytes = rb * size_of::<W::Block>();
+    let chunk = rows_per_chunk(rows, row_bytes, pool.n_threads())
+        .min((MATMUL_TASK_BYTES / row_bytes).max(1));
+    let n_chunks = rows.div_ceil(chunk);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let out = DisjointOut::new(out);
+    pool.run(&|_, _| loop {
+        let c = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if c >= n_chunks {
+            break;
+        }
+        let row_range = c * chunk..((c + 1) * chunk).min(rows);
+        for t0 in (0..n_tokens).step_by(TOKEN_TILE) {
+            let tile = t0..(t0 + TOKEN_TILE).min(n_tokens);
+            for r in row_range.clone() {
+                let row = &w[r * rb..(r + 1) * rb];
+                for t in tile.clone() {
+                    let v = W::vec_dot(row, &act[t * act_row..(t + 1) * act_row]);
+                    // SAFETY: row chunk `c` is claimed by this thread alone (fetch_add),
+                    // so index (t, r) is written by no other thread.
+                    unsafe { out.write(t * rows + r, v) };
+                }
+            }
+        }
+    });
+}
+
+/// Quantizes `x` (rows of `cols` values, one after another) into `act`, resized to
+/// `x.len() / A::BLOCK_ELEMS` blocks; `cols` must be a whole number of blocks so that no
+/// block straddles two rows.
+pub fn quantize_act<A: ActType>(x: &[f32], cols: usize, act: &mut Vec<A::Block>) {
+    assert!(
+        cols > 0 && cols.is_multiple_of(A::BLOCK_ELEMS),
+        "{}: {cols} columns is not a whole number of blocks",
+        A::NAME
+    );
+    assert!(
+        x.len().is_multiple_of(cols),
+        "{}: {} values is not a whole number of {cols}-rows",
+        A::NAME,
+        x.len()
+    );
+    // no clear: every block is overwritten
+    act.resize(x.len() / A::BLOCK_ELEMS, A::Block::default());
+    A::quantize(x, act);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::testing;
+    use crate::quant::{bf16::BF16, f16::F16, q4_0::Q4_0, q4_1::Q4_1, q5_1::Q5_1, q8_0::Q8_0};
+
+    /// A rows × cols matrix made of the golden blocks (cycled with a row-dependent
+    /// stride, so rows differ), with its dequantized values.
+    fn matrix<W: WeightType>(rows: usize, cols: usize) -> (Vec<W::Block>, Vec<f32>) {
+        let (blocks, values) = testing::golden::<W>();
+        let rb = cols / W::BLOCK_ELEMS;
+        let mut w = Vec::with_capacity(rows * rb);
+        let mut wf = Vec::with_capacity(rows * cols);
+        for r in 0..rows {
+            for k in 0..rb {
+                let i = (r * 7 + k * 3) % blocks.len();
+                w.push(blocks[i]);
+                wf.extend_from_slice(&values[i * W::BLOCK_ELEMS..(i + 1) * W::BLOCK_ELEMS]);
+            }
+        }
+        (w, wf)
+    }
+
+    /// matmul against an f64 reference over the dequantized weights and activations, and
+    /// against `vec_dot` row by row (bit-exact: the same kernel computes each element).
+    /// `rel_limit` is relative to `sum |w a|` per output, as in `check_vec_dot`.
+    fn check<W: WeightType>(rows: usize, cols: usize, n_tokens: usize, rel_limit: f64) {
+        let (w, wf) = matrix::<W>(rows, cols);
+        let x = testing::activations(n_tokens * cols, rows as u64);
+        let mut act = Vec::new();
+        quantize_act::<W::Act>(&x, cols, &mut act);
+        let mut xq = vec![0f32; x.len()];
+        W::Act::dequantize_ref(&act, &mut xq);
+        let act_row = act.len() / n_tokens;
+        for threads in [1, 2, 3] {
+            let pool = Pool::new(threads);
+            let mut out = vec![f32::NAN; n_tokens * rows];
+            matmul::<W>(&pool, &w, &act, n_tokens, &mut out);
+            for t in 0..n_tokens {
+                let a = &act[t * act_row..(t + 1) * act_row];
+                let mut single = vec![f32::NAN; rows];
+                matvec::<W>(&pool, &w, a, &mut single);
+                for r in 0..rows {
+                    let got = out[t * rows + r];
+                    let row = &w[r * cols / W::BLOCK_ELEMS..(r + 1) * cols / W::BLOCK_ELEMS];
+                    assert_eq!(
+                        got.to_bits(),
+                        W::vec_dot(row, a).to_bits(),
+                        "{} t{t} r{r}",
+                        W::NAME
+                    );
+                    assert_eq!(
+                        got.to_bits(),
+                        single[r].to_bits(),
+                        "{} matvec t{t} r{r}",
+                        W::NAME
+                    );
+                    let (wr, xr) = (&wf[r * cols..(r + 1) * cols], &xq[t * cols..(t + 1) * cols]);
+                    let exact: f64 = wr.iter().zip(xr).map(|(&p, &q)| p as f64 * q as f64).sum();
+                    let scale: f64 = wr
+                        .iter()
+                        .zip(xr)
+                        .map(|(&p, &q)| (p as f64 * q as f64).abs())
+                        .sum();
+                    let err = (got as f64 - exact).abs() / scale.max(f64::MIN_POSITIVE);
+                    assert!(
+                        err <= rel_limit,
+                        "{} {threads} threads, t{t} r{r}: {got} vs {exact}",
+                        W::NAME
+                    );
+                }
+            }
+        }
+    }
+
+    // Limits as derived in each format's vec_dot test (Q4_1 / Q5_1: f16 rounding of the
+    // activations' `s`, 2^-10; the others: f32 rounding only).
+    #[test]
+    fn q4_0_odd_shapes() {
+        check::<Q4_0>(37, 256, 19, 1e-5);
+        // 18 chunks of 57 rows (16 KiB of weights each): exercises the parallel split
+        check::<Q4_0>(1000, 512, 19, 1e-5);
+        check::<Q4_0>(1, 32, 2, 1e-5);
+    }
+
+    #[test]
+    fn q4_1_many_rows() {
+        check::<Q4_1>(300, 128, 17, 2f64.powi(-10));
+    }
+
+    #[test]
+    fn q5_1_and_q8_0() {
+        check::<Q5_1>(45, 96, 5, 2f64.powi(-10));
+        check::<Q8_0>(64, 512, 33, 1e-5);
+    }
+
+    #[test]
+    fn float_formats() {
+        check::<F16>(33, 100, 3, 1e-5);
+        check::<BF16>(20, 64, 18, 1e-5);
+    }
+
+    #[test]
+    fn single_token_and_empty() {
+        let pool = Pool::new(2);
+        check::<Q8_0>(513, 64, 1, 1e-5);
+        let mut out: Vec<f32> = Vec::new();
+        matmul::<Q8_0>(&pool, &[], &[], 0, &mut out);
+        matvec::<Q8_0>(&pool, &[], &[], &mut out);
+    }
+
+    #[test]
+    fn quantize_act_reuses_and_resizes() {
+        let x = testing::activations(4 * 64, 3);
+        let mut act = Vec::new();
+        quantize_act::<Q8_0>(&x, 64, &mut act);
+        assert_eq!(act.len(), 8);
+        let mut want = vec![Default::default(); 8];
+        <Q8_0 as ActType>::quantize_ref(&x, &mut want);
+        assert_eq!(act, want);
+        quantize_act::<Q8_0>(&x[..64], 64, &mut act);
+        assert_eq!(act.len(), 2);
+        assert_eq!(act[..], want[..2]);
+    }
+}

@@ -11,8 +11,15 @@
 
 use std::mem::{align_of, size_of};
 
+pub mod bf16;
 pub mod f16;
 pub mod f32;
+pub mod q4_0;
+pub mod q4_1;
+pub mod q5_0;
+pub mod q5_1;
+pub mod q8_0;
+pub mod q8_1;
 pub mod q8_k;
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]

@@ -92,3 +92,49 @@ pub fn check_vec_dot<W: WeightType>(rel_limit: f64) {
         }
     }
 }
+
+/// For weight formats with a per-block offset `m` (`x = d q + m`) dotted with Q8_1: the
+/// dot against an f64 reference built from what the kernel actually reads, the stored
+/// activation sum `s` included: `sum_b [ sum_i (w_i - m_b) a_i + m_b s_b ]`. This isolates
+/// the kernel's own rounding (f32 scaling and accumulation) from the f16 rounding of `s`,
+/// which `check_vec_dot` has to allow for. `offset` reads `m` from a block.
+pub fn check_vec_dot_offsets<W>(rel_limit: f64, offset: impl Fn(&W::Block) -> f32)
+where
+    W: WeightType<Act = super::q8_1::Q8_1>,
+{
+    let (blocks, w) = golden::<W>();
+    let n = w.len();
+    let per_block = W::BLOCK_ELEMS;
+    for seed in 0..4 {
+        let x = activations(n, seed);
+        let mut act = vec![ActBlock::<W>::default(); n / W::Act::BLOCK_ELEMS];
+        W::Act::quantize_ref(&x, &mut act);
+        let mut xq = vec![0f32; n];
+        W::Act::dequantize_ref(&act, &mut xq);
+        let mut exact = 0f64;
+        let mut scale = 0f64;
+        for (b, block) in blocks.iter().enumerate() {
+            let m = offset(block) as f64;
+            let range = b * per_block..(b + 1) * per_block;
+            for (&wi, &ai) in w[range.clone()].iter().zip(&xq[range]) {
+                exact += (wi as f64 - m) * ai as f64;
+                scale += (wi as f64 * ai as f64).abs();
+            }
+            // one Q8_1 block per weight block (both hold 32 values)
+            let s = act[b].s.to_f32() as f64;
+            exact += m * s;
+            scale += (m * s).abs();
+        }
+        for (what, got) in [
+            ("scalar", W::vec_dot_ref(&blocks, &act)),
+            ("fast", W::vec_dot(&blocks, &act)),
+        ] {
+            let err = (got as f64 - exact).abs() / scale;
+            assert!(
+                err <= rel_limit,
+                "{}: {what} dot {got} vs f64 {exact}: rel err {err:e} > {rel_limit:e}",
+                W::NAME
+            );
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Q4_0: blocks of 32 four-bit quants with one f16 scale, symmetric around 8
+//! (4.5 bits per weight). Dotted with Q8_0 activations.
+
+use half::f16;
+
+use super::q8_0::{BlockQ8_0, Q8_0};
+use super::WeightType;
+
+/// Weights per Q4_0 block.
+pub const QK4_0: usize = 32;
+
+/// One Q4_0 block: `x[i] = d * (q[i] - 8)`, `q[i]` in 0..16.
+///
+/// Layout (18 bytes): `d: f16`, then `qs: [u8; 16]`. Byte `j` holds `q[j]` in its low
+/// nibble and `q[j + 16]` in its high nibble: the low nibbles are the first half of the
+/// block, the high nibbles the second half.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BlockQ4_0 {
+    pub d: f16,
+    pub qs: [u8; QK4_0 / 2],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
+
+/// Marker for the Q4_0 format (ggml type 2).
+#[derive(Clone, Copy, Debug, Default)]
+#[allow(non_camel_case_types)]
+pub struct Q4_0;
+
+/// The 32 nibbles of a 4-bit block in value order (low nibbles, then high nibbles).
+#[inline(always)]
+pub(crate) fn unpack_nibbles(qs: &[u8; 16]) -> [u8; 32] {
+    let mut q = [0u8; 32];
+    for (j, &b) in qs.iter().enumerate() {
+        q[j] = b & 0x0F;
+        q[j + 16] = b >> 4;
+    }
+    q
+}
+
+/// Scalar dot of a Q4_0 row with Q8_0 activations: per block the integer sum
+/// `sum (q_w - 8) * q_a`, scaled by the f32 product `d_w * d_a`, accumulated in f32.
+pub fn vec_dot_q4_0_q8_0_ref(row: &[BlockQ4_0], act: &[BlockQ8_0]) -> f32 {
+    assert_eq!(row.len(), act.len(), "Q4_0 vec_dot: length");
+    let mut sum = 0f32;
+    for (w, a) in row.iter().zip(act) {
+        let q = unpack_nibbles(&w.qs);
+        let sumi: i32 = q
+            .iter()
+            .zip(&a.qs)
+            .map(|(&x, &y)| (x as i32 - 8) * y as i32)
+            .sum();
+        sum += (w.d.to_f32() * a.d.to_f32()) * sumi as f32;
+    }
+    sum
+}
+
+impl WeightType for Q4_0 {
+    const NAME: &'static str = "Q4_0";
+    const GGML_ID: u32 = 2;
+    const BLOCK_ELEMS: usize = QK4_0;
+    type Block = BlockQ4_0;
+    type Act = Q8_0;
+
+    fn dequantize_ref(blocks: &[BlockQ4_0], out: &mut [f32]) {
+        assert_eq!(out.len(), blocks.len() * QK4_0, "Q4_0 dequantize: length");
+        for (block, ys) in blocks.iter().zip(out.chunks_exact_mut(QK4_0)) {
+            let d = block.d.to_f32();
+            for (y, q) in ys.iter_mut().zip(unpack_nibbles(&block.qs)) {
+                *y = d * (q as i32 - 8) as f32;
+            }
+        }
+    }
+
+    fn vec_dot_ref(row: &[BlockQ4_0], act: &[BlockQ8_0]) -> f32 {
+        vec_dot_q4_0_q8_0_ref(row, act)
+    }
+
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    #[inline(always)]
+    fn vec_dot(row: &[BlockQ4_0], act: &[BlockQ8_0]) -> f32 {
+        super::x86_avx2::legacy::vec_dot_q4_0_q8_0(row, act)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::testing;
+
+    #[test]
+    fn dequantize_matches_gguf_py() {
+        // d * (q - 8): one f32 rounding of exact operands on both sides.
+        testing::check_dequantize::<Q4_0>(0);
+    }
+
+    #[test]
+    fn vec_dot_within_f64_reference() {
+        // Integer block sums are exact and d_w * d_a (two f16) is exact in f32; what is
+        // left is one f32 rounding per block product and the f32 accumulation over the
+        // 64 golden blocks: at most ~65 * 2^-24 ≈ 4e-6 of sum |w a|.
+        testing::check_vec_dot::<Q4_0>(1e-5);
+    }
+
+    #[test]
+    fn nibble_order() {
+        let mut b = BlockQ4_0 {
+            d: f16::from_f32(1.0),
+            qs: [0x88; 16],
+        };
+        b.qs[0] = 0xF0; // q[0] = 0 -> -8, q[16] = 15 -> 7
+        let mut y = [0f32; 32];
+        Q4_0::dequantize_ref(&[b], &mut y);
+        assert_eq!((y[0], y[16], y[1]), (-8.0, 7.0, 0.0));
+    }
+}
