@@ -145,6 +145,40 @@ mod tests {
         r.min(127.0) as i8
     }
 
+    /// ggml's `quantize_row_q8_K` output, recorded by `scripts/kquant_matvec_golden.c`
+    /// on inputs with a zero block, equal magnitudes of both signs and halfway values.
+    #[test]
+    fn bit_exact_with_ggml() {
+        let path = format!(
+            "{}/src/quant/golden_matvec/Q8_K.bin",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let n = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+        let x: Vec<f32> = bytes[4..4 + 4 * n]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let want = &bytes[4 + 4 * n..];
+        assert_eq!(
+            want.len(),
+            n / QK_K * std::mem::size_of::<BlockQ8K>(),
+            "{path}: size"
+        );
+        for (bi, block) in both(&x).iter().enumerate() {
+            // SAFETY: BlockQ8K is repr(C) without padding (size asserted), so its bytes
+            // are its fields' bytes.
+            let got: &[u8] = unsafe {
+                std::slice::from_raw_parts(
+                    (block as *const BlockQ8K).cast(),
+                    std::mem::size_of::<BlockQ8K>(),
+                )
+            };
+            let size = got.len();
+            assert_eq!(got, &want[bi * size..(bi + 1) * size], "block {bi}");
+        }
+    }
+
     #[test]
     fn zeros_give_zero_block() {
         let b = both(&[0.0; QK_K]);

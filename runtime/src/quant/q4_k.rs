@@ -1,0 +1,193 @@
+//! Q4_K: 4-bit quants in super-blocks of 256 with 6-bit sub-block scales and minimums.
+//!
+//! Layout of one block (144 bytes, 4.5 bits per weight):
+//!
+//! ```text
+//! d       f16        super-block scale of the sub-block scales
+//! dmin    f16        super-block scale of the sub-block minimums
+//! scales  [u8; 12]   8 scales and 8 minimums, 6 bits each (see `unpack_scales_mins`)
+//! qs      [u8; 128]  4-bit quants: byte 32c + l holds weight 64c + l in its low nibble
+//!                    and weight 64c + 32 + l in its high nibble (c = 0..4, l = 0..32)
+//! ```
+//!
+//! Weight `i` lies in sub-block `j = i / 32` and is
+//! `y = (d * sc[j]) * q - (dmin * m[j])`, with `q` in `0..=15`.
+//!
+//! The dot product with Q8_K activations (`x = d_a * a`) stays in integers per block:
+//! `Σ y x = d_a d Σ_j sc[j] Σ q a  -  d_a dmin Σ_j m[j] Σ a`, where the last sums are the
+//! Q8_K `bsums` (two groups of 16 per sub-block).
+
+use half::f16;
+
+use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::WeightType;
+
+/// One Q4_K super-block: 256 weights.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BlockQ4K {
+    pub d: f16,
+    pub dmin: f16,
+    pub scales: [u8; 12],
+    pub qs: [u8; QK_K / 2],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 2 + 2 + 12 + QK_K / 2);
+
+/// Q4_K weights (ggml type 12), dotted with Q8_K activations.
+#[derive(Clone, Copy, Debug, Default)]
+#[allow(non_camel_case_types)]
+pub struct Q4_K;
+
+/// The 8 six-bit scales and 8 six-bit minimums of a Q4_K / Q5_K block, packed in 12 bytes:
+///
+/// ```text
+/// bytes 0..4    sc[0..4] in bits 0..6, bits 4..6 of sc[4..8] in bits 6..8
+/// bytes 4..8    m[0..4]  in bits 0..6, bits 4..6 of m[4..8]  in bits 6..8
+/// bytes 8..12   bits 0..4 of sc[4..8] in the low nibble, of m[4..8] in the high nibble
+/// ```
+///
+/// Works on the bytes as three little-endian words, four sub-blocks per word.
+/// Returns `(sc, m)`.
+#[inline(always)]
+pub fn unpack_scales_mins(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    let word = |k: usize| {
+        u32::from_le_bytes([
+            packed[4 * k],
+            packed[4 * k + 1],
+            packed[4 * k + 2],
+            packed[4 * k + 3],
+        ])
+    };
+    let (lo_sc, lo_m, hi) = (word(0), word(1), word(2));
+    const SIX: u32 = 0x3f3f_3f3f;
+    const NIBBLE: u32 = 0x0f0f_0f0f;
+    const TOP2: u32 = 0x3030_3030; // bits 6..8 of each byte, moved down to 4..6
+    let sc = [lo_sc & SIX, (hi & NIBBLE) | ((lo_sc >> 2) & TOP2)];
+    let m = [lo_m & SIX, ((hi >> 4) & NIBBLE) | ((lo_m >> 2) & TOP2)];
+    let bytes = |w: [u32; 2]| {
+        let (a, b) = (w[0].to_le_bytes(), w[1].to_le_bytes());
+        [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]]
+    };
+    (bytes(sc), bytes(m))
+}
+
+/// `Σ_j mins[j] * (bsums[2j] + bsums[2j + 1])`: the activation sum each sub-block's
+/// minimum multiplies.
+#[inline(always)]
+pub(crate) fn min_sum_of(mins: &[u8; 8], bsums: &[i16; 16]) -> i32 {
+    mins.iter()
+        .zip(bsums.chunks_exact(2))
+        .map(|(&m, pair)| m as i32 * (pair[0] as i32 + pair[1] as i32))
+        .sum()
+}
+
+/// Unpacks the 256 quants of a block in weight order.
+#[inline(always)]
+fn unpack_quants(b: &BlockQ4K) -> [u8; QK_K] {
+    let mut q = [0u8; QK_K];
+    for (c, bytes) in b.qs.chunks_exact(32).enumerate() {
+        for (l, &byte) in bytes.iter().enumerate() {
+            q[64 * c + l] = byte & 0x0f;
+            q[64 * c + 32 + l] = byte >> 4;
+        }
+    }
+    q
+}
+
+/// Scalar reference dot product of a Q4_K row with Q8_K activations.
+///
+/// Per block, the integer totals `isum = Σ_j sc[j] Σ q a` and `imin = Σ_j m[j] Σ a`
+/// (exact), then `sum = fma(isum, d d_a, sum)` and `mins = fma(imin, dmin d_a, mins)`
+/// over the blocks, and `sum - mins` at the end: the f32 steps llama.cpp's CPU backend
+/// takes for Q4_K rows (its repacked kernels), so the result is the same to the bit.
+pub fn vec_dot_q4_k_q8_k_ref(row: &[BlockQ4K], act: &[BlockQ8K]) -> f32 {
+    debug_assert_eq!(row.len(), act.len());
+    let (mut sum, mut min_sum) = (0f32, 0f32);
+    for (b, a) in row.iter().zip(act) {
+        let (sc, m) = unpack_scales_mins(&b.scales);
+        let q = unpack_quants(b);
+        let mut isum = 0i32;
+        for (j, (qj, aj)) in q.chunks_exact(32).zip(a.qs.chunks_exact(32)).enumerate() {
+            let dot: i32 = qj.iter().zip(aj).map(|(&w, &x)| w as i32 * x as i32).sum();
+            isum += sc[j] as i32 * dot;
+        }
+        sum = (isum as f32).mul_add(b.d.to_f32() * a.d, sum);
+        min_sum = (min_sum_of(&m, &a.bsums) as f32).mul_add(b.dmin.to_f32() * a.d, min_sum);
+    }
+    sum - min_sum
+}
+
+impl WeightType for Q4_K {
+    const NAME: &'static str = "Q4_K";
+    const GGML_ID: u32 = 12;
+    const BLOCK_ELEMS: usize = QK_K;
+    type Block = BlockQ4K;
+    type Act = Q8_K;
+
+    fn dequantize_ref(blocks: &[BlockQ4K], out: &mut [f32]) {
+        debug_assert_eq!(out.len(), blocks.len() * QK_K);
+        for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
+            let (sc, m) = unpack_scales_mins(&b.scales);
+            let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
+            let q = unpack_quants(b);
+            for (j, (yj, qj)) in y.chunks_exact_mut(32).zip(q.chunks_exact(32)).enumerate() {
+                let (scale, offset) = (d * sc[j] as f32, dmin * m[j] as f32);
+                for (v, &qv) in yj.iter_mut().zip(qj) {
+                    *v = scale * qv as f32 - offset;
+                }
+            }
+        }
+    }
+
+    fn vec_dot_ref(row: &[BlockQ4K], act: &[BlockQ8K]) -> f32 {
+        vec_dot_q4_k_q8_k_ref(row, act)
+    }
+
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    #[inline(always)]
+    fn vec_dot(row: &[BlockQ4K], act: &[BlockQ8K]) -> f32 {
+        super::x86_avx2::kquants::vec_dot_q4_k_q8_k(row, act)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::testing;
+
+    #[test]
+    fn dequantize_matches_gguf_py() {
+        // d * sc and dmin * m are products of exact small values, rounded once in f32,
+        // then one multiply and one subtract: the same operations gguf-py does.
+        testing::check_dequantize::<Q4_K>(0);
+    }
+
+    #[test]
+    fn vec_dot_within_f64_reference() {
+        // The integer sums are exact; the error is f32 rounding of the scaling: per block
+        // d * d_a and one FMA into each of the two running sums, then their difference.
+        // The two sums partly cancel (w = d sc q - dmin m), and on these blocks each is a
+        // few times Σ|w x|, so the error is a few 2^-24 times that factor: 1e-5 leaves
+        // two orders of slack, while any indexing mistake shows up at 1e-2 or more.
+        testing::check_vec_dot::<Q4_K>(1e-5);
+    }
+
+    #[test]
+    fn scales_unpack_like_the_bit_layout() {
+        // Build a packing from chosen 6-bit values, by the layout in the doc comment.
+        let sc: [u8; 8] = [1, 63, 17, 32, 5, 48, 60, 33];
+        let m: [u8; 8] = [0, 62, 40, 7, 63, 16, 31, 2];
+        let mut p = [0u8; 12];
+        for j in 0..4 {
+            p[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
+            p[j + 4] = m[j] | ((m[j + 4] >> 4) << 6);
+            p[j + 8] = (sc[j + 4] & 15) | ((m[j + 4] & 15) << 4);
+        }
+        assert_eq!(unpack_scales_mins(&p), (sc, m));
+    }
+}

@@ -1,0 +1,138 @@
+//! Q6_K: 6-bit quants in super-blocks of 256 with signed 8-bit sub-block scales.
+//!
+//! Layout of one block (210 bytes, 6.5625 bits per weight):
+//!
+//! ```text
+//! ql      [u8; 128]  low 4 bits of the quants
+//! qh      [u8; 64]   high 2 bits of the quants
+//! scales  [i8; 16]   one scale per sub-block of 16 weights
+//! d       f16        super-block scale
+//! ```
+//!
+//! The block is two halves of 128 weights; half `h` uses `ql[64h..64h + 64]` and
+//! `qh[32h..32h + 32]`. Within a half, for `l = 0..32` and `k = 0..4`, weight `32k + l`
+//! takes its low nibble from `ql[l + 32 (k % 2)]` (low nibble for `k < 2`, high nibble
+//! otherwise) and its top two bits from bits `2k..2k + 2` of `qh[l]`.
+//!
+//! Weight `i` is `y = (d * scales[i / 16]) * (q - 32)`, with `q` in `0..=63`.
+//!
+//! Dot product with Q8_K (`x = d_a * a`), in integers per block:
+//! `Σ y x = d d_a Σ_g scales[g] (Σ q a - 32 bsums[g])`.
+
+use half::f16;
+
+use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::WeightType;
+
+/// One Q6_K super-block: 256 weights.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BlockQ6K {
+    pub ql: [u8; QK_K / 2],
+    pub qh: [u8; QK_K / 4],
+    pub scales: [i8; QK_K / 16],
+    pub d: f16,
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ6K>() == QK_K / 2 + QK_K / 4 + QK_K / 16 + 2);
+
+/// Q6_K weights (ggml type 14), dotted with Q8_K activations.
+#[derive(Clone, Copy, Debug, Default)]
+#[allow(non_camel_case_types)]
+pub struct Q6_K;
+
+/// Unpacks the 256 quants of a block in weight order, without the offset (`0..=63`).
+#[inline(always)]
+fn unpack_quants(b: &BlockQ6K) -> [u8; QK_K] {
+    let mut q = [0u8; QK_K];
+    for h in 0..2 {
+        let (ql, qh) = (&b.ql[64 * h..64 * h + 64], &b.qh[32 * h..32 * h + 32]);
+        let out = &mut q[128 * h..128 * h + 128];
+        for l in 0..32 {
+            for k in 0..4 {
+                let byte = ql[l + 32 * (k % 2)];
+                let low = if k < 2 { byte & 0x0f } else { byte >> 4 };
+                let high = (qh[l] >> (2 * k)) & 3;
+                out[32 * k + l] = low | (high << 4);
+            }
+        }
+    }
+    q
+}
+
+/// Scalar reference dot product of a Q6_K row with Q8_K activations.
+///
+/// The integer sums are exact; the f32 scaling is one `d d_a isum` per block into a
+/// running sum. The AVX2 version spreads it over 8 lanes as llama.cpp does (and matches
+/// llama.cpp bit for bit), so the two differ by f32 rounding only.
+pub fn vec_dot_q6_k_q8_k_ref(row: &[BlockQ6K], act: &[BlockQ8K]) -> f32 {
+    debug_assert_eq!(row.len(), act.len());
+    let mut sum = 0f32;
+    for (b, a) in row.iter().zip(act) {
+        let q = unpack_quants(b);
+        let mut isum = 0i32;
+        for (g, (qg, ag)) in q.chunks_exact(16).zip(a.qs.chunks_exact(16)).enumerate() {
+            let dot: i32 = qg.iter().zip(ag).map(|(&w, &x)| w as i32 * x as i32).sum();
+            isum += b.scales[g] as i32 * (dot - 32 * a.bsums[g] as i32);
+        }
+        sum += a.d * b.d.to_f32() * isum as f32;
+    }
+    sum
+}
+
+impl WeightType for Q6_K {
+    const NAME: &'static str = "Q6_K";
+    const GGML_ID: u32 = 14;
+    const BLOCK_ELEMS: usize = QK_K;
+    type Block = BlockQ6K;
+    type Act = Q8_K;
+
+    fn dequantize_ref(blocks: &[BlockQ6K], out: &mut [f32]) {
+        debug_assert_eq!(out.len(), blocks.len() * QK_K);
+        for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
+            let d = b.d.to_f32();
+            let q = unpack_quants(b);
+            for (g, (yg, qg)) in y.chunks_exact_mut(16).zip(q.chunks_exact(16)).enumerate() {
+                let scale = d * b.scales[g] as f32;
+                for (v, &qv) in yg.iter_mut().zip(qg) {
+                    *v = scale * (qv as i32 - 32) as f32;
+                }
+            }
+        }
+    }
+
+    fn vec_dot_ref(row: &[BlockQ6K], act: &[BlockQ8K]) -> f32 {
+        vec_dot_q6_k_q8_k_ref(row, act)
+    }
+
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    #[inline(always)]
+    fn vec_dot(row: &[BlockQ6K], act: &[BlockQ8K]) -> f32 {
+        super::x86_avx2::kquants::vec_dot_q6_k_q8_k(row, act)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::testing;
+
+    #[test]
+    fn dequantize_matches_gguf_py() {
+        // d * scale is rounded once in f32, then multiplied by an exact small integer:
+        // the same two roundings as gguf-py.
+        testing::check_dequantize::<Q6_K>(0);
+    }
+
+    #[test]
+    fn vec_dot_within_f64_reference() {
+        // No minimums, so no cancellation between terms: the integer sums are exact and
+        // the only error is f32 rounding of d_a * d, of the product with isum and of the
+        // running sum: a few 2^-24 relative to Σ|w x|. 1e-5 leaves two orders of slack.
+        testing::check_vec_dot::<Q6_K>(1e-5);
+    }
+}
