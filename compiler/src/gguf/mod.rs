@@ -41,12 +41,8 @@ pub const MAX_DIMS: usize = 4;
 /// key, tensor or header field concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    #[error("{}: cannot read: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{}: cannot read: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{}: not a GGUF file: magic is {found:?}, expected \"GGUF\"", path.display())]
     BadMagic { path: PathBuf, found: String },
     #[error("{}: unsupported GGUF version {found}, expected 2 or 3{hint}", path.display())]
@@ -150,9 +146,9 @@ impl std::fmt::Debug for GgufFile {
 impl GgufFile {
     /// Maps and parses `path`.
     pub fn open(path: &Path) -> Result<GgufFile, GgufError> {
-        let io = |source| GgufError::Io {
+        let io = |err| GgufError::Io {
             path: path.to_path_buf(),
-            source,
+            err,
         };
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();

@@ -24,12 +24,8 @@ use super::{GgmlType, TensorInfo, Value, DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS};
 /// Why a file could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{}: cannot write: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("gguf writer: {what}: found {found}, expected {expected}")]
     Invalid {
         what: String,
@@ -342,9 +338,9 @@ impl GgufWriter {
         let layout = self.layout()?;
         let mut out = Vec::new();
         self.stream(&layout, mode, &mut out)
-            .map_err(|source| WriteError::Io {
+            .map_err(|err| WriteError::Io {
                 path: PathBuf::from("<memory>"),
-                source,
+                err,
             })?;
         if mode == WriteMode::HeaderOnly {
             out.resize(layout.file_len as usize, 0);
@@ -356,9 +352,9 @@ impl GgufWriter {
     pub fn write(&self, path: &Path, mode: WriteMode) -> Result<Layout, WriteError> {
         let layout = self.layout()?;
         let tmp = TempFile::create(path)?;
-        let io = |source| WriteError::Io {
+        let io = |err| WriteError::Io {
             path: tmp.path.clone(),
-            source,
+            err,
         };
         {
             let mut w = std::io::BufWriter::with_capacity(1 << 20, &tmp.file);
@@ -608,9 +604,9 @@ impl TempFile {
             .write(true)
             .create_new(true)
             .open(&path)
-            .map_err(|source| WriteError::Io {
+            .map_err(|err| WriteError::Io {
                 path: path.clone(),
-                source,
+                err,
             })?;
         Ok(TempFile {
             path,
@@ -620,9 +616,9 @@ impl TempFile {
     }
 
     fn persist(mut self, dest: &Path) -> Result<(), WriteError> {
-        std::fs::rename(&self.path, dest).map_err(|source| WriteError::Io {
+        std::fs::rename(&self.path, dest).map_err(|err| WriteError::Io {
             path: dest.to_path_buf(),
-            source,
+            err,
         })?;
         self.keep = true;
         Ok(())
