@@ -26,6 +26,18 @@ pub mod q4_k;
 pub mod q5_k;
 pub mod q6_k;
 pub mod q8_k;
+pub mod iq1_m;
+pub mod iq1_s;
+pub mod iq2_s;
+pub mod iq2_xs;
+pub mod iq2_xxs;
+pub mod iq3_s;
+pub mod iq3_xxs;
+pub mod iq4_nl;
+pub mod iq4_xs;
+pub mod iq_grids;
+#[cfg(test)]
+mod iq_golden_dot;
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 pub mod x86_avx2;

@@ -166,6 +166,39 @@ fn iq4_table() -> __m128i {
     unsafe { _mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()) }
 }
 
+/// `d[0] * d[1]` and `d[2] * d[3]` (f16 scales widened to f32, then multiplied in f32),
+/// each broadcast to 8 lanes. One conversion for all four: converting them one at a time
+/// makes the compiler insert each into a live register, and that false dependency then
+/// chains the loop iterations together.
+#[cfg(target_feature = "f16c")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn pair_scales(d: [half::f16; 4]) -> (__m256, __m256) {
+    let bits = d.map(|h| h.to_bits() as i16);
+    // SAFETY: the build enables F16C (cfg above).
+    let f = unsafe {
+        _mm_cvtph_ps(_mm_setr_epi16(
+            bits[0], bits[1], bits[2], bits[3], 0, 0, 0, 0,
+        ))
+    };
+    let products = _mm_mul_ps(f, _mm_movehdup_ps(f)); // lanes 0 and 2
+    (
+        _mm256_broadcastss_ps(products),
+        _mm256_broadcastss_ps(_mm_movehl_ps(products, products)),
+    )
+}
+
+/// `d[0] * d[1]` and `d[2] * d[3]`, each broadcast to 8 lanes (builds without F16C).
+#[cfg(not(target_feature = "f16c"))]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn pair_scales(d: [half::f16; 4]) -> (__m256, __m256) {
+    (
+        _mm256_set1_ps(d[0].to_f32() * d[1].to_f32()),
+        _mm256_set1_ps(d[2].to_f32() * d[3].to_f32()),
+    )
+}
+
 /// Dot product of an IQ4_NL row with Q8_0 activations (same block count).
 pub fn vec_dot_iq4_nl_q8_0(row: &[BlockIQ4NL], act: &[BlockQ8_0]) -> f32 {
     assert_eq!(row.len(), act.len(), "IQ4_NL dot: block counts differ");
@@ -185,10 +218,9 @@ fn dot_iq4_nl(row: &[BlockIQ4NL], act: &[BlockQ8_0]) -> f32 {
     let (mut acc_even, mut acc_odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let pairs = row.len() / 2;
     for (w, a) in row.chunks_exact(2).zip(act.chunks_exact(2)) {
-        let d0 = a[0].d.to_f32() * w[0].d.to_f32();
-        let d1 = a[1].d.to_f32() * w[1].d.to_f32();
-        acc_even = fma_block(acc_even, d0, block_lanes(&w[0], &a[0]));
-        acc_odd = fma_block(acc_odd, d1, block_lanes(&w[1], &a[1]));
+        let (d0, d1) = pair_scales([a[0].d, w[0].d, a[1].d, w[1].d]);
+        acc_even = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(block_lanes(&w[0], &a[0])), acc_even);
+        acc_odd = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(block_lanes(&w[1], &a[1])), acc_odd);
     }
     let mut sum = hsum_f32x8(_mm256_add_ps(acc_even, acc_odd));
     // An odd last block is added in scalar, with a separate multiply and add.
@@ -384,6 +416,41 @@ fn dot_iq3_s(row: &[BlockIQ3S], act: &[BlockQ8K]) -> f32 {
 // IQ1_S, IQ1_M × Q8_K
 // ---------------------------------------------------------------------------------------
 
+/// Four 11-bit IQ1 grid indices as the u16 lanes of a u64: lane `l` = byte `l` of `low`
+/// | (3-bit field `l` of `high`) << 8, the fields `stride` bits apart in `high` (3 for
+/// IQ1_S's packed fields, 4 for IQ1_M's nibbles, whose top bit is not index).
+#[inline(always)]
+fn iq1_indices(low: u32, high: u64, stride: u32) -> u64 {
+    #[cfg(target_feature = "bmi2")]
+    {
+        // deposit the field bits under bits 8.. of each lane (for nibbles, the masked-out
+        // 4th bit lands in bit 11, which stays zero)
+        let (fields, lanes) = if stride == 3 {
+            (high & 0x0fff, 0x0700_0700_0700_0700)
+        } else {
+            (high & 0x7777, 0x0f00_0f00_0f00_0f00)
+        };
+        // SAFETY: the build enables BMI2 (cfg above).
+        unsafe { _pdep_u64(low as u64, 0x00ff_00ff_00ff_00ff) | _pdep_u64(fields, lanes) }
+    }
+    #[cfg(not(target_feature = "bmi2"))]
+    {
+        (0..4).fold(0u64, |acc, l| {
+            let index = (low >> (8 * l)) as u64 & 0xff | ((high >> (stride * l)) & 7) << 8;
+            acc | index << (16 * l)
+        })
+    }
+}
+
+/// The 32 grid bytes of an IQ1 sub-block from its packed indices.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn iq1_grid(indices: u64) -> __m256i {
+    // (the mask only tells the compiler the index is in range: indices are 11 bits)
+    let g = |l: u32| IQ1S_GRID[(indices >> (16 * l)) as usize & 0x7ff];
+    u64x4(g(0), g(1), g(2), g(3))
+}
+
 /// Dot product of an IQ1_S row with Q8_K activations (same block count).
 pub fn vec_dot_iq1_s_q8_k(row: &[BlockIQ1S], act: &[BlockQ8K]) -> f32 {
     assert_eq!(row.len(), act.len(), "IQ1_S dot: block counts differ");
@@ -401,8 +468,8 @@ fn dot_iq1_s(row: &[BlockIQ1S], act: &[BlockQ8K]) -> f32 {
         let mut shift = 0i32;
         for ib in 0..QK_K / 32 {
             let qh = w.qh[ib] as usize;
-            let g = |l: usize| IQ1S_GRID[w.qs[4 * ib + l] as usize | ((qh >> (3 * l)) & 7) << 8];
-            let grid = u64x4(g(0), g(1), g(2), g(3));
+            let low = u32::from_le_bytes(w.qs[4 * ib..4 * ib + 4].try_into().unwrap());
+            let grid = iq1_grid(iq1_indices(low, qh as u64, 3));
             let ls = 2 * ((qh >> 12) & 7) as i32 + 1;
             let p = _mm256_madd_epi16(dot_i8_pairs(grid, load32(&a.qs, 32 * ib)), scale_all(ls));
             sum = _mm256_add_epi32(sum, p);
@@ -430,43 +497,51 @@ pub fn vec_dot_iq1_m_q8_k(row: &[BlockIQ1M], act: &[BlockQ8K]) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 fn dot_iq1_m(row: &[BlockIQ1M], act: &[BlockQ8K]) -> f32 {
     let ones = _mm256_set1_epi8(1);
+    // 64-bit lane l: bit 3 of nibble l of a sub-block's 16-bit shift/index word
+    let sign_bit = _mm256_setr_epi64x(
+        0x0008_0008_0008_0008,
+        0x0080_0080_0080_0080,
+        0x0800_0800_0800_0800,
+        0x8000_8000_8000_8000u64 as i64,
+    );
     // grid part and shift part in separate 8-lane accumulators
     let (mut acc, mut acc_shift) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     for (w, a) in row.iter().zip(act) {
         let words = scale_words(w);
-        let (mut sum, mut shift) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-        for ib in 0..QK_K / 32 {
-            let mut grid = [0u64; 4];
-            let mut shift_signs = [0u64; 4];
-            for (l, (g, s)) in grid.iter_mut().zip(&mut shift_signs).enumerate() {
-                let nibble = (w.qh[2 * ib + l / 2] >> (4 * (l % 2))) as usize & 0xf;
-                *g = IQ1S_GRID[w.qs[4 * ib + l] as usize | (nibble & 7) << 8];
-                // -1 bytes for a negative shift, +1 otherwise
-                *s = if nibble & 8 != 0 {
-                    u64::MAX
-                } else {
-                    0x0101_0101_0101_0101
-                };
-            }
-            let half = |h: usize| 2 * ((words[h / 4] >> (3 * (h % 4))) & 7) as i32 + 1;
-            let ls = scale_halves(half(2 * ib), half(2 * ib + 1));
-            let q8 = load32(&a.qs, 32 * ib);
-            let grid = u64x4(grid[0], grid[1], grid[2], grid[3]);
-            let signs = u64x4(
-                shift_signs[0],
-                shift_signs[1],
-                shift_signs[2],
-                shift_signs[3],
+        let scales = u64::from_le_bytes(w.scales);
+        // (grid lanes, shift lanes) of sub-block ib
+        let sub_block = |ib: usize| {
+            // four nibbles, one per group of 8: index bits 8..11 and the shift sign
+            let nibbles = u16::from_le_bytes([w.qh[2 * ib], w.qh[2 * ib + 1]]) as usize;
+            let low = u32::from_le_bytes(w.qs[4 * ib..4 * ib + 4].try_into().unwrap());
+            let grid = iq1_grid(iq1_indices(low, nibbles as u64, 4));
+            let negative = _mm256_cmpeq_epi16(
+                _mm256_and_si256(_mm256_set1_epi16(nibbles as i16), sign_bit),
+                sign_bit,
             );
+            let signs = _mm256_or_si256(negative, ones); // -1 or +1 bytes per group
+                                                         // 3-bit scales of the two halves: word ib / 2, bits 6 (ib % 2) .. + 6
+            let pair = scales >> (16 * (ib / 2) + 6 * (ib % 2));
+            let ls = scale_halves(2 * (pair & 7) as i32 + 1, 2 * ((pair >> 3) & 7) as i32 + 1);
+            let q8 = load32(&a.qs, 32 * ib);
             let p_grid = _mm256_madd_epi16(dot_i8_pairs(grid, q8), ls);
             let p_shift =
                 _mm256_madd_epi16(_mm256_maddubs_epi16(ones, _mm256_sign_epi8(q8, signs)), ls);
-            sum = _mm256_add_epi32(sum, p_grid);
-            shift = _mm256_add_epi32(shift, p_shift);
+            (p_grid, p_shift)
+        };
+        // even and odd sub-blocks in separate i32 chains
+        let mut sums = [_mm256_setzero_si256(); 4];
+        for ib in (0..QK_K / 32).step_by(2) {
+            let (g0, s0) = sub_block(ib);
+            let (g1, s1) = sub_block(ib + 1);
+            sums[0] = _mm256_add_epi32(sums[0], g0);
+            sums[1] = _mm256_add_epi32(sums[1], s0);
+            sums[2] = _mm256_add_epi32(sums[2], g1);
+            sums[3] = _mm256_add_epi32(sums[3], s1);
         }
         let d = a.d * super_scale(&words).to_f32();
-        acc = fma_block(acc, d, sum);
-        acc_shift = fma_block(acc_shift, d, shift);
+        acc = fma_block(acc, d, _mm256_add_epi32(sums[0], sums[2]));
+        acc_shift = fma_block(acc_shift, d, _mm256_add_epi32(sums[1], sums[3]));
     }
     hsum_f32x8(acc) + IQ1M_DELTA * hsum_f32x8(acc_shift)
 }
