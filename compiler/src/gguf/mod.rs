@@ -36,6 +36,11 @@ pub const MAGIC: [u8; 4] = *b"GGUF";
 pub const MAX_ARRAY_DEPTH: usize = 64;
 /// Most dimensions a tensor may have (ggml's `GGML_MAX_DIMS`).
 pub const MAX_DIMS: usize = 4;
+/// Most array items all metadata values may hold together. Each item becomes a
+/// [`Value`] of 32 bytes, so a hostile file of billions of one-byte items could ask for
+/// many times its size in memory; real files hold ~1M (a 256K vocabulary with merges,
+/// types and scores), so 16M rejects nothing real.
+pub const MAX_ARRAY_ITEMS: u64 = 1 << 24;
 
 /// Why a file was rejected. Every variant names the file; the `what` fields name the
 /// key, tensor or header field concerned.
@@ -174,6 +179,7 @@ impl GgufFile {
             path: &path,
             buf: backing.bytes(),
             pos: 0,
+            items_left: MAX_ARRAY_ITEMS,
         }
         .parse()?;
         Ok(GgufFile {
@@ -238,6 +244,8 @@ struct Parser<'a> {
     path: &'a Path,
     buf: &'a [u8],
     pos: usize,
+    /// Array items still allowed before [`MAX_ARRAY_ITEMS`] is reached.
+    items_left: u64,
 }
 
 impl<'a> Parser<'a> {
@@ -374,6 +382,17 @@ impl<'a> Parser<'a> {
                 let n = self.count(elem_type.min_encoded_len(), &|| {
                     format!("{} (array length, {elem_type} items)", what())
                 })?;
+                if n as u64 > self.items_left {
+                    return Err(self.invalid(
+                        format!("{} (array length)", what()),
+                        n,
+                        format!(
+                            "at most {} more items (all metadata arrays together hold at most {MAX_ARRAY_ITEMS})",
+                            self.items_left
+                        ),
+                    ));
+                }
+                self.items_left -= n as u64;
                 let mut items = Vec::with_capacity(n);
                 for i in 0..n {
                     items.push(self.value(elem_type, depth + 1, &|| {

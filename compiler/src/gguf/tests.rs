@@ -225,6 +225,22 @@ fn absurd_counts_fail_fast() {
 }
 
 #[test]
+fn metadata_arrays_are_capped_in_total() {
+    // Two u8 arrays, each within the file, together over the cap.
+    let half = (MAX_ARRAY_ITEMS / 2 + 1) as usize;
+    let mut r = Raw::header(3, 0, 2);
+    for key in ["a", "b"] {
+        r.str(key)
+            .u32(ValueType::Array.id())
+            .u32(ValueType::U8.id())
+            .u64(half as u64);
+        r.zeros(half);
+    }
+    let e = message(r.parse());
+    assert!(e.contains("`b`") && e.contains("at most"), "{e}");
+}
+
+#[test]
 fn unknown_value_and_tensor_types() {
     let mut r = Raw::header(3, 0, 1);
     r.str("k").u32(13).u32(0);
