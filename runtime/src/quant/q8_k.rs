@@ -233,6 +233,18 @@ mod tests {
     }
 
     #[test]
+    fn non_finite_input_gives_the_same_blocks_on_both_paths() {
+        let mut x = activations(4 * QK_K, 2);
+        x[10] = f32::NAN; // block 0: NaN among ordinary values
+        x[QK_K + 255] = f32::NAN; // block 1: NaN in the last lane group
+        x[2 * QK_K + 3] = f32::INFINITY; // block 2: an infinity
+        x[3 * QK_K + 7] = f32::NEG_INFINITY;
+        let blocks = both(&x);
+        // an infinite maximum gives iscale = -0: every quant rounds to zero
+        assert!(blocks[2].qs.iter().all(|&q| q == 0));
+    }
+
+    #[test]
     fn bsums_are_group_sums() {
         let x = activations(4 * QK_K, 11);
         for b in both(&x) {

@@ -26,7 +26,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::quant::q8_k::{q8k_scales, BlockQ8K, QK_K};
+use crate::quant::q8_k::{q8k_scales, quantize_block_ref, BlockQ8K, QK_K};
 
 /// Loads 32 bytes.
 #[inline]
@@ -112,10 +112,15 @@ fn quantize_block_q8_k(x: &[f32; QK_K], out: &mut BlockQ8K) {
     };
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
 
-    // Largest magnitude. NaN-free input is assumed, as for the scalar reference.
+    // Largest magnitude. A block with a NaN or an infinity (a numerical blow-up
+    // upstream) goes to the scalar reference, so both paths give the same blocks for any
+    // input; NaNs are noted on the way, infinities show in the maximum.
     let mut vmax = _mm256_setzero_ps();
+    let mut nan = _mm256_setzero_ps();
     for i in 0..QK_K / 8 {
-        vmax = _mm256_max_ps(vmax, _mm256_and_ps(load(i), abs_mask));
+        let v = load(i);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+        vmax = _mm256_max_ps(vmax, _mm256_and_ps(v, abs_mask));
     }
     let m4 = _mm_max_ps(
         _mm256_castps256_ps128(vmax),
@@ -123,21 +128,26 @@ fn quantize_block_q8_k(x: &[f32; QK_K], out: &mut BlockQ8K) {
     );
     let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+    if _mm256_movemask_ps(nan) != 0 || amax == f32::INFINITY {
+        *out = quantize_block_ref(x);
+        return;
+    }
     if amax == 0.0 {
         *out = BlockQ8K::default();
         return;
     }
-    // The sign comes from the first value of that magnitude.
+    // The sign comes from the first value of that magnitude (one exists: no NaNs).
     let vamax = _mm256_set1_ps(amax);
-    let first = (0..QK_K / 8)
-        .find_map(|i| {
-            let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(
-                _mm256_and_ps(load(i), abs_mask),
-                vamax,
-            ));
-            (hit != 0).then(|| 8 * i + hit.trailing_zeros() as usize)
-        })
-        .expect("amax is one of the values");
+    let Some(first) = (0..QK_K / 8).find_map(|i| {
+        let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(
+            _mm256_and_ps(load(i), abs_mask),
+            vamax,
+        ));
+        (hit != 0).then(|| 8 * i + hit.trailing_zeros() as usize)
+    }) else {
+        *out = quantize_block_ref(x);
+        return;
+    };
     let (iscale, d) = q8k_scales(x[first]);
 
     let viscale = _mm256_set1_ps(iscale);
