@@ -396,31 +396,10 @@ pub struct Args {
     /// Base shape; the flags below override single values.
     #[arg(long, value_enum, default_value = "tiny")]
     pub preset: Preset,
-    #[arg(long)]
-    pub n_embd: Option<usize>,
-    #[arg(long)]
-    pub n_layer: Option<usize>,
-    #[arg(long)]
-    pub n_head: Option<usize>,
-    #[arg(long)]
-    pub n_head_kv: Option<usize>,
-    #[arg(long)]
-    pub head_dim: Option<usize>,
-    #[arg(long)]
-    pub n_ff: Option<usize>,
-    /// Training context length written to the file.
-    #[arg(long)]
-    pub n_ctx: Option<usize>,
-    /// Size of the built-in vocabulary (not with --vocab-from).
-    #[arg(long, conflicts_with = "vocab_from")]
-    pub n_vocab: Option<usize>,
-    #[arg(long)]
-    pub rope_base: Option<f32>,
-    #[arg(long)]
-    pub rms_eps: Option<f32>,
-    /// RoPE scaling (default: llama3 for minitron, none for tiny).
-    #[arg(long, value_enum)]
-    pub rope_scaling: Option<RopeScaling>,
+    /// Shape overrides (boxed: they make up most of the struct, and the CLI's
+    /// subcommand enum stays small).
+    #[command(flatten)]
+    pub shape: Box<ShapeArgs>,
     /// Copy every tokenizer.* key of this GGUF; the vocabulary size is its token count.
     #[arg(long)]
     pub vocab_from: Option<PathBuf>,
@@ -441,6 +420,44 @@ pub struct Args {
     pub name: Option<String>,
 }
 
+/// Single-value overrides of the preset's shape.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ShapeArgs {
+    /// Residual stream width (llama.embedding_length).
+    #[arg(long)]
+    pub n_embd: Option<usize>,
+    /// Transformer blocks.
+    #[arg(long)]
+    pub n_layer: Option<usize>,
+    /// Query heads.
+    #[arg(long)]
+    pub n_head: Option<usize>,
+    /// Key/value heads (n_head must be a multiple).
+    #[arg(long)]
+    pub n_head_kv: Option<usize>,
+    /// Size of each head (may differ from n_embd / n_head).
+    #[arg(long)]
+    pub head_dim: Option<usize>,
+    /// FFN hidden size.
+    #[arg(long)]
+    pub n_ff: Option<usize>,
+    /// Training context length written to the file.
+    #[arg(long)]
+    pub n_ctx: Option<usize>,
+    /// Size of the built-in vocabulary (not with --vocab-from).
+    #[arg(long, conflicts_with = "vocab_from")]
+    pub n_vocab: Option<usize>,
+    /// RoPE frequency base.
+    #[arg(long)]
+    pub rope_base: Option<f32>,
+    /// RMS norm epsilon.
+    #[arg(long)]
+    pub rms_eps: Option<f32>,
+    /// RoPE scaling (default: llama3 for minitron, none for tiny).
+    #[arg(long, value_enum)]
+    pub rope_scaling: Option<RopeScaling>,
+}
+
 impl Args {
     /// The configuration the flags describe.
     pub fn config(&self) -> SynthConfig {
@@ -453,17 +470,18 @@ impl Args {
                 *dst = v;
             }
         };
-        set(&mut c.n_embd, self.n_embd);
-        set(&mut c.n_layer, self.n_layer);
-        set(&mut c.n_head, self.n_head);
-        set(&mut c.n_head_kv, self.n_head_kv);
-        set(&mut c.head_dim, self.head_dim);
-        set(&mut c.n_ff, self.n_ff);
-        set(&mut c.n_ctx, self.n_ctx);
-        set(&mut c.n_vocab, self.n_vocab);
-        c.rope_base = self.rope_base.unwrap_or(c.rope_base);
-        c.rms_eps = self.rms_eps.unwrap_or(c.rms_eps);
-        match self.rope_scaling {
+        let sh = &*self.shape;
+        set(&mut c.n_embd, sh.n_embd);
+        set(&mut c.n_layer, sh.n_layer);
+        set(&mut c.n_head, sh.n_head);
+        set(&mut c.n_head_kv, sh.n_head_kv);
+        set(&mut c.head_dim, sh.head_dim);
+        set(&mut c.n_ff, sh.n_ff);
+        set(&mut c.n_ctx, sh.n_ctx);
+        set(&mut c.n_vocab, sh.n_vocab);
+        c.rope_base = sh.rope_base.unwrap_or(c.rope_base);
+        c.rms_eps = sh.rms_eps.unwrap_or(c.rms_eps);
+        match sh.rope_scaling {
             Some(RopeScaling::None) => c.rope_scaling = None,
             Some(RopeScaling::Llama3) => c.rope_scaling = Some(Llama3RopeScaling::LLAMA_3_1),
             None => {}
