@@ -274,3 +274,38 @@ fn llama3_startup_from_blob() {
     let tok = Tokenizer::from_bytes(bytes).expect("blob");
     assert_eq!(tok.encode("Hello world", true, false), [128000, 9906, 1917]);
 }
+
+/// Encoding speed on the Llama 3 vocabulary, against `llama-tokenize` on the same text:
+/// `scripts/tokenizer_bench.sh` writes the text and llama.cpp's ids, then runs this.
+#[test]
+#[ignore = "timing: run through scripts/tokenizer_bench.sh (release build, 1 MB text)"]
+fn llama3_encode_speed() {
+    let text_path = std::env::var("MCC_TOKENIZER_BENCH_TEXT").expect("MCC_TOKENIZER_BENCH_TEXT");
+    let text = std::fs::read_to_string(&text_path).expect("bench text");
+    let tok = tokenizer("llama-bpe");
+    let mut best = f64::INFINITY;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        ids = tok.encode(&text, true, true);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    eprintln!(
+        "mcc encode: {} bytes -> {} tokens in {:.1} ms (best of 5): {:.2} MB/s",
+        text.len(),
+        ids.len(),
+        best * 1e3,
+        text.len() as f64 / best / 1e6
+    );
+    if let Ok(p) = std::env::var("MCC_TOKENIZER_BENCH_IDS") {
+        let want: Vec<u32> = std::fs::read_to_string(p)
+            .expect("ids")
+            .trim()
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(", ")
+            .map(|x| x.parse().expect("id"))
+            .collect();
+        assert_eq!(ids.len(), want.len(), "token count against llama-tokenize");
+        assert!(ids == want, "ids differ from llama-tokenize");
+    }
+}

@@ -266,8 +266,10 @@ impl Tokenizer {
             )));
         }
         let ht = u32s(blob::S_VOCAB_HT);
+        // at least one empty slot, or a lookup of a missing text would probe forever
+        let used = ht.iter().filter(|&v| v != 0).count();
         if !ht.len().is_power_of_two()
-            || ht.len() <= n_vocab
+            || used >= ht.len()
             || ht.iter().any(|v| v as usize > n_vocab)
         {
             return Err(bad(format!(
@@ -341,6 +343,9 @@ impl Tokenizer {
         let specials: Vec<u32> = U32s(tok.blob.section(blob::S_SPECIALS)).iter().collect();
         for (rank, &id) in specials.iter().enumerate() {
             let text = tok.tables().text(id).to_vec();
+            if text.is_empty() {
+                return Err(bad(format!("special token {id} has no text")));
+            }
             tok.special_first[text[0] as usize] = true;
             tok.special_heads
                 .entry(head_key(&text))
