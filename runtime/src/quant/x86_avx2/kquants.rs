@@ -65,6 +65,27 @@ fn hsum_f32x8(v: __m256) -> f32 {
     _mm_cvtss_f32(s1)
 }
 
+/// The two 128-bit halves of 8 i32 lanes, added: 4 lanes with the same total.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn fold_i32x8(v: __m256i) -> __m128i {
+    _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v))
+}
+
+/// The lane totals of two 4-lane integer sums, as f32 (exact below 2^24, and the integer
+/// sums of a super-block are): one reduction for the scaled sum and the minimum sum of
+/// the "block totals" scheme.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn two_totals(sums: __m128i, mins: __m128i) -> (f32, f32) {
+    let pairs = _mm_hadd_epi32(sums, mins);
+    let totals = _mm_cvtepi32_ps(_mm_hadd_epi32(pairs, pairs));
+    (
+        _mm_cvtss_f32(totals),
+        _mm_cvtss_f32(_mm_movehdup_ps(totals)),
+    )
+}
+
 /// Sum of the 4 i32 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -281,10 +302,12 @@ fn dot_q4_k(row: &[BlockQ4K], act: &[BlockQ8K]) -> f32 {
             sum_lo = _mm256_add_epi32(sum_lo, scaled_dot32(q_lo, a_lo, s_lo));
             sum_hi = _mm256_add_epi32(sum_hi, scaled_dot32(q_hi, a_hi, s_hi));
         }
-        let isum = hsum_i32x8(_mm256_add_epi32(sum_lo, sum_hi));
-        let imin = hsum_i32x4(min_products(&m, &a.bsums));
-        sum = (isum as f32).mul_add(d, sum);
-        min_sum = (imin as f32).mul_add(dmin, min_sum);
+        let (isum, imin) = two_totals(
+            fold_i32x8(_mm256_add_epi32(sum_lo, sum_hi)),
+            min_products(&m, &a.bsums),
+        );
+        sum = isum.mul_add(d, sum);
+        min_sum = imin.mul_add(dmin, min_sum);
     }
     sum - min_sum
 }
@@ -586,8 +609,9 @@ fn dot_q2_k(row: &[BlockQ2K], act: &[BlockQ8K]) -> f32 {
         if block_totals {
             let d = b.d.to_f32() * a.d;
             let dmin = b.dmin.to_f32() * a.d;
-            sum = (hsum_i32x8(sumi) as f32).mul_add(d, sum);
-            min_sum = (hsum_i32x8(min_prod) as f32).mul_add(dmin, min_sum);
+            let (isum, imin) = two_totals(fold_i32x8(sumi), fold_i32x8(min_prod));
+            sum = isum.mul_add(d, sum);
+            min_sum = imin.mul_add(dmin, min_sum);
         } else {
             // the minimum term first, then the scaled sum, as ggml's AVX2 kernel
             let d = a.d * b.d.to_f32();
