@@ -40,10 +40,17 @@ pub(crate) fn unpack_nibbles(qs: &[u8; 16]) -> [u8; 32] {
 }
 
 /// Scalar dot of a Q4_0 row with Q8_0 activations: per block the integer sum
-/// `sum (q_w - 8) * q_a`, scaled by the f32 product `d_w * d_a`, accumulated in f32.
+/// `sumi = sum (q_w - 8) * q_a`, then `acc = fma(sumi, d_w * d_a, acc)` in f32, block after
+/// block.
+///
+/// This is the arithmetic of llama.cpp's default Q4_0 path on AVX2 CPUs, where the CPU
+/// backend repacks Q4_0 matrices (with a multiple of 8 rows, i.e. all real ones) into
+/// 8-row interleaved blocks and gives each row one f32 lane that takes one FMA per block,
+/// in decode and prefill alike. (Its plain `vec_dot`, used without repacking, sums 8
+/// partial lanes instead; the two differ in the last bits.)
 pub fn vec_dot_q4_0_q8_0_ref(row: &[BlockQ4_0], act: &[BlockQ8_0]) -> f32 {
     assert_eq!(row.len(), act.len(), "Q4_0 vec_dot: length");
-    let mut sum = 0f32;
+    let mut acc = 0f32;
     for (w, a) in row.iter().zip(act) {
         let q = unpack_nibbles(&w.qs);
         let sumi: i32 = q
@@ -51,9 +58,9 @@ pub fn vec_dot_q4_0_q8_0_ref(row: &[BlockQ4_0], act: &[BlockQ8_0]) -> f32 {
             .zip(&a.qs)
             .map(|(&x, &y)| (x as i32 - 8) * y as i32)
             .sum();
-        sum += (w.d.to_f32() * a.d.to_f32()) * sumi as f32;
+        acc = (sumi as f32).mul_add(w.d.to_f32() * a.d.to_f32(), acc);
     }
-    sum
+    acc
 }
 
 impl WeightType for Q4_0 {
@@ -102,8 +109,8 @@ mod tests {
     #[test]
     fn vec_dot_within_f64_reference() {
         // Integer block sums are exact and d_w * d_a (two f16) is exact in f32; what is
-        // left is one f32 rounding per block product and the f32 accumulation over the
-        // 64 golden blocks: at most ~65 * 2^-24 ≈ 4e-6 of sum |w a|.
+        // left is one f32 rounding per block FMA over the 64 golden blocks: at most
+        // ~64 * 2^-24 ≈ 4e-6 of sum |w a|.
         testing::check_vec_dot::<Q4_0>(1e-5);
     }
 

@@ -237,4 +237,16 @@ mod tests {
         assert_eq!(vec_dot_q8_0_q8_0_ref(&[w], &[a]), want);
         assert_eq!(<Q8_0 as WeightType>::vec_dot(&[w], &[a]), want);
     }
+
+    #[test]
+    fn quantize_matches_llama_cpp() {
+        // llama.cpp's own quantizer (the x86 CPU path) on random blocks, a zero block, a
+        // lone outlier, exact halves and f16-subnormal scales: same bytes, both versions.
+        let (x, want) = testing::llama_cpp_act_golden::<Q8_0>();
+        let mut got = vec![Default::default(); want.len()];
+        <Q8_0 as ActType>::quantize_ref(&x, &mut got);
+        assert_eq!(got, want);
+        <Q8_0 as ActType>::quantize(&x, &mut got);
+        assert_eq!(got, want);
+    }
 }

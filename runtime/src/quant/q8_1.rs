@@ -127,4 +127,16 @@ mod tests {
         assert_eq!(b[0].qs[31], 127);
         assert_eq!(b[0].s, f16::from_f32(28.0 / 127.0 * sum as f32));
     }
+
+    #[test]
+    fn quantize_matches_llama_cpp() {
+        // llama.cpp's own quantizer (the x86 CPU path) on random blocks, a zero block, a
+        // lone outlier, exact halves and f16-subnormal scales: same bytes, both versions.
+        let (x, want) = testing::llama_cpp_act_golden::<Q8_1>();
+        let mut got = vec![Default::default(); want.len()];
+        Q8_1::quantize_ref(&x, &mut got);
+        assert_eq!(got, want);
+        Q8_1::quantize(&x, &mut got);
+        assert_eq!(got, want);
+    }
 }

@@ -138,3 +138,83 @@ where
         }
     }
 }
+
+/// Raw little-endian bytes as blocks of `W`.
+fn blocks_from_bytes<W: WeightType>(raw: &[u8]) -> Vec<W::Block> {
+    let n = raw.len() / std::mem::size_of::<W::Block>();
+    assert_eq!(n * std::mem::size_of::<W::Block>(), raw.len(), "{}: partial block", W::NAME);
+    let mut blocks = Vec::<W::Block>::with_capacity(n);
+    // SAFETY: blocks are plain-old-data; the copy fills exactly n of them.
+    unsafe {
+        std::ptr::copy_nonoverlapping(raw.as_ptr(), blocks.as_mut_ptr().cast::<u8>(), raw.len());
+        blocks.set_len(n);
+    }
+    blocks
+}
+
+/// What llama.cpp's CPU backend computes for one weight format on this machine, from
+/// `golden_matvec/<NAME>.bin` (written by `scripts/legacy_matvec_golden.c`).
+pub struct LlamaCppGolden<W: WeightType> {
+    pub rows: usize,
+    pub cols: usize,
+    /// `rows` rows of blocks.
+    pub weights: Vec<W::Block>,
+    /// Per activation vector `(x, y_plain, y_repack)`: `W x` with the weights in a plain
+    /// buffer (ggml's `vec_dot`) and in llama.cpp's default repacking buffer (the same as
+    /// `y_plain` for formats it does not repack).
+    pub matvecs: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)>,
+    /// Whether `y_repack` comes from repacked kernels.
+    pub repacked: bool,
+    /// `(n_tokens, X, Y)`: `Y = W X` for `n_tokens` activation rows, on the default path.
+    pub matmul: (usize, Vec<f32>, Vec<f32>),
+}
+
+pub fn llama_cpp_golden<W: WeightType>() -> LlamaCppGolden<W> {
+    let path = format!("{}/src/quant/golden_matvec/{}.bin", env!("CARGO_MANIFEST_DIR"), W::NAME);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut at = 0;
+    let mut word = || {
+        let w = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        at += 4;
+        w
+    };
+    let (rows, cols, n_acts, repacked) = (word(), word(), word(), word() == 1);
+    let weight_bytes = rows * cols / W::BLOCK_ELEMS * std::mem::size_of::<W::Block>();
+    let weights = blocks_from_bytes::<W>(&bytes[16..16 + weight_bytes]);
+    let floats = |from: usize, n: usize| -> Vec<f32> {
+        bytes[from..from + 4 * n].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    };
+    let mut at = 16 + weight_bytes;
+    let mut matvecs = Vec::new();
+    for _ in 0..n_acts {
+        let x = floats(at, cols);
+        let y_plain = floats(at + 4 * cols, rows);
+        let y_repack = floats(at + 4 * (cols + rows), rows);
+        at += 4 * (cols + 2 * rows);
+        matvecs.push((x, y_plain, y_repack));
+    }
+    let n_tokens = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let x = floats(at + 4, n_tokens * cols);
+    let y = floats(at + 4 + 4 * n_tokens * cols, n_tokens * rows);
+    assert_eq!(at + 4 + 4 * n_tokens * (cols + rows), bytes.len(), "{path}: size");
+    LlamaCppGolden { rows, cols, weights, matvecs, repacked, matmul: (n_tokens, x, y) }
+}
+
+/// llama.cpp's quantization of activations to `A`, from `golden_matvec/<NAME>_act.bin`:
+/// the inputs and the resulting blocks.
+pub fn llama_cpp_act_golden<A: ActType>() -> (Vec<f32>, Vec<A::Block>) {
+    let path = format!("{}/src/quant/golden_matvec/{}_act.bin", env!("CARGO_MANIFEST_DIR"), A::NAME);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let n = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+    let x = bytes[4..4 + 4 * n].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let raw = &bytes[4 + 4 * n..];
+    let n_blocks = raw.len() / std::mem::size_of::<A::Block>();
+    assert_eq!(n_blocks * A::BLOCK_ELEMS, n, "{path}: size");
+    let mut blocks = Vec::<A::Block>::with_capacity(n_blocks);
+    // SAFETY: activation blocks are plain-old-data; the copy fills exactly n_blocks.
+    unsafe {
+        std::ptr::copy_nonoverlapping(raw.as_ptr(), blocks.as_mut_ptr().cast::<u8>(), raw.len());
+        blocks.set_len(n_blocks);
+    }
+    (x, blocks)
+}
