@@ -5,9 +5,12 @@
 //! thread pool, tokenizer, sampler and the command line of the emitted binary.
 //! Nothing here may look up a tensor's type at run time: callers are monomorphised.
 
+pub mod cli;
 pub mod matmul;
+pub mod model;
 pub mod ops;
 pub mod pool;
 pub mod quant;
 pub mod sampler;
 pub mod tokenizer;
+pub mod weights;

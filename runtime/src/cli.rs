@@ -1,0 +1,197 @@
+//! The command line of every generated binary: generate text from a prompt, and the
+//! `info` subcommand. Flags follow llama.cpp's so that users feel at home. Generated text
+//! streams to stdout; timings and diagnostics go to stderr.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+use crate::model::{Ctx, Model};
+use crate::sampler::{Sampler, SamplerConfig};
+use crate::tokenizer::{Decoder, Tokenizer};
+
+#[derive(Parser, Debug)]
+#[command(about = "A language model compiled by mcc into this one executable.", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    gen: GenArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Print the baked-in configuration, quant mix and build options.
+    Info,
+}
+
+#[derive(clap::Args, Debug)]
+struct GenArgs {
+    /// Prompt text.
+    #[arg(short = 'p', long = "prompt")]
+    prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(short = 'f', long = "file", conflicts_with = "prompt")]
+    file: Option<std::path::PathBuf>,
+    /// Number of tokens to generate; -1 generates until end of text or a full context.
+    #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true)]
+    n_predict: i64,
+    /// Context size in tokens (prompt + generated); 0 means the size compiled in.
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 0)]
+    ctx_size: usize,
+    /// Most prompt tokens evaluated in one forward pass.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    batch_size: usize,
+    /// Threads for the forward pass (default: all available cores).
+    #[arg(short = 't', long = "threads")]
+    threads: Option<usize>,
+    /// Sampling temperature; 0 picks the most likely token (greedy).
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
+    temp: f32,
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long = "top-k", default_value_t = 40)]
+    top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches P (1 = off).
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    top_p: f32,
+    /// Drop tokens less likely than P times the most likely one (0 = off).
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    min_p: f32,
+    /// Penalise tokens seen in the last --repeat-last-n tokens (1 = off).
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    repeat_penalty: f32,
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Random seed; the same seed gives the same output (default: from the clock).
+    #[arg(long = "seed")]
+    seed: Option<u64>,
+    /// Echo the prompt before the generated text.
+    #[arg(long = "display-prompt")]
+    display_prompt: bool,
+    /// Accepted for llama.cpp compatibility; the prompt is not echoed by default.
+    #[arg(long = "no-display-prompt", hide = true)]
+    no_display_prompt: bool,
+    /// Print the prompt's token ids to stderr.
+    #[arg(long = "verbose-prompt")]
+    verbose_prompt: bool,
+}
+
+/// Entry point of a generated binary.
+pub fn main<M: Model>() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Some(Cmd::Info) => {
+            print!("{}", M::INFO);
+            Ok(())
+        }
+        None => generate::<M>(&cli.gen),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn read_prompt(args: &GenArgs) -> Result<String, String> {
+    match (&args.prompt, &args.file) {
+        (Some(p), _) => Ok(p.clone()),
+        (None, Some(path)) => {
+            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            String::from_utf8(bytes).map_err(|e| format!("{}: not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to()))
+        }
+        (None, None) => Err("no prompt: give one with -p TEXT or -f FILE".into()),
+    }
+}
+
+fn generate<M: Model>(args: &GenArgs) -> Result<(), String> {
+    let t_start = Instant::now();
+    let prompt = read_prompt(args)?;
+    if !(args.temp.is_finite() && args.temp >= 0.0) {
+        return Err(format!("--temp must be a number >= 0, got {}", args.temp));
+    }
+    let n_ctx = if args.ctx_size == 0 { M::CONFIG.n_ctx } else { args.ctx_size };
+    let threads = args.threads.unwrap_or_else(default_threads);
+    if threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    let tokenizer = Tokenizer::from_bytes(M::tokenizer()).map_err(|e| format!("embedded tokenizer: {e}"))?;
+    let mut ctx = Ctx::new::<M>(threads, n_ctx, args.batch_size).map_err(|e| e.to_string())?;
+    let t_loaded = Instant::now();
+
+    let prompt_ids = tokenizer.encode(&prompt, true, true);
+    if prompt_ids.is_empty() {
+        return Err("the prompt is empty: nothing to continue from".into());
+    }
+    if prompt_ids.len() >= n_ctx {
+        return Err(format!("the prompt is {} tokens, but the context holds {n_ctx}: shorten it or raise -c", prompt_ids.len()));
+    }
+    if args.verbose_prompt {
+        eprintln!("prompt: {} tokens: {:?}", prompt_ids.len(), prompt_ids);
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    });
+    let mut sampler = Sampler::new(SamplerConfig {
+        temp: args.temp,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repeat_penalty: args.repeat_penalty,
+        repeat_last_n: args.repeat_last_n,
+        seed,
+    });
+
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.display_prompt {
+        let _ = write!(out, "{prompt}");
+    }
+    let budget = n_ctx - prompt_ids.len();
+    let n_predict = if args.n_predict < 0 { budget } else { (args.n_predict as usize).min(budget) };
+
+    let mut history = prompt_ids.clone();
+    let mut decoder = Decoder::new(&tokenizer, false);
+    let t_prompt = Instant::now();
+    let mut logits = ctx.eval::<M>(&prompt_ids, 0, false).to_vec();
+    let t_prompt_done = Instant::now();
+    let mut n_gen = 0;
+    while n_gen < n_predict {
+        let next = sampler.sample(&logits, &history);
+        if tokenizer.is_eog(next) {
+            break;
+        }
+        n_gen += 1;
+        history.push(next);
+        let piece = decoder.push(next);
+        if out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_err() {
+            // stdout closed (e.g. piped into `head`): stop quietly.
+            return Ok(());
+        }
+        if n_gen == n_predict {
+            break;
+        }
+        logits.copy_from_slice(ctx.eval::<M>(&[next], history.len() - 1, false));
+    }
+    let _ = out.write_all(decoder.finish().as_bytes());
+    let _ = out.flush();
+    let t_end = Instant::now();
+
+    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+    let rate = |ms: f64, n: usize| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
+    let (pp_ms, tg_ms) = (ms(t_prompt, t_prompt_done), ms(t_prompt_done, t_end));
+    eprintln!();
+    eprintln!("load time        = {:10.2} ms", ms(t_start, t_loaded));
+    eprintln!("prompt eval time = {:10.2} ms / {:5} tokens ({:8.2} tokens per second)", pp_ms, prompt_ids.len(), rate(pp_ms, prompt_ids.len()));
+    eprintln!("eval time        = {:10.2} ms / {:5} runs   ({:8.2} tokens per second)", tg_ms, n_gen.saturating_sub(1), rate(tg_ms, n_gen.saturating_sub(1)));
+    eprintln!("total time       = {:10.2} ms / {:5} tokens", ms(t_start, t_end), prompt_ids.len() + n_gen);
+    Ok(())
+}

@@ -1,0 +1,346 @@
+//! The forward pass, as building blocks the emitted code calls layer by layer.
+//!
+//! The emitted crate implements [`Model`]: its config, its weight statics and a `forward`
+//! that reads like the model card (`embed`, then `attention` and `ffn` per layer, then
+//! `output`). Each block is generic over the tensors it is given, so every call is
+//! monomorphised for that layer's quant types. [`Ctx`] owns everything mutable: the
+//! batch, the activation buffers, the KV cache and the thread pool.
+
+use half::f16;
+
+use crate::matmul;
+use crate::ops::{self, Rope};
+use crate::pool::Pool;
+use crate::quant::f32::F32;
+use crate::quant::{ActType, WeightType};
+use crate::weights::Tensor;
+
+/// Hyperparameters of a compiled model, all fixed at build time.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub n_layer: usize,
+    pub n_vocab: usize,
+    /// KV-cache length the binary was compiled for: the most tokens one run can hold.
+    pub n_ctx: usize,
+    /// Context length the model was trained with (from the GGUF).
+    pub n_ctx_train: usize,
+    pub rope_dim: usize,
+    pub rope_base: f32,
+    pub rms_eps: f32,
+}
+
+impl Config {
+    /// Width of Q and of the attention output: `n_head * head_dim`.
+    pub const fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+
+    /// Width of K and V: `n_head_kv * head_dim`.
+    pub const fn kv_dim(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
+}
+
+/// A compiled model: what the emitted crate provides to the runtime.
+pub trait Model: 'static {
+    const CONFIG: Config;
+    /// What `info` prints: source file, quant mix, build options, mcc version.
+    const INFO: &'static str;
+    /// The weight blob embedded in the binary.
+    fn weights() -> &'static [u8];
+    /// The serialised tokenizer embedded in the binary.
+    fn tokenizer() -> &'static [u8];
+    /// Per-frequency RoPE divisors (`rope_freqs.weight`, Llama-3.1 scaling), if any.
+    fn rope_freqs() -> Option<&'static [f32]>;
+    /// Runs the transformer over the batch `ctx` holds.
+    fn forward(ctx: &mut Ctx);
+}
+
+/// Error creating a context.
+#[derive(Debug, thiserror::Error)]
+pub enum CtxError {
+    #[error("cannot allocate {bytes} bytes for the {what} (context {n_ctx}); try a smaller -c")]
+    OutOfMemory { what: &'static str, bytes: usize, n_ctx: usize },
+    #[error("context size {got} is out of range: this binary was compiled for at most {max} tokens")]
+    BadContext { got: usize, max: usize },
+}
+
+fn alloc<T: Clone + Default>(n: usize, what: &'static str, n_ctx: usize) -> Result<Vec<T>, CtxError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| CtxError::OutOfMemory { what, bytes: n * std::mem::size_of::<T>(), n_ctx })?;
+    v.resize(n, T::default());
+    Ok(v)
+}
+
+/// Scratch for quantized activations of any format: 8-byte aligned storage reinterpreted
+/// as blocks of the format a matmul needs.
+#[derive(Default)]
+struct ActScratch(Vec<u64>);
+
+impl ActScratch {
+    fn blocks<A: ActType>(&mut self, n: usize) -> &mut [A::Block] {
+        let size = std::mem::size_of::<A::Block>();
+        assert!(std::mem::align_of::<A::Block>() <= 8);
+        let words = (n * size).div_ceil(8);
+        if self.0.len() < words {
+            self.0.resize(words, 0);
+        }
+        // SAFETY: the storage is 8-byte aligned and large enough, and activation blocks
+        // are plain integers/floats for which any bit pattern is valid.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<A::Block>(), n) }
+    }
+}
+
+/// Shares a mutable buffer with pool threads that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: only used where each thread writes a distinct range (see `attention`).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+/// The run-time state of one model instance: batch, activations, KV cache, threads.
+pub struct Ctx {
+    pub cfg: Config,
+    blob: &'static [u8],
+    pool: Pool,
+    rope: Rope,
+    /// Tokens of the batch being evaluated and the position of the first one.
+    tokens: Vec<u32>,
+    pos0: usize,
+    /// Most tokens evaluated in one forward call.
+    n_batch: usize,
+    /// Whether `output` computes logits for every token of the batch or only the last.
+    all_logits: bool,
+    /// Residual stream, `n x n_embd`.
+    x: Vec<f32>,
+    /// Normed input of the current block, `n x n_embd`.
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Attention output before the output projection, `n x q_dim`.
+    att: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    /// Output of a projection that is added to the residual, `n x n_embd`.
+    proj: Vec<f32>,
+    logits: Vec<f32>,
+    /// `n_layer x n_ctx x kv_dim`, f16 like llama.cpp's default cache.
+    k_cache: Vec<f16>,
+    v_cache: Vec<f16>,
+    /// Attention scores, `n_threads x n_ctx`.
+    scores: Vec<f32>,
+    act: ActScratch,
+}
+
+impl Ctx {
+    /// A context for model `M` holding up to `n_ctx` tokens (at most the compiled
+    /// context), evaluating up to `n_batch` tokens per forward call.
+    pub fn new<M: Model>(n_threads: usize, n_ctx: usize, n_batch: usize) -> Result<Ctx, CtxError> {
+        let cfg = Config { n_ctx, ..M::CONFIG };
+        if n_ctx == 0 || n_ctx > M::CONFIG.n_ctx {
+            return Err(CtxError::BadContext { got: n_ctx, max: M::CONFIG.n_ctx });
+        }
+        let n_batch = n_batch.clamp(1, n_ctx);
+        let n_threads = n_threads.max(1);
+        let cache = cfg.n_layer * n_ctx * cfg.kv_dim();
+        Ok(Ctx {
+            blob: M::weights(),
+            pool: Pool::new(n_threads),
+            rope: Rope::new(cfg.head_dim, cfg.rope_dim, cfg.rope_base, M::rope_freqs(), n_ctx),
+            tokens: Vec::new(),
+            pos0: 0,
+            n_batch,
+            all_logits: false,
+            x: alloc(n_batch * cfg.n_embd, "activations", n_ctx)?,
+            xn: alloc(n_batch * cfg.n_embd, "activations", n_ctx)?,
+            q: alloc(n_batch * cfg.q_dim(), "activations", n_ctx)?,
+            k: alloc(n_batch * cfg.kv_dim(), "activations", n_ctx)?,
+            v: alloc(n_batch * cfg.kv_dim(), "activations", n_ctx)?,
+            att: alloc(n_batch * cfg.q_dim(), "activations", n_ctx)?,
+            gate: alloc(n_batch * cfg.n_ff, "activations", n_ctx)?,
+            up: alloc(n_batch * cfg.n_ff, "activations", n_ctx)?,
+            proj: alloc(n_batch * cfg.n_embd, "activations", n_ctx)?,
+            logits: Vec::new(),
+            k_cache: alloc(cache, "KV cache", n_ctx)?,
+            v_cache: alloc(cache, "KV cache", n_ctx)?,
+            scores: alloc(n_threads * n_ctx, "attention scores", n_ctx)?,
+            act: ActScratch::default(),
+            cfg,
+        })
+    }
+
+    pub fn n_threads(&self) -> usize {
+        self.pool.n_threads()
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.cfg.n_ctx
+    }
+
+    /// Evaluates `tokens` at positions `pos0..`, in batches of at most `n_batch`, and
+    /// returns the logits: of the last token, or of every token (`n x n_vocab`) when
+    /// `all_logits` is set. The caller keeps `pos0 + tokens.len() <= n_ctx`.
+    pub fn eval<M: Model>(&mut self, tokens: &[u32], pos0: usize, all_logits: bool) -> &[f32] {
+        assert!(pos0 + tokens.len() <= self.cfg.n_ctx, "batch past the end of the context");
+        let n_vocab = self.cfg.n_vocab;
+        let mut all = Vec::new();
+        for (i, chunk) in tokens.chunks(self.n_batch).enumerate() {
+            self.tokens.clear();
+            self.tokens.extend_from_slice(chunk);
+            self.pos0 = pos0 + i * self.n_batch;
+            self.all_logits = all_logits;
+            M::forward(self);
+            if all_logits {
+                all.extend_from_slice(&self.logits[..chunk.len() * n_vocab]);
+            }
+        }
+        if all_logits {
+            self.logits = all;
+        }
+        &self.logits
+    }
+
+    fn n(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// x[t] = row `tokens[t]` of the embedding table.
+    pub fn embed<E: Tensor>(&mut self, table: &E) {
+        let n_embd = self.cfg.n_embd;
+        let blocks = table.blocks(self.blob);
+        let per_row = E::COLS / E::W::BLOCK_ELEMS;
+        for (t, &tok) in self.tokens.iter().enumerate() {
+            let tok = tok as usize;
+            assert!(tok < E::ROWS, "token id {tok} out of range");
+            let row = &blocks[tok * per_row..(tok + 1) * per_row];
+            E::W::dequantize_ref(row, &mut self.x[t * n_embd..(t + 1) * n_embd]);
+        }
+    }
+
+    /// One attention block: x += Wo · attn(rope(Wq·xn), rope(Wk·xn), Wv·xn), xn = rmsnorm(x).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention<N: Tensor<W = F32>, Q: Tensor, K: Tensor, V: Tensor, O: Tensor>(
+        &mut self,
+        layer: usize,
+        norm: &N,
+        wq: &Q,
+        wk: &K,
+        wv: &V,
+        wo: &O,
+    ) {
+        let cfg = self.cfg;
+        let n = self.n();
+        let (q_dim, kv_dim, hd) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+        self.rms_norm(norm);
+        project(&self.pool, self.blob, &mut self.act, wq, &self.xn, n, &mut self.q);
+        project(&self.pool, self.blob, &mut self.act, wk, &self.xn, n, &mut self.k);
+        project(&self.pool, self.blob, &mut self.act, wv, &self.xn, n, &mut self.v);
+
+        // Rotate Q and K, then append K and V to this layer's cache.
+        let layer_off = layer * cfg.n_ctx * kv_dim;
+        for t in 0..n {
+            let pos = self.pos0 + t;
+            self.rope.apply(&mut self.q[t * q_dim..(t + 1) * q_dim], cfg.n_head, pos);
+            self.rope.apply(&mut self.k[t * kv_dim..(t + 1) * kv_dim], cfg.n_head_kv, pos);
+            let at = layer_off + pos * kv_dim;
+            ops::f32_to_f16(&self.k[t * kv_dim..(t + 1) * kv_dim], &mut self.k_cache[at..at + kv_dim]);
+            ops::f32_to_f16(&self.v[t * kv_dim..(t + 1) * kv_dim], &mut self.v_cache[at..at + kv_dim]);
+        }
+
+        // Every (token, head) pair attends over the positions up to its own.
+        let group = cfg.n_head / cfg.n_head_kv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let cache_len = (self.pos0 + n) * kv_dim;
+        let (k_cache, v_cache) = (&self.k_cache[layer_off..layer_off + cache_len], &self.v_cache[layer_off..layer_off + cache_len]);
+        let (q, pos0, n_ctx) = (&self.q, self.pos0, cfg.n_ctx);
+        // A single decoded token over a long cache splits its keys into one chunk per
+        // thread, as llama.cpp does; the chunking changes rounding, so match it.
+        let split = if n == 1 { ops::llama_cpp_split_chunk_len(pos0 + 1, n_ctx, self.pool.n_threads()) } else { None };
+        let att = SharedMut(self.att.as_mut_ptr());
+        let scores = SharedMut(self.scores.as_mut_ptr());
+        self.pool.run(&|ith, nth| {
+            let (att, scores) = (att, scores);
+            // SAFETY: thread `ith` alone uses scores row `ith`.
+            let scores = unsafe { std::slice::from_raw_parts_mut(scores.0.add(ith * n_ctx), n_ctx) };
+            for job in (ith..n * cfg.n_head).step_by(nth) {
+                let (t, h) = (job / cfg.n_head, job % cfg.n_head);
+                let q_head = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                // SAFETY: job (t, h) alone writes att[t][h*hd..(h+1)*hd].
+                let out = unsafe { std::slice::from_raw_parts_mut(att.0.add(t * q_dim + h * hd), hd) };
+                let kv_off = (h / group) * hd;
+                let n_kv = pos0 + t + 1;
+                match split {
+                    Some(chunk) => ops::attend_head_split(q_head, k_cache, v_cache, kv_dim, kv_off, n_kv, scale, chunk, scores, out),
+                    None => ops::attend_head(q_head, k_cache, v_cache, kv_dim, kv_off, n_kv, scale, scores, out),
+                }
+            }
+        });
+
+        project(&self.pool, self.blob, &mut self.act, wo, &self.att, n, &mut self.proj);
+        self.add_proj();
+    }
+
+    /// One feed-forward block: x += Wdown · (silu(Wgate·xn) * Wup·xn), xn = rmsnorm(x).
+    pub fn ffn<N: Tensor<W = F32>, G: Tensor, U: Tensor, D: Tensor>(&mut self, norm: &N, w_gate: &G, w_up: &U, w_down: &D) {
+        let (n, n_ff) = (self.n(), self.cfg.n_ff);
+        self.rms_norm(norm);
+        project(&self.pool, self.blob, &mut self.act, w_gate, &self.xn, n, &mut self.gate);
+        project(&self.pool, self.blob, &mut self.act, w_up, &self.xn, n, &mut self.up);
+        ops::swiglu(&mut self.gate[..n * n_ff], &self.up[..n * n_ff]);
+        project(&self.pool, self.blob, &mut self.act, w_down, &self.gate, n, &mut self.proj);
+        self.add_proj();
+    }
+
+    /// Final norm and the vocabulary projection, for the last token of the batch or for
+    /// all of them.
+    pub fn output<N: Tensor<W = F32>, O: Tensor>(&mut self, norm: &N, w_out: &O) {
+        let (n, n_embd, n_vocab) = (self.n(), self.cfg.n_embd, self.cfg.n_vocab);
+        self.rms_norm(norm);
+        let (first, rows) = if self.all_logits { (0, n) } else { (n - 1, 1) };
+        if self.logits.len() < rows * n_vocab {
+            self.logits.resize(rows * n_vocab, 0.0);
+        }
+        let xn = &self.xn[first * n_embd..(first + rows) * n_embd];
+        project(&self.pool, self.blob, &mut self.act, w_out, xn, rows, &mut self.logits);
+    }
+
+    /// xn = rmsnorm(x) * weight, per token.
+    fn rms_norm<N: Tensor<W = F32>>(&mut self, norm: &N) {
+        let n_embd = self.cfg.n_embd;
+        let w = norm.blocks(self.blob);
+        for t in 0..self.n() {
+            let r = t * n_embd..(t + 1) * n_embd;
+            ops::rms_norm(&self.x[r.clone()], w, self.cfg.rms_eps, &mut self.xn[r]);
+        }
+    }
+
+    fn add_proj(&mut self) {
+        let len = self.n() * self.cfg.n_embd;
+        for (x, p) in self.x[..len].iter_mut().zip(&self.proj[..len]) {
+            *x += p;
+        }
+    }
+}
+
+/// out[t] = W · input[t] for the n tokens of the batch: quantize the input rows once into
+/// the weight type's activation format, then one matmul.
+fn project<T: Tensor>(pool: &Pool, blob: &[u8], act: &mut ActScratch, w: &T, input: &[f32], n: usize, out: &mut [f32]) {
+    type A<T> = <<T as Tensor>::W as WeightType>::Act;
+    let per_row = T::COLS / A::<T>::BLOCK_ELEMS;
+    let blocks = act.blocks::<A<T>>(n * per_row);
+    for t in 0..n {
+        A::<T>::quantize(&input[t * T::COLS..(t + 1) * T::COLS], &mut blocks[t * per_row..(t + 1) * per_row]);
+    }
+    let out = &mut out[..n * T::ROWS];
+    if n == 1 {
+        matmul::matvec::<T::W>(pool, w.blocks(blob), blocks, out);
+    } else {
+        matmul::matmul::<T::W>(pool, w.blocks(blob), blocks, n, out);
+    }
+}
