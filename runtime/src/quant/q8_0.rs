@@ -36,8 +36,11 @@ pub struct Q8_0;
 ///
 /// The multiplier is `127 / amax` computed directly (not `1 / d`) and ties go to even;
 /// both decide the last bit of a few quants, and with them the exact sums llama.cpp
-/// computes on this CPU. `|x_i * 127 / amax| <= 127` after rounding, so no clamp is needed;
-/// NaN inputs give `q = 0` (Rust's saturating float-to-int cast) instead of ggml's -128.
+/// computes on this CPU. `|x_i * 127 / amax| <= 127` after rounding, so no clamp is needed.
+/// A NaN product (a NaN input, or any input of a block holding an infinity) gives -128,
+/// the x86 conversion's "integer indefinite" that ggml's quantizer stores too. (Which
+/// scale a block with a NaN gets depends on where the NaN sits in the SIMD max tree;
+/// such blocks are garbage either way.)
 #[inline(always)]
 pub(crate) fn quantize_block_q8(x: &[f32], qs: &mut [i8; 32]) -> f32 {
     debug_assert_eq!(x.len(), 32);
@@ -45,7 +48,8 @@ pub(crate) fn quantize_block_q8(x: &[f32], qs: &mut [i8; 32]) -> f32 {
     let d = amax / 127.0;
     let mul = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     for (q, &v) in qs.iter_mut().zip(x) {
-        *q = (v * mul).round_ties_even() as i8;
+        let r = (v * mul).round_ties_even();
+        *q = if r.is_nan() { i8::MIN } else { r as i8 };
     }
     d
 }
@@ -217,6 +221,24 @@ mod tests {
             *v *= [1.0, 1e-3, 1e3, 1e-6][i / 512];
         }
         check_quantize(&x);
+    }
+
+    #[test]
+    fn infinities_agree() {
+        // A block holding an infinity: d = inf, the multiplier 127 / inf = 0, so the
+        // infinity times 0 is NaN (-> -128) and every finite value 0, in both versions.
+        let mut x = testing::activations(96, 5);
+        x[40] = f32::INFINITY;
+        x[70] = f32::NEG_INFINITY;
+        let mut slow = vec![BlockQ8_0::default(); 3];
+        let mut fast = slow.clone();
+        <Q8_0 as ActType>::quantize_ref(&x, &mut slow);
+        <Q8_0 as ActType>::quantize(&x, &mut fast);
+        assert_eq!(
+            (slow[1].qs[8], slow[1].qs[9], slow[2].qs[6]),
+            (-128, 0, -128)
+        );
+        assert_eq!(slow, fast);
     }
 
     #[test]

@@ -66,8 +66,9 @@ fn q5_high_bits(qh: &[u8; 4]) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
-/// `sum_{j<4} u[4k + j] * s[4k + j]` in lane `k`, for unsigned bytes `u` (at most 31 here)
-/// and signed bytes `s`.
+/// `sum_{j<4} u[4k + j] * s[4k + j]` in lane `k`, for unsigned bytes `u` and signed bytes
+/// `s`. Here `u <= 128` (a weight quant or its magnitude) and `|s| <= 127` (activation
+/// quants never reach -128).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
@@ -235,11 +236,13 @@ fn quantize_block_q8(x: &[f32], qs: &mut [i8; 32]) -> (f32, __m256i) {
     // SAFETY: x has 32 floats, read as four unaligned 8-float vectors.
     let v: [__m256; 4] = std::array::from_fn(|k| unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * k)) });
 
-    // max |x|: clear the sign bits, then a max tree (exact, so its order is irrelevant)
+    // max |x|: clear the sign bits, then fold the vectors in order and halve the lanes.
+    // Exact, so the order only matters for NaN (which `max` propagates from its second
+    // operand only); it is ggml's, so a NaN block gets ggml's scale too.
     let abs = |v| _mm256_andnot_ps(_mm256_set1_ps(-0.0), v);
     let max8 = _mm256_max_ps(
-        _mm256_max_ps(abs(v[0]), abs(v[1])),
-        _mm256_max_ps(abs(v[2]), abs(v[3])),
+        _mm256_max_ps(_mm256_max_ps(abs(v[0]), abs(v[1])), abs(v[2])),
+        abs(v[3]),
     );
     let max4 = _mm_max_ps(
         _mm256_extractf128_ps::<1>(max8),
