@@ -14,7 +14,10 @@
 //! `read` streams the same amount of plain memory (u64 sums) on 1 and 2 threads: the
 //! bandwidth ceiling the cold figures are compared with.
 //!
-//! Run: `cargo run --release -p mcc-runtime --example iquant_bench [read] [FORMAT...]`
+//! `ratio` pairs IQ4_XS 2-thread DRAM matvec passes with plain 2-thread read passes and
+//! prints the median ratio of the pairs: the fraction of the memory bandwidth reached.
+//!
+//! Run: `cargo run --release -p mcc-runtime --example iquant_bench [read | ratio] [FORMAT...]`
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -105,10 +108,17 @@ fn matvec<W: WeightType>(
     }
 }
 
-fn bench<W: WeightType>(scale: ScaleField) {
+/// A ring of random matrices of at least RING_BYTES, and quantized activations.
+struct Setup<W: WeightType> {
+    ring: Vec<Vec<W::Block>>,
+    act: Vec<ActBlock<W>>,
+    matrix_bytes: usize,
+}
+
+fn setup<W: WeightType>(scale: ScaleField) -> Setup<W> {
     let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15);
     let matrix_bytes = ROWS * COLS / W::BLOCK_ELEMS * std::mem::size_of::<W::Block>();
-    let ring: Vec<Vec<W::Block>> = (0..RING_BYTES.div_ceil(matrix_bytes))
+    let ring = (0..RING_BYTES.div_ceil(matrix_bytes))
         .map(|_| random_matrix::<W>(&mut rng, scale))
         .collect();
     let x: Vec<f32> = (0..COLS)
@@ -116,78 +126,121 @@ fn bench<W: WeightType>(scale: ScaleField) {
         .collect();
     let mut act = vec![ActBlock::<W>::default(); COLS / W::Act::BLOCK_ELEMS];
     W::Act::quantize(&x, &mut act);
-    let gbs = |bytes: usize, secs: f64| bytes as f64 / secs / 1e9;
+    Setup {
+        ring,
+        act,
+        matrix_bytes,
+    }
+}
 
-    // Best of many timings: the machine is shared, and the fastest run is the one least
-    // disturbed by other processes.
-    let best = |runs: usize, mut f: Box<dyn FnMut() + '_>| {
-        f();
-        (0..runs)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .fold(f64::INFINITY, f64::min)
-    };
+/// Seconds of the fastest of `runs` calls (after one warm-up): the machine is shared, and
+/// the fastest run is the one least disturbed by other processes.
+fn best(runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
 
-    let mut out = vec![0f32; ROWS];
-    let hot_secs = best(
-        40,
-        Box::new(|| matvec::<W>(black_box(&ring[0]), black_box(&act), 0..ROWS, &mut out)),
-    );
-    let hot = gbs(matrix_bytes, hot_secs);
-    black_box(&out);
+fn gbs(bytes: usize, secs: f64) -> f64 {
+    bytes as f64 / secs / 1e9
+}
 
-    let cold = |threads: usize| {
-        let pass = || {
-            std::thread::scope(|s| {
-                for k in 0..threads {
-                    let (ring, act) = (&ring, &act);
-                    s.spawn(move || {
-                        let rows = k * ROWS / threads..(k + 1) * ROWS / threads;
-                        let mut out = vec![0f32; rows.len()];
-                        for m in ring {
-                            matvec::<W>(black_box(m), black_box(act), rows.clone(), &mut out);
-                        }
-                        black_box(out);
-                    });
+/// One pass over the whole ring on `threads` threads, each owning a slice of every
+/// matrix's rows.
+fn cold_pass<W: WeightType>(s: &Setup<W>, threads: usize) {
+    std::thread::scope(|scope| {
+        for k in 0..threads {
+            scope.spawn(move || {
+                let rows = k * ROWS / threads..(k + 1) * ROWS / threads;
+                let mut out = vec![0f32; rows.len()];
+                for m in &s.ring {
+                    matvec::<W>(black_box(m), black_box(&s.act), rows.clone(), &mut out);
                 }
-            })
-        };
-        gbs(ring.len() * matrix_bytes, best(6, Box::new(pass)))
-    };
-    let (cold1, cold2) = (cold(1), cold(2));
+                black_box(out);
+            });
+        }
+    })
+}
+
+fn bench<W: WeightType>(scale: ScaleField) {
+    let s = setup::<W>(scale);
+    let mut out = vec![0f32; ROWS];
+    let hot = gbs(
+        s.matrix_bytes,
+        best(40, || {
+            matvec::<W>(black_box(&s.ring[0]), black_box(&s.act), 0..ROWS, &mut out)
+        }),
+    );
+    black_box(&out);
+    let ring_bytes = s.ring.len() * s.matrix_bytes;
+    let cold1 = gbs(ring_bytes, best(6, || cold_pass(&s, 1)));
+    let cold2 = gbs(ring_bytes, best(6, || cold_pass(&s, 2)));
     println!(
         "{:8} {:6.2} MB/matrix  hot 1t {hot:6.2} GB/s ({:6.1} ns/row)  cold 1t {cold1:6.2} GB/s  cold 2t {cold2:6.2} GB/s",
         W::NAME,
-        matrix_bytes as f64 / 1e6,
-        matrix_bytes as f64 / ROWS as f64 / hot,
+        s.matrix_bytes as f64 / 1e6,
+        s.matrix_bytes as f64 / ROWS as f64 / hot,
     );
+}
+
+/// One streaming read of `words` on `threads` threads (u64 sums).
+fn read_pass(words: &[u64], threads: usize) {
+    std::thread::scope(|scope| {
+        for part in words.chunks(words.len() / threads) {
+            scope.spawn(move || {
+                black_box(black_box(part).iter().fold(0u64, |a, &w| a.wrapping_add(w)))
+            });
+        }
+    });
 }
 
 /// Plain streaming read of RING_BYTES on 1 and 2 threads (best of several passes).
 fn read_bandwidth() {
     let words: Vec<u64> = (0..(RING_BYTES / 8) as u64).collect();
     for threads in [1usize, 2] {
-        let secs = (0..8)
-            .map(|_| {
-                let t = Instant::now();
-                std::thread::scope(|s| {
-                    for part in words.chunks(words.len() / threads) {
-                        s.spawn(move || {
-                            black_box(black_box(part).iter().fold(0u64, |a, &w| a.wrapping_add(w)))
-                        });
-                    }
-                });
-                t.elapsed().as_secs_f64()
-            })
-            .fold(f64::INFINITY, f64::min);
+        let secs = best(8, || read_pass(&words, threads));
         println!(
             "read     {threads} thread(s) {:6.2} GB/s",
-            RING_BYTES as f64 / secs / 1e9
+            gbs(RING_BYTES, secs)
         );
     }
+}
+
+/// IQ4_XS 2-thread matvec over DRAM against a plain 2-thread read of as many bytes, in
+/// 40 back-to-back pairs: each pair gives a ratio under (nearly) the same background load,
+/// and the median ratio is the figure. The best absolute rates are printed too.
+fn ratio() {
+    let s = setup::<IQ4_XS>(ScaleField::At(0));
+    let words: Vec<u64> = (0..(RING_BYTES / 8) as u64).collect();
+    let ring_bytes = s.ring.len() * s.matrix_bytes;
+    let time = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64()
+    };
+    read_pass(&words, 2);
+    cold_pass(&s, 2);
+    let mut pairs: Vec<(f64, f64)> = (0..40)
+        .map(|_| {
+            let read = gbs(RING_BYTES, time(&mut || read_pass(&words, 2)));
+            let matvec = gbs(ring_bytes, time(&mut || cold_pass(&s, 2)));
+            (matvec, read)
+        })
+        .collect();
+    let best_matvec = pairs.iter().map(|p| p.0).fold(0.0, f64::max);
+    let best_read = pairs.iter().map(|p| p.1).fold(0.0, f64::max);
+    pairs.sort_by(|a, b| (a.0 / a.1).total_cmp(&(b.0 / b.1)));
+    let (m, r) = pairs[pairs.len() / 2];
+    println!(
+        "IQ4_XS matvec 2t / plain read 2t, median of 40 pairs: {m:.2} / {r:.2} GB/s = {:.0}% \
+         (best: matvec {best_matvec:.2} GB/s, read {best_read:.2} GB/s)",
+        100.0 * m / r
+    );
 }
 
 fn main() {
@@ -195,6 +248,10 @@ fn main() {
     let want = |name: &str| args.is_empty() || args.iter().any(|a| a.eq_ignore_ascii_case(name));
     if want("read") {
         read_bandwidth();
+    }
+    if args.iter().any(|a| a == "ratio") {
+        ratio();
+        return;
     }
     if want("IQ4_XS") {
         bench::<IQ4_XS>(ScaleField::At(0));

@@ -78,6 +78,36 @@ fn u32x8(table: &[u32], index: impl Fn(usize) -> usize) -> __m256i {
     _mm256_set_epi32(e(7), e(6), e(5), e(4), e(3), e(2), e(1), e(0))
 }
 
+/// Scatters the low bits of `bits` to the set bits of `mask`, in order (BMI2 `pdep`).
+#[inline(always)]
+fn deposit(bits: u64, mask: u64) -> u64 {
+    #[cfg(target_feature = "bmi2")]
+    {
+        // SAFETY: the build enables BMI2 (cfg above).
+        unsafe { _pdep_u64(bits, mask) }
+    }
+    #[cfg(not(target_feature = "bmi2"))]
+    {
+        let (mut bits, mut mask, mut out) = (bits, mask, 0u64);
+        while mask != 0 {
+            if bits & 1 != 0 {
+                out |= mask & mask.wrapping_neg();
+            }
+            bits >>= 1;
+            mask &= mask - 1;
+        }
+        out
+    }
+}
+
+/// Four grid indices as the u16 lanes of a u64: lane `l` = byte `l` of `low` | the `l`-th
+/// group of high bits, taken in order from `high` and placed by `high_lanes` (the mask of
+/// the high index bits in all four lanes).
+#[inline(always)]
+fn grid_indices(low: u32, high: u64, high_lanes: u64) -> u64 {
+    deposit(low as u64, 0x00ff_00ff_00ff_00ff) | deposit(high, high_lanes)
+}
+
 /// Sum of the 8 f32 lanes: upper half onto lower, then pairs, then the last two; the
 /// order ggml uses, so totals agree bit for bit.
 #[inline]
@@ -282,18 +312,23 @@ pub fn vec_dot_iq2_xxs_q8_k(row: &[BlockIQ2XXS], act: &[BlockQ8K]) -> f32 {
 fn dot_iq2_xxs(row: &[BlockIQ2XXS], act: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (w, a) in row.iter().zip(act) {
-        let mut sums = [_mm256_setzero_si256(); 2];
-        for ib in 0..QK_K / 32 {
+        // one sub-block of 32 weights -> 8 i32 lanes
+        let sub_block = |ib: usize| {
             let (indices, signs_scale) = sub_block_words(w, ib);
             let g = |l: u32| IQ2XXS_GRID[(indices >> (8 * l)) as usize & 0xff];
             let s = |l: u32| (signs_scale >> (7 * l)) as usize & 127;
             let grid = u64x4(g(0), g(1), g(2), g(3));
             let q8 = apply_sign_indices(load32(&a.qs, 32 * ib), s(0), s(1), s(2), s(3));
             let ls = 2 * (signs_scale >> 28) as i32 + 1;
-            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q8), scale_all(ls));
-            sums[ib % 2] = _mm256_add_epi32(sums[ib % 2], p);
+            _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q8), scale_all(ls))
+        };
+        // even and odd sub-blocks in separate i32 chains
+        let (mut sum_even, mut sum_odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for ib in (0..QK_K / 32).step_by(2) {
+            sum_even = _mm256_add_epi32(sum_even, sub_block(ib));
+            sum_odd = _mm256_add_epi32(sum_odd, sub_block(ib + 1));
         }
-        acc = fma_block(acc, w.d.to_f32() * a.d, _mm256_add_epi32(sums[0], sums[1]));
+        acc = fma_block(acc, w.d.to_f32() * a.d, _mm256_add_epi32(sum_even, sum_odd));
     }
     0.125 * hsum_f32x8(acc)
 }
@@ -307,23 +342,79 @@ pub fn vec_dot_iq2_xs_q8_k(row: &[BlockIQ2XS], act: &[BlockQ8K]) -> f32 {
 
 #[target_feature(enable = "avx2,fma")]
 fn dot_iq2_xs(row: &[BlockIQ2XS], act: &[BlockQ8K]) -> f32 {
+    // low nibble of each of the 16 nibbles of 7-bit values: parity << 7
+    let parity = _mm_setr_epi8(
+        0, -128, -128, 0, -128, 0, 0, -128, -128, 0, 0, -128, 0, -128, -128, 0,
+    );
+    let parity = _mm256_broadcastsi128_si256(parity);
+    let nibble = _mm256_set1_epi8(0x0f);
+    // byte p of a sub-block's 32 weights takes the sign byte of group p / 8, which sits at
+    // byte 2 * (p / 8) of its sub-block's 8-byte slot (low byte of each u16)
+    let pick_even = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, //
+        4, 4, 4, 4, 4, 4, 4, 4, 6, 6, 6, 6, 6, 6, 6, 6,
+    );
+    let pick_odd = _mm256_add_epi8(pick_even, _mm256_set1_epi8(8));
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
     let mut acc = _mm256_setzero_ps();
     for (w, a) in row.iter().zip(act) {
+        let scales = iq2_half_scales(&w.scales);
         let mut sums = [_mm256_setzero_si256(); 2];
-        for ib in 0..QK_K / 32 {
-            let q = &w.qs[4 * ib..4 * ib + 4];
-            let g = |l: usize| IQ2XS_GRID[(q[l] & 511) as usize];
-            let s = |l: usize| (q[l] >> 9) as usize;
-            let grid = u64x4(g(0), g(1), g(2), g(3));
-            let q8 = apply_sign_indices(load32(&a.qs, 32 * ib), s(0), s(1), s(2), s(3));
-            let sc = w.scales[ib];
-            let ls = scale_halves(2 * (sc & 0xf) as i32 + 1, 2 * (sc >> 4) as i32 + 1);
-            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q8), ls);
-            sums[ib % 2] = _mm256_add_epi32(sums[ib % 2], p);
+        for quad in 0..QK_K / 128 {
+            // 16 groups of 8 (4 sub-blocks): 7 sign bits each, completed with their parity
+            // SAFETY: 16 u16 from index 16 * quad are 32 readable bytes; unaligned load.
+            let q = unsafe { _mm256_loadu_si256(w.qs[16 * quad..16 * quad + 16].as_ptr().cast()) };
+            let bits7 = _mm256_srli_epi16::<9>(q);
+            let odd = _mm256_xor_si256(
+                _mm256_shuffle_epi8(parity, _mm256_and_si256(bits7, nibble)),
+                _mm256_shuffle_epi8(parity, _mm256_srli_epi16::<4>(bits7)),
+            );
+            let signs8 = _mm256_or_si256(bits7, odd);
+            let lanes = [
+                _mm256_permute2x128_si256::<0x00>(signs8, signs8),
+                _mm256_permute2x128_si256::<0x11>(signs8, signs8),
+            ];
+            for k in 0..4 {
+                let ib = 4 * quad + k;
+                let pick = if k % 2 == 0 { pick_even } else { pick_odd };
+                let spread = _mm256_shuffle_epi8(lanes[k / 2], pick);
+                let negative = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+                let q8 = load32(&a.qs, 32 * ib);
+                let q8 = _mm256_sub_epi8(_mm256_xor_si256(q8, negative), negative);
+                let g = |l: usize| IQ2XS_GRID[(w.qs[4 * ib + l] & 511) as usize];
+                let grid = u64x4(g(0), g(1), g(2), g(3));
+                let p =
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q8), iq2_scales_of(scales, ib));
+                sums[ib % 2] = _mm256_add_epi32(sums[ib % 2], p);
+            }
         }
         acc = fma_block(acc, w.d.to_f32() * a.d, _mm256_add_epi32(sums[0], sums[1]));
     }
     0.125 * hsum_f32x8(acc)
+}
+
+/// The 16 odd multipliers `2s + 1` of the 4-bit half-sub-block scales of IQ2_XS / IQ2_S,
+/// as bytes in weight order: byte `2i` from the low nibble of `scales[i]`, `2i + 1` high.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn iq2_half_scales(scales: &[u8; 8]) -> __m128i {
+    let packed = _mm_set1_epi64x(u64::from_le_bytes(*scales) as i64);
+    let low = _mm_and_si128(packed, _mm_set1_epi8(0x0f));
+    let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), _mm_set1_epi8(0x0f));
+    let nibbles = _mm_unpacklo_epi8(low, high);
+    _mm_add_epi8(_mm_add_epi8(nibbles, nibbles), _mm_set1_epi8(1))
+}
+
+/// i16 scales for sub-block `ib`: its first half's for the lower 16 weights, its second
+/// half's for the upper 16.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn iq2_scales_of(half_scales: __m128i, ib: usize) -> __m256i {
+    let pick = _mm_add_epi8(
+        _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+        _mm_set1_epi8(2 * ib as i8),
+    );
+    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(half_scales, pick))
 }
 
 /// Dot product of an IQ2_S row with Q8_K activations (same block count).
@@ -337,19 +428,24 @@ pub fn vec_dot_iq2_s_q8_k(row: &[BlockIQ2S], act: &[BlockQ8K]) -> f32 {
 fn dot_iq2_s(row: &[BlockIQ2S], act: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (w, a) in row.iter().zip(act) {
-        let mut sums = [_mm256_setzero_si256(); 2];
-        for ib in 0..QK_K / 32 {
-            let qh = w.qh[ib] as usize;
-            let g = |l: usize| IQ2S_GRID[w.qs[4 * ib + l] as usize | ((qh >> (2 * l)) & 3) << 8];
+        let scales = iq2_half_scales(&w.scales);
+        // one sub-block of 32 weights -> 8 i32 lanes
+        let sub_block = |ib: usize| {
+            let low = u32::from_le_bytes(w.qs[4 * ib..4 * ib + 4].try_into().unwrap());
+            let indices = grid_indices(low, w.qh[ib] as u64, 0x0300_0300_0300_0300);
+            let g = |l: u32| IQ2S_GRID[(indices >> (16 * l)) as usize & 0x3ff];
             let grid = u64x4(g(0), g(1), g(2), g(3));
             let signs = u32::from_le_bytes(w.signs[4 * ib..4 * ib + 4].try_into().unwrap());
             let q8 = apply_sign_bits(load32(&a.qs, 32 * ib), signs);
-            let sc = w.scales[ib];
-            let ls = scale_halves(2 * (sc & 0xf) as i32 + 1, 2 * (sc >> 4) as i32 + 1);
-            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q8), ls);
-            sums[ib % 2] = _mm256_add_epi32(sums[ib % 2], p);
+            _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q8), iq2_scales_of(scales, ib))
+        };
+        // even and odd sub-blocks in separate i32 chains
+        let (mut sum_even, mut sum_odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for ib in (0..QK_K / 32).step_by(2) {
+            sum_even = _mm256_add_epi32(sum_even, sub_block(ib));
+            sum_odd = _mm256_add_epi32(sum_odd, sub_block(ib + 1));
         }
-        acc = fma_block(acc, w.d.to_f32() * a.d, _mm256_add_epi32(sums[0], sums[1]));
+        acc = fma_block(acc, w.d.to_f32() * a.d, _mm256_add_epi32(sum_even, sum_odd));
     }
     0.125 * hsum_f32x8(acc)
 }
@@ -369,18 +465,23 @@ pub fn vec_dot_iq3_xxs_q8_k(row: &[BlockIQ3XXS], act: &[BlockQ8K]) -> f32 {
 fn dot_iq3_xxs(row: &[BlockIQ3XXS], act: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (w, a) in row.iter().zip(act) {
-        let mut sums = [_mm256_setzero_si256(); 2];
-        for ib in 0..QK_K / 32 {
+        // one sub-block of 32 weights -> 8 i32 lanes
+        let sub_block = |ib: usize| {
             let qs = &w.qs[8 * ib..8 * ib + 8];
             let grid = u32x8(&IQ3XXS_GRID, |k| qs[k] as usize);
             let word = signs_scale_word(w, ib);
             let s = |l: u32| (word >> (7 * l)) as usize & 127;
             let q8 = apply_sign_indices(load32(&a.qs, 32 * ib), s(0), s(1), s(2), s(3));
             let ls = 2 * (word >> 28) as i32 + 1;
-            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q8), scale_all(ls));
-            sums[ib % 2] = _mm256_add_epi32(sums[ib % 2], p);
+            _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q8), scale_all(ls))
+        };
+        // even and odd sub-blocks in separate i32 chains
+        let (mut sum_even, mut sum_odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for ib in (0..QK_K / 32).step_by(2) {
+            sum_even = _mm256_add_epi32(sum_even, sub_block(ib));
+            sum_odd = _mm256_add_epi32(sum_odd, sub_block(ib + 1));
         }
-        acc = fma_block(acc, w.d.to_f32() * a.d, _mm256_add_epi32(sums[0], sums[1]));
+        acc = fma_block(acc, w.d.to_f32() * a.d, _mm256_add_epi32(sum_even, sum_odd));
     }
     0.25 * hsum_f32x8(acc)
 }
@@ -394,20 +495,35 @@ pub fn vec_dot_iq3_s_q8_k(row: &[BlockIQ3S], act: &[BlockQ8K]) -> f32 {
 
 #[target_feature(enable = "avx2,fma")]
 fn dot_iq3_s(row: &[BlockIQ3S], act: &[BlockQ8K]) -> f32 {
+    // index k takes bit k of the sub-block's qh byte as its bit 8
+    let index_bit8_shift = _mm256_setr_epi32(8, 7, 6, 5, 4, 3, 2, 1);
+    let bit8 = _mm256_set1_epi32(256);
     let mut acc = _mm256_setzero_ps();
     for (w, a) in row.iter().zip(act) {
-        let mut sums = [_mm256_setzero_si256(); 2];
-        for ib in 0..QK_K / 32 {
-            let qs = &w.qs[8 * ib..8 * ib + 8];
-            let qh = w.qh[ib] as usize;
-            let grid = u32x8(&IQ3S_GRID, |k| qs[k] as usize | ((qh >> k) & 1) << 8);
+        // one sub-block of 32 weights -> 8 i32 lanes
+        let sub_block = |ib: usize| {
+            // the 8 grid indices, computed in a vector and read back as u32s
+            let low = _mm_set1_epi64x(u64::from_le_bytes(
+                w.qs[8 * ib..8 * ib + 8].try_into().unwrap(),
+            ) as i64);
+            let high = _mm256_sllv_epi32(_mm256_set1_epi32(w.qh[ib] as i32), index_bit8_shift);
+            let index = _mm256_or_si256(_mm256_cvtepu8_epi32(low), _mm256_and_si256(high, bit8));
+            let mut indices = [0u32; 8];
+            // SAFETY: `indices` is 32 writable bytes; unaligned store.
+            unsafe { _mm256_storeu_si256(indices.as_mut_ptr().cast(), index) };
+            let grid = u32x8(&IQ3S_GRID, |k| indices[k] as usize & 511);
             let signs = u32::from_le_bytes(w.signs[4 * ib..4 * ib + 4].try_into().unwrap());
             let q8 = apply_sign_bits(load32(&a.qs, 32 * ib), signs);
             let ls = 2 * ((w.scales[ib / 2] >> (4 * (ib % 2))) & 0xf) as i32 + 1;
-            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q8), scale_all(ls));
-            sums[ib % 2] = _mm256_add_epi32(sums[ib % 2], p);
+            _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q8), scale_all(ls))
+        };
+        // even and odd sub-blocks in separate i32 chains
+        let (mut sum_even, mut sum_odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for ib in (0..QK_K / 32).step_by(2) {
+            sum_even = _mm256_add_epi32(sum_even, sub_block(ib));
+            sum_odd = _mm256_add_epi32(sum_odd, sub_block(ib + 1));
         }
-        acc = fma_block(acc, w.d.to_f32() * a.d, _mm256_add_epi32(sums[0], sums[1]));
+        acc = fma_block(acc, w.d.to_f32() * a.d, _mm256_add_epi32(sum_even, sum_odd));
     }
     hsum_f32x8(acc)
 }
@@ -415,32 +531,6 @@ fn dot_iq3_s(row: &[BlockIQ3S], act: &[BlockQ8K]) -> f32 {
 // ---------------------------------------------------------------------------------------
 // IQ1_S, IQ1_M × Q8_K
 // ---------------------------------------------------------------------------------------
-
-/// Four 11-bit IQ1 grid indices as the u16 lanes of a u64: lane `l` = byte `l` of `low`
-/// | (3-bit field `l` of `high`) << 8, the fields `stride` bits apart in `high` (3 for
-/// IQ1_S's packed fields, 4 for IQ1_M's nibbles, whose top bit is not index).
-#[inline(always)]
-fn iq1_indices(low: u32, high: u64, stride: u32) -> u64 {
-    #[cfg(target_feature = "bmi2")]
-    {
-        // deposit the field bits under bits 8.. of each lane (for nibbles, the masked-out
-        // 4th bit lands in bit 11, which stays zero)
-        let (fields, lanes) = if stride == 3 {
-            (high & 0x0fff, 0x0700_0700_0700_0700)
-        } else {
-            (high & 0x7777, 0x0f00_0f00_0f00_0f00)
-        };
-        // SAFETY: the build enables BMI2 (cfg above).
-        unsafe { _pdep_u64(low as u64, 0x00ff_00ff_00ff_00ff) | _pdep_u64(fields, lanes) }
-    }
-    #[cfg(not(target_feature = "bmi2"))]
-    {
-        (0..4).fold(0u64, |acc, l| {
-            let index = (low >> (8 * l)) as u64 & 0xff | ((high >> (stride * l)) & 7) << 8;
-            acc | index << (16 * l)
-        })
-    }
-}
 
 /// The 32 grid bytes of an IQ1 sub-block from its packed indices.
 #[inline]
@@ -469,7 +559,7 @@ fn dot_iq1_s(row: &[BlockIQ1S], act: &[BlockQ8K]) -> f32 {
         for ib in 0..QK_K / 32 {
             let qh = w.qh[ib] as usize;
             let low = u32::from_le_bytes(w.qs[4 * ib..4 * ib + 4].try_into().unwrap());
-            let grid = iq1_grid(iq1_indices(low, qh as u64, 3));
+            let grid = iq1_grid(grid_indices(low, qh as u64 & 0x0fff, 0x0700_0700_0700_0700));
             let ls = 2 * ((qh >> 12) & 7) as i32 + 1;
             let p = _mm256_madd_epi16(dot_i8_pairs(grid, load32(&a.qs, 32 * ib)), scale_all(ls));
             sum = _mm256_add_epi32(sum, p);
@@ -514,7 +604,11 @@ fn dot_iq1_m(row: &[BlockIQ1M], act: &[BlockQ8K]) -> f32 {
             // four nibbles, one per group of 8: index bits 8..11 and the shift sign
             let nibbles = u16::from_le_bytes([w.qh[2 * ib], w.qh[2 * ib + 1]]) as usize;
             let low = u32::from_le_bytes(w.qs[4 * ib..4 * ib + 4].try_into().unwrap());
-            let grid = iq1_grid(iq1_indices(low, nibbles as u64, 4));
+            let grid = iq1_grid(grid_indices(
+                low,
+                nibbles as u64 & 0x7777,
+                0x0f00_0f00_0f00_0f00,
+            ));
             let negative = _mm256_cmpeq_epi16(
                 _mm256_and_si256(_mm256_set1_epi16(nibbles as i16), sign_bit),
                 sign_bit,
