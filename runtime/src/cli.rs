@@ -13,7 +13,10 @@ use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::{Decoder, Tokenizer};
 
 #[derive(Parser, Debug)]
-#[command(about = "A language model compiled by mcc into this one executable.", version)]
+#[command(
+    about = "A language model compiled by mcc into this one executable.",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -25,6 +28,26 @@ struct Cli {
 enum Cmd {
     /// Print the baked-in configuration, quant mix and build options.
     Info,
+    /// Evaluate a prompt and write every position's logits to a file (for comparisons
+    /// with other engines): u32 n_tokens, u32 n_vocab, the token ids (u32), then
+    /// n_tokens x n_vocab f32.
+    Logits(LogitsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct LogitsArgs {
+    /// Read the prompt from a file.
+    #[arg(short = 'f', long = "file")]
+    file: std::path::PathBuf,
+    /// Where to write the logits.
+    #[arg(short = 'o', long = "out")]
+    out: std::path::PathBuf,
+    /// Threads for the forward pass (default: all available cores).
+    #[arg(short = 't', long = "threads")]
+    threads: Option<usize>,
+    /// Most prompt tokens evaluated in one forward pass.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    batch_size: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -86,6 +109,7 @@ pub fn main<M: Model>() -> ExitCode {
             print!("{}", M::INFO);
             Ok(())
         }
+        Some(Cmd::Logits(args)) => dump_logits::<M>(&args),
         None => generate::<M>(&cli.gen),
     };
     match result {
@@ -104,12 +128,48 @@ fn default_threads() -> usize {
 fn read_prompt(args: &GenArgs) -> Result<String, String> {
     match (&args.prompt, &args.file) {
         (Some(p), _) => Ok(p.clone()),
-        (None, Some(path)) => {
-            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            String::from_utf8(bytes).map_err(|e| format!("{}: not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to()))
-        }
+        (None, Some(path)) => read_text(path),
         (None, None) => Err("no prompt: give one with -p TEXT or -f FILE".into()),
     }
+}
+
+fn read_text(path: &std::path::Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "{}: not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+fn dump_logits<M: Model>(args: &LogitsArgs) -> Result<(), String> {
+    let text = read_text(&args.file)?;
+    let tokenizer =
+        Tokenizer::from_bytes(M::tokenizer()).map_err(|e| format!("embedded tokenizer: {e}"))?;
+    let ids = tokenizer.encode(&text, true, true);
+    if ids.is_empty() || ids.len() > M::CONFIG.n_ctx {
+        return Err(format!(
+            "{}: {} tokens; this binary holds 1 to {}",
+            args.file.display(),
+            ids.len(),
+            M::CONFIG.n_ctx
+        ));
+    }
+    let threads = args.threads.unwrap_or_else(default_threads).max(1);
+    let mut ctx =
+        Ctx::new::<M>(threads, M::CONFIG.n_ctx, args.batch_size).map_err(|e| e.to_string())?;
+    let logits = ctx.eval::<M>(&ids, 0, true);
+    let mut bytes = Vec::with_capacity(8 + ids.len() * 4 + logits.len() * 4);
+    bytes.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&(M::CONFIG.n_vocab as u32).to_le_bytes());
+    ids.iter()
+        .for_each(|id| bytes.extend_from_slice(&id.to_le_bytes()));
+    logits
+        .iter()
+        .for_each(|l| bytes.extend_from_slice(&l.to_le_bytes()));
+    std::fs::write(&args.out, bytes).map_err(|e| format!("{}: {e}", args.out.display()))
 }
 
 fn generate<M: Model>(args: &GenArgs) -> Result<(), String> {
@@ -118,12 +178,17 @@ fn generate<M: Model>(args: &GenArgs) -> Result<(), String> {
     if !(args.temp.is_finite() && args.temp >= 0.0) {
         return Err(format!("--temp must be a number >= 0, got {}", args.temp));
     }
-    let n_ctx = if args.ctx_size == 0 { M::CONFIG.n_ctx } else { args.ctx_size };
+    let n_ctx = if args.ctx_size == 0 {
+        M::CONFIG.n_ctx
+    } else {
+        args.ctx_size
+    };
     let threads = args.threads.unwrap_or_else(default_threads);
     if threads == 0 {
         return Err("--threads must be at least 1".into());
     }
-    let tokenizer = Tokenizer::from_bytes(M::tokenizer()).map_err(|e| format!("embedded tokenizer: {e}"))?;
+    let tokenizer =
+        Tokenizer::from_bytes(M::tokenizer()).map_err(|e| format!("embedded tokenizer: {e}"))?;
     let mut ctx = Ctx::new::<M>(threads, n_ctx, args.batch_size).map_err(|e| e.to_string())?;
     let t_loaded = Instant::now();
 
@@ -132,13 +197,18 @@ fn generate<M: Model>(args: &GenArgs) -> Result<(), String> {
         return Err("the prompt is empty: nothing to continue from".into());
     }
     if prompt_ids.len() >= n_ctx {
-        return Err(format!("the prompt is {} tokens, but the context holds {n_ctx}: shorten it or raise -c", prompt_ids.len()));
+        return Err(format!(
+            "the prompt is {} tokens, but the context holds {n_ctx}: shorten it or raise -c",
+            prompt_ids.len()
+        ));
     }
     if args.verbose_prompt {
         eprintln!("prompt: {} tokens: {:?}", prompt_ids.len(), prompt_ids);
     }
     let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
     });
     let mut sampler = Sampler::new(SamplerConfig {
         temp: args.temp,
@@ -156,7 +226,11 @@ fn generate<M: Model>(args: &GenArgs) -> Result<(), String> {
         let _ = write!(out, "{prompt}");
     }
     let budget = n_ctx - prompt_ids.len();
-    let n_predict = if args.n_predict < 0 { budget } else { (args.n_predict as usize).min(budget) };
+    let n_predict = if args.n_predict < 0 {
+        budget
+    } else {
+        (args.n_predict as usize).min(budget)
+    };
 
     let mut history = prompt_ids.clone();
     let mut decoder = Decoder::new(&tokenizer, false);
@@ -172,7 +246,11 @@ fn generate<M: Model>(args: &GenArgs) -> Result<(), String> {
         n_gen += 1;
         history.push(next);
         let piece = decoder.push(next);
-        if out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_err() {
+        if out
+            .write_all(piece.as_bytes())
+            .and_then(|_| out.flush())
+            .is_err()
+        {
             // stdout closed (e.g. piped into `head`): stop quietly.
             return Ok(());
         }
@@ -190,8 +268,22 @@ fn generate<M: Model>(args: &GenArgs) -> Result<(), String> {
     let (pp_ms, tg_ms) = (ms(t_prompt, t_prompt_done), ms(t_prompt_done, t_end));
     eprintln!();
     eprintln!("load time        = {:10.2} ms", ms(t_start, t_loaded));
-    eprintln!("prompt eval time = {:10.2} ms / {:5} tokens ({:8.2} tokens per second)", pp_ms, prompt_ids.len(), rate(pp_ms, prompt_ids.len()));
-    eprintln!("eval time        = {:10.2} ms / {:5} runs   ({:8.2} tokens per second)", tg_ms, n_gen.saturating_sub(1), rate(tg_ms, n_gen.saturating_sub(1)));
-    eprintln!("total time       = {:10.2} ms / {:5} tokens", ms(t_start, t_end), prompt_ids.len() + n_gen);
+    eprintln!(
+        "prompt eval time = {:10.2} ms / {:5} tokens ({:8.2} tokens per second)",
+        pp_ms,
+        prompt_ids.len(),
+        rate(pp_ms, prompt_ids.len())
+    );
+    eprintln!(
+        "eval time        = {:10.2} ms / {:5} runs   ({:8.2} tokens per second)",
+        tg_ms,
+        n_gen.saturating_sub(1),
+        rate(tg_ms, n_gen.saturating_sub(1))
+    );
+    eprintln!(
+        "total time       = {:10.2} ms / {:5} tokens",
+        ms(t_start, t_end),
+        prompt_ids.len() + n_gen
+    );
     Ok(())
 }

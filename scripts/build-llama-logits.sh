@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Builds scripts/llama_logits.cpp against the llama.cpp of ../shared/scripts/llama-ref.sh
+# into $MCC_CACHE/bin/llama_logits and prints its path.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+CACHE=${MCC_CACHE:-$HOME/.cache/mcc}
+BIN=$(bash "$here/../../shared/scripts/llama-ref.sh")
+SRC=$(dirname "$(dirname "$BIN")")
+out="$CACHE/bin/llama_logits"
+mkdir -p "$CACHE/bin"
+if [ ! -x "$out" ] || [ "$here/llama_logits.cpp" -nt "$out" ]; then
+  g++ -O2 -std=c++17 "$here/llama_logits.cpp" -I"$SRC/include" -I"$SRC/ggml/include" \
+    -L"$BIN" -Wl,-rpath,"$BIN" -lllama -lggml -lggml-base -o "$out"
+fi
+echo "$out"
