@@ -7,13 +7,21 @@
 //! multiplies and sums pairs to i16, and `madd` with the sub-block scale sums pairs of
 //! those to i32, so lane `k` of the 8 i32 lanes accumulates weights `4k..4k+4` of every
 //! sub-block of the super-block. Each super-block then adds `d_w * d_a * lanes` to an
-//! 8-lane f32 accumulator with one FMA, and the lanes are summed at the end.
+//! 8-lane f32 accumulator with one FMA, and the lanes are summed at the end. IQ1_S and
+//! IQ1_M carry their ±1/8 shift term beside it (a scalar FMA chain for IQ1_S, a second
+//! 8-lane accumulator for IQ1_M), added after the horizontal sums.
 //!
 //! That lane assignment, the FMA per super-block and the order of the final horizontal
 //! sum are the ones ggml's x86 kernels use, so on the same blocks these functions return
-//! the same f32 bits as llama.cpp's CPU backend (the integer lane sums cannot differ, and
-//! the float operations are the same ones in the same order). The scalar references
-//! compute the same integers with a sequential f32 sum instead.
+//! the same f32 bits as its `ggml_vec_dot_*` (the integer lane sums cannot differ, and the
+//! float operations are the same ones in the same order; the tests check this against
+//! results recorded from llama.cpp's libggml-cpu). The scalar references
+//! compute the same integers with a sequential f32 sum instead. (For IQ4_NL, llama.cpp's
+//! matmul on AVX2 usually does not call this dot: it repacks rows in groups of 8 and sums
+//! `fma(sum_b, d_w * d_a, acc)` block by block, the order of the scalar reference but fused.)
+//!
+//! Grid indices are gathered with scalar table loads (`pdep` packs the 10- and 11-bit ones
+//! where the build has BMI2); everything after the lookup stays in vectors.
 //!
 //! No i16 can saturate: a `maddubs` pair is at most 2 · 62 · 127 (IQ3_XXS grid) or
 //! 2 · 127 · 127 (IQ4 levels, applied to |level| with the sign moved onto q8), and Q8_K /
