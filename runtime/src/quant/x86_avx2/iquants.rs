@@ -41,7 +41,7 @@ use crate::quant::iq2_xxs::{sub_block_words, BlockIQ2XXS};
 use crate::quant::iq3_s::BlockIQ3S;
 use crate::quant::iq3_xxs::{signs_scale_word, BlockIQ3XXS};
 use crate::quant::iq4_nl::{levels_dot, BlockIQ4NL};
-use crate::quant::iq4_xs::{sub_scale, BlockIQ4XS};
+use crate::quant::iq4_xs::BlockIQ4XS;
 use crate::quant::iq_grids::{
     IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS_BYTES,
     KVALUES_IQ4NL,
@@ -278,31 +278,54 @@ pub fn vec_dot_iq4_xs_q8_k(row: &[BlockIQ4XS], act: &[BlockQ8K]) -> f32 {
 
 #[target_feature(enable = "avx2,fma")]
 fn dot_iq4_xs(row: &[BlockIQ4XS], act: &[BlockQ8K]) -> f32 {
-    let table = iq4_table();
+    let table = _mm256_broadcastsi128_si256(iq4_table());
+    let nibble = _mm256_set1_epi8(0x0f);
     let mut acc = _mm256_setzero_ps();
     for (w, a) in row.iter().zip(act) {
+        let scales = iq4_xs_scales(w);
         // two independent i32 chains: even and odd sub-blocks
         let (mut sum_even, mut sum_odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
         for ib in (0..QK_K / 32).step_by(2) {
-            let qs = &w.qs[16 * ib..16 * ib + 32];
-            let p0 = dot_i8_pairs(
-                iq4_levels(table, qs[..16].try_into().unwrap()),
-                load32(&a.qs, 32 * ib),
+            // 32 index bytes = two sub-blocks; their low nibbles are weights 0..16, the high
+            // nibbles weights 16..32
+            let bits = load32(&w.qs, 16 * ib);
+            let low = _mm256_shuffle_epi8(table, _mm256_and_si256(bits, nibble));
+            let high = _mm256_shuffle_epi8(
+                table,
+                _mm256_and_si256(_mm256_srli_epi16::<4>(bits), nibble),
             );
-            let p1 = dot_i8_pairs(
-                iq4_levels(table, qs[16..].try_into().unwrap()),
-                load32(&a.qs, 32 * ib + 32),
-            );
-            sum_even =
-                _mm256_add_epi32(sum_even, _mm256_madd_epi16(p0, scale_all(sub_scale(w, ib))));
+            let levels0 = _mm256_permute2x128_si256::<0x20>(low, high);
+            let levels1 = _mm256_permute2x128_si256::<0x31>(low, high);
+            let p0 = dot_i8_pairs(levels0, load32(&a.qs, 32 * ib));
+            let p1 = dot_i8_pairs(levels1, load32(&a.qs, 32 * ib + 32));
+            sum_even = _mm256_add_epi32(sum_even, _mm256_madd_epi16(p0, broadcast_i16(scales, ib)));
             sum_odd = _mm256_add_epi32(
                 sum_odd,
-                _mm256_madd_epi16(p1, scale_all(sub_scale(w, ib + 1))),
+                _mm256_madd_epi16(p1, broadcast_i16(scales, ib + 1)),
             );
         }
         acc = fma_block(acc, w.d.to_f32() * a.d, _mm256_add_epi32(sum_even, sum_odd));
     }
     hsum_f32x8(acc)
+}
+
+/// The 8 signed sub-block scales `ls - 32` of an IQ4_XS block as i16, in both 128-bit
+/// halves: the 4-bit lows and the 2-bit highs are deposited into one byte each.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn iq4_xs_scales(w: &BlockIQ4XS) -> __m256i {
+    let low = deposit(u32::from_le_bytes(w.scales_l) as u64, 0x0f0f_0f0f_0f0f_0f0f);
+    let high = deposit(w.scales_h as u64, 0x3030_3030_3030_3030);
+    let unsigned = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((low | high) as i64));
+    _mm256_broadcastsi128_si256(_mm_sub_epi16(unsigned, _mm_set1_epi16(32)))
+}
+
+/// i16 lane `k` (0..8) of both halves of `v`, in all 16 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn broadcast_i16(v: __m256i, k: usize) -> __m256i {
+    let pick = ((2 * k as i16 + 1) << 8) | (2 * k as i16);
+    _mm256_shuffle_epi8(v, _mm256_set1_epi16(pick))
 }
 
 // ---------------------------------------------------------------------------------------
