@@ -283,28 +283,41 @@ fn dot_iq4_xs(row: &[BlockIQ4XS], act: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (w, a) in row.iter().zip(act) {
         let scales = iq4_xs_scales(w);
-        // two independent i32 chains: even and odd sub-blocks
-        let (mut sum_even, mut sum_odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-        for ib in (0..QK_K / 32).step_by(2) {
-            // 32 index bytes = two sub-blocks; their low nibbles are weights 0..16, the high
-            // nibbles weights 16..32
-            let bits = load32(&w.qs, 16 * ib);
-            let low = _mm256_shuffle_epi8(table, _mm256_and_si256(bits, nibble));
-            let high = _mm256_shuffle_epi8(
+        // Two sub-blocks at a time, kept as their index bytes lie: the low nibbles (weights
+        // 0..16 of each) in one register, the high nibbles (weights 16..32) in another, with
+        // the activations gathered to match. `low` lane k sums weights 4k..4k+4 of the even
+        // sub-blocks (k < 4) or of the odd ones (k >= 4); `high` likewise for 16 + 4k.
+        let (mut low, mut high) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for pair in 0..QK_K / 64 {
+            let bits = load32(&w.qs, 32 * pair);
+            let levels_low = _mm256_shuffle_epi8(table, _mm256_and_si256(bits, nibble));
+            let levels_high = _mm256_shuffle_epi8(
                 table,
                 _mm256_and_si256(_mm256_srli_epi16::<4>(bits), nibble),
             );
-            let levels0 = _mm256_permute2x128_si256::<0x20>(low, high);
-            let levels1 = _mm256_permute2x128_si256::<0x31>(low, high);
-            let p0 = dot_i8_pairs(levels0, load32(&a.qs, 32 * ib));
-            let p1 = dot_i8_pairs(levels1, load32(&a.qs, 32 * ib + 32));
-            sum_even = _mm256_add_epi32(sum_even, _mm256_madd_epi16(p0, broadcast_i16(scales, ib)));
-            sum_odd = _mm256_add_epi32(
-                sum_odd,
-                _mm256_madd_epi16(p1, broadcast_i16(scales, ib + 1)),
+            let q8 = &a.qs[64 * pair..64 * pair + 64];
+            // SAFETY: each pointer starts 16 readable bytes inside the 64-byte `q8`.
+            let (q8_low, q8_high) = unsafe {
+                let at = |k: usize| q8[16 * k..16 * k + 16].as_ptr().cast::<__m128i>();
+                (
+                    _mm256_loadu2_m128i(at(2), at(0)),
+                    _mm256_loadu2_m128i(at(3), at(1)),
+                )
+            };
+            // scale of the even sub-block in the lower half, of the odd one in the upper
+            let ls = pair_scales_i16(scales, pair);
+            low = _mm256_add_epi32(low, _mm256_madd_epi16(dot_i8_pairs(levels_low, q8_low), ls));
+            high = _mm256_add_epi32(
+                high,
+                _mm256_madd_epi16(dot_i8_pairs(levels_high, q8_high), ls),
             );
         }
-        acc = fma_block(acc, w.d.to_f32() * a.d, _mm256_add_epi32(sum_even, sum_odd));
+        // lane k of the sum: halves of `low` added for k < 4, of `high` for k >= 4
+        let lanes = _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(low, high),
+            _mm256_permute2x128_si256::<0x31>(low, high),
+        );
+        acc = fma_block(acc, w.d.to_f32() * a.d, lanes);
     }
     hsum_f32x8(acc)
 }
@@ -320,12 +333,19 @@ fn iq4_xs_scales(w: &BlockIQ4XS) -> __m256i {
     _mm256_broadcastsi128_si256(_mm_sub_epi16(unsigned, _mm_set1_epi16(32)))
 }
 
-/// i16 lane `k` (0..8) of both halves of `v`, in all 16 lanes.
+/// i16 lane `2 * pair` of `v`'s lower half in all 8 lanes of the lower half, and lane
+/// `2 * pair + 1` of its upper half in all of the upper half.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn broadcast_i16(v: __m256i, k: usize) -> __m256i {
-    let pick = ((2 * k as i16 + 1) << 8) | (2 * k as i16);
-    _mm256_shuffle_epi8(v, _mm256_set1_epi16(pick))
+fn pair_scales_i16(v: __m256i, pair: usize) -> __m256i {
+    let pick = |k: usize| (((2 * k as i16 + 1) << 8) | (2 * k as i16)) as i16;
+    _mm256_shuffle_epi8(
+        v,
+        _mm256_set_m128i(
+            _mm_set1_epi16(pick(2 * pair + 1)),
+            _mm_set1_epi16(pick(2 * pair)),
+        ),
+    )
 }
 
 // ---------------------------------------------------------------------------------------
