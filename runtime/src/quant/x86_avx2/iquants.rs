@@ -338,7 +338,7 @@ fn iq4_xs_scales(w: &BlockIQ4XS) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn pair_scales_i16(v: __m256i, pair: usize) -> __m256i {
-    let pick = |k: usize| (((2 * k as i16 + 1) << 8) | (2 * k as i16)) as i16;
+    let pick = |k: usize| ((2 * k as i16 + 1) << 8) | (2 * k as i16);
     _mm256_shuffle_epi8(
         v,
         _mm256_set_m128i(
