@@ -19,7 +19,10 @@ fn golden(label: &str) -> (usize, Vec<Case>) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| Case { prompt: c["prompt"].as_str().unwrap().into(), continuation: c["continuation"].as_str().unwrap().into() })
+        .map(|c| Case {
+            prompt: c["prompt"].as_str().unwrap().into(),
+            continuation: c["continuation"].as_str().unwrap().into(),
+        })
         .collect();
     (n, cases)
 }
@@ -31,14 +34,40 @@ fn greedy_text_matches_llama_cpp() {
     assert!(cases.len() >= 5);
     let mut failures = Vec::new();
     for case in &cases {
-        let out = run(&exe, &["-p", &case.prompt, "-n", &n.to_string(), "--temp", "0", "-t", "2"]);
-        assert!(out.status.success(), "{:?}: {}", case.prompt, String::from_utf8_lossy(&out.stderr));
+        let out = run(
+            &exe,
+            &[
+                "-p",
+                &case.prompt,
+                "-n",
+                &n.to_string(),
+                "--temp",
+                "0",
+                "-t",
+                "2",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{:?}: {}",
+            case.prompt,
+            String::from_utf8_lossy(&out.stderr)
+        );
         let got = String::from_utf8_lossy(&out.stdout);
         if got != case.continuation {
-            failures.push(format!("prompt {:?}\n  llama.cpp: {:?}\n  mcc:       {:?}", case.prompt, case.continuation, got));
+            failures.push(format!(
+                "prompt {:?}\n  llama.cpp: {:?}\n  mcc:       {:?}",
+                case.prompt, case.continuation, got
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} continuations differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} continuations differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -47,7 +76,10 @@ fn info_reports_the_model() {
     let out = run(&exe, &["info"]);
     assert!(out.status.success());
     let info = String::from_utf8_lossy(&out.stdout);
-    assert!(info.contains("30 layers, 576 hidden, 9 heads / 3 KV heads of 64, FFN 1536"), "{info}");
+    assert!(
+        info.contains("30 layers, 576 hidden, 9 heads / 3 KV heads of 64, FFN 1536"),
+        "{info}"
+    );
     assert!(info.contains("Q4_1 x210"), "{info}");
     assert!(info.contains("Q8_0 x1"), "{info}");
 }

@@ -32,6 +32,35 @@ enum Cmd {
     /// with other engines): u32 n_tokens, u32 n_vocab, the token ids (u32), then
     /// n_tokens x n_vocab f32.
     Logits(LogitsArgs),
+    /// Perplexity of a text by llama.cpp's method (second half of each n_ctx chunk
+    /// scored), or KL divergence against a base model's saved log-probabilities.
+    Perplexity(PerplexityArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct PerplexityArgs {
+    /// The text to score (not needed with --kl-divergence: the base file has the tokens).
+    #[arg(short = 'f', long = "file", required_unless_present = "kl_divergence")]
+    file: Option<std::path::PathBuf>,
+    /// Chunk length in tokens.
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
+    ctx_size: usize,
+    /// Most tokens evaluated in one forward pass.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    batch_size: usize,
+    /// Score at most this many chunks.
+    #[arg(long = "chunks")]
+    chunks: Option<usize>,
+    /// Threads for the forward pass (default: all available cores).
+    #[arg(short = 't', long = "threads")]
+    threads: Option<usize>,
+    /// Without --kl-divergence: save this run's log-probabilities to FILE, as the base
+    /// for later comparisons. With it: the base file to compare against.
+    #[arg(long = "kl-divergence-base", value_name = "FILE")]
+    kl_divergence_base: Option<std::path::PathBuf>,
+    /// Compare against --kl-divergence-base: KLD, top-1 agreement and Δp.
+    #[arg(long = "kl-divergence", requires = "kl_divergence_base")]
+    kl_divergence: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -110,6 +139,7 @@ pub fn main<M: Model>() -> ExitCode {
             Ok(())
         }
         Some(Cmd::Logits(args)) => dump_logits::<M>(&args),
+        Some(Cmd::Perplexity(args)) => run_perplexity::<M>(&args),
         None => generate::<M>(&cli.gen),
     };
     match result {
@@ -144,6 +174,62 @@ fn read_text(path: &std::path::Path) -> Result<String, String> {
     })
 }
 
+fn run_perplexity<M: Model>(args: &PerplexityArgs) -> Result<(), String> {
+    use crate::perplexity::{perplexity, Mode};
+    if args.ctx_size < 4 || args.ctx_size > M::CONFIG.n_ctx {
+        return Err(format!(
+            "-c must be between 4 and {} (the context this binary was compiled for), got {}",
+            M::CONFIG.n_ctx,
+            args.ctx_size
+        ));
+    }
+    let tokenizer =
+        Tokenizer::from_bytes(M::tokenizer()).map_err(|e| format!("embedded tokenizer: {e}"))?;
+    let tokens = match &args.file {
+        Some(path) if !args.kl_divergence => {
+            let t0 = Instant::now();
+            // llama.cpp's perplexity tokenizes with BOS per the model and without
+            // parsing special tokens.
+            let ids = tokenizer.encode(&read_text(path)?, true, false);
+            eprintln!(
+                "perplexity: tokenized {} into {} tokens in {:.0} ms",
+                path.display(),
+                ids.len(),
+                t0.elapsed().as_secs_f64() * 1e3
+            );
+            ids
+        }
+        _ => Vec::new(),
+    };
+    let mode = match (&args.kl_divergence_base, args.kl_divergence) {
+        (Some(base), true) => Mode::KlDivergence(base),
+        (Some(base), false) => Mode::SaveBase(base),
+        (None, _) => Mode::Perplexity,
+    };
+    let threads = args.threads.unwrap_or_else(default_threads).max(1);
+    let mut ctx =
+        Ctx::new::<M>(threads, args.ctx_size, args.batch_size).map_err(|e| e.to_string())?;
+    let bos = if tokenizer.add_bos() {
+        tokenizer.bos()
+    } else {
+        None
+    };
+    let stdout = std::io::stdout();
+    let r = perplexity::<M>(
+        &mut ctx,
+        &tokens,
+        bos,
+        args.chunks,
+        &mode,
+        &mut stdout.lock(),
+    )?;
+    eprintln!(
+        "perplexity: {} chunks of {} tokens, {} tokens scored",
+        r.n_chunks, args.ctx_size, r.n_scored
+    );
+    Ok(())
+}
+
 fn dump_logits<M: Model>(args: &LogitsArgs) -> Result<(), String> {
     let text = read_text(&args.file)?;
     let tokenizer =
@@ -160,7 +246,7 @@ fn dump_logits<M: Model>(args: &LogitsArgs) -> Result<(), String> {
     let threads = args.threads.unwrap_or_else(default_threads).max(1);
     let mut ctx =
         Ctx::new::<M>(threads, M::CONFIG.n_ctx, args.batch_size).map_err(|e| e.to_string())?;
-    let logits = ctx.eval::<M>(&ids, 0, true);
+    let logits = ctx.eval::<M>(&ids, 0, 0);
     let mut bytes = Vec::with_capacity(8 + ids.len() * 4 + logits.len() * 4);
     bytes.extend_from_slice(&(ids.len() as u32).to_le_bytes());
     bytes.extend_from_slice(&(M::CONFIG.n_vocab as u32).to_le_bytes());
@@ -235,7 +321,7 @@ fn generate<M: Model>(args: &GenArgs) -> Result<(), String> {
     let mut history = prompt_ids.clone();
     let mut decoder = Decoder::new(&tokenizer, false);
     let t_prompt = Instant::now();
-    let mut logits = ctx.eval::<M>(&prompt_ids, 0, false).to_vec();
+    let mut logits = ctx.eval::<M>(&prompt_ids, 0, prompt_ids.len() - 1).to_vec();
     let t_prompt_done = Instant::now();
     let mut n_gen = 0;
     while n_gen < n_predict {
@@ -257,7 +343,7 @@ fn generate<M: Model>(args: &GenArgs) -> Result<(), String> {
         if n_gen == n_predict {
             break;
         }
-        logits.copy_from_slice(ctx.eval::<M>(&[next], history.len() - 1, false));
+        logits.copy_from_slice(ctx.eval::<M>(&[next], history.len() - 1, 0));
     }
     let _ = out.write_all(decoder.finish().as_bytes());
     let _ = out.flush();

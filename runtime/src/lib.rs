@@ -9,6 +9,7 @@ pub mod cli;
 pub mod matmul;
 pub mod model;
 pub mod ops;
+pub mod perplexity;
 pub mod pool;
 pub mod quant;
 pub mod sampler;

@@ -65,14 +65,28 @@ pub trait Model: 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum CtxError {
     #[error("cannot allocate {bytes} bytes for the {what} (context {n_ctx}); try a smaller -c")]
-    OutOfMemory { what: &'static str, bytes: usize, n_ctx: usize },
-    #[error("context size {got} is out of range: this binary was compiled for at most {max} tokens")]
+    OutOfMemory {
+        what: &'static str,
+        bytes: usize,
+        n_ctx: usize,
+    },
+    #[error(
+        "context size {got} is out of range: this binary was compiled for at most {max} tokens"
+    )]
     BadContext { got: usize, max: usize },
 }
 
-fn alloc<T: Clone + Default>(n: usize, what: &'static str, n_ctx: usize) -> Result<Vec<T>, CtxError> {
+fn alloc<T: Clone + Default>(
+    n: usize,
+    what: &'static str,
+    n_ctx: usize,
+) -> Result<Vec<T>, CtxError> {
     let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| CtxError::OutOfMemory { what, bytes: n * std::mem::size_of::<T>(), n_ctx })?;
+    v.try_reserve_exact(n).map_err(|_| CtxError::OutOfMemory {
+        what,
+        bytes: n * std::mem::size_of::<T>(),
+        n_ctx,
+    })?;
     v.resize(n, T::default());
     Ok(v)
 }
@@ -114,8 +128,10 @@ pub struct Ctx {
     pos0: usize,
     /// Most tokens evaluated in one forward call.
     n_batch: usize,
-    /// Whether `output` computes logits for every token of the batch or only the last.
-    all_logits: bool,
+    /// First token of the batch whose logits `output` computes, and where in `logits`
+    /// its row goes.
+    out_from: usize,
+    out_at: usize,
     /// Residual stream, `n x n_embd`.
     x: Vec<f32>,
     /// Normed input of the current block, `n x n_embd`.
@@ -144,7 +160,10 @@ impl Ctx {
     pub fn new<M: Model>(n_threads: usize, n_ctx: usize, n_batch: usize) -> Result<Ctx, CtxError> {
         let cfg = Config { n_ctx, ..M::CONFIG };
         if n_ctx == 0 || n_ctx > M::CONFIG.n_ctx {
-            return Err(CtxError::BadContext { got: n_ctx, max: M::CONFIG.n_ctx });
+            return Err(CtxError::BadContext {
+                got: n_ctx,
+                max: M::CONFIG.n_ctx,
+            });
         }
         let n_batch = n_batch.clamp(1, n_ctx);
         let n_threads = n_threads.max(1);
@@ -152,11 +171,18 @@ impl Ctx {
         Ok(Ctx {
             blob: M::weights(),
             pool: Pool::new(n_threads),
-            rope: Rope::new(cfg.head_dim, cfg.rope_dim, cfg.rope_base, M::rope_freqs(), n_ctx),
+            rope: Rope::new(
+                cfg.head_dim,
+                cfg.rope_dim,
+                cfg.rope_base,
+                M::rope_freqs(),
+                n_ctx,
+            ),
             tokens: Vec::new(),
             pos0: 0,
             n_batch,
-            all_logits: false,
+            out_from: 0,
+            out_at: 0,
             x: alloc(n_batch * cfg.n_embd, "activations", n_ctx)?,
             xn: alloc(n_batch * cfg.n_embd, "activations", n_ctx)?,
             q: alloc(n_batch * cfg.q_dim(), "activations", n_ctx)?,
@@ -184,26 +210,31 @@ impl Ctx {
     }
 
     /// Evaluates `tokens` at positions `pos0..`, in batches of at most `n_batch`, and
-    /// returns the logits: of the last token, or of every token (`n x n_vocab`) when
-    /// `all_logits` is set. The caller keeps `pos0 + tokens.len() <= n_ctx`.
-    pub fn eval<M: Model>(&mut self, tokens: &[u32], pos0: usize, all_logits: bool) -> &[f32] {
-        assert!(pos0 + tokens.len() <= self.cfg.n_ctx, "batch past the end of the context");
+    /// returns the logits of `tokens[first_logit..]`, `n_vocab` per token (pass
+    /// `tokens.len() - 1` for the last token only). The caller keeps
+    /// `pos0 + tokens.len() <= n_ctx` and `first_logit < tokens.len()`.
+    pub fn eval<M: Model>(&mut self, tokens: &[u32], pos0: usize, first_logit: usize) -> &[f32] {
+        assert!(
+            pos0 + tokens.len() <= self.cfg.n_ctx,
+            "batch past the end of the context"
+        );
+        assert!(first_logit < tokens.len(), "no logits requested");
         let n_vocab = self.cfg.n_vocab;
-        let mut all = Vec::new();
+        let n_out = tokens.len() - first_logit;
+        if self.logits.len() < n_out * n_vocab {
+            self.logits.resize(n_out * n_vocab, 0.0);
+        }
         for (i, chunk) in tokens.chunks(self.n_batch).enumerate() {
+            let start = i * self.n_batch;
             self.tokens.clear();
             self.tokens.extend_from_slice(chunk);
-            self.pos0 = pos0 + i * self.n_batch;
-            self.all_logits = all_logits;
+            self.pos0 = pos0 + start;
+            // Rows of this batch whose logits are wanted, and where they go.
+            self.out_from = first_logit.saturating_sub(start).min(chunk.len());
+            self.out_at = (start + self.out_from).saturating_sub(first_logit) * n_vocab;
             M::forward(self);
-            if all_logits {
-                all.extend_from_slice(&self.logits[..chunk.len() * n_vocab]);
-            }
         }
-        if all_logits {
-            self.logits = all;
-        }
-        &self.logits
+        &self.logits[..n_out * n_vocab]
     }
 
     fn n(&self) -> usize {
@@ -238,76 +269,163 @@ impl Ctx {
         let n = self.n();
         let (q_dim, kv_dim, hd) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
         self.rms_norm(norm);
-        project(&self.pool, self.blob, &mut self.act, wq, &self.xn, n, &mut self.q);
-        project(&self.pool, self.blob, &mut self.act, wk, &self.xn, n, &mut self.k);
-        project(&self.pool, self.blob, &mut self.act, wv, &self.xn, n, &mut self.v);
+        project(
+            &self.pool,
+            self.blob,
+            &mut self.act,
+            wq,
+            &self.xn,
+            n,
+            &mut self.q,
+        );
+        project(
+            &self.pool,
+            self.blob,
+            &mut self.act,
+            wk,
+            &self.xn,
+            n,
+            &mut self.k,
+        );
+        project(
+            &self.pool,
+            self.blob,
+            &mut self.act,
+            wv,
+            &self.xn,
+            n,
+            &mut self.v,
+        );
 
         // Rotate Q and K, then append K and V to this layer's cache.
         let layer_off = layer * cfg.n_ctx * kv_dim;
         for t in 0..n {
             let pos = self.pos0 + t;
-            self.rope.apply(&mut self.q[t * q_dim..(t + 1) * q_dim], cfg.n_head, pos);
-            self.rope.apply(&mut self.k[t * kv_dim..(t + 1) * kv_dim], cfg.n_head_kv, pos);
+            self.rope
+                .apply(&mut self.q[t * q_dim..(t + 1) * q_dim], cfg.n_head, pos);
+            self.rope.apply(
+                &mut self.k[t * kv_dim..(t + 1) * kv_dim],
+                cfg.n_head_kv,
+                pos,
+            );
             let at = layer_off + pos * kv_dim;
-            ops::f32_to_f16(&self.k[t * kv_dim..(t + 1) * kv_dim], &mut self.k_cache[at..at + kv_dim]);
-            ops::f32_to_f16(&self.v[t * kv_dim..(t + 1) * kv_dim], &mut self.v_cache[at..at + kv_dim]);
+            ops::f32_to_f16(
+                &self.k[t * kv_dim..(t + 1) * kv_dim],
+                &mut self.k_cache[at..at + kv_dim],
+            );
+            ops::f32_to_f16(
+                &self.v[t * kv_dim..(t + 1) * kv_dim],
+                &mut self.v_cache[at..at + kv_dim],
+            );
         }
 
         // Every (token, head) pair attends over the positions up to its own.
         let group = cfg.n_head / cfg.n_head_kv;
         let scale = 1.0 / (hd as f32).sqrt();
         let cache_len = (self.pos0 + n) * kv_dim;
-        let (k_cache, v_cache) = (&self.k_cache[layer_off..layer_off + cache_len], &self.v_cache[layer_off..layer_off + cache_len]);
+        let (k_cache, v_cache) = (
+            &self.k_cache[layer_off..layer_off + cache_len],
+            &self.v_cache[layer_off..layer_off + cache_len],
+        );
         let (q, pos0, n_ctx) = (&self.q, self.pos0, cfg.n_ctx);
         // A single decoded token over a long cache splits its keys into one chunk per
         // thread, as llama.cpp does; the chunking changes rounding, so match it.
-        let split = if n == 1 { ops::llama_cpp_split_chunk_len(pos0 + 1, n_ctx, self.pool.n_threads()) } else { None };
+        let split = if n == 1 {
+            ops::llama_cpp_split_chunk_len(pos0 + 1, n_ctx, self.pool.n_threads())
+        } else {
+            None
+        };
         let att = SharedMut(self.att.as_mut_ptr());
         let scores = SharedMut(self.scores.as_mut_ptr());
         self.pool.run(&|ith, nth| {
             let (att, scores) = (att, scores);
             // SAFETY: thread `ith` alone uses scores row `ith`.
-            let scores = unsafe { std::slice::from_raw_parts_mut(scores.0.add(ith * n_ctx), n_ctx) };
+            let scores =
+                unsafe { std::slice::from_raw_parts_mut(scores.0.add(ith * n_ctx), n_ctx) };
             for job in (ith..n * cfg.n_head).step_by(nth) {
                 let (t, h) = (job / cfg.n_head, job % cfg.n_head);
                 let q_head = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
                 // SAFETY: job (t, h) alone writes att[t][h*hd..(h+1)*hd].
-                let out = unsafe { std::slice::from_raw_parts_mut(att.0.add(t * q_dim + h * hd), hd) };
+                let out =
+                    unsafe { std::slice::from_raw_parts_mut(att.0.add(t * q_dim + h * hd), hd) };
                 let kv_off = (h / group) * hd;
                 let n_kv = pos0 + t + 1;
                 match split {
-                    Some(chunk) => ops::attend_head_split(q_head, k_cache, v_cache, kv_dim, kv_off, n_kv, scale, chunk, scores, out),
-                    None => ops::attend_head(q_head, k_cache, v_cache, kv_dim, kv_off, n_kv, scale, scores, out),
+                    Some(chunk) => ops::attend_head_split(
+                        q_head, k_cache, v_cache, kv_dim, kv_off, n_kv, scale, chunk, scores, out,
+                    ),
+                    None => ops::attend_head(
+                        q_head, k_cache, v_cache, kv_dim, kv_off, n_kv, scale, scores, out,
+                    ),
                 }
             }
         });
 
-        project(&self.pool, self.blob, &mut self.act, wo, &self.att, n, &mut self.proj);
+        project(
+            &self.pool,
+            self.blob,
+            &mut self.act,
+            wo,
+            &self.att,
+            n,
+            &mut self.proj,
+        );
         self.add_proj();
     }
 
     /// One feed-forward block: x += Wdown · (silu(Wgate·xn) * Wup·xn), xn = rmsnorm(x).
-    pub fn ffn<N: Tensor<W = F32>, G: Tensor, U: Tensor, D: Tensor>(&mut self, norm: &N, w_gate: &G, w_up: &U, w_down: &D) {
+    pub fn ffn<N: Tensor<W = F32>, G: Tensor, U: Tensor, D: Tensor>(
+        &mut self,
+        norm: &N,
+        w_gate: &G,
+        w_up: &U,
+        w_down: &D,
+    ) {
         let (n, n_ff) = (self.n(), self.cfg.n_ff);
         self.rms_norm(norm);
-        project(&self.pool, self.blob, &mut self.act, w_gate, &self.xn, n, &mut self.gate);
-        project(&self.pool, self.blob, &mut self.act, w_up, &self.xn, n, &mut self.up);
+        project(
+            &self.pool,
+            self.blob,
+            &mut self.act,
+            w_gate,
+            &self.xn,
+            n,
+            &mut self.gate,
+        );
+        project(
+            &self.pool,
+            self.blob,
+            &mut self.act,
+            w_up,
+            &self.xn,
+            n,
+            &mut self.up,
+        );
         ops::swiglu(&mut self.gate[..n * n_ff], &self.up[..n * n_ff]);
-        project(&self.pool, self.blob, &mut self.act, w_down, &self.gate, n, &mut self.proj);
+        project(
+            &self.pool,
+            self.blob,
+            &mut self.act,
+            w_down,
+            &self.gate,
+            n,
+            &mut self.proj,
+        );
         self.add_proj();
     }
 
-    /// Final norm and the vocabulary projection, for the last token of the batch or for
-    /// all of them.
+    /// Final norm and the vocabulary projection, for the tokens of the batch whose logits
+    /// `eval` asked for.
     pub fn output<N: Tensor<W = F32>, O: Tensor>(&mut self, norm: &N, w_out: &O) {
         let (n, n_embd, n_vocab) = (self.n(), self.cfg.n_embd, self.cfg.n_vocab);
-        self.rms_norm(norm);
-        let (first, rows) = if self.all_logits { (0, n) } else { (n - 1, 1) };
-        if self.logits.len() < rows * n_vocab {
-            self.logits.resize(rows * n_vocab, 0.0);
+        if self.out_from >= n {
+            return;
         }
-        let xn = &self.xn[first * n_embd..(first + rows) * n_embd];
-        project(&self.pool, self.blob, &mut self.act, w_out, xn, rows, &mut self.logits);
+        self.rms_norm(norm);
+        let rows = n - self.out_from;
+        let xn = &self.xn[self.out_from * n_embd..n * n_embd];
+        let out = &mut self.logits[self.out_at..self.out_at + rows * n_vocab];
+        project(&self.pool, self.blob, &mut self.act, w_out, xn, rows, out);
     }
 
     /// xn = rmsnorm(x) * weight, per token.
@@ -330,12 +448,23 @@ impl Ctx {
 
 /// out[t] = W · input[t] for the n tokens of the batch: quantize the input rows once into
 /// the weight type's activation format, then one matmul.
-fn project<T: Tensor>(pool: &Pool, blob: &[u8], act: &mut ActScratch, w: &T, input: &[f32], n: usize, out: &mut [f32]) {
+fn project<T: Tensor>(
+    pool: &Pool,
+    blob: &[u8],
+    act: &mut ActScratch,
+    w: &T,
+    input: &[f32],
+    n: usize,
+    out: &mut [f32],
+) {
     type A<T> = <<T as Tensor>::W as WeightType>::Act;
     let per_row = T::COLS / A::<T>::BLOCK_ELEMS;
     let blocks = act.blocks::<A<T>>(n * per_row);
     for t in 0..n {
-        A::<T>::quantize(&input[t * T::COLS..(t + 1) * T::COLS], &mut blocks[t * per_row..(t + 1) * per_row]);
+        A::<T>::quantize(
+            &input[t * T::COLS..(t + 1) * T::COLS],
+            &mut blocks[t * per_row..(t + 1) * per_row],
+        );
     }
     let out = &mut out[..n * T::ROWS];
     if n == 1 {

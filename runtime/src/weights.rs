@@ -37,9 +37,18 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Weight<W, ROWS, COLS> 
     /// Declares the tensor at `offset`. Evaluated at compile time in the emitted code, so
     /// a shape that is not whole blocks or a misaligned offset fails the build.
     pub const fn at(offset: usize) -> Self {
-        assert!(COLS % W::BLOCK_ELEMS == 0, "row length is not a whole number of blocks");
-        assert!(offset % TENSOR_ALIGN == 0, "tensor offset is not 64-byte aligned");
-        Weight { offset, _type: PhantomData }
+        assert!(
+            COLS % W::BLOCK_ELEMS == 0,
+            "row length is not a whole number of blocks"
+        );
+        assert!(
+            offset % TENSOR_ALIGN == 0,
+            "tensor offset is not 64-byte aligned"
+        );
+        Weight {
+            offset,
+            _type: PhantomData,
+        }
     }
 
     pub const fn offset(&self) -> usize {
