@@ -167,13 +167,6 @@ fn scale_all(ls: i32) -> __m256i {
     _mm256_set1_epi16(ls as i16)
 }
 
-/// Scale `lo` for the first 16 weights (lower 128 bits), `hi` for the last 16.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn scale_halves(lo: i32, hi: i32) -> __m256i {
-    _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16))
-}
-
 /// Adds `d * lanes` (the super-block's i32 lane sums) to `acc` with one rounding.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -628,6 +621,25 @@ fn dot_iq1_s(row: &[BlockIQ1S], act: &[BlockQ8K]) -> f32 {
     hsum_f32x8(acc) + IQ1S_DELTA * acc_shift
 }
 
+/// The 16 multipliers `2s + 1` of IQ1_M's 3-bit half-sub-block scales as i16: the first
+/// halves of the 8 sub-blocks in the lower 128 bits, the second halves in the upper, so
+/// one in-lane shuffle gives a sub-block its pair. `scales` holds four 16-bit words with
+/// four 3-bit fields each in bits 0..12.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn iq1_m_half_scales(scales: u64) -> __m256i {
+    let fields = |w: u32| (scales >> (16 * w)) & 0x0fff;
+    let bytes = |lo: u64, hi: u64| deposit(lo | hi << 12, 0x0707_0707_0707_0707) as i64;
+    // one field per byte, halves 0..16 in order
+    let halves = _mm_set_epi64x(bytes(fields(2), fields(3)), bytes(fields(0), fields(1)));
+    let split = _mm_shuffle_epi8(
+        halves,
+        _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15),
+    );
+    let s = _mm256_cvtepu8_epi16(split);
+    _mm256_add_epi16(_mm256_add_epi16(s, s), _mm256_set1_epi16(1))
+}
+
 /// Dot product of an IQ1_M row with Q8_K activations (same block count).
 pub fn vec_dot_iq1_m_q8_k(row: &[BlockIQ1M], act: &[BlockQ8K]) -> f32 {
     assert_eq!(row.len(), act.len(), "IQ1_M dot: block counts differ");
@@ -649,7 +661,7 @@ fn dot_iq1_m(row: &[BlockIQ1M], act: &[BlockQ8K]) -> f32 {
     let (mut acc, mut acc_shift) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     for (w, a) in row.iter().zip(act) {
         let words = scale_words(w);
-        let scales = u64::from_le_bytes(w.scales);
+        let half_scales = iq1_m_half_scales(u64::from_le_bytes(w.scales));
         // (grid lanes, shift lanes) of sub-block ib
         let sub_block = |ib: usize| {
             // four nibbles, one per group of 8: index bits 8..11 and the shift sign
@@ -664,10 +676,12 @@ fn dot_iq1_m(row: &[BlockIQ1M], act: &[BlockQ8K]) -> f32 {
                 _mm256_and_si256(_mm256_set1_epi16(nibbles as i16), sign_bit),
                 sign_bit,
             );
-            let signs = _mm256_or_si256(negative, ones); // -1 or +1 bytes per group
-                                                         // 3-bit scales of the two halves: word ib / 2, bits 6 (ib % 2) .. + 6
-            let pair = scales >> (16 * (ib / 2) + 6 * (ib % 2));
-            let ls = scale_halves(2 * (pair & 7) as i32 + 1, 2 * ((pair >> 3) & 7) as i32 + 1);
+            // -1 or +1 bytes per group of 8
+            let signs = _mm256_or_si256(negative, ones);
+            let ls = _mm256_shuffle_epi8(
+                half_scales,
+                _mm256_set1_epi16(((2 * ib as i16 + 1) << 8) | (2 * ib as i16)),
+            );
             let q8 = load32(&a.qs, 32 * ib);
             let p_grid = _mm256_madd_epi16(dot_i8_pairs(grid, q8), ls);
             let p_shift =
