@@ -167,6 +167,16 @@ fn scale_all(ls: i32) -> __m256i {
     _mm256_set1_epi16(ls as i16)
 }
 
+/// i16 lane `k` of each 128-bit half of `v`, repeated across that half.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn pick_i16(v: __m256i, k: usize) -> __m256i {
+    _mm256_shuffle_epi8(
+        v,
+        _mm256_set1_epi16(((2 * k as i16 + 1) << 8) | (2 * k as i16)),
+    )
+}
+
 /// Adds `d * lanes` (the super-block's i32 lane sums) to `acc` with one rounding.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -298,7 +308,7 @@ fn dot_iq4_xs(row: &[BlockIQ4XS], act: &[BlockQ8K]) -> f32 {
                 )
             };
             // scale of the even sub-block in the lower half, of the odd one in the upper
-            let ls = pair_scales_i16(scales, pair);
+            let ls = pick_i16(scales, pair);
             low = _mm256_add_epi32(low, _mm256_madd_epi16(dot_i8_pairs(levels_low, q8_low), ls));
             high = _mm256_add_epi32(
                 high,
@@ -315,30 +325,21 @@ fn dot_iq4_xs(row: &[BlockIQ4XS], act: &[BlockQ8K]) -> f32 {
     hsum_f32x8(acc)
 }
 
-/// The 8 signed sub-block scales `ls - 32` of an IQ4_XS block as i16, in both 128-bit
-/// halves: the 4-bit lows and the 2-bit highs are deposited into one byte each.
+/// The 8 signed sub-block scales `ls - 32` of an IQ4_XS block as i16: even sub-blocks in
+/// lanes 0..4 of the lower 128 bits, odd ones in lanes 0..4 of the upper, so
+/// [`pick_i16`] gives a pair of sub-blocks their scales. The 4-bit lows and the 2-bit
+/// highs are deposited into one byte each.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn iq4_xs_scales(w: &BlockIQ4XS) -> __m256i {
     let low = deposit(u32::from_le_bytes(w.scales_l) as u64, 0x0f0f_0f0f_0f0f_0f0f);
     let high = deposit(w.scales_h as u64, 0x3030_3030_3030_3030);
-    let unsigned = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((low | high) as i64));
-    _mm256_broadcastsi128_si256(_mm_sub_epi16(unsigned, _mm_set1_epi16(32)))
-}
-
-/// i16 lane `2 * pair` of `v`'s lower half in all 8 lanes of the lower half, and lane
-/// `2 * pair + 1` of its upper half in all of the upper half.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn pair_scales_i16(v: __m256i, pair: usize) -> __m256i {
-    let pick = |k: usize| ((2 * k as i16 + 1) << 8) | (2 * k as i16);
-    _mm256_shuffle_epi8(
-        v,
-        _mm256_set_m128i(
-            _mm_set1_epi16(pick(2 * pair + 1)),
-            _mm_set1_epi16(pick(2 * pair)),
-        ),
-    )
+    let bytes = _mm_cvtsi64_si128((low | high) as i64);
+    let split = _mm_shuffle_epi8(
+        bytes,
+        _mm_setr_epi8(0, 2, 4, 6, -1, -1, -1, -1, 1, 3, 5, 7, -1, -1, -1, -1),
+    );
+    _mm256_sub_epi16(_mm256_cvtepu8_epi16(split), _mm256_set1_epi16(32))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -427,8 +428,7 @@ fn dot_iq2_xs(row: &[BlockIQ2XS], act: &[BlockQ8K]) -> f32 {
                 let q8 = _mm256_sub_epi8(_mm256_xor_si256(q8, negative), negative);
                 let g = |l: usize| IQ2XS_GRID[(w.qs[4 * ib + l] & 511) as usize];
                 let grid = u64x4(g(0), g(1), g(2), g(3));
-                let p =
-                    _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q8), iq2_scales_of(scales, ib));
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q8), pick_i16(scales, ib));
                 sums[ib % 2] = _mm256_add_epi32(sums[ib % 2], p);
             }
         }
@@ -437,28 +437,18 @@ fn dot_iq2_xs(row: &[BlockIQ2XS], act: &[BlockQ8K]) -> f32 {
     0.125 * hsum_f32x8(acc)
 }
 
-/// The 16 odd multipliers `2s + 1` of the 4-bit half-sub-block scales of IQ2_XS / IQ2_S,
-/// as bytes in weight order: byte `2i` from the low nibble of `scales[i]`, `2i + 1` high.
+/// The 16 odd multipliers `2s + 1` of the 4-bit half-sub-block scales of IQ2_XS / IQ2_S
+/// as i16: the first halves of the 8 sub-blocks (low nibbles) in the lower 128 bits, the
+/// second halves (high nibbles) in the upper, so [`pick_i16`] gives sub-block `ib` its
+/// pair.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn iq2_half_scales(scales: &[u8; 8]) -> __m128i {
+fn iq2_half_scales(scales: &[u8; 8]) -> __m256i {
     let packed = _mm_set1_epi64x(u64::from_le_bytes(*scales) as i64);
     let low = _mm_and_si128(packed, _mm_set1_epi8(0x0f));
     let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), _mm_set1_epi8(0x0f));
-    let nibbles = _mm_unpacklo_epi8(low, high);
-    _mm_add_epi8(_mm_add_epi8(nibbles, nibbles), _mm_set1_epi8(1))
-}
-
-/// i16 scales for sub-block `ib`: its first half's for the lower 16 weights, its second
-/// half's for the upper 16.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn iq2_scales_of(half_scales: __m128i, ib: usize) -> __m256i {
-    let pick = _mm_add_epi8(
-        _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
-        _mm_set1_epi8(2 * ib as i8),
-    );
-    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(half_scales, pick))
+    let s = _mm256_cvtepu8_epi16(_mm_unpacklo_epi64(low, high));
+    _mm256_add_epi16(_mm256_add_epi16(s, s), _mm256_set1_epi16(1))
 }
 
 /// Dot product of an IQ2_S row with Q8_K activations (same block count).
@@ -481,7 +471,7 @@ fn dot_iq2_s(row: &[BlockIQ2S], act: &[BlockQ8K]) -> f32 {
             let grid = u64x4(g(0), g(1), g(2), g(3));
             let signs = u32::from_le_bytes(w.signs[4 * ib..4 * ib + 4].try_into().unwrap());
             let q8 = apply_sign_bits(load32(&a.qs, 32 * ib), signs);
-            _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q8), iq2_scales_of(scales, ib))
+            _mm256_madd_epi16(_mm256_maddubs_epi16(grid, q8), pick_i16(scales, ib))
         };
         // even and odd sub-blocks in separate i32 chains
         let (mut sum_even, mut sum_odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
@@ -678,10 +668,7 @@ fn dot_iq1_m(row: &[BlockIQ1M], act: &[BlockQ8K]) -> f32 {
             );
             // -1 or +1 bytes per group of 8
             let signs = _mm256_or_si256(negative, ones);
-            let ls = _mm256_shuffle_epi8(
-                half_scales,
-                _mm256_set1_epi16(((2 * ib as i16 + 1) << 8) | (2 * ib as i16)),
-            );
+            let ls = pick_i16(half_scales, ib);
             let q8 = load32(&a.qs, 32 * ib);
             let p_grid = _mm256_madd_epi16(dot_i8_pairs(grid, q8), ls);
             let p_shift =
