@@ -1,95 +1,177 @@
 //! `mcc build`: describe, plan and emit the crate, run cargo, deliver one executable.
 //!
-//! Nothing is left half-written: the crate is written to a temporary directory and
-//! renamed into place, and the executable is copied next to its destination and renamed.
-//! Unchanged files keep their old modification times, so a rebuild of the same model
-//! only recompiles what changed. Every emitted crate shares one cargo target directory,
-//! so the runtime compiles once.
+//! Order of work, so that a bad input or a missing tool costs nothing and leaves
+//! nothing: open and describe the GGUF (a truncated or non-llama file fails here), check
+//! that cargo and a C compiler/linker are on the PATH, and only then write anything.
+//!
+//! Nothing is left half-written. The crate is written into a temporary sibling
+//! directory and swapped into place with renames; the executable is copied next to its
+//! destination and renamed. The temporary paths are registered with a signal handler
+//! (Ctrl-C, SIGTERM, SIGHUP), which removes them before exiting: without it, a Ctrl-C
+//! during the copy of a multi-GB binary would leave a partial file behind, because the
+//! default action of SIGINT ends the process without running destructors. The handler
+//! also stops a running cargo (SIGTERM), which keeps its target directory consistent.
+//!
+//! Rebuilds are incremental. Unchanged files keep their old modification times, so a
+//! rebuild of the same model with the same options finds everything fresh (no
+//! re-assembly of the blob, no relink), and one with new options recompiles the small
+//! model crate and relinks, but does not re-assemble. Every emitted crate shares one
+//! cargo target directory per `--target-cpu`, so the runtime compiles once.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
 use crate::describe::describe;
-use crate::emit::{emit_crate, EmitOptions};
+use crate::emit::{emit_crate, Contents, EmitOptions, EmittedFile};
 use crate::gguf::GgufFile;
 use crate::plan::plan;
 
-#[derive(clap::Args, Debug)]
+/// `mcc build MODEL.gguf -o NAME`: compile a GGUF model into a standalone executable.
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = "\
+Environment:
+  MCC_TARGET_DIR     cargo target directory shared by all builds (default: ~/.cache/mcc/target)
+  MCC_GENERATED_DIR  where crates are emitted (default: generated/ in the mcc source tree)
+  CARGO, CC          the cargo and C compiler to use (default: `cargo` and `cc` on PATH)
+
+Example:
+  mcc build SmolLM2-135M-Instruct.Q4_1.gguf -o smollm2 && ./smollm2 -p \"Hi\" -n 16 --temp 0")]
 pub struct Args {
-    /// The GGUF model to compile.
+    /// The GGUF model to compile (llama architecture).
     pub model: PathBuf,
-    /// Where to write the executable.
-    #[arg(short = 'o', long = "output")]
+    /// Where to write the executable [default: the model's file name without .gguf, in
+    /// the current directory].
+    #[arg(short = 'o', long = "output", value_name = "PATH")]
     pub output: Option<PathBuf>,
-    /// Name of the emitted crate and executable (default: the output's file name).
-    #[arg(long)]
+    /// Name of the emitted crate and of the executable cargo builds [default: the
+    /// output's file name]. The crate is written to <generated-dir>/NAME; non-ASCII
+    /// letters, digits, `-` and `_` become `_`.
+    #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// KV-cache length compiled into the binary, in tokens (default: the model's
-    /// training context, capped at 4096).
-    #[arg(long = "ctx")]
+    /// KV-cache length compiled into the binary, in tokens: the most prompt + generated
+    /// tokens one run can hold, and the memory it reserves (2 x layers x KV width x N x 2
+    /// bytes) [default: the model's training context, capped at 4096]. The binary's `-c`
+    /// can lower it per run.
+    #[arg(long = "ctx", value_name = "N")]
     pub ctx: Option<usize>,
-    /// CPU to generate code for: `native` (this machine, the default) or any rustc
-    /// `-C target-cpu` name, e.g. `x86-64-v3` for a binary that runs on any AVX2 machine.
-    #[arg(long = "target-cpu", default_value = "native")]
+    /// CPU to generate code for, as rustc's `-C target-cpu`: `native` is this machine
+    /// (fastest, may not run elsewhere); `x86-64-v3` runs on any x86-64 with AVX2 and FMA
+    /// (Haswell, Zen 1 and later); `x86-64-v4` adds AVX-512. Each value gets its own
+    /// cargo target directory, so switching does not rebuild the runtime every time.
+    #[arg(long = "target-cpu", value_name = "CPU", default_value = "native")]
     pub target_cpu: String,
-    /// Write the crate into generated/NAME but do not build it.
+    /// Write the crate into <generated-dir>/NAME and stop: no cargo, no executable. The
+    /// crate builds later with `cargo build --release` in that directory.
     #[arg(long = "emit-only")]
     pub emit_only: bool,
-    /// Parallel jobs for cargo.
-    #[arg(short = 'j', long = "jobs")]
+    /// Parallel jobs for cargo (passed as `cargo build -j N`) [default: cargo's, one per
+    /// CPU]. The weights cost one job's time whatever N is: assembling and linking them
+    /// is a copy.
+    #[arg(short = 'j', long = "jobs", value_name = "N")]
     pub jobs: Option<usize>,
-    /// Directory the crate is emitted into (default: the generated/ folder of the mcc
-    /// source tree, or $MCC_GENERATED_DIR).
-    #[arg(long = "generated-dir")]
+    /// Directory the crate is emitted into [default: $MCC_GENERATED_DIR, or the
+    /// generated/ folder of the mcc source tree].
+    #[arg(long = "generated-dir", value_name = "DIR")]
     pub generated_dir: Option<PathBuf>,
 }
 
 /// The mcc source tree this binary was built from (holds runtime/, generated/).
 fn source_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("compiler/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("compiler/ has a parent")
+        .to_path_buf()
 }
 
-/// Shared cargo target directory for every emitted crate.
-fn target_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("MCC_TARGET_DIR") {
-        return dir.into();
+/// Shared cargo target directory for the emitted crates built for `target_cpu`.
+/// `native` uses the base directory; any other CPU a sibling `-<cpu>` directory, because
+/// cargo rebuilds every dependency when RUSTFLAGS change.
+pub fn target_dir(target_cpu: &str) -> PathBuf {
+    let base = match std::env::var_os("MCC_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::var_os("MCC_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mcc")))
+            .unwrap_or_else(|| std::env::temp_dir().join("mcc"))
+            .join("target"),
+    };
+    if target_cpu == "native" {
+        return base;
     }
-    let cache = std::env::var_os("MCC_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mcc")))
-        .unwrap_or_else(|| std::env::temp_dir().join("mcc"));
-    cache.join("target")
+    let mut name = base.file_name().unwrap_or_default().to_os_string();
+    name.push(format!("-{target_cpu}"));
+    base.with_file_name(name)
 }
 
 /// A valid crate name from a file name: ASCII alphanumerics, `-` and `_`.
 fn crate_name(raw: &str) -> Result<String> {
-    let name: String = raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    let name: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     if name.is_empty() || !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
         bail!("cannot make a crate name from {raw:?}: give --name with a name that starts with a letter");
     }
     Ok(name)
 }
 
+/// A `--target-cpu` value that is safe to put in a directory name and a rustc flag.
+fn check_target_cpu(cpu: &str) -> Result<()> {
+    let ok = !cpu.is_empty()
+        && cpu
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        bail!("--target-cpu: found {cpu:?}, expected a rustc CPU name such as native, x86-64-v3 or znver4 (`rustc --print target-cpus` lists them)");
+    }
+    Ok(())
+}
+
 pub fn run(args: &Args) -> Result<()> {
     let t0 = Instant::now();
-    let gguf_path = std::fs::canonicalize(&args.model).with_context(|| format!("{}: cannot open", args.model.display()))?;
+    check_target_cpu(&args.target_cpu)?;
+    let gguf_path = std::fs::canonicalize(&args.model)
+        .with_context(|| format!("{}: cannot open", args.model.display()))?;
     let gguf = GgufFile::open(&gguf_path)?;
-    let desc = describe(&gguf)?;
+    let desc = describe(&gguf).with_context(|| format!("{}", gguf_path.display()))?;
     let n_ctx = args.ctx.unwrap_or_else(|| desc.n_ctx_train.min(4096));
     if n_ctx == 0 {
         bail!("--ctx must be at least 1");
     }
-    let output = args.output.clone().unwrap_or_else(|| PathBuf::from(gguf_path.file_stem().unwrap_or_default()));
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(gguf_path.file_stem().unwrap_or_default()));
     let name = match &args.name {
         Some(n) => crate_name(n)?,
-        None => crate_name(&output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())?,
+        None => crate_name(
+            &output
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        )?,
     };
     if output.is_dir() {
-        bail!("{}: is a directory; -o names the executable to write", output.display());
+        bail!(
+            "{}: is a directory; -o names the executable to write",
+            output.display()
+        );
     }
+    let toolchain = if args.emit_only {
+        None
+    } else {
+        Some(Toolchain::find()?)
+    };
 
     let plan = plan(&desc, &gguf);
     let opts = EmitOptions {
@@ -106,85 +188,268 @@ pub fn run(args: &Args) -> Result<()> {
         .or_else(|| std::env::var_os("MCC_GENERATED_DIR").map(PathBuf::from))
         .unwrap_or_else(|| source_root().join("generated"));
     let crate_dir = generated.join(&name);
+    install_signal_handler();
     write_crate_atomically(&crate_dir, &files)?;
-    eprintln!("mcc: emitted {} ({} tensors, {:.1} MiB of weights) in {:.2?}", crate_dir.display(), plan.tensors.len(), plan.blob_len as f64 / (1 << 20) as f64, t0.elapsed());
-    if args.emit_only {
+    eprintln!(
+        "mcc: emitted {} ({} tensors, {:.1} MiB of weights) in {:.2?}",
+        crate_dir.display(),
+        plan.tensors.len(),
+        plan.blob_len as f64 / (1 << 20) as f64,
+        t0.elapsed()
+    );
+    let Some(toolchain) = toolchain else {
         return Ok(());
-    }
+    };
 
-    let exe = cargo_build(&crate_dir, &name, &args.target_cpu, args.jobs)?;
+    let exe = cargo_build(&toolchain, &crate_dir, &name, &args.target_cpu, args.jobs)?;
     install_atomically(&exe, &output)?;
     eprintln!("mcc: wrote {} in {:.1?}", output.display(), t0.elapsed());
     Ok(())
 }
 
+/// The tools a build needs, found before anything is written.
+struct Toolchain {
+    cargo: PathBuf,
+}
+
+impl Toolchain {
+    /// Cargo (`$CARGO` or `cargo` on PATH) and a C compiler (`$CC` or `cc` on PATH),
+    /// which assembles weights.S and is rustc's linker driver on Linux.
+    fn find() -> Result<Toolchain> {
+        let cargo = match std::env::var_os("CARGO") {
+            Some(c) => PathBuf::from(c),
+            None => find_in_path("cargo").context(
+                "cargo not found on PATH: mcc needs a Rust toolchain to build the executable \
+                 (install one from https://rustup.rs), or use --emit-only to write the crate only",
+            )?,
+        };
+        let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
+        let cc_path = Path::new(&cc);
+        let found = if cc_path.components().count() > 1 {
+            cc_path.is_file()
+        } else {
+            find_in_path(&cc.to_string_lossy()).is_some()
+        };
+        if !found {
+            bail!(
+                "C compiler `{}` not found{}: mcc needs one to assemble the weights (weights.S) \
+                 and as the linker (install gcc or clang, e.g. `apt install gcc`, or set CC), \
+                 or use --emit-only to write the crate only",
+                cc.to_string_lossy(),
+                if std::env::var_os("CC").is_some() {
+                    " (from $CC)"
+                } else {
+                    " on PATH"
+                }
+            );
+        }
+        Ok(Toolchain { cargo })
+    }
+}
+
+/// The first executable file called `name` in $PATH.
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Paths to delete if the process is interrupted: temporary crates and executables.
+fn cleanup_list() -> &'static Mutex<Vec<PathBuf>> {
+    static LIST: OnceLock<Mutex<Vec<PathBuf>>> = OnceLock::new();
+    LIST.get_or_init(Default::default)
+}
+
+fn lock_cleanup() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    cleanup_list().lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Process id of the running cargo child (0: none), for the signal handler to stop it:
+/// a signal sent to mcc alone (not to the terminal's process group) would otherwise leave
+/// cargo building in the background.
+static CARGO_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Installs (once per process) the handler that removes the registered temporary paths
+/// on SIGINT, SIGTERM or SIGHUP and exits with status 130. If the host program already
+/// has a handler, that one stays and temporary files are removed by destructors only.
+fn install_signal_handler() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let _ = ctrlc::set_handler(|| {
+            let cargo = CARGO_PID.load(std::sync::atomic::Ordering::SeqCst);
+            if cargo != 0 {
+                // SAFETY: kill(2) has no memory effects; at worst the pid has exited.
+                unsafe { libc::kill(cargo as libc::pid_t, libc::SIGTERM) };
+            }
+            let list = lock_cleanup();
+            for p in list.iter() {
+                remove_path(p);
+            }
+            eprintln!("\nmcc: interrupted; removed temporary files");
+            std::process::exit(130);
+        });
+    });
+}
+
+fn remove_path(p: &Path) {
+    if p.is_dir() && !p.is_symlink() {
+        let _ = std::fs::remove_dir_all(p);
+    } else {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// A temporary path, removed on drop and on interruption unless it was moved into
+/// place with [`TempPath::rename_to`].
+struct TempPath(PathBuf);
+
+impl TempPath {
+    fn new(path: PathBuf) -> TempPath {
+        remove_path(&path);
+        lock_cleanup().push(path.clone());
+        TempPath(path)
+    }
+
+    /// Renames the temporary path to `dest`. Holding the cleanup lock makes the rename and
+    /// the handler exclusive: either the handler removed the path first (and the process
+    /// is exiting) or the path is in place and no longer listed.
+    fn rename_to(self, dest: &Path) -> std::io::Result<()> {
+        let mut list = lock_cleanup();
+        std::fs::rename(&self.0, dest)?;
+        list.retain(|p| p != &self.0);
+        drop(list);
+        std::mem::forget(self);
+        Ok(())
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let mut list = lock_cleanup();
+        remove_path(&self.0);
+        list.retain(|p| p != &self.0);
+    }
+}
+
+/// `dir/.NAME.LABEL-PID`: a temporary sibling of `dest` on the same file system.
+fn sibling(dest: &Path, label: &str) -> PathBuf {
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    dir.join(format!(
+        ".{}.{label}-{}",
+        dest.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ))
+}
+
 /// Writes the crate into a temporary sibling directory, then swaps it into place.
-/// Files whose contents did not change keep their previous modification time.
-fn write_crate_atomically(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
+/// Files whose contents did not change keep their previous modification time, so cargo
+/// sees them as unchanged.
+fn write_crate_atomically(dir: &Path, files: &[EmittedFile]) -> Result<()> {
     let parent = dir.parent().context("crate directory has no parent")?;
-    std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create directory", parent.display()))?;
-    let tmp = parent.join(format!(".{}.tmp-{}", dir.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
-    let guard = RemoveOnDrop(tmp.clone());
-    let _ = std::fs::remove_dir_all(&tmp);
-    for (rel, contents) in files {
-        let path = tmp.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).with_context(|| format!("{}: cannot create directory", path.display()))?;
-        std::fs::write(&path, contents).with_context(|| format!("{}: cannot write", path.display()))?;
-        let old = dir.join(rel);
-        if std::fs::read(&old).is_ok_and(|c| &c == contents) {
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("{}: cannot create directory", parent.display()))?;
+    let tmp = TempPath::new(sibling(dir, "tmp"));
+    for file in files {
+        let path = tmp.0.join(&file.path);
+        let sub = path.parent().expect("a file in the crate has a parent");
+        std::fs::create_dir_all(sub)
+            .with_context(|| format!("{}: cannot create directory", sub.display()))?;
+        let bytes = match &file.contents {
+            Contents::Source(text) => text.as_bytes(),
+            Contents::Data(bytes) => bytes,
+            Contents::Symlink(target) => {
+                std::os::unix::fs::symlink(target, &path)
+                    .with_context(|| format!("{}: cannot create symlink", path.display()))?;
+                continue;
+            }
+        };
+        std::fs::write(&path, bytes)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+        let old = dir.join(&file.path);
+        if std::fs::read(&old).is_ok_and(|c| c == bytes) {
             if let Ok(mtime) = std::fs::metadata(&old).and_then(|m| m.modified()) {
-                let f = std::fs::File::options().write(true).open(&path)?;
-                f.set_modified(mtime)?;
+                std::fs::File::options()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(mtime))
+                    .with_context(|| format!("{}: cannot set its time", path.display()))?;
             }
         }
     }
     // Keep cargo's lock file of a previous build, so that dependency versions stay put.
     let lock = dir.join("Cargo.lock");
     if lock.exists() {
-        std::fs::copy(&lock, tmp.join("Cargo.lock")).with_context(|| format!("{}: cannot copy", lock.display()))?;
+        std::fs::copy(&lock, tmp.0.join("Cargo.lock"))
+            .with_context(|| format!("{}: cannot copy", lock.display()))?;
     }
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("{}: cannot replace", dir.display()))?;
-    }
-    std::fs::rename(&tmp, dir).with_context(|| format!("{}: cannot move into place", dir.display()))?;
-    std::mem::forget(guard);
+    // The old crate moves aside before the new one moves in, so that at every instant
+    // the crate directory is either a whole crate or absent.
+    let old = if dir.exists() {
+        let old = TempPath::new(sibling(dir, "old"));
+        std::fs::rename(dir, &old.0)
+            .with_context(|| format!("{}: cannot replace", dir.display()))?;
+        Some(old)
+    } else {
+        None
+    };
+    tmp.rename_to(dir)
+        .with_context(|| format!("{}: cannot move into place", dir.display()))?;
+    drop(old);
     Ok(())
 }
 
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// Runs `cargo build --release` on the emitted crate and returns the executable's path.
-fn cargo_build(crate_dir: &Path, name: &str, target_cpu: &str, jobs: Option<usize>) -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let target = target_dir();
-    let mut cmd = Command::new(&cargo);
-    cmd.arg("build").arg("--release").arg("--manifest-path").arg(crate_dir.join("Cargo.toml"));
+fn cargo_build(
+    tools: &Toolchain,
+    crate_dir: &Path,
+    name: &str,
+    target_cpu: &str,
+    jobs: Option<usize>,
+) -> Result<PathBuf> {
+    let target = target_dir(target_cpu);
+    let mut cmd = Command::new(&tools.cargo);
+    cmd.arg("build")
+        .arg("--release")
+        .arg("--manifest-path")
+        .arg(crate_dir.join("Cargo.toml"));
     if let Some(j) = jobs {
         cmd.arg("-j").arg(j.to_string());
     }
-    cmd.env("CARGO_TARGET_DIR", &target).env("RUSTFLAGS", format!("-C target-cpu={target_cpu}")).stdout(Stdio::null()).stderr(Stdio::piped());
+    // The emitted crate's flags alone: neither the caller's RUSTFLAGS nor a cargo config
+    // of the directory mcc runs in (the encoded form wins over both).
+    cmd.env("CARGO_TARGET_DIR", &target)
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            format!("-C\u{1f}target-cpu={target_cpu}"),
+        )
+        .env_remove("RUSTFLAGS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
 
     let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} cargo: {wide_msg} [{elapsed}]").expect("valid template"));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} cargo: {wide_msg} [{elapsed}]")
+            .expect("valid template"),
+    );
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
-    let mut child = cmd.spawn().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            anyhow::anyhow!("cargo not found ({}): mcc needs a Rust toolchain to build the binary (https://rustup.rs), or use --emit-only", cargo.to_string_lossy())
-        } else {
-            anyhow::anyhow!("cannot run cargo: {e}")
-        }
-    })?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run cargo ({})", tools.cargo.display()))?;
+    CARGO_PID.store(child.id(), std::sync::atomic::Ordering::SeqCst);
     let mut log = Vec::new();
     if let Some(stderr) = child.stderr.take() {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             let trimmed = line.trim();
             if !trimmed.is_empty() {
                 bar.set_message(trimmed.to_string());
@@ -193,10 +458,26 @@ fn cargo_build(crate_dir: &Path, name: &str, target_cpu: &str, jobs: Option<usiz
         }
     }
     let status = child.wait().context("waiting for cargo")?;
+    CARGO_PID.store(0, std::sync::atomic::Ordering::SeqCst);
     bar.finish_and_clear();
     if !status.success() {
-        let tail = log.iter().rev().take(40).rev().cloned().collect::<Vec<_>>().join("\n");
-        bail!("cargo build failed for {} ({status}):\n{tail}", crate_dir.display());
+        let tail = log
+            .iter()
+            .rev()
+            .take(40)
+            .rev()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n");
+        let hint = if tail.contains("linker `") && tail.contains("not found") {
+            "\nhint: the linker is missing: install gcc or clang (e.g. `apt install gcc`)"
+        } else {
+            ""
+        };
+        bail!(
+            "cargo build failed for {} ({status}):\n{tail}{hint}",
+            crate_dir.display()
+        );
     }
     let exe = target.join("release").join(name);
     if !exe.is_file() {
@@ -207,14 +488,70 @@ fn cargo_build(crate_dir: &Path, name: &str, target_cpu: &str, jobs: Option<usiz
 
 /// Copies the executable next to `dest` and renames it into place.
 fn install_atomically(exe: &Path, dest: &Path) -> Result<()> {
-    let dir = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = dir.join(format!(".{}.tmp-{}", dest.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
-    let guard = RemoveOnDrop(tmp.clone());
-    std::fs::copy(exe, &tmp).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, dest).with_context(|| format!("{}: cannot write", dest.display()))?;
-    std::mem::forget(guard);
+    let tmp = TempPath::new(sibling(dest, "tmp"));
+    std::fs::copy(exe, &tmp.0).with_context(|| format!("{}: cannot write", tmp.0.display()))?;
+    tmp.rename_to(dest)
+        .with_context(|| format!("{}: cannot write", dest.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crate_names_are_sanitised_or_refused() {
+        assert_eq!(crate_name("smollm2").unwrap(), "smollm2");
+        assert_eq!(crate_name("a.b c").unwrap(), "a_b_c");
+        assert!(crate_name("2fast").is_err());
+        assert!(crate_name("").is_err());
+    }
+
+    #[test]
+    fn target_cpus_get_their_own_target_dir() {
+        let native = target_dir("native");
+        let v3 = target_dir("x86-64-v3");
+        assert_eq!(v3.parent(), native.parent());
+        assert_eq!(
+            v3.file_name().unwrap().to_string_lossy(),
+            format!(
+                "{}-x86-64-v3",
+                native.file_name().unwrap().to_string_lossy()
+            )
+        );
+        assert!(check_target_cpu("x86-64-v3").is_ok());
+        assert!(check_target_cpu("native").is_ok());
+        assert!(check_target_cpu("a b").is_err());
+        assert!(check_target_cpu("../x").is_err());
+    }
+
+    #[test]
+    fn crate_swap_keeps_unchanged_mtimes_and_leaves_no_temporaries() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("m");
+        let file = |p: &str, s: &str| EmittedFile {
+            path: p.into(),
+            contents: Contents::Source(s.into()),
+        };
+        write_crate_atomically(&dir, &[file("a.rs", "a"), file("src/b.rs", "b")]).unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        for p in ["a.rs", "src/b.rs"] {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(dir.join(p))
+                .unwrap();
+            f.set_modified(old).unwrap();
+        }
+        write_crate_atomically(&dir, &[file("a.rs", "a"), file("src/b.rs", "B")]).unwrap();
+        let mtime = |p: &str| std::fs::metadata(dir.join(p)).unwrap().modified().unwrap();
+        assert_eq!(mtime("a.rs"), old);
+        assert_ne!(mtime("src/b.rs"), old);
+        assert_eq!(std::fs::read_to_string(dir.join("src/b.rs")).unwrap(), "B");
+        let names: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("m")]);
+        assert!(lock_cleanup().is_empty());
+    }
 }

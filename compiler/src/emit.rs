@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use proc_macro2::{Literal, TokenStream};
 use quote::{format_ident, quote};
@@ -25,61 +25,136 @@ pub struct EmitOptions {
     pub n_ctx: usize,
     /// `-C target-cpu` the binary is built for (recorded in `info`).
     pub target_cpu: String,
-    /// The GGUF the weights are read from (absolute path, used by `.incbin`).
-    pub gguf_path: std::path::PathBuf,
-    /// The runtime crate the emitted crate depends on (absolute path).
-    pub runtime_path: std::path::PathBuf,
+    /// The GGUF the weights are read from. Only its file name appears in the sources;
+    /// the crate reaches the file through the [`GGUF_LINK`] symlink.
+    pub gguf_path: PathBuf,
+    /// The runtime crate the emitted crate depends on (written into Cargo.toml as is).
+    pub runtime_path: PathBuf,
 }
 
-/// Every file of the emitted crate: (path relative to the crate root, contents).
-pub fn emit_crate(desc: &ModelDesc, plan: &Plan, opts: &EmitOptions, tokenizer: Vec<u8>) -> Vec<(String, Vec<u8>)> {
+/// Name of the symlink, in the crate root, to the GGUF that `weights.S` reads with
+/// `.incbin`. With the link, no emitted source names a machine-specific path (apart from
+/// the runtime's in Cargo.toml), so the sources depend only on the model and options.
+pub const GGUF_LINK: &str = "model.gguf";
+
+/// One entry of the emitted crate, by path relative to the crate root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmittedFile {
+    pub path: String,
+    pub contents: Contents,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Contents {
+    /// Text a reader would review (and the snapshot tests pin).
+    Source(String),
+    /// Generated data (the serialised tokenizer).
+    Data(Vec<u8>),
+    /// A symlink to this target (the GGUF).
+    Symlink(PathBuf),
+}
+
+impl EmittedFile {
+    fn source(path: &str, text: String) -> EmittedFile {
+        EmittedFile {
+            path: path.into(),
+            contents: Contents::Source(text),
+        }
+    }
+}
+
+/// Every file of the emitted crate, sources first, in a fixed order: Cargo.toml,
+/// build.rs, weights.S, src/main.rs, src/model.rs, tokenizer.bin, model.gguf.
+pub fn emit_crate(
+    desc: &ModelDesc,
+    plan: &Plan,
+    opts: &EmitOptions,
+    tokenizer: Vec<u8>,
+) -> Vec<EmittedFile> {
     let source = file_name(&opts.gguf_path);
     let fill = |template: &str, extra: &[(&str, String)]| {
         let mut out = template
             .replace("{{mcc_version}}", env!("CARGO_PKG_VERSION"))
             .replace("{{name}}", &opts.name)
-            .replace("{{source}}", &source);
+            .replace("{{source}}", &source)
+            .replace("{{gguf}}", GGUF_LINK);
         for (k, v) in extra {
             out = out.replace(&format!("{{{{{k}}}}}"), v);
         }
-        out.into_bytes()
+        out
     };
-    let gguf = opts.gguf_path.display().to_string();
+    let runtime = toml_escape(&opts.runtime_path.display().to_string());
+    let incbins = emit_incbins(plan);
+    let blob_len = plan.blob_len.to_string();
     vec![
-        (
-            "Cargo.toml".into(),
-            fill(include_str!("../../templates/Cargo.toml"), &[("runtime", toml_escape(&opts.runtime_path.display().to_string()))]),
+        EmittedFile::source(
+            "Cargo.toml",
+            fill(
+                include_str!("../../templates/Cargo.toml"),
+                &[("runtime", runtime)],
+            ),
         ),
-        ("build.rs".into(), fill(include_str!("../../templates/build.rs"), &[("gguf", gguf.replace('\\', "\\\\").replace('"', "\\\""))])),
-        (
-            "weights.S".into(),
-            fill(include_str!("../../templates/weights.S"), &[("tensors", emit_incbins(plan, &opts.gguf_path)), ("blob_len", plan.blob_len.to_string())]),
+        EmittedFile::source(
+            "build.rs",
+            fill(include_str!("../../templates/build.rs"), &[]),
         ),
-        ("src/main.rs".into(), fill(include_str!("../../templates/main.rs"), &[])),
-        ("src/model.rs".into(), emit_model_rs(desc, plan, opts).into_bytes()),
-        ("tokenizer.bin".into(), tokenizer),
+        EmittedFile::source(
+            "weights.S",
+            fill(
+                include_str!("../../templates/weights.S"),
+                &[("tensors", incbins), ("blob_len", blob_len)],
+            ),
+        ),
+        EmittedFile::source(
+            "src/main.rs",
+            fill(include_str!("../../templates/main.rs"), &[]),
+        ),
+        EmittedFile::source("src/model.rs", emit_model_rs(desc, plan, opts)),
+        EmittedFile {
+            path: "tokenizer.bin".into(),
+            contents: Contents::Data(tokenizer),
+        },
+        EmittedFile {
+            path: GGUF_LINK.into(),
+            contents: Contents::Symlink(opts.gguf_path.clone()),
+        },
     ]
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 fn toml_escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
-/// One `.incbin` per tensor, padded with zeros to the next tensor's aligned offset.
-fn emit_incbins(plan: &Plan, gguf: &Path) -> String {
-    let path = gguf.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
+/// One `.incbin` per tensor from the GGUF link, padded with zeros to the next tensor's
+/// aligned offset.
+fn emit_incbins(plan: &Plan) -> String {
     let mut out = String::new();
     let mut at = 0u64;
     for t in &plan.tensors {
         if t.offset > at {
             let _ = writeln!(out, "    .zero {}", t.offset - at);
         }
-        let _ = writeln!(out, "    /* {} {} [{}, {}] at 0x{:x} */", t.name, t.ggml_type.name(), t.cols, t.rows, t.offset);
-        let _ = writeln!(out, "    .incbin \"{path}\", {}, {}", t.file_offset, t.n_bytes);
+        let _ = writeln!(
+            out,
+            "    /* {} {} [{}, {}] at 0x{:x} */",
+            t.name,
+            t.ggml_type.name(),
+            t.cols,
+            t.rows,
+            t.offset
+        );
+        let _ = writeln!(
+            out,
+            "    .incbin \"{GGUF_LINK}\", {}, {}",
+            t.file_offset, t.n_bytes
+        );
         at = t.offset + t.n_bytes;
     }
     if plan.blob_len > at {
@@ -104,28 +179,59 @@ pub fn emit_model_rs(desc: &ModelDesc, plan: &Plan, opts: &EmitOptions) -> Strin
         desc.n_ff,
         desc.n_vocab,
     );
-    let imports = emit_imports(plan, desc.rope_freqs.is_some());
-    let consts = emit_consts(desc, plan, opts);
-    let statics = plan.tensors.iter().map(emit_static);
-    let checks = emit_checks(plan);
-    let extern_blob = emit_blob();
-    let layers = (0..desc.n_layer).map(|l| emit_layer(l, plan));
-    let model = emit_model_impl(desc, plan, opts);
-    let file: TokenStream = quote! {
-        #imports
-        #consts
-        #(#statics)*
-        #checks
-        #extern_blob
-        #(#layers)*
-        #model
+    // Each section is printed on its own and the sections are joined by blank lines:
+    // prettyplease prints a file's items back to back.
+    let mut sections = vec![
+        emit_imports(plan, desc.rope_freqs.is_some()),
+        emit_consts(desc, plan, opts),
+    ];
+    sections.extend(emit_tensor_groups(plan));
+    sections.push(emit_blob());
+    sections.extend((0..desc.n_layer).map(|l| emit_layer(l, plan)));
+    sections.push(emit_model_impl(desc, plan, opts));
+    let body: Vec<String> = sections.into_iter().map(render).collect();
+    header + &body.join("\n")
+}
+
+/// Prints items as Rust source.
+fn render(items: TokenStream) -> String {
+    let parsed: syn::File = syn::parse2(items).expect("emitted model.rs is valid Rust");
+    prettyplease::unparse(&parsed)
+}
+
+/// The tensor statics and their compile-time checks, one group per layer (and one for
+/// the tensors before and after the layers), in blob order.
+fn emit_tensor_groups(plan: &Plan) -> Vec<TokenStream> {
+    let layer_of = |t: &PlannedTensor| {
+        t.name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .map(str::to_string)
     };
-    let parsed: syn::File = syn::parse2(file).expect("emitted model.rs is valid Rust");
-    header + &prettyplease::unparse(&parsed)
+    // (statics, checks) per group: the checks follow their group's statics.
+    let mut groups: Vec<(TokenStream, TokenStream)> = Vec::new();
+    let mut current: Option<Option<String>> = None;
+    for (i, t) in plan.tensors.iter().enumerate() {
+        let key = layer_of(t);
+        if current.as_ref() != Some(&key) {
+            groups.push(Default::default());
+            current = Some(key);
+        }
+        let group = groups.last_mut().expect("a group was pushed");
+        group.0.extend(emit_static(t));
+        group.1.extend(emit_check(t, plan.tensors.get(i + 1)));
+    }
+    groups
+        .into_iter()
+        .map(|(statics, checks)| quote!(#statics #checks))
+        .collect()
 }
 
 fn usize_lit(v: impl TryInto<usize> + Copy + std::fmt::Debug) -> Literal {
-    Literal::usize_unsuffixed(v.try_into().unwrap_or_else(|_| panic!("{v:?} does not fit usize")))
+    Literal::usize_unsuffixed(
+        v.try_into()
+            .unwrap_or_else(|_| panic!("{v:?} does not fit usize")),
+    )
 }
 
 /// `0x0012_3400`-style literal for offsets.
@@ -154,7 +260,11 @@ fn emit_imports(plan: &Plan, uses_tensor_trait: bool) -> TokenStream {
     types.sort_by_key(|t| t.name());
     types.dedup();
     let paths = types.into_iter().map(type_path);
-    let weights = if uses_tensor_trait { quote!({Tensor, Weight}) } else { quote!(Weight) };
+    let weights = if uses_tensor_trait {
+        quote!({Tensor, Weight})
+    } else {
+        quote!(Weight)
+    };
     quote! {
         use mcc_runtime::model::{Config, Ctx};
         use mcc_runtime::quant::{#(#paths),*};
@@ -172,24 +282,66 @@ fn emit_consts(desc: &ModelDesc, plan: &Plan, opts: &EmitOptions) -> TokenStream
         )
     };
     let consts: [(&str, usize, String); 11] = [
-        ("N_EMBD", desc.n_embd, " Hidden size (`llama.embedding_length`).".into()),
-        ("N_LAYER", desc.n_layer, " Transformer blocks (`llama.block_count`).".into()),
-        ("N_HEAD", desc.n_head, " Query heads (`llama.attention.head_count`).".into()),
+        (
+            "N_EMBD",
+            desc.n_embd,
+            " Hidden size (`llama.embedding_length`).".into(),
+        ),
+        (
+            "N_LAYER",
+            desc.n_layer,
+            " Transformer blocks (`llama.block_count`).".into(),
+        ),
+        (
+            "N_HEAD",
+            desc.n_head,
+            " Query heads (`llama.attention.head_count`).".into(),
+        ),
         (
             "N_HEAD_KV",
             desc.n_head_kv,
-            format!(" Key/value heads (`llama.attention.head_count_kv`): {} query heads share each.", desc.n_head / desc.n_head_kv),
+            format!(
+                " Key/value heads (`llama.attention.head_count_kv`): {} query heads share each.",
+                desc.n_head / desc.n_head_kv
+            ),
         ),
         ("HEAD_DIM", desc.head_dim, head_dim_doc),
-        ("N_FF", desc.n_ff, " Feed-forward width (`llama.feed_forward_length`).".into()),
+        (
+            "N_FF",
+            desc.n_ff,
+            " Feed-forward width (`llama.feed_forward_length`).".into(),
+        ),
         ("N_VOCAB", desc.n_vocab, " Vocabulary size.".into()),
-        ("ROPE_DIM", desc.rope_dim, " Dimensions of each head that RoPE rotates.".into()),
-        ("N_CTX", opts.n_ctx, format!(" KV-cache length compiled in (trained context: {}).", desc.n_ctx_train)),
-        ("N_CTX_TRAIN", desc.n_ctx_train, " Context length the model was trained with (`llama.context_length`).".into()),
-        ("WEIGHTS_LEN", plan.blob_len as usize, " Bytes of the weight blob.".into()),
+        (
+            "ROPE_DIM",
+            desc.rope_dim,
+            " Dimensions of each head that RoPE rotates.".into(),
+        ),
+        (
+            "N_CTX",
+            opts.n_ctx,
+            format!(
+                " KV-cache length compiled in (trained context: {}).",
+                desc.n_ctx_train
+            ),
+        ),
+        (
+            "N_CTX_TRAIN",
+            desc.n_ctx_train,
+            " Context length the model was trained with (`llama.context_length`).".into(),
+        ),
+        (
+            "WEIGHTS_LEN",
+            plan.blob_len as usize,
+            " Bytes of the weight blob.".into(),
+        ),
     ];
     let items = consts.iter().map(|(name, v, doc)| {
-        let v = if *name == "WEIGHTS_LEN" { hex_lit(*v as u64) } else { usize_lit(*v) };
+        let v = if *name == "WEIGHTS_LEN" {
+            hex_lit(*v as u64)
+        } else {
+            usize_lit(*v)
+        };
         let name = format_ident!("{name}");
         quote! {
             #[doc = #doc]
@@ -232,28 +384,35 @@ fn emit_static(t: &PlannedTensor) -> TokenStream {
     let ty = format_ident!("{}", t.ggml_type.name());
     let (rows, cols) = shape_of(t);
     let offset = hex_lit(t.offset);
-    let doc = format!(" `{}`: {} [{}, {}], {} bytes.", t.name, t.ggml_type.name(), t.cols, t.rows, t.n_bytes);
+    let doc = format!(
+        " `{}`: {} [{}, {}], {} bytes.",
+        t.name,
+        t.ggml_type.name(),
+        t.cols,
+        t.rows,
+        t.n_bytes
+    );
     quote! {
         #[doc = #doc]
         pub static #ident: Weight<#ty, #rows, #cols> = Weight::at(#offset);
     }
 }
 
-/// Each tensor has the byte size the GGUF says and ends before the next one starts.
-fn emit_checks(plan: &Plan) -> TokenStream {
-    let checks = plan.tensors.iter().enumerate().map(|(i, t)| {
-        let ident = format_ident!("{}", t.ident);
-        let bytes = usize_lit(t.n_bytes);
-        let limit = match plan.tensors.get(i + 1) {
-            Some(next) => {
-                let next = format_ident!("{}", next.ident);
-                quote!(#next.offset())
-            }
-            None => quote!(WEIGHTS_LEN),
-        };
-        quote!(const _: () = assert!(#ident.fits(#bytes, #limit));)
-    });
-    quote!(#(#checks)*)
+/// The tensor has the byte size the GGUF says and ends before the next one starts
+/// (the last one, before the end of the blob).
+fn emit_check(t: &PlannedTensor, next: Option<&PlannedTensor>) -> TokenStream {
+    let ident = format_ident!("{}", t.ident);
+    let bytes = usize_lit(t.n_bytes);
+    let limit = match next {
+        Some(next) => {
+            let next = format_ident!("{}", next.ident);
+            quote!(#next.offset())
+        }
+        None => quote!(WEIGHTS_LEN),
+    };
+    quote!(
+        const _: () = assert!(#ident.fits(#bytes, #limit));
+    )
 }
 
 fn emit_blob() -> TokenStream {
@@ -271,9 +430,21 @@ fn emit_blob() -> TokenStream {
 fn emit_layer(l: usize, plan: &Plan) -> TokenStream {
     let t = |role: &str| plan.get(&format!("blk.{l}.{role}.weight"));
     let id = |role: &str| format_ident!("{}", t(role).ident);
-    let (an, q, k, v, o) = (id("attn_norm"), id("attn_q"), id("attn_k"), id("attn_v"), id("attn_output"));
+    let (an, q, k, v, o) = (
+        id("attn_norm"),
+        id("attn_q"),
+        id("attn_k"),
+        id("attn_v"),
+        id("attn_output"),
+    );
     let (fnn, g, u, d) = (id("ffn_norm"), id("ffn_gate"), id("ffn_up"), id("ffn_down"));
-    let mix = |roles: &[&str]| roles.iter().map(|r| t(r).ggml_type.name()).collect::<Vec<_>>().join("/");
+    let mix = |roles: &[&str]| {
+        roles
+            .iter()
+            .map(|r| t(r).ggml_type.name())
+            .collect::<Vec<_>>()
+            .join("/")
+    };
     let doc = format!(
         " `blk.{l}`: attention (q/k/v/o {}), feed-forward (gate/up/down {}).",
         mix(&["attn_q", "attn_k", "attn_v", "attn_output"]),
@@ -358,17 +529,61 @@ fn emit_info(desc: &ModelDesc, plan: &Plan, opts: &EmitOptions) -> String {
         e.0 += 1;
         e.1 += t.n_bytes;
     }
-    let mix = mix.iter().map(|(k, (n, b))| format!("{k} x{n} ({:.1} MiB)", *b as f64 / (1 << 20) as f64)).collect::<Vec<_>>().join(", ");
+    let mix = mix
+        .iter()
+        .map(|(k, (n, b))| format!("{k} x{n} ({:.1} MiB)", *b as f64 / (1 << 20) as f64))
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut s = String::new();
-    let _ = writeln!(s, "model:        {}", desc.name.as_deref().unwrap_or("(unnamed)"));
+    let _ = writeln!(
+        s,
+        "model:        {}",
+        desc.name.as_deref().unwrap_or("(unnamed)")
+    );
     let _ = writeln!(s, "source:       {}", file_name(&opts.gguf_path));
-    let _ = writeln!(s, "architecture: llama, {} layers, {} hidden, {} heads / {} KV heads of {}, FFN {}", desc.n_layer, desc.n_embd, desc.n_head, desc.n_head_kv, desc.head_dim, desc.n_ff);
-    let _ = writeln!(s, "vocabulary:   {} tokens ({} tokenizer{})", desc.n_vocab, desc.tokenizer.model, desc.tokenizer.pre.as_deref().map(|p| format!(", pre-tokenizer {p}")).unwrap_or_default());
-    let _ = writeln!(s, "rope:         base {}, {} dims{}", desc.rope_base, desc.rope_dim, if desc.rope_freqs.is_some() { ", rope_freqs scaling" } else { "" });
-    let _ = writeln!(s, "output:       {}", if desc.output.is_some() { "output.weight" } else { "tied to token_embd" });
+    let _ = writeln!(
+        s,
+        "architecture: llama, {} layers, {} hidden, {} heads / {} KV heads of {}, FFN {}",
+        desc.n_layer, desc.n_embd, desc.n_head, desc.n_head_kv, desc.head_dim, desc.n_ff
+    );
+    let _ = writeln!(
+        s,
+        "vocabulary:   {} tokens ({} tokenizer{})",
+        desc.n_vocab,
+        desc.tokenizer.model,
+        desc.tokenizer
+            .pre
+            .as_deref()
+            .map(|p| format!(", pre-tokenizer {p}"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        s,
+        "rope:         base {}, {} dims{}",
+        desc.rope_base,
+        desc.rope_dim,
+        if desc.rope_freqs.is_some() {
+            ", rope_freqs scaling"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        s,
+        "output:       {}",
+        if desc.output.is_some() {
+            "output.weight"
+        } else {
+            "tied to token_embd"
+        }
+    );
     let _ = writeln!(s, "quant mix:    {mix}");
     let _ = writeln!(s, "weights:      {} bytes", plan.blob_len);
-    let _ = writeln!(s, "context:      {} tokens compiled in (trained {})", opts.n_ctx, desc.n_ctx_train);
+    let _ = writeln!(
+        s,
+        "context:      {} tokens compiled in (trained {})",
+        opts.n_ctx, desc.n_ctx_train
+    );
     let _ = writeln!(s, "target cpu:   {}", opts.target_cpu);
     let _ = writeln!(s, "built by:     mcc {}", env!("CARGO_PKG_VERSION"));
     s

@@ -38,7 +38,10 @@ pub struct Plan {
 
 impl Plan {
     pub fn get(&self, name: &str) -> &PlannedTensor {
-        self.tensors.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("tensor {name} is not in the plan"))
+        self.tensors
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("tensor {name} is not in the plan"))
     }
 }
 
@@ -90,7 +93,10 @@ pub fn plan(desc: &ModelDesc, gguf: &GgufFile) -> Plan {
             planned
         })
         .collect();
-    Plan { tensors, blob_len: offset }
+    Plan {
+        tensors,
+        blob_len: offset,
+    }
 }
 
 #[cfg(test)]
