@@ -76,19 +76,36 @@ pub enum CtxError {
     BadContext { got: usize, max: usize },
 }
 
-fn alloc<T: Clone + Default>(
-    n: usize,
-    what: &'static str,
-    n_ctx: usize,
-) -> Result<Vec<T>, CtxError> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| CtxError::OutOfMemory {
+/// Types whose all-zero bit pattern is the value 0.
+///
+/// # Safety
+/// Implementors must be valid when every byte is zero.
+unsafe trait ZeroIsZero: Copy {}
+unsafe impl ZeroIsZero for f32 {}
+unsafe impl ZeroIsZero for f16 {}
+
+/// A zeroed buffer straight from the allocator: large buffers come as untouched pages,
+/// so start-up does not pay for memory a short run never uses (the KV cache is sized
+/// for the whole context). Failure is an error, not an abort.
+fn alloc<T: ZeroIsZero>(n: usize, what: &'static str, n_ctx: usize) -> Result<Vec<T>, CtxError> {
+    let oom = || CtxError::OutOfMemory {
         what,
-        bytes: n * std::mem::size_of::<T>(),
+        bytes: n.saturating_mul(std::mem::size_of::<T>()),
         n_ctx,
-    })?;
-    v.resize(n, T::default());
-    Ok(v)
+    };
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<T>(n).map_err(|_| oom())?;
+    // SAFETY: the layout is non-zero-sized; a zeroed T is a valid 0 (ZeroIsZero), and the
+    // Vec takes ownership of exactly this allocation with the same layout.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout).cast::<T>();
+        if ptr.is_null() {
+            return Err(oom());
+        }
+        Ok(Vec::from_raw_parts(ptr, n, n))
+    }
 }
 
 /// Scratch for quantized activations of any format: 8-byte aligned storage reinterpreted

@@ -1,0 +1,106 @@
+//! `bench`: prompt processing (ppN) and text generation (tgN) throughput, measured like
+//! llama-bench (a warm-up run, then repetitions; mean ± sample standard deviation) and
+//! printed as its markdown table.
+
+use std::time::Instant;
+
+use crate::model::{Ctx, Model};
+
+#[derive(clap::Args, Debug)]
+pub(super) struct BenchArgs {
+    /// Prompt tokens evaluated in one batch (0 skips the pp test).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    n_prompt: usize,
+    /// Tokens generated one at a time (0 skips the tg test).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    n_gen: usize,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    reps: usize,
+    /// Threads (default: one per physical core).
+    #[arg(short = 't', long = "threads")]
+    threads: Option<usize>,
+    /// Most tokens evaluated in one forward pass.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    batch_size: usize,
+}
+
+/// Deterministic stand-in tokens (the content does not change the cost).
+fn tokens(n: usize, n_vocab: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % n_vocab as u64) as u32
+        })
+        .collect()
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+pub(super) fn bench<M: Model>(args: &BenchArgs) -> Result<(), String> {
+    if args.reps == 0 {
+        return Err("-r must be at least 1".into());
+    }
+    let cfg = M::CONFIG;
+    let need = args.n_prompt.max(args.n_gen).max(1);
+    if need > cfg.n_ctx {
+        return Err(format!(
+            "a test of {need} tokens does not fit the compiled context of {}",
+            cfg.n_ctx
+        ));
+    }
+    let threads = super::threads_or_default(args.threads)?;
+    let mut ctx = Ctx::new::<M>(threads, cfg.n_ctx, args.batch_size).map_err(|e| e.to_string())?;
+    let model = M::INFO
+        .lines()
+        .next()
+        .and_then(|l| l.split_once(':'))
+        .map_or("model", |(_, v)| v.trim());
+    let size = M::weights().len() as f64 / (1 << 20) as f64;
+    println!("| model | size | backend | threads | test | t/s |");
+    println!("| --- | ---: | --- | ---: | ---: | ---: |");
+    let report = |test: String, rates: &[f64]| {
+        let (mean, sd) = mean_sd(rates);
+        println!(
+            "| {model} | {size:.2} MiB | CPU (mcc) | {threads} | {test} | {mean:.2} ± {sd:.2} |"
+        );
+    };
+    if args.n_prompt > 0 {
+        let prompt = tokens(args.n_prompt, cfg.n_vocab, 1);
+        ctx.eval::<M>(&prompt, 0, prompt.len() - 1); // warm-up
+        let rates: Vec<f64> = (0..args.reps)
+            .map(|_| {
+                let t0 = Instant::now();
+                ctx.eval::<M>(&prompt, 0, prompt.len() - 1);
+                args.n_prompt as f64 / t0.elapsed().as_secs_f64()
+            })
+            .collect();
+        report(format!("pp{}", args.n_prompt), &rates);
+    }
+    if args.n_gen > 0 {
+        let gen = tokens(args.n_gen, cfg.n_vocab, 2);
+        ctx.eval::<M>(&gen[..1], 0, 0); // warm-up
+        let rates: Vec<f64> = (0..args.reps)
+            .map(|_| {
+                let t0 = Instant::now();
+                for (pos, &t) in gen.iter().enumerate() {
+                    ctx.eval::<M>(&[t], pos, 0);
+                }
+                args.n_gen as f64 / t0.elapsed().as_secs_f64()
+            })
+            .collect();
+        report(format!("tg{}", args.n_gen), &rates);
+    }
+    Ok(())
+}

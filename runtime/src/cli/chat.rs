@@ -1,0 +1,197 @@
+//! `chat`: an interactive conversation rendered with the model's own Jinja chat template
+//! (`tokenizer.chat_template`). Each turn re-renders the whole conversation and evaluates
+//! only the tokens after the longest prefix already in the cache. Ctrl-C stops the
+//! current reply; Ctrl-D (end of input) ends the chat.
+
+use std::io::Write;
+
+use minijinja::{context, Environment, Error, ErrorKind};
+use serde::Serialize;
+
+use super::session::{Session, Stop};
+use super::SamplingArgs;
+use crate::model::Model;
+use crate::sampler::Sampler;
+
+#[derive(clap::Args, Debug)]
+pub(super) struct ChatArgs {
+    /// A system message to start the conversation with.
+    #[arg(long = "system")]
+    system: Option<String>,
+    /// Most tokens per reply (-1: until the model ends its turn or the context is full).
+    #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true)]
+    n_predict: i64,
+    /// Context size in tokens; 0 means the size compiled in.
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 0)]
+    ctx_size: usize,
+    /// Threads (default: one per physical core).
+    #[arg(short = 't', long = "threads")]
+    threads: Option<usize>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Serialize)]
+struct Message {
+    role: &'static str,
+    content: String,
+}
+
+/// Renders a conversation with a GGUF chat template.
+struct Template<'t> {
+    env: Environment<'t>,
+    bos: String,
+    eos: String,
+}
+
+impl<'t> Template<'t> {
+    fn new(source: &'t str, bos: String, eos: String) -> Result<Self, String> {
+        let mut env = Environment::new();
+        // Hugging Face templates call Python string methods and raise_exception().
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template("chat", source)
+            .map_err(|e| format!("the model's chat template does not parse: {e}"))?;
+        Ok(Template { env, bos, eos })
+    }
+
+    fn render(&self, messages: &[Message]) -> Result<String, String> {
+        let tmpl = self.env.get_template("chat").map_err(|e| e.to_string())?;
+        tmpl.render(context! {
+            messages => messages,
+            add_generation_prompt => true,
+            bos_token => self.bos,
+            eos_token => self.eos,
+        })
+        .map_err(|e| format!("chat template: {e}"))
+    }
+}
+
+/// Writes to stdout and keeps a copy of the text.
+struct Tee<'a> {
+    out: std::io::StdoutLock<'a>,
+    text: Vec<u8>,
+}
+
+impl Write for Tee<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.text.extend_from_slice(buf);
+        self.out.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+pub(super) fn chat<M: Model>(args: &ChatArgs) -> Result<(), String> {
+    let n_ctx = if args.ctx_size == 0 {
+        M::CONFIG.n_ctx
+    } else {
+        args.ctx_size
+    };
+    if n_ctx > M::CONFIG.n_ctx {
+        return Err(format!(
+            "-c {n_ctx} is more than this binary was compiled for ({})",
+            M::CONFIG.n_ctx
+        ));
+    }
+    let threads = super::threads_or_default(args.threads)?;
+    let mut sampler = Sampler::new(args.sampling.config(n_ctx)?);
+    let mut session = Session::<M>::new(threads, n_ctx, 512)?;
+    let source = session
+        .tok
+        .chat_template()
+        .ok_or("this model has no chat template (tokenizer.chat_template in its GGUF); use plain generation with -p instead")?
+        .to_string();
+    let text_of = |id: Option<u32>| {
+        id.map(|id| String::from_utf8_lossy(session.tok.token_text(id)).into_owned())
+            .unwrap_or_default()
+    };
+    let template = Template::new(
+        &source,
+        text_of(session.tok.bos()),
+        text_of(session.tok.eos()),
+    )?;
+    let budget = if args.n_predict < 0 {
+        usize::MAX
+    } else {
+        args.n_predict as usize
+    };
+
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(Message {
+            role: "system",
+            content: system.clone(),
+        });
+    }
+    super::catch_interrupts();
+    let mut editor =
+        rustyline::DefaultEditor::new().map_err(|e| format!("cannot read input: {e}"))?;
+    eprintln!("chat: type a message and press Enter. Ctrl-C stops a reply, Ctrl-D quits.");
+    loop {
+        let line = match editor.readline("> ") {
+            Ok(line) => line,
+            Err(rustyline::error::ReadlineError::Interrupted) => continue,
+            Err(rustyline::error::ReadlineError::Eof) => break,
+            Err(e) => return Err(format!("reading input: {e}")),
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(line.as_str());
+        messages.push(Message {
+            role: "user",
+            content: line,
+        });
+        let rendered = template.render(&messages)?;
+        let mut ids = session.tok.encode(&rendered, false, true);
+        if let (true, Some(bos)) = (session.tok.add_bos(), session.tok.bos()) {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        let common = session
+            .history
+            .iter()
+            .zip(&ids)
+            .take_while(|(a, b)| a == b)
+            .count();
+        // Re-evaluate at least the last token so that fresh logits exist.
+        let common = common.min(ids.len() - 1);
+        session.truncate(common);
+        if let Err(e) = session.feed(&ids[common..]) {
+            eprintln!("\n{e}\nThe conversation no longer fits; start a new chat (or raise -c).");
+            break;
+        }
+        let stdout = std::io::stdout();
+        let mut tee = Tee {
+            out: stdout.lock(),
+            text: Vec::new(),
+        };
+        let stop = session.generate(&mut sampler, budget, &[], &mut tee);
+        let _ = writeln!(tee.out);
+        let reply = String::from_utf8_lossy(&tee.text).into_owned();
+        messages.push(Message {
+            role: "assistant",
+            content: reply,
+        });
+        match stop {
+            Stop::Interrupted => {
+                super::clear_interrupt();
+                eprintln!("[reply stopped]");
+            }
+            Stop::ContextFull => {
+                eprintln!("[the context is full: start a new chat or raise -c]");
+                break;
+            }
+            Stop::OutputClosed => break,
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! Subcommands for measuring the model against a text or another engine: `perplexity`
+//! and `logits`.
+
+use std::time::Instant;
+
+use crate::model::{Ctx, Model};
+use crate::perplexity::{perplexity, Mode};
+
+#[derive(clap::Args, Debug)]
+pub(super) struct PerplexityArgs {
+    /// The text to score (not needed with --kl-divergence: the base file has the tokens).
+    #[arg(short = 'f', long = "file", required_unless_present = "kl_divergence")]
+    file: Option<std::path::PathBuf>,
+    /// Chunk length in tokens.
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
+    ctx_size: usize,
+    /// Most tokens evaluated in one forward pass.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    batch_size: usize,
+    /// Score at most this many chunks.
+    #[arg(long = "chunks")]
+    chunks: Option<usize>,
+    /// Threads for the forward pass (default: one per physical core).
+    #[arg(short = 't', long = "threads")]
+    threads: Option<usize>,
+    /// Without --kl-divergence: save this run's log-probabilities to FILE, as the base
+    /// for later comparisons (llama.cpp's format). With it: the base file to compare
+    /// against.
+    #[arg(long = "kl-divergence-base", value_name = "FILE")]
+    kl_divergence_base: Option<std::path::PathBuf>,
+    /// Compare against --kl-divergence-base: KLD, top-1 agreement and Δp.
+    #[arg(long = "kl-divergence", requires = "kl_divergence_base")]
+    kl_divergence: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub(super) struct LogitsArgs {
+    /// Read the prompt from a file.
+    #[arg(short = 'f', long = "file")]
+    file: std::path::PathBuf,
+    /// Where to write the logits.
+    #[arg(short = 'o', long = "out")]
+    out: std::path::PathBuf,
+    /// Threads for the forward pass (default: one per physical core).
+    #[arg(short = 't', long = "threads")]
+    threads: Option<usize>,
+    /// Most prompt tokens evaluated in one forward pass.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    batch_size: usize,
+}
+
+pub(super) fn run_perplexity<M: Model>(args: &PerplexityArgs) -> Result<(), String> {
+    if args.ctx_size < 4 || args.ctx_size > M::CONFIG.n_ctx {
+        return Err(format!(
+            "-c must be between 4 and {} (the context this binary was compiled for), got {}",
+            M::CONFIG.n_ctx,
+            args.ctx_size
+        ));
+    }
+    let tokenizer = super::load_tokenizer::<M>()?;
+    let tokens = match &args.file {
+        Some(path) if !args.kl_divergence => {
+            let t0 = Instant::now();
+            // llama.cpp's perplexity tokenizes with BOS per the model and without
+            // parsing special tokens.
+            let ids = tokenizer.encode(&super::read_text(path)?, true, false);
+            eprintln!(
+                "perplexity: tokenized {} into {} tokens in {:.0} ms",
+                path.display(),
+                ids.len(),
+                t0.elapsed().as_secs_f64() * 1e3
+            );
+            ids
+        }
+        _ => Vec::new(),
+    };
+    let mode = match (&args.kl_divergence_base, args.kl_divergence) {
+        (Some(base), true) => Mode::KlDivergence(base),
+        (Some(base), false) => Mode::SaveBase(base),
+        (None, _) => Mode::Perplexity,
+    };
+    let threads = super::threads_or_default(args.threads)?;
+    let mut ctx =
+        Ctx::new::<M>(threads, args.ctx_size, args.batch_size).map_err(|e| e.to_string())?;
+    let bos = if tokenizer.add_bos() {
+        tokenizer.bos()
+    } else {
+        None
+    };
+    let stdout = std::io::stdout();
+    let r = perplexity::<M>(
+        &mut ctx,
+        &tokens,
+        bos,
+        args.chunks,
+        &mode,
+        &mut stdout.lock(),
+    )?;
+    eprintln!(
+        "perplexity: {} chunks of {} tokens, {} tokens scored",
+        r.n_chunks, args.ctx_size, r.n_scored
+    );
+    Ok(())
+}
+
+pub(super) fn dump_logits<M: Model>(args: &LogitsArgs) -> Result<(), String> {
+    let text = super::read_text(&args.file)?;
+    let tokenizer = super::load_tokenizer::<M>()?;
+    let ids = tokenizer.encode(&text, true, true);
+    if ids.is_empty() || ids.len() > M::CONFIG.n_ctx {
+        return Err(format!(
+            "{}: {} tokens; this binary holds 1 to {}",
+            args.file.display(),
+            ids.len(),
+            M::CONFIG.n_ctx
+        ));
+    }
+    let threads = super::threads_or_default(args.threads)?;
+    let mut ctx =
+        Ctx::new::<M>(threads, M::CONFIG.n_ctx, args.batch_size).map_err(|e| e.to_string())?;
+    let logits = ctx.eval::<M>(&ids, 0, 0);
+    let mut bytes = Vec::with_capacity(8 + ids.len() * 4 + logits.len() * 4);
+    bytes.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&(M::CONFIG.n_vocab as u32).to_le_bytes());
+    ids.iter()
+        .for_each(|id| bytes.extend_from_slice(&id.to_le_bytes()));
+    logits
+        .iter()
+        .for_each(|l| bytes.extend_from_slice(&l.to_le_bytes()));
+    std::fs::write(&args.out, bytes).map_err(|e| format!("{}: {e}", args.out.display()))
+}
