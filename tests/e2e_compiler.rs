@@ -1,0 +1,167 @@
+//! `mcc build` end to end on a tiny random model: the same inputs give the same binary,
+//! warm rebuilds do not re-assemble the weights, and a portable `--target-cpu` builds and
+//! runs.
+
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use mcc::gguf::writer::WriteMode;
+use mcc::synth::{llama_writer, toy_vocab, SynthConfig};
+use mcc_e2e::{run, scratch_dir};
+
+/// The tiny preset's GGUF (written once; the same seed gives the same bytes).
+fn tiny_gguf() -> PathBuf {
+    let path = scratch_dir().join("e2e-compiler-tiny.gguf");
+    let cfg = SynthConfig::tiny();
+    let w = llama_writer(&cfg, toy_vocab(cfg.n_vocab).unwrap(), cfg.n_vocab).unwrap();
+    let bytes = w.to_bytes(WriteMode::Full).unwrap();
+    if std::fs::read(&path).ok().as_deref() != Some(&bytes[..]) {
+        w.write(&path, WriteMode::Full).unwrap();
+    }
+    path
+}
+
+fn args(gguf: &Path, name: &str) -> mcc::build::Args {
+    let dir = scratch_dir();
+    mcc::build::Args {
+        model: gguf.to_path_buf(),
+        output: Some(dir.join(name)),
+        name: Some(name.into()),
+        ctx: None,
+        target_cpu: "native".into(),
+        emit_only: false,
+        jobs: None,
+        generated_dir: Some(dir.join("generated")),
+    }
+}
+
+/// Every artifact of crate `name` in the shared target directory for `cpu`.
+fn artifacts(name: &str, cpu: &str) -> Vec<PathBuf> {
+    let release = mcc::build::target_dir(cpu).join("release");
+    let mut found = Vec::new();
+    for sub in [".", "deps", "build", ".fingerprint"] {
+        let Ok(entries) = std::fs::read_dir(release.join(sub)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n == name || n.starts_with(&format!("{name}-")) {
+                found.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+fn remove_artifacts(name: &str, cpu: &str) {
+    for p in artifacts(name, cpu) {
+        let _ = std::fs::remove_dir_all(&p);
+        let _ = std::fs::remove_file(&p);
+    }
+}
+
+/// The assembled weights object of crate `name` (in its build script's OUT_DIR).
+fn weights_object(name: &str) -> PathBuf {
+    let build = mcc::build::target_dir("native").join("release/build");
+    std::fs::read_dir(&build)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{name}-"))
+        })
+        .flat_map(|e| walk(&e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "o"))
+        .unwrap_or_else(|| panic!("no weights object for {name} under {}", build.display()))
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn mtime(p: &Path) -> SystemTime {
+    std::fs::metadata(p).unwrap().modified().unwrap()
+}
+
+#[test]
+fn a_rebuild_from_scratch_gives_the_same_binary() {
+    let gguf = tiny_gguf();
+    let name = "e2e_determinism";
+    let a = args(&gguf, name);
+    remove_artifacts(name, "native");
+    mcc::build::run(&a).unwrap();
+    let first = std::fs::read(a.output.as_ref().unwrap()).unwrap();
+    // Forget everything cargo knows about the crate and emit it again.
+    remove_artifacts(name, "native");
+    std::fs::remove_dir_all(a.generated_dir.as_ref().unwrap().join(name)).unwrap();
+    mcc::build::run(&a).unwrap();
+    let second = std::fs::read(a.output.as_ref().unwrap()).unwrap();
+    assert!(first == second, "two builds of the same model differ");
+    let out = run(a.output.as_ref().unwrap(), &["info"]);
+    assert!(out.status.success());
+    remove_artifacts(name, "native");
+}
+
+#[test]
+fn warm_rebuilds_reuse_the_assembled_weights() {
+    let gguf = tiny_gguf();
+    let name = "e2e_incremental";
+    let mut a = args(&gguf, name);
+    let exe = a.output.clone().unwrap();
+    mcc::build::run(&a).unwrap();
+    let object = weights_object(name);
+    let object_time = mtime(&object);
+    let target_exe = mcc::build::target_dir("native").join("release").join(name);
+    let linked = mtime(&target_exe);
+
+    // Same model, same options: nothing to do for cargo, not even a link.
+    let t = Instant::now();
+    mcc::build::run(&a).unwrap();
+    eprintln!("warm rebuild, nothing changed: {:.2?}", t.elapsed());
+    assert_eq!(mtime(&target_exe), linked, "relinked without a change");
+    assert_eq!(mtime(&object), object_time);
+
+    // A new context length changes model.rs only: recompile and relink, no re-assembly.
+    a.ctx = Some(256);
+    mcc::build::run(&a).unwrap();
+    assert_eq!(mtime(&object), object_time, "weights re-assembled");
+    assert_ne!(mtime(&target_exe), linked);
+    let info = String::from_utf8_lossy(&run(&exe, &["info"]).stdout).into_owned();
+    assert!(info.contains("256 tokens compiled in"), "{info}");
+    remove_artifacts(name, "native");
+}
+
+#[test]
+fn portable_target_cpu_builds_and_runs() {
+    let gguf = tiny_gguf();
+    let name = "e2e_x86_64_v3";
+    let mut a = args(&gguf, name);
+    a.target_cpu = "x86-64-v3".into();
+    mcc::build::run(&a).unwrap();
+    let exe = a.output.clone().unwrap();
+    let out = run(&exe, &["info"]);
+    assert!(out.status.success());
+    let info = String::from_utf8_lossy(&out.stdout);
+    assert!(info.contains("target cpu:   x86-64-v3"), "{info}");
+    let out = run(&exe, &["-p", "the", "-n", "4", "--temp", "0", "-t", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It was built in its own target directory, not the native one.
+    assert!(artifacts(name, "native").is_empty());
+    assert!(!artifacts(name, "x86-64-v3").is_empty());
+}
