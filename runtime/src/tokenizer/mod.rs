@@ -207,6 +207,12 @@ impl Tokenizer {
         Tokenizer::from_blob(Blob::parse(Cow::Borrowed(bytes))?)
     }
 
+    /// [`Tokenizer::from_bytes`] for a blob the caller owns (read from a file, or a
+    /// fuzzer's input), with the same checks. The blob is kept, not copied.
+    pub fn from_vec(bytes: Vec<u8>) -> Result<Tokenizer, TokenizerError> {
+        Tokenizer::from_blob(Blob::parse(Cow::Owned(bytes))?)
+    }
+
     pub fn from_spec(spec: &TokenizerSpec) -> Result<Tokenizer, TokenizerError> {
         Tokenizer::from_blob(Blob::parse(Cow::Owned(builder::try_build(spec)?))?)
     }
@@ -345,6 +351,11 @@ impl Tokenizer {
             let text = tok.tables().text(id).to_vec();
             if text.is_empty() {
                 return Err(bad(format!("special token {id} has no text")));
+            }
+            // encode cuts the input at each match and slices it as a str there: a text
+            // that is not UTF-8 (say the tail bytes of '€') would match mid-character
+            if std::str::from_utf8(&text).is_err() {
+                return Err(bad(format!("special token {id}'s text is not UTF-8")));
             }
             tok.special_first[text[0] as usize] = true;
             tok.special_heads

@@ -231,6 +231,25 @@ fn blob_round_trip_and_corruption() {
     }
 }
 
+/// Found by fuzzing (fuzz/regressions/tokenizer_blob/special_text_not_utf8): a blob
+/// whose special token's text is the tail of a UTF-8 sequence matched inside '€', and
+/// encode sliced the input off a char boundary and panicked.
+#[test]
+fn special_token_text_must_be_utf8() {
+    let spec = bpe_spec("gpt-2", &[], &[("<|x|>", 3)]);
+    let mut blob = spec.to_bytes();
+    let at = blob
+        .windows(5)
+        .position(|w| w == b"<|x|>")
+        .expect("the special's text is in the blob");
+    blob[at..at + 2].copy_from_slice(&[0x82, 0xAC]); // "€" is E2 82 AC
+    let e = Tokenizer::from_vec(blob).err().expect("rejected");
+    assert!(
+        matches!(&e, TokenizerError::BadBlob(m) if m.contains("not UTF-8")),
+        "{e}"
+    );
+}
+
 #[test]
 fn decoder_holds_back_split_utf8() {
     let spec = bpe_spec("gpt-2", &[], &[]);
