@@ -372,8 +372,11 @@ impl<'a> Parser<'a> {
             ValueType::String => Value::String(self.string(what)?),
             ValueType::Array => {
                 if depth >= MAX_ARRAY_DEPTH {
+                    // name the key, not the 64 enclosing "item 0 of 1" steps to it
+                    let path = what();
+                    let key = path.split(" item ").next().unwrap_or(&path);
                     return Err(self.invalid(
-                        what(),
+                        key.to_string(),
                         format!("arrays nested {} deep", depth + 1),
                         format!("at most {MAX_ARRAY_DEPTH} levels"),
                     ));
