@@ -8,22 +8,34 @@ use std::sync::{Mutex, OnceLock};
 
 /// The cache of models and builds ($MCC_CACHE, default ~/.cache/mcc).
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("MCC_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/mcc")
-    })
+    std::env::var_os("MCC_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/mcc")
+        })
 }
 
 /// A model from the cache's models/ folder. Fails with the command that fetches it.
 pub fn model(file: &str) -> PathBuf {
     let path = cache_dir().join("models").join(file);
-    assert!(path.is_file(), "{} is missing: run scripts/fetch-models.sh (the README's test command does)", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-models.sh (the README's test command does)",
+        path.display()
+    );
     path
 }
 
 /// The llama.cpp source tree (tokenizer test vectors), from scripts/fetch-models.sh.
 pub fn llama_src() -> PathBuf {
-    let path = std::env::var_os("MCC_LLAMA_SRC").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("llama.cpp"));
-    assert!(path.join("models").is_dir(), "{} is missing: run scripts/fetch-models.sh", path.display());
+    let path = std::env::var_os("MCC_LLAMA_SRC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("llama.cpp"));
+    assert!(
+        path.join("models").is_dir(),
+        "{} is missing: run scripts/fetch-models.sh",
+        path.display()
+    );
     path
 }
 
@@ -75,5 +87,8 @@ pub fn build_model(gguf: &Path, name: &str, extra: impl FnOnce(&mut mcc::build::
 
 /// Runs a built binary with `args`, returning its output (stdout, stderr, status).
 pub fn run(exe: &Path, args: &[&str]) -> Output {
-    Command::new(exe).args(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()))
+    Command::new(exe)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()))
 }

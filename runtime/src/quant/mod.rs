@@ -14,18 +14,6 @@ use std::mem::{align_of, size_of};
 pub mod bf16;
 pub mod f16;
 pub mod f32;
-pub mod q4_0;
-pub mod q4_1;
-pub mod q5_0;
-pub mod q5_1;
-pub mod q8_0;
-pub mod q8_1;
-pub mod q2_k;
-pub mod q3_k;
-pub mod q4_k;
-pub mod q5_k;
-pub mod q6_k;
-pub mod q8_k;
 pub mod iq1_m;
 pub mod iq1_s;
 pub mod iq2_s;
@@ -35,11 +23,27 @@ pub mod iq3_s;
 pub mod iq3_xxs;
 pub mod iq4_nl;
 pub mod iq4_xs;
-pub mod iq_grids;
 #[cfg(test)]
 mod iq_golden_dot;
+pub mod iq_grids;
+pub mod q2_k;
+pub mod q3_k;
+pub mod q4_0;
+pub mod q4_1;
+pub mod q4_k;
+pub mod q5_0;
+pub mod q5_1;
+pub mod q5_k;
+pub mod q6_k;
+pub mod q8_0;
+pub mod q8_1;
+pub mod q8_k;
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
 pub mod x86_avx2;
 
 #[cfg(test)]
@@ -107,8 +111,17 @@ pub const fn act_blocks<A: ActType>(n: usize) -> usize {
 /// bytes and asserts sizes at compile time, so a failure here is a compiler bug.
 pub fn blocks_of<W: WeightType>(bytes: &[u8]) -> &[W::Block] {
     let size = size_of::<W::Block>();
-    assert!(bytes.len() % size == 0, "{}: {} bytes is not a whole number of blocks", W::NAME, bytes.len());
-    assert!(bytes.as_ptr() as usize % align_of::<W::Block>() == 0, "{}: misaligned blocks", W::NAME);
+    assert!(
+        bytes.len() % size == 0,
+        "{}: {} bytes is not a whole number of blocks",
+        W::NAME,
+        bytes.len()
+    );
+    assert!(
+        bytes.as_ptr() as usize % align_of::<W::Block>() == 0,
+        "{}: misaligned blocks",
+        W::NAME
+    );
     // SAFETY: length and alignment are checked above, and every block type is a
     // `#[repr(C)]` struct of integers/f16 for which every bit pattern is valid.
     unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), bytes.len() / size) }

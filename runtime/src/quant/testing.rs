@@ -6,7 +6,11 @@ use super::{ActBlock, ActType, WeightType};
 /// Blocks and their gguf-py dequantization, from `golden/<NAME>.bin`
 /// (written by `scripts/quant_golden.py`).
 pub fn golden<W: WeightType>() -> (Vec<W::Block>, Vec<f32>) {
-    let path = format!("{}/src/quant/golden/{}.bin", env!("CARGO_MANIFEST_DIR"), W::NAME);
+    let path = format!(
+        "{}/src/quant/golden/{}.bin",
+        env!("CARGO_MANIFEST_DIR"),
+        W::NAME
+    );
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let n_blocks = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
     let block_bytes = std::mem::size_of::<W::Block>();
@@ -18,7 +22,10 @@ pub fn golden<W: WeightType>() -> (Vec<W::Block>, Vec<f32>) {
         std::ptr::copy_nonoverlapping(raw.as_ptr(), blocks.as_mut_ptr().cast::<u8>(), raw.len());
         blocks.set_len(n_blocks);
     }
-    let values = vals.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let values = vals
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     (blocks, values)
 }
 
@@ -73,22 +80,42 @@ pub fn check_vec_dot<W: WeightType>(rel_limit: f64) {
         let mut xq = vec![0f32; n];
         W::Act::dequantize_ref(&act, &mut xq);
         let exact: f64 = w.iter().zip(&xq).map(|(&a, &b)| a as f64 * b as f64).sum();
-        let scale: f64 = w.iter().zip(&xq).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+        let scale: f64 = w
+            .iter()
+            .zip(&xq)
+            .map(|(&a, &b)| (a as f64 * b as f64).abs())
+            .sum();
         let r = W::vec_dot_ref(&blocks, &act) as f64;
         let s = W::vec_dot(&blocks, &act) as f64;
         let err_ref = (r - exact).abs() / scale;
         let err_simd = (s - exact).abs() / scale;
         let err_pair = (s - r).abs() / scale;
-        assert!(err_ref <= rel_limit, "{}: scalar dot {r} vs f64 {exact}: rel err {err_ref:e} > {rel_limit:e}", W::NAME);
-        assert!(err_simd <= rel_limit, "{}: fast dot {s} vs f64 {exact}: rel err {err_simd:e} > {rel_limit:e}", W::NAME);
-        assert!(err_pair <= rel_limit, "{}: fast dot {s} vs scalar {r}: rel diff {err_pair:e}", W::NAME);
+        assert!(
+            err_ref <= rel_limit,
+            "{}: scalar dot {r} vs f64 {exact}: rel err {err_ref:e} > {rel_limit:e}",
+            W::NAME
+        );
+        assert!(
+            err_simd <= rel_limit,
+            "{}: fast dot {s} vs f64 {exact}: rel err {err_simd:e} > {rel_limit:e}",
+            W::NAME
+        );
+        assert!(
+            err_pair <= rel_limit,
+            "{}: fast dot {s} vs scalar {r}: rel diff {err_pair:e}",
+            W::NAME
+        );
         // The activation quantizer must agree with its reference.
         let mut act_fast = vec![ActBlock::<W>::default(); act.len()];
         W::Act::quantize(&x, &mut act_fast);
         let mut xq_fast = vec![0f32; n];
         W::Act::dequantize_ref(&act_fast, &mut xq_fast);
         for (i, (a, b)) in xq.iter().zip(&xq_fast).enumerate() {
-            assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{}: quantize vs quantize_ref at {i}: {a} vs {b}", W::Act::NAME);
+            assert!(
+                (a - b).abs() <= 1e-6 * a.abs().max(1.0),
+                "{}: quantize vs quantize_ref at {i}: {a} vs {b}",
+                W::Act::NAME
+            );
         }
     }
 }
@@ -142,7 +169,12 @@ where
 /// Raw little-endian bytes as blocks of `W`.
 fn blocks_from_bytes<W: WeightType>(raw: &[u8]) -> Vec<W::Block> {
     let n = raw.len() / std::mem::size_of::<W::Block>();
-    assert_eq!(n * std::mem::size_of::<W::Block>(), raw.len(), "{}: partial block", W::NAME);
+    assert_eq!(
+        n * std::mem::size_of::<W::Block>(),
+        raw.len(),
+        "{}: partial block",
+        W::NAME
+    );
     let mut blocks = Vec::<W::Block>::with_capacity(n);
     // SAFETY: blocks are plain-old-data; the copy fills exactly n of them.
     unsafe {
@@ -170,7 +202,11 @@ pub struct LlamaCppGolden<W: WeightType> {
 }
 
 pub fn llama_cpp_golden<W: WeightType>() -> LlamaCppGolden<W> {
-    let path = format!("{}/src/quant/golden_matvec/{}.bin", env!("CARGO_MANIFEST_DIR"), W::NAME);
+    let path = format!(
+        "{}/src/quant/golden_matvec/{}.bin",
+        env!("CARGO_MANIFEST_DIR"),
+        W::NAME
+    );
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut at = 0;
     let mut word = || {
@@ -182,7 +218,10 @@ pub fn llama_cpp_golden<W: WeightType>() -> LlamaCppGolden<W> {
     let weight_bytes = rows * cols / W::BLOCK_ELEMS * std::mem::size_of::<W::Block>();
     let weights = blocks_from_bytes::<W>(&bytes[16..16 + weight_bytes]);
     let floats = |from: usize, n: usize| -> Vec<f32> {
-        bytes[from..from + 4 * n].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        bytes[from..from + 4 * n]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     };
     let mut at = 16 + weight_bytes;
     let mut matvecs = Vec::new();
@@ -196,17 +235,35 @@ pub fn llama_cpp_golden<W: WeightType>() -> LlamaCppGolden<W> {
     let n_tokens = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
     let x = floats(at + 4, n_tokens * cols);
     let y = floats(at + 4 + 4 * n_tokens * cols, n_tokens * rows);
-    assert_eq!(at + 4 + 4 * n_tokens * (cols + rows), bytes.len(), "{path}: size");
-    LlamaCppGolden { rows, cols, weights, matvecs, repacked, matmul: (n_tokens, x, y) }
+    assert_eq!(
+        at + 4 + 4 * n_tokens * (cols + rows),
+        bytes.len(),
+        "{path}: size"
+    );
+    LlamaCppGolden {
+        rows,
+        cols,
+        weights,
+        matvecs,
+        repacked,
+        matmul: (n_tokens, x, y),
+    }
 }
 
 /// llama.cpp's quantization of activations to `A`, from `golden_matvec/<NAME>_act.bin`:
 /// the inputs and the resulting blocks.
 pub fn llama_cpp_act_golden<A: ActType>() -> (Vec<f32>, Vec<A::Block>) {
-    let path = format!("{}/src/quant/golden_matvec/{}_act.bin", env!("CARGO_MANIFEST_DIR"), A::NAME);
+    let path = format!(
+        "{}/src/quant/golden_matvec/{}_act.bin",
+        env!("CARGO_MANIFEST_DIR"),
+        A::NAME
+    );
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let n = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
-    let x = bytes[4..4 + 4 * n].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let x = bytes[4..4 + 4 * n]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     let raw = &bytes[4 + 4 * n..];
     let n_blocks = raw.len() / std::mem::size_of::<A::Block>();
     assert_eq!(n_blocks * A::BLOCK_ELEMS, n, "{path}: size");
