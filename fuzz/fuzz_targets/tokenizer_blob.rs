@@ -1,0 +1,4 @@
+//! cargo-fuzz target; the body is `mcc_fuzz::tokenizer_blob` (src/lib.rs).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mcc_fuzz::tokenizer_blob(data));
