@@ -168,6 +168,8 @@ pub struct Ctx {
     v_cache: Vec<f16>,
     /// Attention scores, `n_threads x n_ctx`.
     scores: Vec<f32>,
+    /// Per-thread scratch of the tiled prompt-batch attention, made on first use.
+    tiled: Vec<std::sync::Mutex<ops::TiledScratch>>,
     act: ActScratch,
 }
 
@@ -213,6 +215,7 @@ impl Ctx {
             k_cache: alloc(cache, "KV cache", n_ctx)?,
             v_cache: alloc(cache, "KV cache", n_ctx)?,
             scores: alloc(n_threads * n_ctx, "attention scores", n_ctx)?,
+            tiled: Vec::new(),
             act: ActScratch::default(),
             cfg,
         })
@@ -284,7 +287,7 @@ impl Ctx {
     ) {
         let cfg = self.cfg;
         let n = self.n();
-        let (q_dim, kv_dim, hd) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+        let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
         self.rms_norm(norm);
         project(
             &self.pool,
@@ -336,7 +339,32 @@ impl Ctx {
             );
         }
 
-        // Every (token, head) pair attends over the positions up to its own.
+        if n >= ops::TILE_Q {
+            self.attend_batch_tiled(layer);
+        } else {
+            self.attend_rows(layer);
+        }
+
+        project(
+            &self.pool,
+            self.blob,
+            &mut self.act,
+            wo,
+            &self.att,
+            n,
+            &mut self.proj,
+        );
+        self.add_proj();
+    }
+
+    /// Attention of a batch under [`ops::TILE_Q`] tokens (decode included): each
+    /// (token, head) row by itself, as llama.cpp's one-row kernel does; a lone decoded
+    /// token over a long cache splits its keys across threads like llama.cpp.
+    fn attend_rows(&mut self, layer: usize) {
+        let cfg = self.cfg;
+        let n = self.n();
+        let (q_dim, kv_dim, hd) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+        let layer_off = layer * cfg.n_ctx * kv_dim;
         let group = cfg.n_head / cfg.n_head_kv;
         let scale = 1.0 / (hd as f32).sqrt();
         let cache_len = (self.pos0 + n) * kv_dim;
@@ -377,17 +405,68 @@ impl Ctx {
                 }
             }
         });
+    }
 
-        project(
-            &self.pool,
-            self.blob,
-            &mut self.act,
-            wo,
-            &self.att,
-            n,
-            &mut self.proj,
+    /// Attention of a batch of [`ops::TILE_Q`] or more tokens with llama.cpp's tiled
+    /// prefill arithmetic ([`ops::attend_rows_tiled`]). Jobs are (head, group of up to
+    /// `TILE_Q` consecutive tokens), claimed from a shared counter, costliest (latest
+    /// tokens) first; the grouping does not change any result.
+    fn attend_batch_tiled(&mut self, layer: usize) {
+        let cfg = self.cfg;
+        let n = self.n();
+        let (q_dim, kv_dim, hd) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+        let n_threads = self.pool.n_threads();
+        if self.tiled.len() < n_threads {
+            self.tiled = (0..n_threads)
+                .map(|_| std::sync::Mutex::new(ops::TiledScratch::new(hd, ops::TILE_Q)))
+                .collect();
+        }
+        let layer_off = layer * cfg.n_ctx * kv_dim;
+        let group = cfg.n_head / cfg.n_head_kv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let cache_len = (self.pos0 + n) * kv_dim;
+        let (k_cache, v_cache) = (
+            &self.k_cache[layer_off..layer_off + cache_len],
+            &self.v_cache[layer_off..layer_off + cache_len],
         );
-        self.add_proj();
+        let (q, pos0, tiled) = (&self.q, self.pos0, &self.tiled);
+        let n_groups = n.div_ceil(ops::TILE_Q);
+        let n_jobs = n_groups * cfg.n_head;
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let att = SharedMut(self.att.as_mut_ptr());
+        self.pool.run(&|ith, _| {
+            let att = att;
+            let mut scratch = tiled[ith].lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                let job = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if job >= n_jobs {
+                    break;
+                }
+                let (g, h) = (n_groups - 1 - job / cfg.n_head, job % cfg.n_head);
+                let t0 = g * ops::TILE_Q;
+                let rows = ops::TILE_Q.min(n - t0);
+                let out = ops::attend_rows_tiled(
+                    &q[t0 * q_dim + h * hd..],
+                    q_dim,
+                    rows,
+                    pos0 + t0 + 1,
+                    k_cache,
+                    v_cache,
+                    kv_dim,
+                    (h / group) * hd,
+                    scale,
+                    &mut scratch,
+                );
+                for (r, o) in out.chunks_exact(hd).enumerate() {
+                    // SAFETY: job (g, h) alone writes att[t][h*hd..(h+1)*hd] for the
+                    // tokens t of group g.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(att.0.add((t0 + r) * q_dim + h * hd), hd)
+                    };
+                    dst.copy_from_slice(o);
+                }
+            }
+        });
     }
 
     /// One feed-forward block: x += Wdown · (silu(Wgate·xn) * Wup·xn), xn = rmsnorm(x).

@@ -33,8 +33,12 @@ use thiserror::Error;
 ))]
 mod x86;
 
+mod tiled;
+
 #[cfg(test)]
 mod tests;
+
+pub use tiled::{attend_rows_tiled, attend_rows_tiled_flavor, TiledScratch, TILE_KV, TILE_Q};
 
 /// f32 lanes per vector in ggml's generic SIMD layer (`GGML_F32_EPR`) for this target:
 /// the width of its f16 dot-product accumulators. 0 means ggml runs its scalar code.
@@ -284,6 +288,19 @@ pub fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = f16::from_f32(s);
+    }
+}
+
+/// Widens f16 to f32 (exact).
+pub fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+    debug_assert_eq!(src.len(), dst.len());
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    {
+        x86::f16_to_f32(src, dst);
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = s.to_f32();
     }
 }
 

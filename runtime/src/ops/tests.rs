@@ -398,6 +398,123 @@ fn attend_head_split_matches_single_pass_and_f64() {
 }
 
 #[test]
+fn attend_rows_tiled_matches_f64_attention() {
+    let mut rng = Rng(11);
+    // (head_dim, rows, keys the first row sees): partial tiles, a prefix longer than a
+    // tile, one row, and a single visible key.
+    for &(head_dim, n_rows, n_kv_first) in &[
+        (64usize, 64usize, 1usize),
+        (64, 70, 200),
+        (128, 13, 65),
+        (80, 1, 1),
+        (64, 3, 64),
+    ] {
+        let n_kv = n_kv_first + n_rows - 1;
+        let (k, v, stride) = kv_cache(&mut rng, n_kv, head_dim, 1.0);
+        // f16-exact queries, so the f64 reference (which rounds Q to f16) sees the same Q.
+        let q: Vec<f32> = to_f16(&rng.vec(n_rows * head_dim, 2.0))
+            .iter()
+            .map(|x| x.to_f32())
+            .collect();
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        for flavor in [
+            EXP_FLAVOR,
+            ExpFlavor::Avx512,
+            ExpFlavor::Avx2,
+            ExpFlavor::Libm,
+        ] {
+            for off in [0, head_dim + 1] {
+                let mut scratch = TiledScratch::new(head_dim, n_rows);
+                let out = attend_rows_tiled_flavor(
+                    &q,
+                    head_dim,
+                    n_rows,
+                    n_kv_first,
+                    &k,
+                    &v,
+                    stride,
+                    off,
+                    scale,
+                    &mut scratch,
+                    flavor,
+                );
+                for r in 0..n_rows {
+                    let q_row = &q[r * head_dim..(r + 1) * head_dim];
+                    let (exact, vmax) =
+                        attention_f64(q_row, &k, &v, stride, off, n_kv_first + r, scale);
+                    // f32 scores (head_dim fused steps) and an f32 running output
+                    // (one rounding per key and per rescale).
+                    let score_err =
+                        (head_dim as f64 + 2.0) * U32 * scale as f64 * 2.0 * head_dim as f64;
+                    let tol = vmax * (4.0 * (n_kv as f64 + 2.0) * U32 + 2.0 * score_err) + 1e-7;
+                    for i in 0..head_dim {
+                        let got = out[r * head_dim + i] as f64;
+                        assert!(
+                            (got - exact[i]).abs() <= tol,
+                            "{flavor:?} d {head_dim} row {r} off {off} i {i}: {got} vs {}",
+                            exact[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn attend_rows_tiled_rows_are_independent_of_grouping() {
+    // Each row's result must not depend on which rows share the call: the model groups
+    // rows by 64, ggml by its thread chunks.
+    let mut rng = Rng(12);
+    let (head_dim, n_rows, n_kv_first) = (64, 150, 40);
+    let (k, v, stride) = kv_cache(&mut rng, n_kv_first + n_rows, head_dim, 1.0);
+    let q = rng.vec(n_rows * head_dim, 3.0);
+    let scale = 0.125;
+    let mut all = TiledScratch::new(head_dim, n_rows);
+    let whole = attend_rows_tiled(
+        &q, head_dim, n_rows, n_kv_first, &k, &v, stride, 0, scale, &mut all,
+    )
+    .to_vec();
+    let mut one = TiledScratch::new(head_dim, 7);
+    for start in (0..n_rows).step_by(7) {
+        let rows = 7.min(n_rows - start);
+        let part = attend_rows_tiled(
+            &q[start * head_dim..],
+            head_dim,
+            rows,
+            n_kv_first + start,
+            &k,
+            &v,
+            stride,
+            0,
+            scale,
+            &mut one,
+        );
+        for (i, (a, b)) in part.iter().zip(&whole[start * head_dim..]).enumerate() {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "row {} value {}",
+                start + i / head_dim,
+                i % head_dim
+            );
+        }
+    }
+}
+
+#[test]
+fn attend_rows_tiled_single_key_returns_v() {
+    let mut rng = Rng(13);
+    let (k, v, stride) = kv_cache(&mut rng, 1, 64, 1.0);
+    let q = rng.vec(64, 1.0);
+    let mut scratch = TiledScratch::new(64, 1);
+    let out = attend_rows_tiled(&q, 64, 1, 1, &k, &v, stride, 3, 0.125, &mut scratch);
+    for i in 0..64 {
+        assert_eq!(out[i], v[3 + i].to_f32());
+    }
+}
+
+#[test]
 fn split_chunk_len_follows_llama_cpp_padding() {
     // Under 512 padded cells: single pass.
     assert_eq!(llama_cpp_split_chunk_len(1, 8192, 4), None);
@@ -631,6 +748,40 @@ mod ggml_golden {
         let mut x = rng.f32s(1003, 30.0);
         softmax(&mut x);
         assert_bits("softmax", &x, &golden.take(1003));
+
+        // The tiled kernel of prompt batches: n_q causal rows after a cached prefix, two
+        // query heads over one KV head; ggml writes [token][head][d].
+        for (head_dim, n_q, n_kv) in [(64usize, 100usize, 300usize), (128, 64, 101), (64, 70, 70)] {
+            let q = rng.f32s(2 * n_q * head_dim, 3.0);
+            let k = rng.f16s(head_dim * n_kv, 1.0);
+            let v = rng.f16s(head_dim * n_kv, 1.0);
+            let scale = 1.0 / (head_dim as f32).sqrt();
+            let mut scratch = TiledScratch::new(head_dim, n_q);
+            let mut out = vec![0f32; n_q * 2 * head_dim];
+            for h in 0..2 {
+                let rows = attend_rows_tiled(
+                    &q[h * n_q * head_dim..],
+                    head_dim,
+                    n_q,
+                    n_kv - n_q + 1,
+                    &k,
+                    &v,
+                    head_dim,
+                    0,
+                    scale,
+                    &mut scratch,
+                );
+                for (t, row) in rows.chunks_exact(head_dim).enumerate() {
+                    let at = (t * 2 + h) * head_dim;
+                    out[at..at + head_dim].copy_from_slice(row);
+                }
+            }
+            assert_bits(
+                &format!("tiled flash attention d {head_dim} n_q {n_q} n_kv {n_kv}"),
+                &out,
+                &golden.take(2 * n_q * head_dim),
+            );
+        }
         assert_eq!(golden.0, GOLDEN.len(), "golden file has unread values");
     }
 }

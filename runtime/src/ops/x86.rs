@@ -134,3 +134,85 @@ pub(super) fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
         dst[i] = f16::from_f32(src[i]);
     }
 }
+
+/// f16 -> f32, 16 at a time (exact).
+#[cfg(target_feature = "avx512f")]
+#[inline]
+pub(super) fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let vec_end = n - n % 16;
+    // SAFETY: loads and stores of 16 values start below vec_end <= n.
+    unsafe {
+        for blk in 0..vec_end / 16 {
+            let h = _mm256_loadu_si256((src.as_ptr() as *const __m256i).add(blk));
+            _mm512_storeu_ps(dst.as_mut_ptr().add(16 * blk), _mm512_cvtph_ps(h));
+        }
+    }
+    for i in vec_end..n {
+        dst[i] = src[i].to_f32();
+    }
+}
+
+/// Horizontal sum of 16 lanes in GCC's `_mm512_reduce_add_ps` tree: halves, quarters,
+/// then `(t0 + t2) + (t1 + t3)`.
+#[cfg(target_feature = "avx512f")]
+#[inline(always)]
+unsafe fn reduce_add_w16(v: __m512) -> f32 {
+    let upper = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+    let halves = _mm256_add_ps(upper, _mm512_castps512_ps256(v));
+    let quarters = _mm_add_ps(
+        _mm256_extractf128_ps::<1>(halves),
+        _mm256_castps256_ps128(halves),
+    );
+    let swapped = _mm_shuffle_ps::<0b01_00_11_10>(quarters, quarters);
+    let pairs = _mm_add_ps(quarters, swapped);
+    _mm_cvtss_f32(pairs) + _mm_cvtss_f32(_mm_shuffle_ps::<1>(pairs, pairs))
+}
+
+/// 16 lanes of [`super::expf_flavor`] with [`super::ExpFlavor::Avx512`]: the same
+/// reduction, polynomial and `scalef`, lane for lane.
+#[cfg(all(target_feature = "avx512f", target_feature = "avx512dq"))]
+#[inline(always)]
+unsafe fn expf_w16(x: __m512) -> __m512 {
+    let c = |bits: u32| _mm512_set1_ps(f32::from_bits(bits));
+    let shifter = c(0x4b40_0000);
+    let z = _mm512_fmadd_ps(x, c(0x3fb8_aa3b), shifter);
+    let n = _mm512_sub_ps(z, shifter);
+    let b = _mm512_fnmadd_ps(n, c(0x35bf_be8e), _mm512_fnmadd_ps(n, c(0x3f31_7200), x));
+    let u = _mm512_mul_ps(b, b);
+    let high = _mm512_fmadd_ps(
+        _mm512_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+        u,
+        _mm512_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+    );
+    let j = _mm512_fmadd_ps(
+        high,
+        u,
+        _mm512_fmadd_ps(c(0x3f7f_fff6), b, _mm512_set1_ps(1.0)),
+    );
+    let scaled = _mm512_scalef_ps(j, n);
+    // |n| > 192: 0 below, infinity above (NaN inputs stay NaN through `scaled`).
+    let huge = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
+    let positive = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(n, _mm512_setzero_ps());
+    let saturated = _mm512_maskz_mov_ps(positive, _mm512_set1_ps(f32::INFINITY));
+    _mm512_mask_blend_ps(huge, scaled, saturated)
+}
+
+/// `s = expf(s - max)` over one 64-key tile in four 16-lane blocks, returning the f64
+/// total of the block sums (each block reduced like `_mm512_reduce_add_ps`).
+#[cfg(all(target_feature = "avx512f", target_feature = "avx512dq"))]
+#[inline]
+pub(super) fn exp_and_sum_w16(scores: &mut [f32; 64], max: f32) -> f64 {
+    let mut total = 0f64;
+    // SAFETY: four 16-lane loads and stores inside the 64-value array.
+    unsafe {
+        let vmax = _mm512_set1_ps(max);
+        for blk in 0..4 {
+            let p = scores.as_mut_ptr().add(16 * blk);
+            let e = expf_w16(_mm512_sub_ps(_mm512_loadu_ps(p), vmax));
+            _mm512_storeu_ps(p, e);
+            total += reduce_add_w16(e) as f64;
+        }
+    }
+    total
+}

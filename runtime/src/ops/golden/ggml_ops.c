@@ -1,8 +1,9 @@
 // Golden outputs of llama.cpp's CPU ops for the `ggml_golden_*` tests in ../tests.rs.
 //
-// Runs ggml-cpu's RMS_NORM+MUL, ROPE (normal mode), FLASH_ATTN_EXT (single pass and
-// split-KV decode), SWIGLU and SOFT_MAX on inputs from a 64-bit LCG and appends every
-// output (raw little-endian f32, in program order) to ggml_cpu_avx512.bin. The Rust
+// Runs ggml-cpu's RMS_NORM+MUL, ROPE (normal mode), FLASH_ATTN_EXT (single pass,
+// split-KV decode, and the tiled kernel of batches of 64+ rows), SWIGLU and SOFT_MAX on
+// inputs from a 64-bit LCG and appends every output (raw little-endian f32, in program
+// order) to ggml_cpu_avx512.bin. The Rust
 // test regenerates the same inputs and must reproduce each output bit for bit.
 // ggml built with -march=native on an AVX-512 (F, DQ) machine, no AVX512-FP16.
 //
@@ -74,6 +75,21 @@ int main(void) {
     struct ggml_tensor *x = ggml_new_tensor_1d(c, GGML_TYPE_F32, 1003); fill(x, 30);
     struct ggml_tensor *s = ggml_soft_max(c, x); run(c, s, 1);
     dump("sm_x.bin", x); dump("sm_out.bin", s); ggml_free(c); }
+  // tiled prefill flash attention (>= 64 query rows), causal f16 mask over a cached
+  // prefix: D, n_q, n_kv, nth; 2 q heads share 1 kv head; row i sees n_kv - n_q + i + 1 keys
+  int tDs[3] = {64, 128, 64}; int tnq[3] = {100, 64, 70}; int tnkv[3] = {300, 101, 70}; int tnth[3] = {2, 3, 1};
+  for (int t = 0; t < 3; t++) {
+    struct ggml_context *c = mk(); int D = tDs[t], NQ = tnq[t], N = tnkv[t];
+    struct ggml_tensor *q = ggml_new_tensor_3d(c, GGML_TYPE_F32, D, NQ, 2); fill(q, 3);
+    struct ggml_tensor *k = ggml_new_tensor_3d(c, GGML_TYPE_F16, D, N, 1); fill(k, 1);
+    struct ggml_tensor *v = ggml_new_tensor_3d(c, GGML_TYPE_F16, D, N, 1); fill(v, 1);
+    struct ggml_tensor *m = ggml_new_tensor_2d(c, GGML_TYPE_F16, N, NQ);
+    ggml_fp16_t *md = m->data;
+    for (int i = 0; i < NQ; i++) for (int j = 0; j < N; j++)
+      md[i*N + j] = ggml_fp32_to_fp16(j <= N - NQ + i ? 0.0f : -INFINITY);
+    struct ggml_tensor *o = ggml_flash_attn_ext(c, q, k, v, m, 1.0f/sqrtf((float)D), 0.0f, 0.0f);
+    run(c, o, tnth[t]);
+    sprintf(name, "fat_%d_out.bin", t); dump(name, o); ggml_free(c); }
   fclose(golden);
   printf("ok\n");
   return 0;

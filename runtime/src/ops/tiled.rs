@@ -1,0 +1,302 @@
+//! Prompt-batch attention: the arithmetic of llama.cpp's tiled flash-attention kernel
+//! (`ggml_compute_forward_flash_attn_ext_tiled`), which ggml-cpu runs instead of the
+//! one-row kernel ([`super::attend_head`]) when a batch holds [`TILE_Q`] or more query
+//! rows (an f32 Q and an f16 or f32 KV cache).
+//!
+//! Per query row, keys are taken in tiles of [`TILE_KV`] positions starting at 0:
+//!
+//! 1. **Scores in f32.** Q stays f32 (the one-row kernel rounds it to f16); K is widened
+//!    to f32. Each score is one fused multiply-add chain over the head, in order, from 0:
+//!    `s = fma(q[d], k[d], s)` for `d = 0..head_dim`, then rounded once more by the
+//!    separate `s * scale`. Masked positions (the future, and past the cache) are `-inf`.
+//! 2. **Softmax per tile.** `M' = max(M, max(tile))`; when it grows, the running output
+//!    and sum are multiplied by `expf(M - M')` (libm). The weights are
+//!    `p = v_expf(s - M')` in vector blocks of the target's width ([`ExpFlavor`]); each
+//!    block's lanes are added in the softmax tree and the block sums in f64, and that
+//!    f64 total is added to the f32 running sum `S` (`S = f32(f64(S) + total)`).
+//! 3. **V in f32.** The running output is an f32 vector (the one-row kernel keeps f16):
+//!    `o[d] = fma(p_j, v_j[d], o[d])` key by key, in key order.
+//! 4. **Output** `o * (1/S)`, a multiply by the rounded reciprocal.
+//!
+//! Every output element depends only on its own row, so which rows share a tile, and
+//! which thread runs it, does not change the result: callers group rows as they like.
+//! Tiles past a row's last visible key contribute nothing (ggml skips fully masked
+//! tiles and zeroes the weights of masked keys, and `fma(0, v, o) = o`), so they are
+//! not visited here.
+
+use half::f16;
+
+use super::{expf_flavor, reduce_lanes_softmax, ExpFlavor, EXP_FLAVOR};
+
+/// Batches of at least this many query rows take the tiled kernel in llama.cpp
+/// (`GGML_FA_TILE_Q`); smaller batches (and decode) use the one-row kernel.
+pub const TILE_Q: usize = 64;
+
+/// Keys per tile (`GGML_FA_TILE_KV`): the granularity of the running maximum.
+pub const TILE_KV: usize = 64;
+
+/// Per-thread scratch for [`attend_rows_tiled`]: one K tile (transposed) and one V tile
+/// in f32, and the running state of up to `max_rows` query rows.
+pub struct TiledScratch {
+    head_dim: usize,
+    max_rows: usize,
+    /// `k_t[d * TILE_KV + j]`: value `d` of key `j` of the current tile.
+    k_t: Vec<f32>,
+    /// `v[j * head_dim + d]`: value `d` of key `j` of the current tile.
+    v: Vec<f32>,
+    /// Running (then final) output, `max_rows x head_dim`.
+    out: Vec<f32>,
+    max: Vec<f32>,
+    sum: Vec<f32>,
+}
+
+impl TiledScratch {
+    /// Scratch for heads of `head_dim` values and groups of up to `max_rows` rows.
+    pub fn new(head_dim: usize, max_rows: usize) -> TiledScratch {
+        TiledScratch {
+            head_dim,
+            max_rows,
+            k_t: vec![0.0; head_dim * TILE_KV],
+            v: vec![0.0; TILE_KV * head_dim],
+            out: vec![0.0; max_rows * head_dim],
+            max: vec![f32::NEG_INFINITY; max_rows],
+            sum: vec![0.0; max_rows],
+        }
+    }
+
+    /// Rows one call can take.
+    pub fn max_rows(&self) -> usize {
+        self.max_rows
+    }
+
+    /// Values per head.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+}
+
+/// Attention of `n_rows` query rows of one head at consecutive positions, over the
+/// cache, with a causal mask: row `r` sees the first `n_kv_first + r` cached positions
+/// (`n_kv_first >= 1`). Returns the outputs, `n_rows x head_dim`, in `scratch`.
+///
+/// Layout: row `r`'s query is `q[r * q_stride ..][..head_dim]`; the cache holds
+/// `kv_stride` f16 values per position and this head's K and V are
+/// `kv_off .. kv_off + head_dim` of each. `head_dim` and the row limit come from
+/// `scratch`. See the module documentation for the arithmetic.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_rows_tiled<'s>(
+    q: &[f32],
+    q_stride: usize,
+    n_rows: usize,
+    n_kv_first: usize,
+    k_cache: &[f16],
+    v_cache: &[f16],
+    kv_stride: usize,
+    kv_off: usize,
+    scale: f32,
+    scratch: &'s mut TiledScratch,
+) -> &'s [f32] {
+    attend_rows_tiled_flavor(
+        q, q_stride, n_rows, n_kv_first, k_cache, v_cache, kv_stride, kv_off, scale, scratch,
+        EXP_FLAVOR,
+    )
+}
+
+/// [`attend_rows_tiled`] with the `expf` of a given target (tests run every flavor).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_rows_tiled_flavor<'s>(
+    q: &[f32],
+    q_stride: usize,
+    n_rows: usize,
+    n_kv_first: usize,
+    k_cache: &[f16],
+    v_cache: &[f16],
+    kv_stride: usize,
+    kv_off: usize,
+    scale: f32,
+    scratch: &'s mut TiledScratch,
+    flavor: ExpFlavor,
+) -> &'s [f32] {
+    let hd = scratch.head_dim;
+    assert!(
+        n_rows <= scratch.max_rows,
+        "more rows than the scratch holds"
+    );
+    assert!(
+        n_kv_first >= 1 || n_rows == 0,
+        "a row must see at least one key"
+    );
+    let TiledScratch {
+        k_t,
+        v,
+        out,
+        max,
+        sum,
+        ..
+    } = scratch;
+    let out = &mut out[..n_rows * hd];
+    out.fill(0.0);
+    max[..n_rows].fill(f32::NEG_INFINITY);
+    sum[..n_rows].fill(0.0);
+    if n_rows == 0 {
+        return out;
+    }
+    // Keys the last row sees; no tile starts past them.
+    let n_kv_last = n_kv_first + n_rows - 1;
+    let mut scores = [0f32; TILE_KV];
+    for start in (0..n_kv_last).step_by(TILE_KV) {
+        let len = TILE_KV.min(n_kv_last - start);
+        load_tile(k_cache, v_cache, kv_stride, kv_off, start, len, hd, k_t, v);
+        // Rows before this one see no key of the tile.
+        let first_row = (start + 1).saturating_sub(n_kv_first);
+        for r in first_row..n_rows {
+            let visible = (n_kv_first + r - start).min(TILE_KV);
+            let q_row = &q[r * q_stride..r * q_stride + hd];
+            tile_scores(q_row, k_t, scale, &mut scores);
+            scores[visible..].fill(f32::NEG_INFINITY);
+            let o = &mut out[r * hd..(r + 1) * hd];
+            // The one branch of `fmaxf`/`MAX` that matters here: NaN-free scores.
+            let tile_max = scores
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &s| if m > s { m } else { s });
+            if tile_max == f32::NEG_INFINITY {
+                continue;
+            }
+            let m_old = max[r];
+            let m_new = m_old.max(tile_max);
+            if m_new > m_old {
+                let rescale = (m_old - m_new).exp();
+                o.iter_mut().for_each(|x| *x *= rescale);
+                sum[r] *= rescale;
+            }
+            max[r] = m_new;
+            let total = exp_and_sum(&mut scores, m_new, flavor);
+            sum[r] = (sum[r] as f64 + total) as f32;
+            accumulate_v(o, &scores[..visible], v, hd);
+        }
+    }
+    for (o, &s) in out.chunks_exact_mut(hd).zip(sum.iter()) {
+        let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
+        o.iter_mut().for_each(|x| *x *= inv);
+    }
+    out
+}
+
+/// Widens keys `start .. start + len` of the head to f32: K transposed (`k_t[d][j]`),
+/// V as rows (`v[j][d]`). Columns past `len` keep stale values; they are masked.
+#[allow(clippy::too_many_arguments)]
+fn load_tile(
+    k_cache: &[f16],
+    v_cache: &[f16],
+    kv_stride: usize,
+    kv_off: usize,
+    start: usize,
+    len: usize,
+    hd: usize,
+    k_t: &mut [f32],
+    v: &mut [f32],
+) {
+    for j in 0..len {
+        let row = (start + j) * kv_stride + kv_off;
+        for (d, &k) in k_cache[row..row + hd].iter().enumerate() {
+            k_t[d * TILE_KV + j] = k.to_f32();
+        }
+        super::f16_to_f32(&v_cache[row..row + hd], &mut v[j * hd..(j + 1) * hd]);
+    }
+}
+
+/// `scores[j] = fl(fma-chain_d(q[d] * k_t[d][j])) * scale` for the whole tile: one
+/// sequential fused chain per key, vectorised across keys.
+#[inline]
+fn tile_scores(q: &[f32], k_t: &[f32], scale: f32, scores: &mut [f32; TILE_KV]) {
+    let mut acc = [0f32; TILE_KV];
+    for (&qd, k_row) in q.iter().zip(k_t.chunks_exact(TILE_KV)) {
+        for (a, &k) in acc.iter_mut().zip(k_row) {
+            *a = qd.mul_add(k, *a);
+        }
+    }
+    for (s, a) in scores.iter_mut().zip(acc) {
+        *s = a * scale;
+    }
+}
+
+/// `p = v_expf(s - max)` in place over the whole tile, returning the f64 total of the
+/// per-block f32 sums (the softmax tree within a block).
+#[inline]
+fn exp_and_sum(scores: &mut [f32; TILE_KV], max: f32, flavor: ExpFlavor) -> f64 {
+    if flavor == ExpFlavor::Libm {
+        // ggml's scalar build: libm expf, each value added in f64.
+        return scores
+            .iter_mut()
+            .map(|s| {
+                *s = (*s - max).exp();
+                *s as f64
+            })
+            .sum();
+    }
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512dq"
+    ))]
+    if flavor == ExpFlavor::Avx512 {
+        return super::x86::exp_and_sum_w16(scores, max);
+    }
+    let block = flavor.block();
+    let mut total = 0f64;
+    for chunk in scores.chunks_exact_mut(block) {
+        for s in chunk.iter_mut() {
+            *s = expf_flavor(*s - max, flavor);
+        }
+        total += reduce_lanes_softmax(chunk) as f64;
+    }
+    total
+}
+
+/// `o[d] = fma(p_j, v_j[d], o[d])` for each visible key in order.
+#[inline]
+fn accumulate_v(o: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
+    for (&pj, v_row) in p.iter().zip(v.chunks_exact(hd)) {
+        for (x, &vd) in o.iter_mut().zip(v_row) {
+            *x = pj.mul_add(vd, *x);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vector_exp_matches_scalar_flavor_bitwise() {
+        // Ordinary values, both saturation ends, the masked -inf, and the |n| > 126 band.
+        let mut tile = [0f32; TILE_KV];
+        for (i, s) in tile.iter_mut().enumerate() {
+            *s = match i % 8 {
+                0 => f32::NEG_INFINITY,
+                1 => -100.0 - i as f32,
+                2 => -89.5,
+                3 => 50.0,
+                _ => (i as f32 * 0.37).sin() * 20.0,
+            };
+        }
+        for max in [0.0f32, 12.5, -3.0] {
+            for flavor in [ExpFlavor::Avx512, ExpFlavor::Avx2, ExpFlavor::Libm] {
+                let mut got = tile;
+                let total = exp_and_sum(&mut got, max, flavor);
+                let want: Vec<f32> = tile
+                    .iter()
+                    .map(|&s| match flavor {
+                        ExpFlavor::Libm => (s - max).exp(),
+                        _ => expf_flavor(s - max, flavor),
+                    })
+                    .collect();
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!(g.to_bits(), w.to_bits(), "{flavor:?} max {max}");
+                }
+                let sum: f64 = want.iter().map(|&w| w as f64).sum();
+                assert!((total - sum).abs() <= 1e-6 * sum.abs(), "{flavor:?}");
+            }
+        }
+    }
+}
