@@ -2,7 +2,13 @@
 //! vocabulary, untied output, Llama-3.1 RoPE scaling, head_dim 128 != 3072 / 32, Q4_K and
 //! Q6_K mixed per layer), made by scripts/make-minitron.sh. Compiled by mcc, its logits
 //! for a short prompt agree with llama.cpp's on the same file: the same token ids, the
-//! same top-1 token at every position, and a small max abs difference.
+//! same top-1 token wherever llama.cpp's top-2 margin is clear, and differences of the
+//! size llama.cpp shows against itself.
+//!
+//! Why not "top-1 identical everywhere": 32 layers of random weights amplify rounding
+//! differences (summation order) to about 3% of the logits' scale, and random logits
+//! have top-2 margins down to 0.03. llama.cpp with and without its repacked Q4_K kernels
+//! disagrees on top-1 at 1 of these 16 positions itself (docs/compiler.md has the table).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -110,23 +116,48 @@ fn logits_agree_with_llama_cpp() {
     assert_eq!(ids, ref_ids, "tokenization differs");
     assert!(ids.len() >= 10);
     let mut max_diff = 0f32;
-    let mut scale = 0f32;
+    let mut same_top1 = 0;
     for (p, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert_eq!(argmax(g), argmax(w), "top-1 differs at position {p}");
-        for (a, b) in g.iter().zip(w) {
-            max_diff = max_diff.max((a - b).abs());
-            scale = scale.max(b.abs());
+        let diff = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let rms = (g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            / g.len() as f64)
+            .sqrt();
+        let mut sorted = w.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        let margin = sorted[0] - sorted[1];
+        let agree = argmax(g) == argmax(w);
+        eprintln!(
+            "position {p:2}: top-1 {} {:6} / {:6}, llama.cpp margin {margin:.3}, max |diff| {diff:.3}, rms {rms:.4}",
+            if agree { "same" } else { "DIFF" },
+            argmax(g),
+            argmax(w)
+        );
+        same_top1 += usize::from(agree);
+        max_diff = max_diff.max(diff);
+        // The logits have standard deviation 1. llama.cpp differs from itself by an rms
+        // of 0.031 (max 0.165) between its repacked and plain Q4_K kernels on this
+        // model: 32 random layers amplify rounding-order differences. A wrong tensor,
+        // scale or rope gives an rms near 1.4.
+        assert!(rms < 0.1, "position {p}: rms difference {rms}");
+        // Wherever llama.cpp's choice is clear (8 noise rms), ours is the same.
+        if margin > 0.25 {
+            assert!(
+                agree,
+                "top-1 differs at position {p} (llama.cpp margin {margin})"
+            );
         }
     }
     eprintln!(
-        "{} positions: top-1 identical; max |mcc - llama.cpp| = {max_diff:.3e} (max |logit| {scale:.2})",
+        "{} positions: top-1 identical at {same_top1}; max |mcc - llama.cpp| = {max_diff:.3}",
         ids.len()
     );
-    // Both engines quantize activations the same way (Q8_K) and sum in f32 in different
-    // orders, so differences are rounding: 1e-3 of the logits' scale is far above it
-    // and far below any real error (a wrong row or scale moves logits by O(1)).
-    assert!(
-        max_diff < 1e-3 * scale.max(1.0),
-        "max abs difference {max_diff} (scale {scale})"
-    );
+    assert!(max_diff < 0.5, "max abs difference {max_diff}");
 }
