@@ -486,10 +486,31 @@ fn cargo_build(
     Ok(exe)
 }
 
-/// Copies the executable next to `dest` and renames it into place.
+/// Copies the executable next to `dest` and renames it into place, with cargo's
+/// modification time. A `dest` of the same length and time is the copy of this very
+/// executable (a warm rebuild) and is left alone: copying a multi-GB binary costs
+/// seconds.
 fn install_atomically(exe: &Path, dest: &Path) -> Result<()> {
+    let src = std::fs::metadata(exe).with_context(|| format!("{}: cannot read", exe.display()))?;
+    let mtime = src.modified().ok();
+    if let Ok(old) = std::fs::metadata(dest) {
+        if old.is_file()
+            && old.len() == src.len()
+            && mtime.is_some()
+            && old.modified().ok() == mtime
+        {
+            return Ok(());
+        }
+    }
     let tmp = TempPath::new(sibling(dest, "tmp"));
     std::fs::copy(exe, &tmp.0).with_context(|| format!("{}: cannot write", tmp.0.display()))?;
+    if let Some(mtime) = mtime {
+        std::fs::File::options()
+            .write(true)
+            .open(&tmp.0)
+            .and_then(|f| f.set_modified(mtime))
+            .with_context(|| format!("{}: cannot set its time", tmp.0.display()))?;
+    }
     tmp.rename_to(dest)
         .with_context(|| format!("{}: cannot write", dest.display()))?;
     Ok(())
