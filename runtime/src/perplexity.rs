@@ -459,7 +459,7 @@ fn print_kld_summary(out: &mut dyn Write, k: &mut KldSums) {
     let _ = writeln!(out, "Mean    KLD: {kl:10.6} ± {kl_err:10.6}");
     let ks = &k.klds;
     let median = |v: &[f32]| {
-        if v.len() % 2 == 0 {
+        if v.len().is_multiple_of(2) {
             0.5 * (v[v.len() / 2] + v[v.len() / 2 - 1])
         } else {
             v[v.len() / 2]

@@ -38,11 +38,11 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Weight<W, ROWS, COLS> 
     /// a shape that is not whole blocks or a misaligned offset fails the build.
     pub const fn at(offset: usize) -> Self {
         assert!(
-            COLS % W::BLOCK_ELEMS == 0,
+            COLS.is_multiple_of(W::BLOCK_ELEMS),
             "row length is not a whole number of blocks"
         );
         assert!(
-            offset % TENSOR_ALIGN == 0,
+            offset.is_multiple_of(TENSOR_ALIGN),
             "tensor offset is not 64-byte aligned"
         );
         Weight {

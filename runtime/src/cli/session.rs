@@ -17,8 +17,8 @@ pub(super) enum Stop {
     Budget,
     /// The context window is full.
     ContextFull,
-    /// A --stop string appeared.
-    StopString,
+    /// A --stop string appeared in the text.
+    Matched,
     /// Ctrl-C.
     Interrupted,
     /// stdout was closed (e.g. piped into `head`).
@@ -128,7 +128,7 @@ impl<M: Model> Session<M> {
             }
             if hit {
                 self.history.push(next);
-                break Stop::StopString;
+                break Stop::Matched;
             }
             if self.history.len() + 1 > self.n_ctx() {
                 break Stop::ContextFull;
@@ -145,7 +145,7 @@ impl<M: Model> Session<M> {
             self.gen_time += t0.elapsed();
             self.gen_evals += 1;
         };
-        if stop != Stop::OutputClosed && stop != Stop::StopString {
+        if stop != Stop::OutputClosed && stop != Stop::Matched {
             let (text, _) = filter.push(&decoder.finish());
             let _ = out.write_all((text + &filter.flush()).as_bytes());
             let _ = out.flush();

@@ -112,13 +112,13 @@ pub const fn act_blocks<A: ActType>(n: usize) -> usize {
 pub fn blocks_of<W: WeightType>(bytes: &[u8]) -> &[W::Block] {
     let size = size_of::<W::Block>();
     assert!(
-        bytes.len() % size == 0,
+        bytes.len().is_multiple_of(size),
         "{}: {} bytes is not a whole number of blocks",
         W::NAME,
         bytes.len()
     );
     assert!(
-        bytes.as_ptr() as usize % align_of::<W::Block>() == 0,
+        (bytes.as_ptr() as usize).is_multiple_of(align_of::<W::Block>()),
         "{}: misaligned blocks",
         W::NAME
     );
