@@ -6,7 +6,7 @@
 //! pulls them straight from the GGUF with `.incbin file, skip, count`.
 
 use crate::describe::ModelDesc;
-use crate::gguf::{GgmlType, GgufFile, TensorInfo};
+use crate::gguf::{GgmlType, GgufFile};
 
 /// Alignment of each tensor in the blob (must equal the runtime's `TENSOR_ALIGN`).
 pub const TENSOR_ALIGN: u64 = 64;
@@ -57,26 +57,9 @@ pub fn ident_of(name: &str) -> String {
 
 /// Lays out every tensor the forward pass uses, in emission order.
 pub fn plan(desc: &ModelDesc, gguf: &GgufFile) -> Plan {
-    let mut order: Vec<&TensorInfo> = vec![&desc.token_embd];
-    for l in &desc.layers {
-        order.extend([
-            &l.attn_norm,
-            &l.attn_q,
-            &l.attn_k,
-            &l.attn_v,
-            &l.attn_output,
-            &l.ffn_norm,
-            &l.ffn_gate,
-            &l.ffn_up,
-            &l.ffn_down,
-        ]);
-    }
-    order.push(&desc.output_norm);
-    order.extend(desc.output.as_ref());
-    order.extend(desc.rope_freqs.as_ref());
-
     let mut offset = 0u64;
-    let tensors = order
+    let tensors = desc
+        .tensors()
         .into_iter()
         .map(|t| {
             let planned = PlannedTensor {
