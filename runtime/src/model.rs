@@ -435,7 +435,7 @@ impl Ctx {
         let next = std::sync::atomic::AtomicUsize::new(0);
         let att = SharedMut(self.att.as_mut_ptr());
         self.pool.run(&|ith, _| {
-            let att = att;
+            let att = &att;
             let mut scratch = tiled[ith].lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 let job = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
