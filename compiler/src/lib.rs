@@ -3,7 +3,8 @@
 //! Stages, one module each: `gguf` (parse and validate the file), `describe` (llama
 //! config, tensor roles and tokenizer from the metadata), `plan` (kernel and blob layout
 //! per tensor), `emit` (the generated crate's sources) and `build` (cargo, progress, the
-//! final binary). `inspect` and `synth` are tools over the same stages.
+//! final binary). `inspect` and `synth` are tools over the same stages; `ppl_table`
+//! builds several files and tabulates their perplexity.
 
 pub mod build;
 pub mod describe;
@@ -11,4 +12,5 @@ pub mod emit;
 pub mod gguf;
 pub mod inspect;
 pub mod plan;
+pub mod ppl_table;
 pub mod synth;

@@ -16,6 +16,8 @@ enum Cmd {
     Inspect(mcc::inspect::Args),
     /// Write a random-weight llama GGUF of any shape (test fixtures).
     Synth(mcc::synth::Args),
+    /// Compile several quantizations of a model and print their perplexity table.
+    PplTable(mcc::ppl_table::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -24,6 +26,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Build(args) => mcc::build::run(&args),
         Cmd::Inspect(args) => mcc::inspect::run(&args),
         Cmd::Synth(args) => mcc::synth::run(&args),
+        Cmd::PplTable(args) => mcc::ppl_table::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
