@@ -61,6 +61,37 @@ fn wrong_values_get_clear_errors() {
 }
 
 #[test]
+fn no_memory_for_the_kv_cache_is_a_clear_error() {
+    // 200 MB of address space maps the binary but not a 4096-token cache...
+    let script = format!(
+        "ulimit -v 200000; exec {} -p hi -n 1 --temp 0",
+        smollm2().display()
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot allocate") && err.contains("KV cache") && err.contains("-c"),
+        "{err}"
+    );
+    // ...and a smaller context then fits.
+    let script = format!(
+        "ulimit -v 200000; exec {} -p hi -n 1 --temp 0 -c 256",
+        smollm2().display()
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
 fn prompt_files_must_be_utf8() {
     let path = scratch_dir().join("not-utf8.txt");
     std::fs::write(&path, b"caf\xe9 au lait").unwrap();

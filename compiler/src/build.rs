@@ -167,6 +167,7 @@ pub fn run(args: &Args) -> Result<()> {
             output.display()
         );
     }
+    check_writable_dir(&output)?;
     let toolchain = if args.emit_only {
         None
     } else {
@@ -204,6 +205,27 @@ pub fn run(args: &Args) -> Result<()> {
     let exe = cargo_build(&toolchain, &crate_dir, &name, &args.target_cpu, args.jobs)?;
     install_atomically(&exe, &output)?;
     eprintln!("mcc: wrote {} in {:.1?}", output.display(), t0.elapsed());
+    Ok(())
+}
+
+/// Fails fast when the executable's directory cannot take a new file, before minutes of
+/// compiling: creates and removes a probe file where the executable will be written.
+fn check_writable_dir(output: &Path) -> Result<()> {
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "{}: no such directory for the executable (-o {})",
+            dir.display(),
+            output.display()
+        );
+    }
+    let probe = dir.join(format!(".mcc-probe-{}", std::process::id()));
+    std::fs::File::create(&probe)
+        .with_context(|| format!("{}: cannot write the executable here", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
     Ok(())
 }
 

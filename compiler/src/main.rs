@@ -21,6 +21,11 @@ enum Cmd {
 }
 
 fn main() -> std::process::ExitCode {
+    // A full disk or a file-size limit must be an error we report and clean up after,
+    // not SIGXFSZ killing the process mid-write (ignored signals stay ignored in cargo
+    // and rustc too, so they report their own write errors).
+    // SAFETY: setting a signal's disposition to SIG_IGN has no other effect.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Build(args) => mcc::build::run(&args),

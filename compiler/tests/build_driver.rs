@@ -245,3 +245,79 @@ fn build_help_explains_every_option() {
         assert!(help.contains(needle), "{needle} missing from:\n{help}");
     }
 }
+
+#[test]
+fn output_path_that_is_a_directory_fails_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = tiny(dir.path(), |_| {});
+    std::fs::create_dir(dir.path().join("out")).unwrap();
+    let out = build(dir.path(), &gguf, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is a directory"), "{err}");
+    assert!(!dir.path().join("gen").exists(), "a crate was written");
+}
+
+#[test]
+fn unwritable_output_directory_fails_before_building() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = tiny(dir.path(), |_| {});
+    // /proc takes no new files, even for root (who ignores permission bits).
+    let t0 = Instant::now();
+    let out = mcc()
+        .arg("build")
+        .arg(&gguf)
+        .arg("-o")
+        .arg("/proc/mcc-out")
+        .arg("--generated-dir")
+        .arg(dir.path().join("gen"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("/proc: cannot write the executable here"),
+        "{err}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(!dir.path().join("gen").exists(), "a crate was written");
+}
+
+#[test]
+fn full_disk_is_an_error_and_leaves_no_partial_files() {
+    // A file-size limit makes every large write fail with EFBIG, as a full disk does
+    // with ENOSPC. The limit (256 KiB) lets the small crate files through and stops
+    // the build's artifacts or the executable.
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = tiny(dir.path(), |_| {});
+    let script = format!(
+        "ulimit -f 256; exec {} build {} -o {} --generated-dir {}",
+        env!("CARGO_BIN_EXE_mcc"),
+        gguf.display(),
+        dir.path().join("out").display(),
+        dir.path().join("gen").display()
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env("MCC_TARGET_DIR", dir.path().join("target"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        !dir.path().join("out").exists(),
+        "an executable was written"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
