@@ -8,7 +8,7 @@
 //! number of threads or on the tiling.
 
 use crate::pool::{DisjointOut, Pool};
-use crate::quant::{ActBlock, ActType, WeightType};
+use crate::quant::{ActBlock, ActType, WeightType, TILE};
 
 /// Bytes of weights a thread should get per claimed chunk of rows at least: enough that
 /// claiming (one atomic add) is noise next to streaming the rows.
@@ -74,8 +74,9 @@ pub fn matvec<W: WeightType>(pool: &Pool, w: &[W::Block], act: &[ActBlock<W>], o
 /// (one after another), `out` is `n_tokens × rows`, token-major (`out[t * rows + r]`).
 ///
 /// Threads take chunks of weight rows (at most `MATMUL_TASK_BYTES` of them, so they stay
-/// in L2); within a chunk, tokens go in tiles of `TOKEN_TILE` and each row is dotted with
-/// every token of the tile while it is in L1.
+/// in L2); within a chunk, tokens go in tiles of `TOKEN_TILE`, and each group of
+/// [`TILE`] rows is dotted with every token of the tile while it is in L1, [`TILE`]
+/// tokens at a time by [`WeightType::vec_dot_tile`] (ragged edges by `vec_dot`).
 pub fn matmul<W: WeightType>(
     pool: &Pool,
     w: &[W::Block],
@@ -114,8 +115,10 @@ pub fn matmul<W: WeightType>(
         return;
     }
     let row_bytes = rb * size_of::<W::Block>();
+    // whole tiles of rows per chunk, so that only the last chunk has a ragged end
     let chunk = rows_per_chunk(rows, row_bytes, pool.n_threads())
-        .min((MATMUL_TASK_BYTES / row_bytes).max(1));
+        .min((MATMUL_TASK_BYTES / row_bytes).max(1))
+        .next_multiple_of(TILE);
     let n_chunks = rows.div_ceil(chunk);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let out = DisjointOut::new(out);
@@ -125,15 +128,40 @@ pub fn matmul<W: WeightType>(
             break;
         }
         let row_range = c * chunk..((c + 1) * chunk).min(rows);
+        // SAFETY (every write below): row chunk `c` is claimed by this thread alone
+        // (fetch_add), so index (t, r) for r in the chunk is written by no other thread.
+        let single = |r: usize, t: usize| {
+            let v = W::vec_dot(
+                &w[r * rb..(r + 1) * rb],
+                &act[t * act_row..(t + 1) * act_row],
+            );
+            unsafe { out.write(t * rows + r, v) };
+        };
         for t0 in (0..n_tokens).step_by(TOKEN_TILE) {
-            let tile = t0..(t0 + TOKEN_TILE).min(n_tokens);
-            for r in row_range.clone() {
-                let row = &w[r * rb..(r + 1) * rb];
-                for t in tile.clone() {
-                    let v = W::vec_dot(row, &act[t * act_row..(t + 1) * act_row]);
-                    // SAFETY: row chunk `c` is claimed by this thread alone (fetch_add),
-                    // so index (t, r) is written by no other thread.
-                    unsafe { out.write(t * rows + r, v) };
+            let t_end = (t0 + TOKEN_TILE).min(n_tokens);
+            let t_tiles = t0 + (t_end - t0) / TILE * TILE;
+            let mut r0 = row_range.start;
+            while r0 + TILE <= row_range.end {
+                let quad = &w[r0 * rb..(r0 + TILE) * rb];
+                for t in (t0..t_tiles).step_by(TILE) {
+                    let mut tile = [[0f32; TILE]; TILE];
+                    W::vec_dot_tile(quad, &act[t * act_row..], act_row, &mut tile);
+                    for (r, row) in tile.iter().enumerate() {
+                        for (dt, &v) in row.iter().enumerate() {
+                            unsafe { out.write((t + dt) * rows + r0 + r, v) };
+                        }
+                    }
+                }
+                for t in t_tiles..t_end {
+                    for r in r0..r0 + TILE {
+                        single(r, t);
+                    }
+                }
+                r0 += TILE;
+            }
+            for r in r0..row_range.end {
+                for t in t0..t_end {
+                    single(r, t);
                 }
             }
         }

@@ -75,7 +75,31 @@ pub trait WeightType: Copy + Send + Sync + 'static {
     fn vec_dot(row: &[Self::Block], act: &[ActBlock<Self>]) -> f32 {
         Self::vec_dot_ref(row, act)
     }
+
+    /// The dots of [`TILE`] consecutive rows with [`TILE`] activation rows: `w` holds the
+    /// rows one after another (`w.len() / TILE` blocks each), token `t`'s blocks start at
+    /// `act[t * stride]`, and `out[r][t]` must be `vec_dot(row r, token t)` bit for bit.
+    /// Formats override it with a kernel that unpacks each weight block once for all
+    /// tokens of the tile (prompt batches); this default takes the 16 dots one by one.
+    #[inline(always)]
+    fn vec_dot_tile(
+        w: &[Self::Block],
+        act: &[ActBlock<Self>],
+        stride: usize,
+        out: &mut [[f32; TILE]; TILE],
+    ) {
+        let rb = w.len() / TILE;
+        for (r, o) in out.iter_mut().enumerate() {
+            let row = &w[r * rb..(r + 1) * rb];
+            for (t, v) in o.iter_mut().enumerate() {
+                *v = Self::vec_dot(row, &act[t * stride..t * stride + rb]);
+            }
+        }
+    }
 }
+
+/// Rows and tokens of [`WeightType::vec_dot_tile`].
+pub const TILE: usize = 4;
 
 /// Block type of the activations that weight type `W` is dotted with.
 pub type ActBlock<W> = <<W as WeightType>::Act as ActType>::Block;

@@ -83,6 +83,22 @@ impl WeightType for Q4_1 {
     fn vec_dot(row: &[BlockQ4_1], act: &[BlockQ8_1]) -> f32 {
         super::x86_avx2::legacy::vec_dot_q4_1_q8_1(row, act)
     }
+
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    #[inline(always)]
+    fn vec_dot_tile(
+        w: &[BlockQ4_1],
+        act: &[BlockQ8_1],
+        stride: usize,
+        out: &mut [[f32; super::TILE]; super::TILE],
+    ) {
+        super::x86_avx2::tiles::tile_q4_1_q8_1(w, act, stride, out)
+    }
 }
 
 #[cfg(test)]

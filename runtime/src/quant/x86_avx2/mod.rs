@@ -5,3 +5,4 @@
 pub mod iquants;
 pub mod kquants;
 pub mod legacy;
+pub mod tiles;

@@ -1,0 +1,483 @@
+//! 4 × 4 tile kernels: the dots of 4 consecutive weight rows with 4 activation rows in
+//! one pass over the blocks, for prompt batches.
+//!
+//! A tile shares the work that a lone dot repeats: each weight block is loaded and
+//! unpacked once for 4 tokens, each activation block loaded once for 4 rows, and the
+//! f16 scales converted once per block instead of once per (row, token). What stays per
+//! (row, token) is the multiply of the bytes and the float accumulation, and that part
+//! is kept exactly as in the single-row `vec_dot` of the format (`legacy`, `kquants`):
+//! the same integer lanes (integer sums are exact whichever way they are formed), the
+//! same f32 scale product, the same fused multiply-add per block into the same
+//! accumulator shape, and the same horizontal sum at the end. Every element of a tile is
+//! therefore bit for bit its `vec_dot`; the tests check that on every format.
+//!
+//! The integer products: with AVX512-VNNI (`vpdpbusd`, u8 × i8 summed by 4 into i32) a
+//! signed weight `w = u - bias` is fed as the unsigned `u`, and the accumulator starts at
+//! `-bias * Σ a` over each 4-byte group, which the kernel forms once per token and block
+//! (`vpdpbusd` of the bias bytes with the activations). Without VNNI the product is the
+//! `maddubs`/`madd` pair on `u - bias` with the sign trick, as in `legacy`.
+//!
+//! Register use: 16 f32 accumulators of 8 lanes, 4 activation vectors and their
+//! corrections; with AVX-512's 32 vector registers they all stay in registers.
+
+use std::arch::x86_64::*;
+
+use half::f16;
+
+use crate::quant::q4_0::BlockQ4_0;
+use crate::quant::q4_1::BlockQ4_1;
+use crate::quant::q5_0::BlockQ5_0;
+use crate::quant::q8_0::BlockQ8_0;
+use crate::quant::q8_1::BlockQ8_1;
+
+use crate::quant::TILE;
+
+/// Loads 32 one-byte integers.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn load32<T: Copy>(bytes: &[T; 32]) -> __m256i {
+    const { assert!(std::mem::size_of::<T>() == 1) };
+    // SAFETY: 32 one-byte elements are 32 readable bytes; the load is unaligned.
+    unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
+}
+
+/// The 32 nibbles of 16 bytes, one per byte: low nibbles in bytes 0..16, high nibbles in
+/// bytes 16..32.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn unpack_nibbles(qs: &[u8; 16]) -> __m256i {
+    // SAFETY: 16 readable bytes; the load is unaligned.
+    let packed = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
+    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+/// Bit 4 of Q5_0's 32 quants: byte `i` is `0x10` where bit `i` of `qh` is set.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn q5_high_bits(qh: &[u8; 4]) -> __m256i {
+    let bits = i32::from_le_bytes(*qh);
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits),
+        _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0101_0101_0101_0101,
+            0,
+        ),
+    );
+    let bit_of_byte = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit_of_byte), bit_of_byte);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// Four f16 values as four f32 lanes (exact conversions, as `f16::to_f32`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16x4(v: [f16; 4]) -> __m128 {
+    let bits = v.map(f16::to_bits);
+    _mm_cvtph_ps(_mm_setr_epi16(
+        bits[0] as i16,
+        bits[1] as i16,
+        bits[2] as i16,
+        bits[3] as i16,
+        0,
+        0,
+        0,
+        0,
+    ))
+}
+
+/// Sum of the 8 f32 lanes in the order of the single-row dots: upper half onto lower
+/// half, then the upper pair onto the lower pair, then lane 1 onto lane 0.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum_f32x8(v: __m256) -> f32 {
+    let quad = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
+}
+
+const VNNI: bool = cfg!(all(
+    target_feature = "avx512vnni",
+    target_feature = "avx512vl"
+));
+
+/// What a token's activation block contributes to every row of a tile: its bytes and,
+/// for signed weights fed as unsigned bytes, the starting value `-bias * Σ a` of each
+/// 4-byte group.
+#[derive(Clone, Copy)]
+struct ActBytes {
+    a: __m256i,
+    start: __m256i,
+}
+
+impl ActBytes {
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn new(qs: &[i8; 32], bias: u8) -> ActBytes {
+        let a = load32(qs);
+        let start = if VNNI && bias != 0 {
+            _mm256_sub_epi32(
+                _mm256_setzero_si256(),
+                dpbusd(_mm256_setzero_si256(), _mm256_set1_epi8(bias as i8), a),
+            )
+        } else {
+            _mm256_setzero_si256()
+        };
+        ActBytes { a, start }
+    }
+
+    /// `Σ_{j<4} (u - bias)[4k + j] * a[4k + j]` in lane `k` (`u <= 31 + bias`, `u - bias`
+    /// and `a` in -128..=127 with `a != -128`): the lanes of the single-row dot.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn dot(self, u: __m256i, bias: u8) -> __m256i {
+        if VNNI {
+            dpbusd(self.start, u, self.a)
+        } else if bias == 0 {
+            _mm256_madd_epi16(_mm256_maddubs_epi16(u, self.a), _mm256_set1_epi16(1))
+        } else {
+            let w = _mm256_sub_epi8(u, _mm256_set1_epi8(bias as i8));
+            let (abs_w, signed_a) = (_mm256_sign_epi8(w, w), _mm256_sign_epi8(self.a, w));
+            _mm256_madd_epi16(_mm256_maddubs_epi16(abs_w, signed_a), _mm256_set1_epi16(1))
+        }
+    }
+}
+
+/// `acc + Σ_{j<4} u[4k + j] * s[4k + j]` per i32 lane (u8 × i8).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
+    {
+        // SAFETY: the build enables AVX512-VNNI and AVX512-VL (cfg above).
+        unsafe { _mm256_dpbusd_epi32(acc, u, s) }
+    }
+    #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
+    {
+        _mm256_add_epi32(
+            acc,
+            _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)),
+        )
+    }
+}
+
+/// A legacy weight block as the tile kernels see it: 32 quants as unsigned bytes `u`
+/// with weight value `d * (u - BIAS)` (plus an offset `m` for Q4_1).
+trait LegacyBlock: Copy {
+    const BIAS: u8;
+    fn quants(&self) -> __m256i;
+    fn d(&self) -> f16;
+}
+
+impl LegacyBlock for BlockQ8_0 {
+    const BIAS: u8 = 0x80;
+    #[inline(always)]
+    fn quants(&self) -> __m256i {
+        // SAFETY: the kernels calling this are compiled with AVX2 (module doc).
+        unsafe { _mm256_xor_si256(load32(&self.qs), _mm256_set1_epi8(0x80u8 as i8)) }
+    }
+    #[inline(always)]
+    fn d(&self) -> f16 {
+        self.d
+    }
+}
+
+impl LegacyBlock for BlockQ5_0 {
+    const BIAS: u8 = 16;
+    #[inline(always)]
+    fn quants(&self) -> __m256i {
+        // SAFETY: as above.
+        unsafe { _mm256_or_si256(unpack_nibbles(&self.qs), q5_high_bits(&self.qh)) }
+    }
+    #[inline(always)]
+    fn d(&self) -> f16 {
+        self.d
+    }
+}
+
+impl LegacyBlock for BlockQ4_0 {
+    const BIAS: u8 = 8;
+    #[inline(always)]
+    fn quants(&self) -> __m256i {
+        // SAFETY: as above.
+        unsafe { unpack_nibbles(&self.qs) }
+    }
+    #[inline(always)]
+    fn d(&self) -> f16 {
+        self.d
+    }
+}
+
+impl LegacyBlock for BlockQ4_1 {
+    const BIAS: u8 = 0;
+    #[inline(always)]
+    fn quants(&self) -> __m256i {
+        // SAFETY: as above.
+        unsafe { unpack_nibbles(&self.qs) }
+    }
+    #[inline(always)]
+    fn d(&self) -> f16 {
+        self.d
+    }
+}
+
+/// The Q8_0 / Q8_1 activation block fields the kernels read.
+trait ActBlock: Copy {
+    fn qs(&self) -> &[i8; 32];
+    fn d(&self) -> f16;
+    /// Q8_1's `s` (`d * Σ a`); unused for Q8_0.
+    fn s(&self) -> f16;
+}
+
+impl ActBlock for BlockQ8_0 {
+    #[inline(always)]
+    fn qs(&self) -> &[i8; 32] {
+        &self.qs
+    }
+    #[inline(always)]
+    fn d(&self) -> f16 {
+        self.d
+    }
+    #[inline(always)]
+    fn s(&self) -> f16 {
+        f16::ZERO
+    }
+}
+
+impl ActBlock for BlockQ8_1 {
+    #[inline(always)]
+    fn qs(&self) -> &[i8; 32] {
+        &self.qs
+    }
+    #[inline(always)]
+    fn d(&self) -> f16 {
+        self.d
+    }
+    #[inline(always)]
+    fn s(&self) -> f16 {
+        self.s
+    }
+}
+
+/// Checks the operands of a tile: `w` is 4 rows of `rb` blocks, token `t` starts at
+/// `act[t * stride]` and has `rb` blocks. Returns `rb`.
+fn tile_shape<W, A>(name: &str, w: &[W], act: &[A], stride: usize) -> usize {
+    assert!(
+        w.len().is_multiple_of(TILE),
+        "{name} tile: {} weight blocks",
+        w.len()
+    );
+    let rb = w.len() / TILE;
+    assert!(
+        stride >= rb && act.len() >= (TILE - 1) * stride + rb,
+        "{name} tile: {} activation blocks, stride {stride}, {rb} per row",
+        act.len()
+    );
+    rb
+}
+
+/// The 8-lane scheme of `legacy` (Q8_0, Q5_0, and Q4_1 with `OFFSETS`) on a tile:
+/// `acc[r][t] += (d_w d_a) * lanes` per block, `out = hsum(acc)` (+ the Q4_1 offset sum
+/// `Σ fma(m_w, s_a)` kept per (row, token) in a 4-lane vector per row).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile_8_lanes<W: LegacyBlock, A: ActBlock, const OFFSETS: bool>(
+    w: &[W],
+    act: &[A],
+    stride: usize,
+    offset_of: impl Fn(&W) -> f16,
+    out: &mut [[f32; TILE]; TILE],
+) {
+    let rb = tile_shape("legacy", w, act, stride);
+    let mut acc = [[_mm256_setzero_ps(); TILE]; TILE];
+    let mut offsets = [_mm_setzero_ps(); TILE];
+    let mut scales = [[0f32; TILE]; TILE];
+    for k in 0..rb {
+        let a: [&A; TILE] = std::array::from_fn(|t| &act[t * stride + k]);
+        let bytes = a.map(|a| ActBytes::new(a.qs(), W::BIAS));
+        let d_a = f16x4(a.map(|a| a.d()));
+        let s_a = if OFFSETS {
+            f16x4(a.map(|a| a.s()))
+        } else {
+            _mm_setzero_ps()
+        };
+        let blocks: [&W; TILE] = std::array::from_fn(|r| &w[r * rb + k]);
+        let d_w = f16x4(blocks.map(|b| b.d()));
+        // d_w * d_a for the 16 pairs, stored so that each can be broadcast from memory
+        for (r, s) in scales.iter_mut().enumerate() {
+            let d_r = _mm_permutevar_ps(d_w, _mm_set1_epi32(r as i32));
+            // SAFETY: 4 writable f32.
+            unsafe { _mm_storeu_ps(s.as_mut_ptr(), _mm_mul_ps(d_r, d_a)) };
+        }
+        for r in 0..TILE {
+            let u = blocks[r].quants();
+            for t in 0..TILE {
+                let lanes = bytes[t].dot(u, W::BIAS);
+                acc[r][t] = _mm256_fmadd_ps(
+                    _mm256_set1_ps(scales[r][t]),
+                    _mm256_cvtepi32_ps(lanes),
+                    acc[r][t],
+                );
+            }
+            if OFFSETS {
+                let m = _mm_set1_ps(offset_of(blocks[r]).to_f32());
+                offsets[r] = _mm_fmadd_ps(m, s_a, offsets[r]);
+            }
+        }
+    }
+    for r in 0..TILE {
+        let mut off = [0f32; TILE];
+        // SAFETY: 4 writable f32.
+        unsafe { _mm_storeu_ps(off.as_mut_ptr(), offsets[r]) };
+        for t in 0..TILE {
+            let sum = hsum_f32x8(acc[r][t]);
+            out[r][t] = if OFFSETS { sum + off[t] } else { sum };
+        }
+    }
+}
+
+/// Q8_0 rows · Q8_0 activations, 4 × 4: `out[r][t]` is bit for bit
+/// `vec_dot_q8_0_q8_0(row r, token t)`. `w` holds the 4 rows one after another; token
+/// `t`'s blocks start at `act[t * stride]`.
+pub fn tile_q8_0_q8_0(
+    w: &[BlockQ8_0],
+    act: &[BlockQ8_0],
+    stride: usize,
+    out: &mut [[f32; TILE]; TILE],
+) {
+    // SAFETY: this module is only built with AVX2, FMA and F16C enabled.
+    unsafe { tile_8_lanes::<_, _, false>(w, act, stride, |_| f16::ZERO, out) }
+}
+
+/// Q5_0 rows · Q8_0 activations, 4 × 4, bit for bit `vec_dot_q5_0_q8_0`.
+pub fn tile_q5_0_q8_0(
+    w: &[BlockQ5_0],
+    act: &[BlockQ8_0],
+    stride: usize,
+    out: &mut [[f32; TILE]; TILE],
+) {
+    // SAFETY: as above.
+    unsafe { tile_8_lanes::<_, _, false>(w, act, stride, |_| f16::ZERO, out) }
+}
+
+/// Q4_1 rows · Q8_1 activations, 4 × 4, bit for bit `vec_dot_q4_1_q8_1`.
+pub fn tile_q4_1_q8_1(
+    w: &[BlockQ4_1],
+    act: &[BlockQ8_1],
+    stride: usize,
+    out: &mut [[f32; TILE]; TILE],
+) {
+    // SAFETY: as above.
+    unsafe { tile_8_lanes::<_, _, true>(w, act, stride, |b| b.m, out) }
+}
+
+/// Q4_0 rows · Q8_0 activations, 4 × 4, bit for bit `vec_dot_q4_0_q8_0`: each block's
+/// lanes are summed to one integer and added with `fma(sumi, d_w d_a, acc)`, here for the
+/// 4 tokens of a row at once.
+pub fn tile_q4_0_q8_0(
+    w: &[BlockQ4_0],
+    act: &[BlockQ8_0],
+    stride: usize,
+    out: &mut [[f32; TILE]; TILE],
+) {
+    // SAFETY: as above.
+    unsafe { tile_q4_0_impl(w, act, stride, out) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile_q4_0_impl(
+    w: &[BlockQ4_0],
+    act: &[BlockQ8_0],
+    stride: usize,
+    out: &mut [[f32; TILE]; TILE],
+) {
+    let rb = tile_shape("Q4_0", w, act, stride);
+    let mut acc = [_mm_setzero_ps(); TILE];
+    for k in 0..rb {
+        let a: [&BlockQ8_0; TILE] = std::array::from_fn(|t| &act[t * stride + k]);
+        let bytes = a.map(|a| ActBytes::new(&a.qs, BlockQ4_0::BIAS));
+        let d_a = f16x4(a.map(|a| a.d));
+        let blocks: [&BlockQ4_0; TILE] = std::array::from_fn(|r| &w[r * rb + k]);
+        let d_w = f16x4(blocks.map(|b| b.d));
+        for r in 0..TILE {
+            let u = blocks[r].quants();
+            let l = bytes.map(|b| b.dot(u, BlockQ4_0::BIAS));
+            // the 4 tokens' lane totals in one vector (exact integer sums)
+            let pairs =
+                _mm256_hadd_epi32(_mm256_hadd_epi32(l[0], l[1]), _mm256_hadd_epi32(l[2], l[3]));
+            let sumi = _mm_add_epi32(
+                _mm256_castsi256_si128(pairs),
+                _mm256_extracti128_si256::<1>(pairs),
+            );
+            let d_r = _mm_permutevar_ps(d_w, _mm_set1_epi32(r as i32));
+            acc[r] = _mm_fmadd_ps(_mm_cvtepi32_ps(sumi), _mm_mul_ps(d_r, d_a), acc[r]);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: 4 writable f32.
+        unsafe { _mm_storeu_ps(o.as_mut_ptr(), a) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::testing;
+    use crate::quant::{q4_0::Q4_0, q4_1::Q4_1, q5_0::Q5_0, q8_0::Q8_0};
+    use crate::quant::{ActType, WeightType};
+
+    /// Every element of a tile over golden weight blocks (4 rows of `rb` blocks cycled
+    /// with row-dependent strides) and random activations against `W::vec_dot`, bit for
+    /// bit, for a few widths and an activation stride wider than a row.
+    fn check<W: WeightType>(
+        tile: fn(&[W::Block], &[crate::quant::ActBlock<W>], usize, &mut [[f32; 4]; 4]),
+    ) {
+        let (blocks, _) = testing::golden::<W>();
+        for rb in [1, 2, 7, 18, 48] {
+            let w: Vec<W::Block> = (0..TILE * rb)
+                .map(|i| blocks[(i * 5 + i / rb) % blocks.len()])
+                .collect();
+            let stride = rb + 3;
+            let cols = stride * W::Act::BLOCK_ELEMS;
+            let x = testing::activations(TILE * cols, rb as u64);
+            let mut act = vec![Default::default(); TILE * stride];
+            W::Act::quantize(&x, &mut act);
+            let mut out = [[f32::NAN; TILE]; TILE];
+            tile(&w, &act, stride, &mut out);
+            for r in 0..TILE {
+                for t in 0..TILE {
+                    let want =
+                        W::vec_dot(&w[r * rb..(r + 1) * rb], &act[t * stride..t * stride + rb]);
+                    assert_eq!(
+                        out[r][t].to_bits(),
+                        want.to_bits(),
+                        "{} rb {rb} r{r} t{t}: {} vs {want}",
+                        W::NAME,
+                        out[r][t]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q8_0_tile_is_vec_dot() {
+        check::<Q8_0>(tile_q8_0_q8_0);
+    }
+
+    #[test]
+    fn q5_0_tile_is_vec_dot() {
+        check::<Q5_0>(tile_q5_0_q8_0);
+    }
+
+    #[test]
+    fn q4_1_tile_is_vec_dot() {
+        check::<Q4_1>(tile_q4_1_q8_1);
+    }
+
+    #[test]
+    fn q4_0_tile_is_vec_dot() {
+        check::<Q4_0>(tile_q4_0_q8_0);
+    }
+}
