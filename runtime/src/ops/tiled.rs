@@ -44,6 +44,8 @@ pub struct TiledScratch {
     k_t: Vec<f32>,
     /// `v[j * head_dim + d]`: value `d` of key `j` of the current tile.
     v: Vec<f32>,
+    /// Scores of every row against the current tile, `max_rows x TILE_KV`.
+    scores: Vec<f32>,
     /// Running (then final) output, `max_rows x head_dim`.
     out: Vec<f32>,
     max: Vec<f32>,
@@ -58,6 +60,7 @@ impl TiledScratch {
             max_rows,
             k_t: vec![0.0; head_dim * TILE_KV],
             v: vec![0.0; TILE_KV * head_dim],
+            scores: vec![0.0; max_rows * TILE_KV],
             out: vec![0.0; max_rows * head_dim],
             max: vec![f32::NEG_INFINITY; max_rows],
             sum: vec![0.0; max_rows],
@@ -129,6 +132,7 @@ pub fn attend_rows_tiled_flavor<'s>(
     let TiledScratch {
         k_t,
         v,
+        scores,
         out,
         max,
         sum,
@@ -143,20 +147,28 @@ pub fn attend_rows_tiled_flavor<'s>(
     }
     // Keys the last row sees; no tile starts past them.
     let n_kv_last = n_kv_first + n_rows - 1;
-    let mut scores = [0f32; TILE_KV];
     for start in (0..n_kv_last).step_by(TILE_KV) {
         let len = TILE_KV.min(n_kv_last - start);
         load_tile(k_cache, v_cache, kv_stride, kv_off, start, len, hd, k_t, v);
         // Rows before this one see no key of the tile.
         let first_row = (start + 1).saturating_sub(n_kv_first);
-        for r in first_row..n_rows {
+        let rows = n_rows - first_row;
+        tile_scores(
+            &q[first_row * q_stride..],
+            q_stride,
+            rows,
+            hd,
+            k_t,
+            scale,
+            &mut scores[..rows * TILE_KV],
+        );
+        for (r, row_scores) in (first_row..n_rows).zip(scores.chunks_exact_mut(TILE_KV)) {
+            let row_scores: &mut [f32; TILE_KV] = row_scores.try_into().expect("tile row");
             let visible = (n_kv_first + r - start).min(TILE_KV);
-            let q_row = &q[r * q_stride..r * q_stride + hd];
-            tile_scores(q_row, k_t, scale, &mut scores);
-            scores[visible..].fill(f32::NEG_INFINITY);
+            row_scores[visible..].fill(f32::NEG_INFINITY);
             let o = &mut out[r * hd..(r + 1) * hd];
-            // The one branch of `fmaxf`/`MAX` that matters here: NaN-free scores.
-            let tile_max = scores
+            // `MAX(a, b)` as ggml writes it; the scores are NaN-free.
+            let tile_max = row_scores
                 .iter()
                 .fold(f32::NEG_INFINITY, |m, &s| if m > s { m } else { s });
             if tile_max == f32::NEG_INFINITY {
@@ -170,9 +182,9 @@ pub fn attend_rows_tiled_flavor<'s>(
                 sum[r] *= rescale;
             }
             max[r] = m_new;
-            let total = exp_and_sum(&mut scores, m_new, flavor);
+            let total = exp_and_sum(row_scores, m_new, flavor);
             sum[r] = (sum[r] as f64 + total) as f32;
-            accumulate_v(o, &scores[..visible], v, hd);
+            accumulate_v(o, &row_scores[..visible], v, hd);
         }
     }
     for (o, &s) in out.chunks_exact_mut(hd).zip(sum.iter()) {
@@ -205,18 +217,54 @@ fn load_tile(
     }
 }
 
-/// `scores[j] = fl(fma-chain_d(q[d] * k_t[d][j])) * scale` for the whole tile: one
-/// sequential fused chain per key, vectorised across keys.
+/// `scores[r][j] = fl(fma-chain_d(q_r[d] * k_t[d][j])) * scale` for `rows` query rows
+/// (`q[r * q_stride ..][..hd]`) and the whole tile: one sequential fused chain per
+/// (row, key), from 0.
 #[inline]
-fn tile_scores(q: &[f32], k_t: &[f32], scale: f32, scores: &mut [f32; TILE_KV]) {
-    let mut acc = [0f32; TILE_KV];
-    for (&qd, k_row) in q.iter().zip(k_t.chunks_exact(TILE_KV)) {
-        for (a, &k) in acc.iter_mut().zip(k_row) {
-            *a = qd.mul_add(k, *a);
-        }
+fn tile_scores(
+    q: &[f32],
+    q_stride: usize,
+    rows: usize,
+    hd: usize,
+    k_t: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    {
+        super::x86::tile_scores_w16(q, q_stride, rows, hd, k_t, scale, scores);
     }
-    for (s, a) in scores.iter_mut().zip(acc) {
-        *s = a * scale;
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    tile_scores_ref(q, q_stride, rows, hd, k_t, scale, scores);
+}
+
+/// The scalar [`tile_scores`] (vectorised by the compiler across keys).
+#[cfg_attr(
+    all(target_arch = "x86_64", target_feature = "avx512f"),
+    allow(dead_code)
+)]
+fn tile_scores_ref(
+    q: &[f32],
+    q_stride: usize,
+    rows: usize,
+    hd: usize,
+    k_t: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+) {
+    for (r, out) in scores.chunks_exact_mut(TILE_KV).take(rows).enumerate() {
+        let mut acc = [0f32; TILE_KV];
+        for (&qd, k_row) in q[r * q_stride..r * q_stride + hd]
+            .iter()
+            .zip(k_t.chunks_exact(TILE_KV))
+        {
+            for (a, &k) in acc.iter_mut().zip(k_row) {
+                *a = qd.mul_add(k, *a);
+            }
+        }
+        for (s, a) in out.iter_mut().zip(acc) {
+            *s = a * scale;
+        }
     }
 }
 
@@ -256,6 +304,15 @@ fn exp_and_sum(scores: &mut [f32; TILE_KV], max: f32, flavor: ExpFlavor) -> f64 
 /// `o[d] = fma(p_j, v_j[d], o[d])` for each visible key in order.
 #[inline]
 fn accumulate_v(o: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    if super::x86::accumulate_v_w16(o, p, v, hd) {
+        return;
+    }
+    accumulate_v_ref(o, p, v, hd);
+}
+
+/// The scalar [`accumulate_v`].
+fn accumulate_v_ref(o: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
     for (&pj, v_row) in p.iter().zip(v.chunks_exact(hd)) {
         for (x, &vd) in o.iter_mut().zip(v_row) {
             *x = pj.mul_add(vd, *x);
@@ -266,6 +323,51 @@ fn accumulate_v(o: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Deterministic values in [-amp, amp).
+    fn values(n: usize, seed: u32, amp: f32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| {
+                let h = (i.wrapping_mul(2_654_435_761) ^ seed).wrapping_mul(2_246_822_519);
+                ((h >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * amp
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tile_kernels_match_their_scalar_references_bitwise() {
+        for hd in [16usize, 48, 64, 80, 128, 256] {
+            let k_t = values(hd * TILE_KV, 1, 1.0);
+            for rows in [1usize, 3, 4, 9] {
+                let q_stride = hd + 5;
+                let q = values(rows * q_stride, 2, 3.0);
+                let mut got = vec![0f32; rows * TILE_KV];
+                let mut want = got.clone();
+                tile_scores(&q, q_stride, rows, hd, &k_t, 0.125, &mut got);
+                tile_scores_ref(&q, q_stride, rows, hd, &k_t, 0.125, &mut want);
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "scores hd {hd} rows {rows}"
+                );
+            }
+            let v = values(TILE_KV * hd, 3, 1.0);
+            for visible in [1usize, 17, 64] {
+                let p = values(visible, 4, 1.0);
+                let mut got = values(hd, 5, 2.0);
+                let mut want = got.clone();
+                accumulate_v(&mut got, &p, &v, hd);
+                accumulate_v_ref(&mut want, &p, &v, hd);
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "V hd {hd} visible {visible}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn vector_exp_matches_scalar_flavor_bitwise() {

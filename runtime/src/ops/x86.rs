@@ -216,3 +216,136 @@ pub(super) fn exp_and_sum_w16(scores: &mut [f32; 64], max: f32) -> f64 {
     }
     total
 }
+
+/// Scores of `R` query rows against one transposed 64-key tile (`k_t[d * 64 + j]`):
+/// `out[r * 64 + j] = fl(fma-chain_d(q_r[d] * k_t[d][j])) * scale`, each chain
+/// sequential in `d` from 0, so every value equals the scalar `tile_scores`.
+///
+/// # Safety
+/// `q` holds `R` rows of `hd` values `q_stride` apart; `k_t` holds `hd * 64` values and
+/// `out` `R * 64`.
+#[cfg(target_feature = "avx512f")]
+#[inline(always)]
+unsafe fn scores_rows<const R: usize>(
+    q: *const f32,
+    q_stride: usize,
+    hd: usize,
+    k_t: *const f32,
+    scale: f32,
+    out: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 4]; R];
+    for d in 0..hd {
+        let keys: [__m512; 4] = std::array::from_fn(|c| _mm512_loadu_ps(k_t.add(d * 64 + 16 * c)));
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let qd = _mm512_set1_ps(*q.add(r * q_stride + d));
+            for (a, &k) in acc_r.iter_mut().zip(&keys) {
+                *a = _mm512_fmadd_ps(qd, k, *a);
+            }
+        }
+    }
+    let scale = _mm512_set1_ps(scale);
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (c, &a) in acc_r.iter().enumerate() {
+            _mm512_storeu_ps(out.add(r * 64 + 16 * c), _mm512_mul_ps(a, scale));
+        }
+    }
+}
+
+/// Scores of `rows` query rows (`q[r * q_stride ..][..hd]`) against a 64-key tile, four
+/// rows at a time so each K load serves four rows; `out` is `rows x 64`.
+#[cfg(target_feature = "avx512f")]
+pub(super) fn tile_scores_w16(
+    q: &[f32],
+    q_stride: usize,
+    rows: usize,
+    hd: usize,
+    k_t: &[f32],
+    scale: f32,
+    out: &mut [f32],
+) {
+    assert!(rows == 0 || q.len() >= (rows - 1) * q_stride + hd);
+    assert!(k_t.len() >= hd * 64 && out.len() >= rows * 64);
+    let mut r = 0;
+    // SAFETY: the asserts above bound every row of q, k_t and out the kernels touch.
+    unsafe {
+        while r + 4 <= rows {
+            scores_rows::<4>(
+                q.as_ptr().add(r * q_stride),
+                q_stride,
+                hd,
+                k_t.as_ptr(),
+                scale,
+                out.as_mut_ptr().add(r * 64),
+            );
+            r += 4;
+        }
+        while r < rows {
+            scores_rows::<1>(
+                q.as_ptr().add(r * q_stride),
+                q_stride,
+                hd,
+                k_t.as_ptr(),
+                scale,
+                out.as_mut_ptr().add(r * 64),
+            );
+            r += 1;
+        }
+    }
+}
+
+/// `N` vectors (16 N values) of the running output kept in registers while every
+/// visible key is added: `o[d] = fma(p_j, v_j[d], o[d])` in key order.
+///
+/// # Safety
+/// `o` holds `16 N` values; `v` holds `p.len()` rows of at least `16 N` values `hd` apart.
+#[cfg(target_feature = "avx512f")]
+#[inline(always)]
+unsafe fn accumulate_v_cols<const N: usize>(o: *mut f32, p: &[f32], v: *const f32, hd: usize) {
+    let mut acc: [__m512; N] = std::array::from_fn(|c| _mm512_loadu_ps(o.add(16 * c)));
+    for (j, &pj) in p.iter().enumerate() {
+        let w = _mm512_set1_ps(pj);
+        for (c, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_fmadd_ps(w, _mm512_loadu_ps(v.add(j * hd + 16 * c)), *a);
+        }
+    }
+    for (c, &a) in acc.iter().enumerate() {
+        _mm512_storeu_ps(o.add(16 * c), a);
+    }
+}
+
+/// `o += sum_j p_j * v_j` as sequential fused steps per value (see
+/// `tiled::accumulate_v`), for `hd` a multiple of 16; columns in register blocks of up
+/// to 128 values. Returns false (and does nothing) for other head sizes.
+#[cfg(target_feature = "avx512f")]
+pub(super) fn accumulate_v_w16(o: &mut [f32], p: &[f32], v: &[f32], hd: usize) -> bool {
+    if hd % 16 != 0 || o.len() != hd || v.len() < p.len() * hd {
+        return false;
+    }
+    let mut col = 0;
+    // SAFETY: each block covers columns col..col + 16 N <= hd of o and of every v row.
+    unsafe {
+        while col < hd {
+            let (o_at, v_at) = (o.as_mut_ptr().add(col), v.as_ptr().add(col));
+            col += match (hd - col) / 16 {
+                n if n >= 8 => {
+                    accumulate_v_cols::<8>(o_at, p, v_at, hd);
+                    128
+                }
+                n if n >= 4 => {
+                    accumulate_v_cols::<4>(o_at, p, v_at, hd);
+                    64
+                }
+                n if n >= 2 => {
+                    accumulate_v_cols::<2>(o_at, p, v_at, hd);
+                    32
+                }
+                _ => {
+                    accumulate_v_cols::<1>(o_at, p, v_at, hd);
+                    16
+                }
+            };
+        }
+    }
+    true
+}
