@@ -319,7 +319,7 @@ unsafe fn accumulate_v_cols<const N: usize>(o: *mut f32, p: &[f32], v: *const f3
 /// to 128 values. Returns false (and does nothing) for other head sizes.
 #[cfg(target_feature = "avx512f")]
 pub(super) fn accumulate_v_w16(o: &mut [f32], p: &[f32], v: &[f32], hd: usize) -> bool {
-    if hd % 16 != 0 || o.len() != hd || v.len() < p.len() * hd {
+    if !hd.is_multiple_of(16) || o.len() != hd || v.len() < p.len() * hd {
         return false;
     }
     let mut col = 0;
