@@ -108,22 +108,86 @@ fn alloc<T: ZeroIsZero>(n: usize, what: &'static str, n_ctx: usize) -> Result<Ve
     }
 }
 
-/// Scratch for quantized activations of any format: 8-byte aligned storage reinterpreted
-/// as blocks of the format a matmul needs.
+/// Quantized activations of any format, remembered by the input they were made from:
+/// the matmuls that read the same input with the same activation format (Q, K and V of a
+/// layer; gate and up) quantize it once. A slot holds a copy of its input, and a lookup
+/// compares the whole input bit for bit, so a hit can never hand out stale blocks,
+/// whatever wrote the buffer in between; the compare costs a fraction of quantizing.
 #[derive(Default)]
-struct ActScratch(Vec<u64>);
+struct ActScratch {
+    slots: [ActSlot; 2],
+    /// Index of the slot used last (the other one is replaced first).
+    last: usize,
+}
+
+#[derive(Default)]
+struct ActSlot {
+    /// Activation format of `blocks`; `None` while empty.
+    format: Option<std::any::TypeId>,
+    /// The f32 input the blocks were quantized from.
+    input: Vec<f32>,
+    /// 8-byte aligned storage reinterpreted as blocks of `format`.
+    blocks: Vec<u64>,
+    n_blocks: usize,
+}
 
 impl ActScratch {
-    fn blocks<A: ActType>(&mut self, n: usize) -> &mut [A::Block] {
-        let size = std::mem::size_of::<A::Block>();
-        assert!(std::mem::align_of::<A::Block>() <= 8);
-        let words = (n * size).div_ceil(8);
-        if self.0.len() < words {
-            self.0.resize(words, 0);
+    /// Index of a slot holding `input` (`n` rows of `cols`) quantized to `A`, quantizing
+    /// into the least recently used slot on a miss.
+    fn quantize<A: ActType>(&mut self, input: &[f32], cols: usize) -> usize {
+        let format = Some(std::any::TypeId::of::<A>());
+        let same = |slot: &ActSlot| {
+            slot.format == format && slot.input.len() == input.len() && {
+                // bitwise, so that NaN inputs compare equal to themselves
+                let bits = |v: &[f32]| {
+                    // SAFETY: f32 and u32 have the same size and alignment.
+                    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u32>(), v.len()) }
+                };
+                bits(&slot.input) == bits(input)
+            }
+        };
+        if let Some(i) = (0..self.slots.len()).find(|&i| same(&self.slots[i])) {
+            self.last = i;
+            return i;
         }
-        // SAFETY: the storage is 8-byte aligned and large enough, and activation blocks
-        // are plain integers/floats for which any bit pattern is valid.
-        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<A::Block>(), n) }
+        let i = 1 - self.last;
+        self.last = i;
+        let slot = &mut self.slots[i];
+        slot.format = None;
+        slot.input.clear();
+        slot.input.extend_from_slice(input);
+        let n_blocks = input.len() / A::BLOCK_ELEMS;
+        assert!(std::mem::align_of::<A::Block>() <= 8);
+        let words = (n_blocks * std::mem::size_of::<A::Block>()).div_ceil(8);
+        if slot.blocks.len() < words {
+            slot.blocks.resize(words, 0);
+        }
+        slot.n_blocks = n_blocks;
+        let per_row = cols / A::BLOCK_ELEMS;
+        let blocks = Self::view_mut::<A>(&mut slot.blocks, n_blocks);
+        for (x, b) in input
+            .chunks_exact(cols)
+            .zip(blocks.chunks_exact_mut(per_row))
+        {
+            A::quantize(x, b);
+        }
+        slot.format = format;
+        i
+    }
+
+    /// The blocks of slot `i`, which `quantize::<A>` returned.
+    fn get<A: ActType>(&self, i: usize) -> &[A::Block] {
+        let slot = &self.slots[i];
+        assert_eq!(slot.format, Some(std::any::TypeId::of::<A>()));
+        // SAFETY: as in `view_mut`; the slot holds `n_blocks` blocks of `A`.
+        unsafe { std::slice::from_raw_parts(slot.blocks.as_ptr().cast(), slot.n_blocks) }
+    }
+
+    fn view_mut<A: ActType>(words: &mut [u64], n: usize) -> &mut [A::Block] {
+        assert!(n * std::mem::size_of::<A::Block>() <= words.len() * 8);
+        // SAFETY: the storage is 8-byte aligned and large enough (checked), and
+        // activation blocks are plain integers/floats for which any bit pattern is valid.
+        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<A::Block>(), n) }
     }
 }
 
@@ -479,22 +543,14 @@ impl Ctx {
     ) {
         let (n, n_ff) = (self.n(), self.cfg.n_ff);
         self.rms_norm(norm);
-        project(
+        project_pair(
             &self.pool,
             self.blob,
             &mut self.act,
-            w_gate,
+            (w_gate, w_up),
             &self.xn,
             n,
             &mut self.gate,
-        );
-        project(
-            &self.pool,
-            self.blob,
-            &mut self.act,
-            w_up,
-            &self.xn,
-            n,
             &mut self.up,
         );
         ops::swiglu(&mut self.gate[..n * n_ff], &self.up[..n * n_ff]);
@@ -542,8 +598,12 @@ impl Ctx {
     }
 }
 
-/// out[t] = W · input[t] for the n tokens of the batch: quantize the input rows once into
-/// the weight type's activation format, then one matmul.
+/// Activation format of tensor `T`'s weights.
+type ActOf<T> = <<T as Tensor>::W as WeightType>::Act;
+
+/// out[t] = W · input[t] for the n tokens of the batch: quantize the input rows into the
+/// weight type's activation format (once per input and format, see [`ActScratch`]), then
+/// one matmul.
 fn project<T: Tensor>(
     pool: &Pool,
     blob: &[u8],
@@ -553,19 +613,48 @@ fn project<T: Tensor>(
     n: usize,
     out: &mut [f32],
 ) {
-    type A<T> = <<T as Tensor>::W as WeightType>::Act;
-    let per_row = T::COLS / A::<T>::BLOCK_ELEMS;
-    let blocks = act.blocks::<A<T>>(n * per_row);
-    for t in 0..n {
-        A::<T>::quantize(
-            &input[t * T::COLS..(t + 1) * T::COLS],
-            &mut blocks[t * per_row..(t + 1) * per_row],
-        );
-    }
+    let slot = act.quantize::<ActOf<T>>(&input[..n * T::COLS], T::COLS);
+    let blocks = act.get::<ActOf<T>>(slot);
     let out = &mut out[..n * T::ROWS];
     if n == 1 {
         matmul::matvec::<T::W>(pool, w.blocks(blob), blocks, out);
     } else {
         matmul::matmul::<T::W>(pool, w.blocks(blob), blocks, n, out);
     }
+}
+
+/// Two projections of the same input (gate and up): for one token in a single dispatch
+/// of the pool ([`matmul::matvec2`]), for a batch as two matmuls. Results are those of
+/// two `project` calls.
+#[allow(clippy::too_many_arguments)]
+fn project_pair<A: Tensor, B: Tensor>(
+    pool: &Pool,
+    blob: &[u8],
+    act: &mut ActScratch,
+    (w_a, w_b): (&A, &B),
+    input: &[f32],
+    n: usize,
+    out_a: &mut [f32],
+    out_b: &mut [f32],
+) {
+    if n != 1 {
+        project(pool, blob, act, w_a, input, n, out_a);
+        project(pool, blob, act, w_b, input, n, out_b);
+        return;
+    }
+    let slot_a = act.quantize::<ActOf<A>>(&input[..A::COLS], A::COLS);
+    let slot_b = act.quantize::<ActOf<B>>(&input[..B::COLS], B::COLS);
+    matmul::matvec2::<A::W, B::W>(
+        pool,
+        (
+            w_a.blocks(blob),
+            act.get::<ActOf<A>>(slot_a),
+            &mut out_a[..A::ROWS],
+        ),
+        (
+            w_b.blocks(blob),
+            act.get::<ActOf<B>>(slot_b),
+            &mut out_b[..B::ROWS],
+        ),
+    );
 }

@@ -263,7 +263,7 @@ impl ActBlock for BlockQ8_1 {
 
 /// Checks the operands of a tile: `w` is 4 rows of `rb` blocks, token `t` starts at
 /// `act[t * stride]` and has `rb` blocks. Returns `rb`.
-fn tile_shape<W, A>(name: &str, w: &[W], act: &[A], stride: usize) -> usize {
+fn tile_shape<W, A, const T: usize>(name: &str, w: &[W], act: &[A], stride: usize) -> usize {
     assert!(
         w.len().is_multiple_of(TILE),
         "{name} tile: {} weight blocks",
@@ -271,7 +271,7 @@ fn tile_shape<W, A>(name: &str, w: &[W], act: &[A], stride: usize) -> usize {
     );
     let rb = w.len() / TILE;
     assert!(
-        stride >= rb && act.len() >= (TILE - 1) * stride + rb,
+        (T == 1 || stride >= rb) && act.len() >= (T - 1) * stride + rb,
         "{name} tile: {} activation blocks, stride {stride}, {rb} per row",
         act.len()
     );
@@ -282,20 +282,21 @@ fn tile_shape<W, A>(name: &str, w: &[W], act: &[A], stride: usize) -> usize {
 /// `acc[r][t] += (d_w d_a) * lanes` per block, `out = hsum(acc)` (+ the Q4_1 offset sum
 /// `Σ fma(m_w, s_a)` kept per (row, token) in a 4-lane vector per row).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn tile_8_lanes<W: LegacyBlock, A: ActBlock, const OFFSETS: bool>(
+fn tile_8_lanes<W: LegacyBlock, A: ActBlock, const OFFSETS: bool, const T: usize>(
     w: &[W],
     act: &[A],
     stride: usize,
     offset_of: impl Fn(&W) -> f16,
-    out: &mut [[f32; TILE]; TILE],
+    out: &mut [[f32; T]; TILE],
 ) {
-    let rb = tile_shape("legacy", w, act, stride);
-    let mut acc = [[_mm256_setzero_ps(); TILE]; TILE];
+    let rb = tile_shape::<_, _, T>("legacy", w, act, stride);
+    let mut acc = [[_mm256_setzero_ps(); T]; TILE];
     let mut offsets = [_mm_setzero_ps(); TILE];
     let mut scales = [[0f32; TILE]; TILE];
     for k in 0..rb {
-        let a: [&A; TILE] = std::array::from_fn(|t| &act[t * stride + k]);
-        let bytes = a.map(|a| ActBytes::new(a.qs(), W::BIAS));
+        // token min(t, T - 1) in lane t: a single token fills all 4 lanes
+        let a: [&A; TILE] = std::array::from_fn(|t| &act[t.min(T - 1) * stride + k]);
+        let bytes: [ActBytes; T] = std::array::from_fn(|t| ActBytes::new(a[t].qs(), W::BIAS));
         let d_a = f16x4(a.map(|a| a.d()));
         let s_a = if OFFSETS {
             f16x4(a.map(|a| a.s()))
@@ -312,7 +313,7 @@ fn tile_8_lanes<W: LegacyBlock, A: ActBlock, const OFFSETS: bool>(
         }
         for r in 0..TILE {
             let u = blocks[r].quants();
-            for t in 0..TILE {
+            for t in 0..T {
                 let lanes = bytes[t].dot(u, W::BIAS);
                 acc[r][t] = _mm256_fmadd_ps(
                     _mm256_set1_ps(scales[r][t]),
@@ -330,7 +331,7 @@ fn tile_8_lanes<W: LegacyBlock, A: ActBlock, const OFFSETS: bool>(
         let mut off = [0f32; TILE];
         // SAFETY: 4 writable f32.
         unsafe { _mm_storeu_ps(off.as_mut_ptr(), offsets[r]) };
-        for t in 0..TILE {
+        for t in 0..T {
             let sum = hsum_f32x8(acc[r][t]);
             out[r][t] = if OFFSETS { sum + off[t] } else { sum };
         }
@@ -347,7 +348,7 @@ pub fn tile_q8_0_q8_0(
     out: &mut [[f32; TILE]; TILE],
 ) {
     // SAFETY: this module is only built with AVX2, FMA and F16C enabled.
-    unsafe { tile_8_lanes::<_, _, false>(w, act, stride, |_| f16::ZERO, out) }
+    unsafe { tile_8_lanes::<_, _, false, TILE>(w, act, stride, |_| f16::ZERO, out) }
 }
 
 /// Q5_0 rows · Q8_0 activations, 4 × 4, bit for bit `vec_dot_q5_0_q8_0`.
@@ -358,7 +359,7 @@ pub fn tile_q5_0_q8_0(
     out: &mut [[f32; TILE]; TILE],
 ) {
     // SAFETY: as above.
-    unsafe { tile_8_lanes::<_, _, false>(w, act, stride, |_| f16::ZERO, out) }
+    unsafe { tile_8_lanes::<_, _, false, TILE>(w, act, stride, |_| f16::ZERO, out) }
 }
 
 /// Q4_1 rows · Q8_1 activations, 4 × 4, bit for bit `vec_dot_q4_1_q8_1`.
@@ -369,7 +370,7 @@ pub fn tile_q4_1_q8_1(
     out: &mut [[f32; TILE]; TILE],
 ) {
     // SAFETY: as above.
-    unsafe { tile_8_lanes::<_, _, true>(w, act, stride, |b| b.m, out) }
+    unsafe { tile_8_lanes::<_, _, true, TILE>(w, act, stride, |b| b.m, out) }
 }
 
 /// Q4_0 rows · Q8_0 activations, 4 × 4, bit for bit `vec_dot_q4_0_q8_0`: each block's
@@ -392,7 +393,7 @@ fn tile_q4_0_impl(
     stride: usize,
     out: &mut [[f32; TILE]; TILE],
 ) {
-    let rb = tile_shape("Q4_0", w, act, stride);
+    let rb = tile_shape::<_, _, TILE>("Q4_0", w, act, stride);
     let mut acc = [_mm_setzero_ps(); TILE];
     for k in 0..rb {
         let a: [&BlockQ8_0; TILE] = std::array::from_fn(|t| &act[t * stride + k]);
@@ -430,9 +431,8 @@ mod tests {
     /// Every element of a tile over golden weight blocks (4 rows of `rb` blocks cycled
     /// with row-dependent strides) and random activations against `W::vec_dot`, bit for
     /// bit, for a few widths and an activation stride wider than a row.
-    fn check<W: WeightType>(
-        tile: fn(&[W::Block], &[crate::quant::ActBlock<W>], usize, &mut [[f32; 4]; 4]),
-    ) {
+    /// Goes through `W::vec_dot_tile`, so the format's override is checked as well.
+    fn check<W: WeightType>() {
         let (blocks, _) = testing::golden::<W>();
         for rb in [1, 2, 7, 18, 48] {
             let w: Vec<W::Block> = (0..TILE * rb)
@@ -444,7 +444,7 @@ mod tests {
             let mut act = vec![Default::default(); TILE * stride];
             W::Act::quantize(&x, &mut act);
             let mut out = [[f32::NAN; TILE]; TILE];
-            tile(&w, &act, stride, &mut out);
+            W::vec_dot_tile(&w, &act, stride, &mut out);
             for r in 0..TILE {
                 for t in 0..TILE {
                     let want =
@@ -463,21 +463,21 @@ mod tests {
 
     #[test]
     fn q8_0_tile_is_vec_dot() {
-        check::<Q8_0>(tile_q8_0_q8_0);
+        check::<Q8_0>();
     }
 
     #[test]
     fn q5_0_tile_is_vec_dot() {
-        check::<Q5_0>(tile_q5_0_q8_0);
+        check::<Q5_0>();
     }
 
     #[test]
     fn q4_1_tile_is_vec_dot() {
-        check::<Q4_1>(tile_q4_1_q8_1);
+        check::<Q4_1>();
     }
 
     #[test]
     fn q4_0_tile_is_vec_dot() {
-        check::<Q4_0>(tile_q4_0_q8_0);
+        check::<Q4_0>();
     }
 }
