@@ -21,6 +21,11 @@ Two modes, both writing JSON under tests/golden/ppl/:
       prompts under 256 tokens, every 4th (and the last 4) up to 1024, every 16th (and
       the last 4) beyond. Writes logits-smollm2-q4_1.json.
 
+  ppl-golden.py ppl-ub3 [--chunks 2] [--types T ...]
+      The same files at -c 512 with 3-token micro-batches on both sides (llama-perplexity
+      -ub 3, our -b 3): llama.cpp then runs its row-by-row matmul and one-row attention
+      for every type, so any difference left is ours. Writes smollm2-ladder-ub3.json.
+
   ppl-golden.py ppl-ci
       The cheap perplexity check the tests run: llama-perplexity on SmolLM2 Q4_1 at -c 512
       with --chunks 4. Writes ppl-ci.json.
@@ -151,6 +156,32 @@ def markdown(run):
     return "\n".join(out) + "\n"
 
 
+def cmd_ppl_small_batches(args):
+    """Both engines with micro-batches of 3 tokens, where llama.cpp multiplies every
+    weight type row by row (vec_dot) and attends with its one-row kernel: separates
+    differences of the forward pass from llama.cpp's batched (4+ row) matmul kernels."""
+    info = text_info()
+    rows = []
+    for t in args.types:
+        m = LADDER / f"{STEM}.{t}.gguf"
+        exe = CACHE / "ppl-table" / f"ppl-{STEM}.{t}"
+        if not exe.is_file():
+            sys.exit(f"{exe} missing: run `ppl-golden.py ppl` first (mcc ppl-table builds it)")
+        cmd = [str(llama_bin() / "llama-perplexity"), "-m", str(m), "-f", str(TEXT), "-c", "512",
+               "-b", "512", "-ub", "3", "--chunks", str(args.chunks), "-t", THREADS]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        ref = FINAL.search(out.stdout + out.stderr)
+        out = subprocess.run([str(exe), "perplexity", "-f", str(TEXT), "-c", "512", "-b", "3",
+                              "--chunks", str(args.chunks), "-t", THREADS], capture_output=True, text=True)
+        ours = FINAL.search(out.stdout)
+        if not (ref and ours):
+            sys.exit(f"{t}: a run failed")
+        rows.append({"quant": t, "llama_cpp": float(ref.group(1)), "mcc": float(ours.group(1))})
+        print(f"{t}: llama.cpp -ub 3 {ref.group(1)} mcc -b 3 {ours.group(1)}", file=sys.stderr)
+    data = {"text": info, "ctx": 512, "chunks": args.chunks, "micro_batch": 3, "rows": rows}
+    (OUT / "smollm2-ladder-ub3.json").write_text(json.dumps(data, indent=1) + "\n")
+
+
 def cmd_ppl_ci(_args):
     info = text_info()
     ppl, err, _ = llama_perplexity(Q4_1, 512, 4)
@@ -218,6 +249,10 @@ def main():
     p.add_argument("--chunks-2048", type=int, dest="chunks_2048")
     p.add_argument("--types", nargs="+", default=TYPES)
     p.set_defaults(func=cmd_ppl)
+    p = sub.add_parser("ppl-ub3")
+    p.add_argument("--chunks", type=int, default=2)
+    p.add_argument("--types", nargs="+", default=TYPES)
+    p.set_defaults(func=cmd_ppl_small_batches)
     p = sub.add_parser("ppl-ci")
     p.set_defaults(func=cmd_ppl_ci)
     p = sub.add_parser("logits")
