@@ -29,7 +29,7 @@ use crate::quant::q8_1::BlockQ8_1;
 /// Loads 32 one-byte integers.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn load32<T: Copy>(bytes: &[T; 32]) -> __m256i {
+pub(super) fn load32<T: Copy>(bytes: &[T; 32]) -> __m256i {
     const { assert!(std::mem::size_of::<T>() == 1) };
     // SAFETY: 32 one-byte elements are 32 readable bytes; the load is unaligned.
     unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
@@ -39,7 +39,7 @@ fn load32<T: Copy>(bytes: &[T; 32]) -> __m256i {
 /// bytes 16..32 (the value order of every 4- and 5-bit legacy block).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn unpack_nibbles(qs: &[u8; 16]) -> __m256i {
+pub(super) fn unpack_nibbles(qs: &[u8; 16]) -> __m256i {
     // SAFETY: 16 readable bytes; the load is unaligned.
     let packed = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
     let both = _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed);
@@ -49,7 +49,7 @@ fn unpack_nibbles(qs: &[u8; 16]) -> __m256i {
 /// Bit 4 of the 32 five-bit quants: byte `i` is `0x10` where bit `i` of `qh` is set.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn q5_high_bits(qh: &[u8; 4]) -> __m256i {
+pub(super) fn q5_high_bits(qh: &[u8; 4]) -> __m256i {
     let bits = i32::from_le_bytes(*qh);
     // byte i takes byte i / 8 of qh, then keeps only bit i % 8 of it
     let spread = _mm256_shuffle_epi8(
@@ -108,7 +108,7 @@ fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256i {
 /// pair, then lane 1 onto lane 0.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn hsum_f32x8(v: __m256) -> f32 {
+pub(super) fn hsum_f32x8(v: __m256) -> f32 {
     let quad = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
     let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
     _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))

@@ -30,46 +30,8 @@ use crate::quant::q5_0::BlockQ5_0;
 use crate::quant::q8_0::BlockQ8_0;
 use crate::quant::q8_1::BlockQ8_1;
 
+use super::legacy::{hsum_f32x8, load32, q5_high_bits, unpack_nibbles};
 use crate::quant::TILE;
-
-/// Loads 32 one-byte integers.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn load32<T: Copy>(bytes: &[T; 32]) -> __m256i {
-    const { assert!(std::mem::size_of::<T>() == 1) };
-    // SAFETY: 32 one-byte elements are 32 readable bytes; the load is unaligned.
-    unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
-}
-
-/// The 32 nibbles of 16 bytes, one per byte: low nibbles in bytes 0..16, high nibbles in
-/// bytes 16..32.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn unpack_nibbles(qs: &[u8; 16]) -> __m256i {
-    // SAFETY: 16 readable bytes; the load is unaligned.
-    let packed = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
-    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed);
-    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
-}
-
-/// Bit 4 of Q5_0's 32 quants: byte `i` is `0x10` where bit `i` of `qh` is set.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn q5_high_bits(qh: &[u8; 4]) -> __m256i {
-    let bits = i32::from_le_bytes(*qh);
-    let spread = _mm256_shuffle_epi8(
-        _mm256_set1_epi32(bits),
-        _mm256_set_epi64x(
-            0x0303_0303_0303_0303,
-            0x0202_0202_0202_0202,
-            0x0101_0101_0101_0101,
-            0,
-        ),
-    );
-    let bit_of_byte = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit_of_byte), bit_of_byte);
-    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
-}
 
 /// Four f16 values as four f32 lanes (exact conversions, as `f16::to_f32`).
 #[inline]
@@ -86,16 +48,6 @@ fn f16x4(v: [f16; 4]) -> __m128 {
         0,
         0,
     ))
-}
-
-/// Sum of the 8 f32 lanes in the order of the single-row dots: upper half onto lower
-/// half, then the upper pair onto the lower pair, then lane 1 onto lane 0.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn hsum_f32x8(v: __m256) -> f32 {
-    let quad = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
-    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-    _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
 }
 
 const VNNI: bool = cfg!(all(
