@@ -283,6 +283,46 @@ fn chat_renders_the_template_and_answers() {
 }
 
 #[test]
+fn ctrl_c_in_chat_stops_the_reply_not_the_chat() {
+    use std::io::Write;
+    let mut child = Command::new(smollm2())
+        .args(["chat", "--temp", "0", "-n", "-1", "-c", "2048"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"Write a very long story about a dragon.\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    // Interrupt once the reply is streaming.
+    let mut first = [0u8; 8];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // The chat goes on: a second turn is answered, then end of input ends it normally.
+    stdin
+        .write_all(b"What is the capital of France?\n")
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(err.contains("[reply stopped]"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
 fn bench_prints_a_llama_bench_table() {
     let out = run(&smollm2(), &["bench", "-p", "32", "-n", "8", "-r", "2"]);
     assert!(out.status.success(), "{}", stderr(&out));
