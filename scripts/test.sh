@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch-models.sh
 python3 -c 'import gguf, numpy' 2>/dev/null || python3 -m pip install -q gguf==0.19.0 numpy
+# ptxas for the offline GPU checks (compiler/tests/ptx.rs), which must not skip here.
+MCC_PTXAS="$(bash scripts/fetch-ptxas.sh)"
+export MCC_PTXAS MCC_REQUIRE_PTXAS=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo test --workspace --all-targets "$@"
