@@ -8,7 +8,7 @@
 //! number of threads or on the tiling.
 
 use crate::pool::{DisjointOut, Pool};
-use crate::quant::{ActBlock, ActType, WeightType, TILE};
+use crate::quant::{superblock, ActBlock, ActType, WeightType, TILE};
 
 /// Bytes of weights a thread should get per claimed chunk of rows at least: enough that
 /// claiming (one atomic add) is noise next to streaming the rows.
@@ -196,6 +196,9 @@ pub fn matmul<W: WeightType>(
         return;
     }
     let row_bytes = rb * size_of::<W::Block>();
+    if W::batched(n_tokens) {
+        return matmul_batched::<W>(pool, w, act, n_tokens, out);
+    }
     // whole tiles of rows per chunk, so that only the last chunk has a ragged end
     let chunk = rows_per_chunk(rows, row_bytes, pool.n_threads())
         .min((MATMUL_TASK_BYTES / row_bytes).max(1))
@@ -243,6 +246,51 @@ pub fn matmul<W: WeightType>(
             for r in r0..row_range.end {
                 for t in t0..t_end {
                     single(r, t);
+                }
+            }
+        }
+    });
+}
+
+/// [`matmul`] for the formats whose batches llama.cpp computes with its own kernels
+/// ([`WeightType::batched`]): threads take chunks of rows, and each row is dotted with
+/// up to [`superblock::MAX_TOKENS`] tokens at once by [`WeightType::batch_row_dots`],
+/// which unpacks each of its blocks once for all of them.
+fn matmul_batched<W: WeightType>(
+    pool: &Pool,
+    w: &[W::Block],
+    act: &[ActBlock<W>],
+    n_tokens: usize,
+    out: &mut [f32],
+) {
+    let act_row = act.len() / n_tokens;
+    let rows = out.len() / n_tokens;
+    let rb = w.len() / rows;
+    let row_bytes = rb * size_of::<W::Block>();
+    let chunk = rows_per_chunk(rows, row_bytes, pool.n_threads())
+        .min((MATMUL_TASK_BYTES / row_bytes).max(1));
+    let n_chunks = rows.div_ceil(chunk);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let out = DisjointOut::new(out);
+    pool.run(&|_, _| {
+        let mut dots = [0f32; superblock::MAX_TOKENS];
+        loop {
+            let c = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if c >= n_chunks {
+                break;
+            }
+            for t0 in (0..n_tokens).step_by(superblock::MAX_TOKENS) {
+                let tokens = t0..(t0 + superblock::MAX_TOKENS).min(n_tokens);
+                for r in c * chunk..((c + 1) * chunk).min(rows) {
+                    let dots = &mut dots[..tokens.len()];
+                    let row = &w[r * rb..(r + 1) * rb];
+                    W::batch_row_dots(row, act, act_row, tokens.clone(), n_tokens, dots);
+                    for (t, &v) in tokens.clone().zip(dots.iter()) {
+                        // SAFETY: row chunk `c` is claimed by this thread alone
+                        // (fetch_add), so (t, r) for r in the chunk is written by no
+                        // other thread.
+                        unsafe { out.write(t * rows + r, v) };
+                    }
                 }
             }
         }
@@ -485,6 +533,71 @@ mod tests {
         check_llama_cpp::<Q5_0>(0.0);
         check_llama_cpp::<Q5_1>(0.0);
         check_llama_cpp::<Q8_0>(0.0);
+    }
+
+    /// matmul of the `golden_matmul` weights with the first `n` rows of its activations,
+    /// for every batch size there, against llama.cpp's result bit for bit: whatever kernel
+    /// llama.cpp picks for a batch of `n` tokens, we must round the same way. Returns the
+    /// mismatches as "n=.. t.. r..: ours vs theirs" lines.
+    fn batch_mismatches<W: WeightType>() -> Vec<String> {
+        let g = testing::batch_golden::<W>();
+        let mut bad = Vec::new();
+        for threads in [1, 2] {
+            let pool = Pool::new(threads);
+            for (n, want) in &g.batches {
+                let mut act = Vec::new();
+                quantize_act::<W::Act>(&g.x[..n * g.cols], g.cols, &mut act);
+                let mut out = vec![f32::NAN; n * g.rows];
+                matmul::<W>(&pool, &g.weights, &act, *n, &mut out);
+                for (i, (&o, &w)) in out.iter().zip(want).enumerate() {
+                    if o.to_bits() != w.to_bits() {
+                        let (t, r) = (i / g.rows, i % g.rows);
+                        bad.push(format!(
+                            "{} {threads} threads, n={n} t{t} r{r}: {o} vs llama.cpp {w}",
+                            W::NAME
+                        ));
+                    }
+                }
+            }
+        }
+        bad
+    }
+
+    macro_rules! batches_bit_exact {
+        ($($name:ident: $ty:ty,)*) => {$(
+            #[test]
+            fn $name() {
+                let bad = batch_mismatches::<$ty>();
+                assert!(
+                    bad.is_empty(),
+                    "{} of llama.cpp's batched results differ:\n{}",
+                    bad.len(),
+                    bad[..bad.len().min(12)].join("\n")
+                );
+            }
+        )*};
+    }
+
+    batches_bit_exact! {
+        batches_q4_0: Q4_0,
+        batches_q4_1: Q4_1,
+        batches_q5_0: Q5_0,
+        batches_q5_1: Q5_1,
+        batches_q8_0: Q8_0,
+        batches_q2_k: crate::quant::q2_k::Q2_K,
+        batches_q3_k: crate::quant::q3_k::Q3_K,
+        batches_q4_k: crate::quant::q4_k::Q4_K,
+        batches_q5_k: crate::quant::q5_k::Q5_K,
+        batches_q6_k: crate::quant::q6_k::Q6_K,
+        batches_iq1_s: crate::quant::iq1_s::IQ1_S,
+        batches_iq1_m: crate::quant::iq1_m::IQ1_M,
+        batches_iq2_xxs: crate::quant::iq2_xxs::IQ2_XXS,
+        batches_iq2_xs: crate::quant::iq2_xs::IQ2_XS,
+        batches_iq2_s: crate::quant::iq2_s::IQ2_S,
+        batches_iq3_xxs: crate::quant::iq3_xxs::IQ3_XXS,
+        batches_iq3_s: crate::quant::iq3_s::IQ3_S,
+        batches_iq4_nl: crate::quant::iq4_nl::IQ4_NL,
+        batches_iq4_xs: crate::quant::iq4_xs::IQ4_XS,
     }
 
     #[test]

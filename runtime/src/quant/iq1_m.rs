@@ -20,10 +20,13 @@
 //! `Σ (2s + 1) Σ grid * q8` and `Σ (2s + 1) * ±1 * Σ q8` in integers and applies
 //! `d * d_a * (sum + shift_sum / 8)` per super-block.
 
+use std::ops::Range;
+
 use half::f16;
 
 use super::iq_grids::IQ1S_GRID;
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::superblock::{self, Batched, Ints, SuperBlock};
 use super::WeightType;
 
 /// The shift added to every grid value, in units of the scale.
@@ -83,6 +86,22 @@ impl WeightType for IQ1_M {
     type Block = BlockIQ1M;
     type Act = Q8_K;
 
+    #[inline(always)]
+    fn batched(n_tokens: usize) -> bool {
+        superblock::batched::<Self>(n_tokens)
+    }
+
+    fn batch_row_dots(
+        row: &[Self::Block],
+        act: &[BlockQ8K],
+        act_row: usize,
+        tokens: Range<usize>,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
+    }
+
     fn dequantize_ref(blocks: &[BlockIQ1M], out: &mut [f32]) {
         debug_assert_eq!(out.len(), blocks.len() * QK_K);
         for (block, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
@@ -130,6 +149,26 @@ impl WeightType for IQ1_M {
     #[inline(always)]
     fn vec_dot(row: &[BlockIQ1M], act: &[BlockQ8K]) -> f32 {
         super::x86_avx2::iquants::vec_dot_iq1_m_q8_k(row, act)
+    }
+}
+
+impl SuperBlock for IQ1_M {
+    const HAS_MIN: bool = false;
+    const BATCHED: Batched = Batched::Tiled;
+
+    fn ints(block: &BlockIQ1M, out: &mut Ints) {
+        // the ±1/8 shift becomes an integer: q = 8 g ± 1, and d takes the 1/8
+        let words = scale_words(block);
+        out.d = super_scale(&words).to_f32() * 0.125;
+        for h in 0..QK_K / 16 {
+            out.set_scale(h, half_scale(&words, h));
+        }
+        for g in 0..QK_K / 8 {
+            let (grid, shift_sign) = group(block, g);
+            for (j, &v) in grid.iter().enumerate() {
+                out.q[8 * g + j] = 8 * v as i8 + shift_sign as i8;
+            }
+        }
     }
 }
 

@@ -16,10 +16,13 @@
 //! `Σ (2s + 1) * ±1 * Σ q8` (from the Q8_K group sums `bsums`) in integers and applies
 //! `d_w * d_a * (sum + sum_shift / 8)` per super-block.
 
+use std::ops::Range;
+
 use half::f16;
 
 use super::iq_grids::IQ1S_GRID;
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::superblock::{self, Batched, Ints, SuperBlock};
 use super::WeightType;
 
 /// The shift added to every grid value, in units of the sub-block scale.
@@ -67,6 +70,22 @@ impl WeightType for IQ1_S {
     const BLOCK_ELEMS: usize = QK_K;
     type Block = BlockIQ1S;
     type Act = Q8_K;
+
+    #[inline(always)]
+    fn batched(n_tokens: usize) -> bool {
+        superblock::batched::<Self>(n_tokens)
+    }
+
+    fn batch_row_dots(
+        row: &[Self::Block],
+        act: &[BlockQ8K],
+        act_row: usize,
+        tokens: Range<usize>,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
+    }
 
     fn dequantize_ref(blocks: &[BlockIQ1S], out: &mut [f32]) {
         debug_assert_eq!(out.len(), blocks.len() * QK_K);
@@ -119,6 +138,26 @@ impl WeightType for IQ1_S {
     #[inline(always)]
     fn vec_dot(row: &[BlockIQ1S], act: &[BlockQ8K]) -> f32 {
         super::x86_avx2::iquants::vec_dot_iq1_s_q8_k(row, act)
+    }
+}
+
+impl SuperBlock for IQ1_S {
+    const HAS_MIN: bool = false;
+    const BATCHED: Batched = Batched::Tiled;
+
+    fn ints(block: &BlockIQ1S, out: &mut Ints) {
+        // the ±1/8 shift becomes an integer: q = 8 g ± 1, and d takes the 1/8
+        out.d = block.d.to_f32() * 0.125;
+        for ib in 0..QK_K / 32 {
+            let (ls, shift_sign) = scale_and_shift_sign(block, ib);
+            out.set_scale(2 * ib, ls);
+            out.set_scale(2 * ib + 1, ls);
+            for l in 0..4 {
+                for (j, &g) in group(block, ib, l).iter().enumerate() {
+                    out.q[32 * ib + 8 * l + j] = 8 * g as i8 + shift_sign as i8;
+                }
+            }
+        }
     }
 }
 

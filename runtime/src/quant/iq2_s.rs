@@ -18,10 +18,13 @@
 //! sign_g(j)`. The dot product with Q8_K sums `(2s + 1) * Σ grid * sign * q8` in
 //! integers per super-block and applies `d_w * d_a / 8` at the end.
 
+use std::ops::Range;
+
 use half::f16;
 
 use super::iq_grids::IQ2S_GRID;
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::superblock::{self, signed_group, Batched, Ints, SuperBlock};
 use super::WeightType;
 
 /// One IQ2_S super-block of 256 weights.
@@ -75,6 +78,22 @@ impl WeightType for IQ2_S {
     type Block = BlockIQ2S;
     type Act = Q8_K;
 
+    #[inline(always)]
+    fn batched(n_tokens: usize) -> bool {
+        superblock::batched::<Self>(n_tokens)
+    }
+
+    fn batch_row_dots(
+        row: &[Self::Block],
+        act: &[BlockQ8K],
+        act_row: usize,
+        tokens: Range<usize>,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
+    }
+
     fn dequantize_ref(blocks: &[BlockIQ2S], out: &mut [f32]) {
         debug_assert_eq!(out.len(), blocks.len() * QK_K);
         for (block, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
@@ -116,6 +135,27 @@ impl WeightType for IQ2_S {
     #[inline(always)]
     fn vec_dot(row: &[BlockIQ2S], act: &[BlockQ8K]) -> f32 {
         super::x86_avx2::iquants::vec_dot_iq2_s_q8_k(row, act)
+    }
+}
+
+impl SuperBlock for IQ2_S {
+    const HAS_MIN: bool = false;
+    const BATCHED: Batched = Batched::Tiled;
+
+    fn ints(block: &BlockIQ2S, out: &mut Ints) {
+        // the scale is (2 ls + 1) / 8: d takes the 1/8
+        out.d = block.d.to_f32() * 0.125;
+        for (ib, &sc) in block.scales.iter().enumerate() {
+            out.set_scale(2 * ib, 2 * (sc & 0x0f) as i32 + 1);
+            out.set_scale(2 * ib + 1, 2 * (sc >> 4) as i32 + 1);
+        }
+        for g in 0..QK_K / 8 {
+            signed_group(
+                &grid(block, g),
+                block.signs[g],
+                &mut out.q[8 * g..8 * g + 8],
+            );
+        }
     }
 }
 

@@ -17,10 +17,13 @@
 //! `(2s + 1) * Σ grid * sign * q8` in integers per super-block and applies
 //! `d_w * d_a / 8` at the end.
 
+use std::ops::Range;
+
 use half::f16;
 
 use super::iq_grids::{IQ2XS_GRID, KSIGNS_IQ2XS};
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::superblock::{self, signed_group, Batched, Ints, SuperBlock};
 use super::WeightType;
 
 /// One IQ2_XS super-block of 256 weights.
@@ -72,6 +75,22 @@ impl WeightType for IQ2_XS {
     type Block = BlockIQ2XS;
     type Act = Q8_K;
 
+    #[inline(always)]
+    fn batched(n_tokens: usize) -> bool {
+        superblock::batched::<Self>(n_tokens)
+    }
+
+    fn batch_row_dots(
+        row: &[Self::Block],
+        act: &[BlockQ8K],
+        act_row: usize,
+        tokens: Range<usize>,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
+    }
+
     fn dequantize_ref(blocks: &[BlockIQ2XS], out: &mut [f32]) {
         debug_assert_eq!(out.len(), blocks.len() * QK_K);
         for (block, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
@@ -114,6 +133,24 @@ impl WeightType for IQ2_XS {
     #[inline(always)]
     fn vec_dot(row: &[BlockIQ2XS], act: &[BlockQ8K]) -> f32 {
         super::x86_avx2::iquants::vec_dot_iq2_xs_q8_k(row, act)
+    }
+}
+
+impl SuperBlock for IQ2_XS {
+    const HAS_MIN: bool = false;
+    const BATCHED: Batched = Batched::Tiled;
+
+    fn ints(block: &BlockIQ2XS, out: &mut Ints) {
+        // the scale is (2 ls + 1) / 8: d takes the 1/8
+        out.d = block.d.to_f32() * 0.125;
+        for (ib, &sc) in block.scales.iter().enumerate() {
+            out.set_scale(2 * ib, 2 * (sc & 0x0f) as i32 + 1);
+            out.set_scale(2 * ib + 1, 2 * (sc >> 4) as i32 + 1);
+        }
+        for (g, &q) in block.qs.iter().enumerate() {
+            let (grid, signs) = group(q);
+            signed_group(&grid, signs, &mut out.q[8 * g..8 * g + 8]);
+        }
     }
 }
 

@@ -16,10 +16,13 @@
 //! The dot product with Q8_K keeps `Σ (2s + 1) * Σ grid * sign * q8` in integers per
 //! super-block and applies `d_w * d_a / 8` at the end (`(0.5 + s) / 4 = (2s + 1) / 8`).
 
+use std::ops::Range;
+
 use half::f16;
 
 use super::iq_grids::{IQ2XXS_GRID, KSIGNS_IQ2XS};
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::superblock::{self, signed_group, Batched, Ints, SuperBlock};
 use super::WeightType;
 
 /// One IQ2_XXS super-block of 256 weights.
@@ -71,6 +74,22 @@ impl WeightType for IQ2_XXS {
     type Block = BlockIQ2XXS;
     type Act = Q8_K;
 
+    #[inline(always)]
+    fn batched(n_tokens: usize) -> bool {
+        superblock::batched::<Self>(n_tokens)
+    }
+
+    fn batch_row_dots(
+        row: &[Self::Block],
+        act: &[BlockQ8K],
+        act_row: usize,
+        tokens: Range<usize>,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
+    }
+
     fn dequantize_ref(blocks: &[BlockIQ2XXS], out: &mut [f32]) {
         debug_assert_eq!(out.len(), blocks.len() * QK_K);
         for (block, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
@@ -113,6 +132,27 @@ impl WeightType for IQ2_XXS {
     #[inline(always)]
     fn vec_dot(row: &[BlockIQ2XXS], act: &[BlockQ8K]) -> f32 {
         super::x86_avx2::iquants::vec_dot_iq2_xxs_q8_k(row, act)
+    }
+}
+
+impl SuperBlock for IQ2_XXS {
+    const HAS_MIN: bool = false;
+    const BATCHED: Batched = Batched::Tiled;
+
+    fn ints(block: &BlockIQ2XXS, out: &mut Ints) {
+        // the scale is (2 ls + 1) / 8: d takes the 1/8
+        out.d = block.d.to_f32() * 0.125;
+        for ib in 0..QK_K / 32 {
+            let (indices, signs_scale) = sub_block_words(block, ib);
+            let ls = 2 * (signs_scale >> 28) as i32 + 1;
+            out.set_scale(2 * ib, ls);
+            out.set_scale(2 * ib + 1, ls);
+            for l in 0..4 {
+                let grid = IQ2XXS_GRID[(indices >> (8 * l)) as usize & 0xff].to_le_bytes();
+                let signs = KSIGNS_IQ2XS[(signs_scale >> (7 * l)) as usize & 127];
+                signed_group(&grid, signs, &mut out.q[32 * ib + 8 * l..][..8]);
+            }
+        }
     }
 }
 

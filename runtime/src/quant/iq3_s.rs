@@ -17,10 +17,13 @@
 //! The dot product with Q8_K sums `(2s + 1) * Σ grid * sign * q8` in integers per
 //! super-block and applies `d_w * d_a` at the end.
 
+use std::ops::Range;
+
 use half::f16;
 
 use super::iq_grids::IQ3S_GRID;
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::superblock::{self, signed_group, Batched, Ints, SuperBlock};
 use super::WeightType;
 
 /// One IQ3_S super-block of 256 weights.
@@ -67,6 +70,22 @@ impl WeightType for IQ3_S {
     const BLOCK_ELEMS: usize = QK_K;
     type Block = BlockIQ3S;
     type Act = Q8_K;
+
+    #[inline(always)]
+    fn batched(n_tokens: usize) -> bool {
+        superblock::batched::<Self>(n_tokens)
+    }
+
+    fn batch_row_dots(
+        row: &[Self::Block],
+        act: &[BlockQ8K],
+        act_row: usize,
+        tokens: Range<usize>,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
+    }
 
     fn dequantize_ref(blocks: &[BlockIQ3S], out: &mut [f32]) {
         debug_assert_eq!(out.len(), blocks.len() * QK_K);
@@ -117,6 +136,28 @@ impl WeightType for IQ3_S {
     #[inline(always)]
     fn vec_dot(row: &[BlockIQ3S], act: &[BlockQ8K]) -> f32 {
         super::x86_avx2::iquants::vec_dot_iq3_s_q8_k(row, act)
+    }
+}
+
+impl SuperBlock for IQ3_S {
+    const HAS_MIN: bool = false;
+    const BATCHED: Batched = Batched::Tiled;
+
+    fn ints(block: &BlockIQ3S, out: &mut Ints) {
+        out.d = block.d.to_f32();
+        for ib in 0..QK_K / 32 {
+            let ls = scale(block, ib);
+            out.set_scale(2 * ib, ls);
+            out.set_scale(2 * ib + 1, ls);
+            for l in 0..4 {
+                let signs = block.signs[4 * ib + l];
+                signed_group(
+                    &group(block, ib, l),
+                    signs,
+                    &mut out.q[32 * ib + 8 * l..][..8],
+                );
+            }
+        }
     }
 }
 

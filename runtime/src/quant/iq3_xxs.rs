@@ -17,10 +17,13 @@
 //! The dot product with Q8_K sums `(2s + 1) * Σ grid * sign * q8` in integers per
 //! super-block and applies `d_w * d_a / 4` at the end.
 
+use std::ops::Range;
+
 use half::f16;
 
 use super::iq_grids::{IQ3XXS_GRID, KSIGNS_IQ2XS};
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::superblock::{self, signed_group, Batched, Ints, SuperBlock};
 use super::WeightType;
 
 /// One IQ3_XXS super-block of 256 weights.
@@ -66,6 +69,22 @@ impl WeightType for IQ3_XXS {
     const BLOCK_ELEMS: usize = QK_K;
     type Block = BlockIQ3XXS;
     type Act = Q8_K;
+
+    #[inline(always)]
+    fn batched(n_tokens: usize) -> bool {
+        superblock::batched::<Self>(n_tokens)
+    }
+
+    fn batch_row_dots(
+        row: &[Self::Block],
+        act: &[BlockQ8K],
+        act_row: usize,
+        tokens: Range<usize>,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
+    }
 
     fn dequantize_ref(blocks: &[BlockIQ3XXS], out: &mut [f32]) {
         debug_assert_eq!(out.len(), blocks.len() * QK_K);
@@ -118,6 +137,30 @@ impl WeightType for IQ3_XXS {
     #[inline(always)]
     fn vec_dot(row: &[BlockIQ3XXS], act: &[BlockQ8K]) -> f32 {
         super::x86_avx2::iquants::vec_dot_iq3_xxs_q8_k(row, act)
+    }
+}
+
+impl SuperBlock for IQ3_XXS {
+    const HAS_MIN: bool = false;
+    const BATCHED: Batched = Batched::Tiled;
+
+    fn ints(block: &BlockIQ3XXS, out: &mut Ints) {
+        // the scale is (2 ls + 1) / 4: d takes the 1/4
+        out.d = block.d.to_f32() * 0.25;
+        for ib in 0..QK_K / 32 {
+            let word = signs_scale_word(block, ib);
+            let ls = 2 * (word >> 28) as i32 + 1;
+            out.set_scale(2 * ib, ls);
+            out.set_scale(2 * ib + 1, ls);
+            for l in 0..4 {
+                let signs = KSIGNS_IQ2XS[(word >> (7 * l)) as usize & 127];
+                signed_group(
+                    &group(block, ib, l),
+                    signs,
+                    &mut out.q[32 * ib + 8 * l..][..8],
+                );
+            }
+        }
     }
 }
 

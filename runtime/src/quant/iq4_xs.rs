@@ -17,11 +17,14 @@
 //! whole super-block in integers and adds `(d_w * d_a) * sum` in f32 (as ggml's x86
 //! path does; its portable path applies the scale per sub-block pair in f32 instead).
 
+use std::ops::Range;
+
 use half::f16;
 
 use super::iq4_nl::levels_dot;
 use super::iq_grids::KVALUES_IQ4NL;
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::superblock::{self, Batched, Ints, SuperBlock};
 use super::WeightType;
 
 /// One IQ4_XS super-block of 256 weights.
@@ -68,6 +71,22 @@ impl WeightType for IQ4_XS {
     type Block = BlockIQ4XS;
     type Act = Q8_K;
 
+    #[inline(always)]
+    fn batched(n_tokens: usize) -> bool {
+        superblock::batched::<Self>(n_tokens)
+    }
+
+    fn batch_row_dots(
+        row: &[Self::Block],
+        act: &[BlockQ8K],
+        act_row: usize,
+        tokens: Range<usize>,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
+    }
+
     fn dequantize_ref(blocks: &[BlockIQ4XS], out: &mut [f32]) {
         debug_assert_eq!(out.len(), blocks.len() * QK_K);
         for (block, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
@@ -105,6 +124,24 @@ impl WeightType for IQ4_XS {
     #[inline(always)]
     fn vec_dot(row: &[BlockIQ4XS], act: &[BlockQ8K]) -> f32 {
         super::x86_avx2::iquants::vec_dot_iq4_xs_q8_k(row, act)
+    }
+}
+
+impl SuperBlock for IQ4_XS {
+    const HAS_MIN: bool = false;
+    const BATCHED: Batched = Batched::Tiled;
+
+    fn ints(block: &BlockIQ4XS, out: &mut Ints) {
+        out.d = block.d.to_f32();
+        for ib in 0..QK_K / 32 {
+            let ls = sub_scale(block, ib);
+            out.set_scale(2 * ib, ls);
+            out.set_scale(2 * ib + 1, ls);
+            for (l, &b) in sub_block_qs(block, ib).iter().enumerate() {
+                out.q[32 * ib + l] = KVALUES_IQ4NL[(b & 0x0f) as usize];
+                out.q[32 * ib + 16 + l] = KVALUES_IQ4NL[(b >> 4) as usize];
+            }
+        }
     }
 }
 

@@ -38,6 +38,7 @@ pub mod q6_k;
 pub mod q8_0;
 pub mod q8_1;
 pub mod q8_k;
+pub mod superblock;
 
 #[cfg(all(
     target_arch = "x86_64",
@@ -94,6 +95,32 @@ pub trait WeightType: Copy + Send + Sync + 'static {
             for (t, v) in o.iter_mut().enumerate() {
                 *v = Self::vec_dot(row, &act[t * stride..t * stride + rb]);
             }
+        }
+    }
+
+    /// Whether llama.cpp's CPU backend computes a batch of `n_tokens` tokens with other
+    /// arithmetic than its one-token dot (the K-quant and IQ formats, see
+    /// [`superblock`]); [`crate::matmul::matmul`] then takes [`Self::batch_row_dots`]
+    /// instead of the tile kernels.
+    #[inline(always)]
+    fn batched(_n_tokens: usize) -> bool {
+        false
+    }
+
+    /// The dots of `row` with tokens `tokens` of an `n_tokens` batch, as llama.cpp
+    /// computes them for a batch of that size: token `t`'s activations start at
+    /// `act[t * act_row]`, its result goes to `out[t - tokens.start]`. At most
+    /// [`superblock::MAX_TOKENS`] tokens at once.
+    fn batch_row_dots(
+        row: &[Self::Block],
+        act: &[ActBlock<Self>],
+        act_row: usize,
+        tokens: std::ops::Range<usize>,
+        _n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        for (o, t) in out.iter_mut().zip(tokens) {
+            *o = Self::vec_dot(row, &act[t * act_row..(t + 1) * act_row]);
         }
     }
 }

@@ -16,9 +16,12 @@
 //! Dot product with Q8_K (`x = d_a * a`), in integers per block:
 //! `Σ y x = d_a d Σ_g sc[g] Σ q a  -  d_a dmin Σ_g m[g] bsums[g]`.
 
+use std::ops::Range;
+
 use half::f16;
 
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::superblock::{self, Batched, Ints, SuperBlock};
 use super::WeightType;
 
 /// One Q2_K super-block: 256 weights.
@@ -82,6 +85,22 @@ impl WeightType for Q2_K {
     type Block = BlockQ2K;
     type Act = Q8_K;
 
+    #[inline(always)]
+    fn batched(n_tokens: usize) -> bool {
+        superblock::batched::<Self>(n_tokens)
+    }
+
+    fn batch_row_dots(
+        row: &[Self::Block],
+        act: &[BlockQ8K],
+        act_row: usize,
+        tokens: Range<usize>,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
+    }
+
     fn dequantize_ref(blocks: &[BlockQ2K], out: &mut [f32]) {
         debug_assert_eq!(out.len(), blocks.len() * QK_K);
         for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
@@ -109,6 +128,28 @@ impl WeightType for Q2_K {
     #[inline(always)]
     fn vec_dot(row: &[BlockQ2K], act: &[BlockQ8K]) -> f32 {
         super::x86_avx2::kquants::vec_dot_q2_k_q8_k(row, act)
+    }
+}
+
+/// llama.cpp repacks Q2_K only on AVX-512 machines; elsewhere the tiled kernel takes it.
+impl SuperBlock for Q2_K {
+    const HAS_MIN: bool = true;
+    const BATCHED: Batched = if cfg!(target_feature = "avx512f") {
+        Batched::Repacked { step: 128 }
+    } else {
+        Batched::Tiled
+    };
+
+    fn ints(block: &BlockQ2K, out: &mut Ints) {
+        out.d = block.d.to_f32();
+        out.dmin = block.dmin.to_f32();
+        for (g, &sc) in block.scales.iter().enumerate() {
+            out.set_scale(g, (sc & 0x0f) as i32);
+            out.min[g] = (sc >> 4) as i16;
+        }
+        for (q, u) in out.q.iter_mut().zip(unpack_quants(block)) {
+            *q = u as i8;
+        }
     }
 }
 

@@ -17,9 +17,12 @@
 //! Dot product with Q8_K (`x = d_a * a`), in integers per block:
 //! `Σ y x = d d_a Σ_g (sc[g] - 32) Σ q a`.
 
+use std::ops::Range;
+
 use half::f16;
 
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::superblock::{self, Batched, Ints, SuperBlock};
 use super::WeightType;
 
 /// One Q3_K super-block: 256 weights.
@@ -118,6 +121,22 @@ impl WeightType for Q3_K {
     type Block = BlockQ3K;
     type Act = Q8_K;
 
+    #[inline(always)]
+    fn batched(n_tokens: usize) -> bool {
+        superblock::batched::<Self>(n_tokens)
+    }
+
+    fn batch_row_dots(
+        row: &[Self::Block],
+        act: &[BlockQ8K],
+        act_row: usize,
+        tokens: Range<usize>,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
+    }
+
     fn dequantize_ref(blocks: &[BlockQ3K], out: &mut [f32]) {
         debug_assert_eq!(out.len(), blocks.len() * QK_K);
         for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
@@ -145,6 +164,19 @@ impl WeightType for Q3_K {
     #[inline(always)]
     fn vec_dot(row: &[BlockQ3K], act: &[BlockQ8K]) -> f32 {
         super::x86_avx2::kquants::vec_dot_q3_k_q8_k(row, act)
+    }
+}
+
+impl SuperBlock for Q3_K {
+    const HAS_MIN: bool = false;
+    const BATCHED: Batched = Batched::Tiled;
+
+    fn ints(block: &BlockQ3K, out: &mut Ints) {
+        out.d = block.d.to_f32();
+        for (g, &sc) in unpack_scales(&block.scales).iter().enumerate() {
+            out.set_scale(g, sc as i32);
+        }
+        out.q = unpack_quants(block);
     }
 }
 

@@ -17,9 +17,12 @@
 //! `Σ y x = d_a d Σ_j sc[j] Σ q a  -  d_a dmin Σ_j m[j] Σ a`, where the last sums are the
 //! Q8_K `bsums` (two groups of 16 per sub-block).
 
+use std::ops::Range;
+
 use half::f16;
 
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::superblock::{self, Batched, Ints, SuperBlock};
 use super::WeightType;
 
 /// One Q4_K super-block: 256 weights.
@@ -125,6 +128,22 @@ impl WeightType for Q4_K {
     type Block = BlockQ4K;
     type Act = Q8_K;
 
+    #[inline(always)]
+    fn batched(n_tokens: usize) -> bool {
+        superblock::batched::<Self>(n_tokens)
+    }
+
+    fn batch_row_dots(
+        row: &[Self::Block],
+        act: &[BlockQ8K],
+        act_row: usize,
+        tokens: Range<usize>,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
+    }
+
     fn dequantize_ref(blocks: &[BlockQ4K], out: &mut [f32]) {
         debug_assert_eq!(out.len(), blocks.len() * QK_K);
         for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
@@ -152,6 +171,24 @@ impl WeightType for Q4_K {
     #[inline(always)]
     fn vec_dot(row: &[BlockQ4K], act: &[BlockQ8K]) -> f32 {
         super::x86_avx2::kquants::vec_dot_q4_k_q8_k(row, act)
+    }
+}
+
+impl SuperBlock for Q4_K {
+    const HAS_MIN: bool = true;
+    const BATCHED: Batched = Batched::Repacked { step: 64 };
+
+    fn ints(block: &BlockQ4K, out: &mut Ints) {
+        out.d = block.d.to_f32();
+        out.dmin = block.dmin.to_f32();
+        let (sc, m) = unpack_scales_mins(&block.scales);
+        for g in 0..QK_K / 16 {
+            out.set_scale(g, sc[g / 2] as i32);
+            out.min[g] = m[g / 2] as i16;
+        }
+        for (q, u) in out.q.iter_mut().zip(unpack_quants(block)) {
+            *q = u as i8;
+        }
     }
 }
 

@@ -17,10 +17,13 @@
 //! Dot product with Q8_K (`x = d_a * a`), in integers per block:
 //! `Σ y x = d_a d Σ_j sc[j] Σ q a  -  d_a dmin Σ_j m[j] Σ a` (the last sums from `bsums`).
 
+use std::ops::Range;
+
 use half::f16;
 
 use super::q4_k::{min_sum_of, unpack_scales_mins};
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::superblock::{self, Batched, Ints, SuperBlock};
 use super::WeightType;
 
 /// One Q5_K super-block: 256 weights.
@@ -85,6 +88,22 @@ impl WeightType for Q5_K {
     type Block = BlockQ5K;
     type Act = Q8_K;
 
+    #[inline(always)]
+    fn batched(n_tokens: usize) -> bool {
+        superblock::batched::<Self>(n_tokens)
+    }
+
+    fn batch_row_dots(
+        row: &[Self::Block],
+        act: &[BlockQ8K],
+        act_row: usize,
+        tokens: Range<usize>,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
+    }
+
     fn dequantize_ref(blocks: &[BlockQ5K], out: &mut [f32]) {
         debug_assert_eq!(out.len(), blocks.len() * QK_K);
         for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
@@ -112,6 +131,24 @@ impl WeightType for Q5_K {
     #[inline(always)]
     fn vec_dot(row: &[BlockQ5K], act: &[BlockQ8K]) -> f32 {
         super::x86_avx2::kquants::vec_dot_q5_k_q8_k(row, act)
+    }
+}
+
+impl SuperBlock for Q5_K {
+    const HAS_MIN: bool = true;
+    const BATCHED: Batched = Batched::Tiled;
+
+    fn ints(block: &BlockQ5K, out: &mut Ints) {
+        out.d = block.d.to_f32();
+        out.dmin = block.dmin.to_f32();
+        let (sc, m) = unpack_scales_mins(&block.scales);
+        for g in 0..QK_K / 16 {
+            out.set_scale(g, sc[g / 2] as i32);
+            out.min[g] = m[g / 2] as i16;
+        }
+        for (q, u) in out.q.iter_mut().zip(unpack_quants(block)) {
+            *q = u as i8;
+        }
     }
 }
 

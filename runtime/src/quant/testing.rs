@@ -275,3 +275,56 @@ pub fn llama_cpp_act_golden<A: ActType>() -> (Vec<f32>, Vec<A::Block>) {
     }
     (x, blocks)
 }
+
+/// llama.cpp's `Y = W X` for batches of several sizes, from `golden_matmul/` (written by
+/// `scripts/matmul_golden.c`): the weights, the shared activations `X` (`max_tokens` rows
+/// of `cols`), and per batch size `n` the result for the first `n` rows of `X`,
+/// token-major (`y[t * rows + r]`).
+pub struct BatchGolden<W: WeightType> {
+    pub rows: usize,
+    pub cols: usize,
+    pub weights: Vec<W::Block>,
+    pub x: Vec<f32>,
+    pub batches: Vec<(usize, Vec<f32>)>,
+}
+
+pub fn batch_golden<W: WeightType>() -> BatchGolden<W> {
+    let dir = format!("{}/src/quant/golden_matmul", env!("CARGO_MANIFEST_DIR"));
+    let read = |name: &str| {
+        let path = format!("{dir}/{name}");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    let word = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    let floats = |b: &[u8], from: usize, n: usize| -> Vec<f32> {
+        b[from..from + 4 * n]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let xb = read("x.bin");
+    let (max_tokens, x_cols) = (word(&xb, 0) as usize, word(&xb, 4) as usize);
+    let x = floats(&xb, 8, max_tokens * x_cols);
+    let bytes = read(&format!("{}.bin", W::NAME));
+    let (rows, cols) = (word(&bytes, 0) as usize, word(&bytes, 4) as usize);
+    // (word 3 says whether llama.cpp had the weights repacked: informative only)
+    let n_cases = word(&bytes, 8) as usize;
+    assert_eq!(cols, x_cols, "{}: columns of X", W::NAME);
+    let weight_bytes = rows * cols / W::BLOCK_ELEMS * std::mem::size_of::<W::Block>();
+    let weights = blocks_from_bytes::<W>(&bytes[16..16 + weight_bytes]);
+    let mut at = 16 + weight_bytes;
+    let mut batches = Vec::with_capacity(n_cases);
+    for _ in 0..n_cases {
+        let n = word(&bytes, at) as usize;
+        assert!(n <= max_tokens, "{}: batch of {n}", W::NAME);
+        batches.push((n, floats(&bytes, at + 4, n * rows)));
+        at += 4 + 4 * n * rows;
+    }
+    assert_eq!(at, bytes.len(), "{}: size", W::NAME);
+    BatchGolden {
+        rows,
+        cols,
+        weights,
+        x,
+        batches,
+    }
+}

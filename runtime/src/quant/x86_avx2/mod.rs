@@ -5,4 +5,5 @@
 pub mod iquants;
 pub mod kquants;
 pub mod legacy;
+pub mod superblock;
 pub mod tiles;
