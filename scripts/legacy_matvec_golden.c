@@ -1,12 +1,13 @@
 // Golden llama.cpp results for the legacy and float formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-// F16, BF16) and for the Q8_0 / Q8_1 activation quantizers, from llama.cpp's CPU backend
-// on the machine that runs it.
+// F16, BF16), for IQ4_NL (32-weight blocks dotted with Q8_0, repacked like Q4_0) and for
+// the Q8_0 / Q8_1 activation quantizers, from llama.cpp's CPU backend on the machine that
+// runs it.
 //
 // Weights: a 16 x 1024 matrix per format, random quants with sane f16 scales (F16/BF16:
 // random normal values). Three activation vectors; for each, y = W x through a one-node
 // ggml graph (ggml_mul_mat, one thread), once with W in a plain CPU buffer (ggml's
-// vec_dot kernels) and, for Q4_0 (which llama.cpp repacks on AVX2 CPUs), once in the
-// CPU_REPACK buffer that llama.cpp uses by default. Also a 5-token product (Y = W X)
+// vec_dot kernels) and, for Q4_0 and IQ4_NL (which llama.cpp repacks on AVX2 CPUs), once
+// in the CPU_REPACK buffer that llama.cpp uses by default. Also a 5-token product (Y = W X)
 // on the default path of each format, to pin the prefill kernels too (the repacked
 // kernels take 4 tokens at a time, and the 5th on its own).
 //
@@ -137,6 +138,7 @@ int main(int argc, char ** argv) {
         {"Q8_0", GGML_TYPE_Q8_0, 32, 34, {0, -1}, 0},
         {"F16", GGML_TYPE_F16, 1, 2, {-1, -1}, 0},
         {"BF16", GGML_TYPE_BF16, 1, 2, {-1, -1}, 0},
+        {"IQ4_NL", GGML_TYPE_IQ4_NL, 32, 18, {0, -1}, 1},
     };
     ggml_cpu_init();
     ggml_backend_t be = ggml_backend_cpu_init();

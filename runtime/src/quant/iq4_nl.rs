@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Weight `i`: `d * KVALUES_IQ4NL[index_i]`. The dot product with Q8_0 sums
-//! `Σ level * q8` in integers per block and adds `(d_w * d_a) * sum` in f32.
+//! `Σ level * q8` in integers per block and adds `(d_w * d_a) * sum` in f32 with one fused
+//! multiply-add per block, in block order (llama.cpp's repacked kernels round this way).
 
 use half::f16;
 
@@ -71,10 +72,12 @@ impl WeightType for IQ4_NL {
 
     fn vec_dot_ref(row: &[BlockIQ4NL], act: &[BlockQ8_0]) -> f32 {
         debug_assert_eq!(row.len(), act.len());
+        // One fused multiply-add per block, as llama.cpp's repacked kernels (see the
+        // AVX2 dot): the same bits as the fast path.
         let mut sum = 0f32;
         for (block, a) in row.iter().zip(act) {
-            let d = a.d.to_f32() * block.d.to_f32();
-            sum += d * levels_dot(&block.qs, &a.qs) as f32;
+            let d = block.d.to_f32() * a.d.to_f32();
+            sum = (levels_dot(&block.qs, &a.qs) as f32).mul_add(d, sum);
         }
         sum
     }
@@ -92,8 +95,9 @@ impl WeightType for IQ4_NL {
 
 #[cfg(test)]
 mod tests {
-    use super::IQ4_NL;
-    use crate::quant::testing;
+    use super::{IQ4_NL, QK4_NL};
+    use crate::quant::q8_0::{BlockQ8_0, Q8_0};
+    use crate::quant::{iq_golden_dot, testing, ActType, WeightType};
 
     #[test]
     fn dequantize_matches_gguf_py() {
@@ -104,17 +108,82 @@ mod tests {
     #[test]
     fn vec_dot_within_f64_reference() {
         // Per block: exact integer sum (|sum| <= 32 * 127 * 127 < 2^24, so exact in f32),
-        // d_w * d_a (both f16, exact in f32), and one rounding of the product: u. Then an
-        // f32 sum over 64 blocks: up to 63u relative to Σ |w a| sequentially, less in the
-        // SIMD version (two 8-lane accumulators of 32 terms each, then 3 levels). Plus u
-        // from the reference's own d_a * q. About 65u ≈ 4e-6.
+        // d_w * d_a (both f16, exact in f32), rounded once: u. Then a sequential fused sum
+        // over 64 blocks: up to 63u relative to Σ |w a|. Plus u from the reference's own
+        // d_a * q. About 65u ≈ 4e-6.
         testing::check_vec_dot::<IQ4_NL>(5e-6);
     }
 
     #[test]
-    fn vec_dot_matches_llama_cpp() {
-        // Bit-exact with ggml's x86 AVX2 dot on the same blocks (fast path); the scalar
-        // reference within the limit derived above.
-        crate::quant::iq_golden_dot::check_ggml_dot::<IQ4_NL>(5e-6);
+    fn vec_dot_bit_exact_with_llama_cpp_repacked() {
+        // llama.cpp's default path for IQ4_NL on AVX2 CPUs (the 8-row repacked kernels,
+        // for every batch size): `golden_matvec/IQ4_NL.bin`, from
+        // scripts/legacy_matvec_golden.c. Both our dots, bit for bit.
+        let g = testing::llama_cpp_golden::<IQ4_NL>();
+        assert!(g.repacked, "the golden was not made on the repacked path");
+        let blocks = g.cols / QK4_NL;
+        let check = |x: &[f32], want: &[f32], what: &str| {
+            let mut act = vec![BlockQ8_0::default(); blocks];
+            <Q8_0 as ActType>::quantize(x, &mut act);
+            for (r, (row, &w)) in g.weights.chunks_exact(blocks).zip(want).enumerate() {
+                for (kind, got) in [
+                    ("fast", IQ4_NL::vec_dot(row, &act)),
+                    ("scalar", IQ4_NL::vec_dot_ref(row, &act)),
+                ] {
+                    assert_eq!(
+                        got.to_bits(),
+                        w.to_bits(),
+                        "{what} row {r}: {kind} dot {got} vs llama.cpp {w}"
+                    );
+                }
+            }
+        };
+        for (k, (x, _, y_repack)) in g.matvecs.iter().enumerate() {
+            check(x, y_repack, &format!("vector {k}"));
+        }
+        let (n_tokens, x, y) = &g.matmul;
+        for t in 0..*n_tokens {
+            let (xt, yt) = (&x[t * g.cols..][..g.cols], &y[t * g.rows..][..g.rows]);
+            check(xt, yt, &format!("{n_tokens}-token batch, token {t}"));
+        }
+    }
+
+    #[test]
+    fn vec_dot_near_ggml_plain_vec_dot() {
+        // ggml's own `vec_dot` (what llama.cpp uses for IQ4_NL tensors it does not repack:
+        // row counts that are not a multiple of 8) sums 8 lanes per block instead: within
+        // the limit derived above, on golden_dot's blocks and golden_matvec's plain path.
+        let dots = iq_golden_dot::load::<IQ4_NL>();
+        let g = testing::llama_cpp_golden::<IQ4_NL>();
+        let blocks = g.cols / QK4_NL;
+        let mut cases = Vec::new();
+        for (act, want) in &dots.acts {
+            cases.push((dots.row.clone(), act.clone(), *want));
+        }
+        for (x, y_plain, _) in &g.matvecs {
+            let mut act = vec![BlockQ8_0::default(); blocks];
+            <Q8_0 as ActType>::quantize(x, &mut act);
+            for (row, &want) in g.weights.chunks_exact(blocks).zip(y_plain) {
+                cases.push((row.to_vec(), act.clone(), want));
+            }
+        }
+        for (k, (row, act, want)) in cases.iter().enumerate() {
+            let mut w = vec![0f32; row.len() * QK4_NL];
+            let mut a = vec![0f32; w.len()];
+            IQ4_NL::dequantize_ref(row, &mut w);
+            <Q8_0 as ActType>::dequantize_ref(act, &mut a);
+            let scale: f64 = w
+                .iter()
+                .zip(&a)
+                .map(|(&p, &q)| (p as f64 * q as f64).abs())
+                .sum();
+            for got in [IQ4_NL::vec_dot(row, act), IQ4_NL::vec_dot_ref(row, act)] {
+                let err = (got as f64 - *want as f64).abs() / scale;
+                assert!(
+                    err <= 5e-6,
+                    "case {k}: {got} vs ggml vec_dot {want}: {err:e}"
+                );
+            }
+        }
     }
 }

@@ -16,9 +16,9 @@
 //! the same f32 bits as its `ggml_vec_dot_*` (the integer lane sums cannot differ, and the
 //! float operations are the same ones in the same order; the tests check this against
 //! results recorded from llama.cpp's libggml-cpu). The scalar references
-//! compute the same integers with a sequential f32 sum instead. (For IQ4_NL, llama.cpp's
-//! matmul on AVX2 usually does not call this dot: it repacks rows in groups of 8 and sums
-//! `fma(sum_b, d_w * d_a, acc)` block by block, the order of the scalar reference but fused.)
+//! compute the same integers with a sequential f32 sum instead. IQ4_NL is the exception: it
+//! follows llama.cpp's repacked kernels, which its matmul uses instead of this dot on AVX2
+//! (one i32 per block, `fma(sumi, d_w * d_a, acc)` block by block).
 //!
 //! Grid indices are gathered with scalar table loads (`pdep` packs the 10- and 11-bit ones
 //! where the build has BMI2); everything after the lookup stays in vectors.
@@ -40,7 +40,7 @@ use crate::quant::iq2_xs::BlockIQ2XS;
 use crate::quant::iq2_xxs::{sub_block_words, BlockIQ2XXS};
 use crate::quant::iq3_s::BlockIQ3S;
 use crate::quant::iq3_xxs::{signs_scale_word, BlockIQ3XXS};
-use crate::quant::iq4_nl::{levels_dot, BlockIQ4NL};
+use crate::quant::iq4_nl::BlockIQ4NL;
 use crate::quant::iq4_xs::BlockIQ4XS;
 use crate::quant::iq_grids::{
     IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS_BYTES,
@@ -207,39 +207,6 @@ fn iq4_table() -> __m128i {
     unsafe { _mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()) }
 }
 
-/// `d[0] * d[1]` and `d[2] * d[3]` (f16 scales widened to f32, then multiplied in f32),
-/// each broadcast to 8 lanes. One conversion for all four: converting them one at a time
-/// makes the compiler insert each into a live register, and that false dependency then
-/// chains the loop iterations together.
-#[cfg(target_feature = "f16c")]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn pair_scales(d: [half::f16; 4]) -> (__m256, __m256) {
-    let bits = d.map(|h| h.to_bits() as i16);
-    // SAFETY: the build enables F16C (cfg above).
-    let f = unsafe {
-        _mm_cvtph_ps(_mm_setr_epi16(
-            bits[0], bits[1], bits[2], bits[3], 0, 0, 0, 0,
-        ))
-    };
-    let products = _mm_mul_ps(f, _mm_movehdup_ps(f)); // lanes 0 and 2
-    (
-        _mm256_broadcastss_ps(products),
-        _mm256_broadcastss_ps(_mm_movehl_ps(products, products)),
-    )
-}
-
-/// `d[0] * d[1]` and `d[2] * d[3]`, each broadcast to 8 lanes (builds without F16C).
-#[cfg(not(target_feature = "f16c"))]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn pair_scales(d: [half::f16; 4]) -> (__m256, __m256) {
-    (
-        _mm256_set1_ps(d[0].to_f32() * d[1].to_f32()),
-        _mm256_set1_ps(d[2].to_f32() * d[3].to_f32()),
-    )
-}
-
 /// Dot product of an IQ4_NL row with Q8_0 activations (same block count).
 pub fn vec_dot_iq4_nl_q8_0(row: &[BlockIQ4NL], act: &[BlockQ8_0]) -> f32 {
     assert_eq!(row.len(), act.len(), "IQ4_NL dot: block counts differ");
@@ -247,29 +214,31 @@ pub fn vec_dot_iq4_nl_q8_0(row: &[BlockIQ4NL], act: &[BlockQ8_0]) -> f32 {
     unsafe { dot_iq4_nl(row, act) }
 }
 
+/// Each block's integer sum is reduced to one i32 and added with a scalar FMA,
+/// `acc = fma(sumi, d_w * d_a, acc)`, block after block: the arithmetic of llama.cpp's
+/// repacked IQ4_NL kernels (8 rows interleaved), which it uses on AVX2 CPUs for every
+/// tensor with a multiple of 8 rows and every batch size. (Its plain `vec_dot`, for the
+/// other tensors, keeps 8 lanes per block and rounds differently, by a few ulps.)
 #[target_feature(enable = "avx2,fma")]
 fn dot_iq4_nl(row: &[BlockIQ4NL], act: &[BlockQ8_0]) -> f32 {
     let table = iq4_table();
     let ones = _mm256_set1_epi16(1);
-    let block_lanes = |w: &BlockIQ4NL, a: &BlockQ8_0| {
+    let mut acc = 0f32;
+    for (w, a) in row.iter().zip(act) {
         let products = dot_i8_pairs(iq4_levels(table, &w.qs), load32(&a.qs, 0));
-        _mm256_madd_epi16(products, ones)
-    };
-    // Even and odd blocks go to separate accumulators (two FMA chains in flight).
-    let (mut acc_even, mut acc_odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let pairs = row.len() / 2;
-    for (w, a) in row.chunks_exact(2).zip(act.chunks_exact(2)) {
-        let (d0, d1) = pair_scales([a[0].d, w[0].d, a[1].d, w[1].d]);
-        acc_even = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(block_lanes(&w[0], &a[0])), acc_even);
-        acc_odd = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(block_lanes(&w[1], &a[1])), acc_odd);
+        let sumi = hsum_i32x8(_mm256_madd_epi16(products, ones));
+        acc = (sumi as f32).mul_add(w.d.to_f32() * a.d.to_f32(), acc);
     }
-    let mut sum = hsum_f32x8(_mm256_add_ps(acc_even, acc_odd));
-    // An odd last block is added in scalar, with a separate multiply and add.
-    if let (Some(w), Some(a)) = (row.get(2 * pairs), act.get(2 * pairs)) {
-        let d = a.d.to_f32() * w.d.to_f32();
-        sum += d * levels_dot(&w.qs, &a.qs) as f32;
-    }
-    sum
+    acc
+}
+
+/// Sum of the 8 i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum_i32x8(v: __m256i) -> i32 {
+    let quad = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let pair = _mm_add_epi32(quad, _mm_unpackhi_epi64(quad, quad));
+    _mm_cvtsi128_si32(_mm_add_epi32(pair, _mm_shuffle_epi32::<0b01>(pair)))
 }
 
 /// Dot product of an IQ4_XS row with Q8_K activations (same block count).
