@@ -137,7 +137,22 @@ fn check_target_cpu(cpu: &str) -> Result<()> {
     Ok(())
 }
 
+/// `mcc build` as the command line has it: the build arguments and the GPU flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BuildCmd {
+    #[command(flatten)]
+    pub args: Args,
+    #[command(flatten)]
+    pub gpu: crate::gpu::GpuArgs,
+}
+
+/// `mcc build` without the GPU path.
 pub fn run(args: &Args) -> Result<()> {
+    run_with(args, &crate::gpu::GpuArgs::default())
+}
+
+/// `mcc build`; with `gpu.gpu`, the crate also gets the model's PTX kernels.
+pub fn run_with(args: &Args, gpu: &crate::gpu::GpuArgs) -> Result<()> {
     let t0 = Instant::now();
     check_target_cpu(&args.target_cpu)?;
     let gguf_path = std::fs::canonicalize(&args.model)
@@ -182,7 +197,10 @@ pub fn run(args: &Args) -> Result<()> {
         gguf_path: gguf_path.clone(),
         runtime_path: source_root().join("runtime"),
     };
-    let files = emit_crate(&desc, &plan, &opts, desc.tokenizer.to_bytes());
+    let mut files = emit_crate(&desc, &plan, &opts, desc.tokenizer.to_bytes());
+    if gpu.gpu {
+        crate::gpu::add_to_crate(&mut files, &desc, &plan, &opts)?;
+    }
     let generated = args
         .generated_dir
         .clone()

@@ -10,6 +10,7 @@ pub mod build;
 pub mod describe;
 pub mod emit;
 pub mod gguf;
+pub mod gpu;
 pub mod inspect;
 pub mod plan;
 pub mod ppl_table;

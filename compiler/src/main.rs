@@ -11,7 +11,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Compile a GGUF model into a standalone executable.
-    Build(mcc::build::Args),
+    Build(mcc::build::BuildCmd),
     /// Summarise a GGUF file: architecture, shapes, quant mix, tokenizer.
     Inspect(mcc::inspect::Args),
     /// Write a random-weight llama GGUF of any shape (test fixtures).
@@ -28,7 +28,7 @@ fn main() -> std::process::ExitCode {
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Build(args) => mcc::build::run(&args),
+        Cmd::Build(cmd) => mcc::build::run_with(&cmd.args, &cmd.gpu),
         Cmd::Inspect(args) => mcc::inspect::run(&args),
         Cmd::Synth(args) => mcc::synth::run(&args),
         Cmd::PplTable(args) => mcc::ppl_table::run(&args),

@@ -1,0 +1,898 @@
+//! Dequantization of every weight format as a small expression DAG, the one source of
+//! truth for the GPU kernels: [`Unit::to_ptx`] prints it as PTX, and [`Unit::eval`]
+//! interprets it on the CPU, so the tests check the exact arithmetic the kernels run
+//! against the runtime's scalar `dequantize_ref` of each format, without a GPU.
+//!
+//! Every format in the seed table has blocks of 32, or of 256 = 8 x 32, weights (the
+//! float types are cut into "blocks" of 32 here). A kernel therefore walks a row in
+//! *units* of 32 consecutive weights: unit `u` of a row is sub-block `u % UPB` of
+//! block `u / UPB`, with `UPB` units per block. A unit's program takes two run-time
+//! values, the block's address and the sub-block index `sub`, and yields the 32
+//! weights `w(sub, j)`, `j = 0..32`. `j` is a compile-time constant (the PTX is fully
+//! unrolled), so byte offsets, nibble shifts and scale indices that depend on `j`
+//! alone fold into immediates, and nodes that depend on `sub` alone (scales, minimums)
+//! are shared by all 32 weights through hash-consing.
+//!
+//! Arithmetic: integer nodes are 32-bit with wrap-around, float nodes are f32 with
+//! round-to-nearest and no contraction (`mul.rn` / `add.rn` / `sub.rn` in PTX), so the
+//! interpreter and the GPU agree bit for bit.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use crate::gguf::GgmlType;
+
+/// Index of a node in [`Unit::nodes`]; children always have smaller indices.
+pub type Id = usize;
+
+/// Width of a load from the block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Width {
+    U8,
+    /// Sign-extended byte.
+    S8,
+    /// Little-endian u16 (the offset must be even).
+    U16,
+    /// Little-endian u32 (the offset must be a multiple of 4).
+    U32,
+}
+
+/// 32-bit integer operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Add,
+    Sub,
+    Mul,
+    /// Logical shift right.
+    Shr,
+    Shl,
+    And,
+    Or,
+    /// 1 if `a < b` (unsigned), else 0.
+    Lt,
+}
+
+/// Constant tables the IQ formats index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// The 16 non-linear levels of IQ4_NL / IQ4_XS (signed bytes).
+    KvaluesIq4nl,
+}
+
+impl Table {
+    /// PTX symbol of the table.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Table::KvaluesIq4nl => "mcc_kvalues_iq4nl",
+        }
+    }
+
+    /// The entries, as signed 32-bit values.
+    pub fn values(self) -> Vec<i32> {
+        match self {
+            Table::KvaluesIq4nl => mcc_runtime::quant::iq_grids::KVALUES_IQ4NL
+                .iter()
+                .map(|&v| v as i32)
+                .collect(),
+        }
+    }
+}
+
+/// One node of a unit program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Node {
+    /// The sub-block index (run-time, `0..UPB`).
+    SubIdx,
+    Const(u32),
+    /// A load of `width` at byte `imm` (+ the value of `base`, if any) of the block.
+    Load(Width, Option<Id>, u32),
+    Bin(Op, Id, Id),
+    /// `cond != 0 ? a : b`.
+    Sel(Id, Id, Id),
+    /// Entry `index` of a table.
+    Lookup(Table, Id),
+    /// f32 from the low 16 bits as an IEEE half.
+    F16(Id),
+    /// f32 from the bits.
+    Bits(Id),
+    /// f32 from the value as a signed integer.
+    IToF(Id),
+    FMul(Id, Id),
+    FAdd(Id, Id),
+    FSub(Id, Id),
+}
+
+impl Node {
+    /// Whether the node's value is an f32 (else a 32-bit integer).
+    pub fn is_float(self) -> bool {
+        matches!(
+            self,
+            Node::F16(_)
+                | Node::Bits(_)
+                | Node::IToF(_)
+                | Node::FMul(..)
+                | Node::FAdd(..)
+                | Node::FSub(..)
+        )
+    }
+}
+
+/// The program of one 32-weight unit of a format.
+#[derive(Clone, Debug)]
+pub struct Unit {
+    pub nodes: Vec<Node>,
+    /// The f32 node of each of the 32 weights.
+    pub weights: [Id; 32],
+}
+
+/// Builds a unit program with hash-consing and constant folding.
+#[derive(Default)]
+struct Builder {
+    nodes: Vec<Node>,
+    seen: HashMap<Node, Id>,
+}
+
+impl Builder {
+    fn node(&mut self, n: Node) -> Id {
+        if let Some(&id) = self.seen.get(&n) {
+            return id;
+        }
+        self.nodes.push(n);
+        self.seen.insert(n, self.nodes.len() - 1);
+        self.nodes.len() - 1
+    }
+
+    fn konst(&self, id: Id) -> Option<u32> {
+        match self.nodes[id] {
+            Node::Const(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn c(&mut self, v: u32) -> Id {
+        self.node(Node::Const(v))
+    }
+
+    fn sub_idx(&mut self) -> Id {
+        self.node(Node::SubIdx)
+    }
+
+    fn bin(&mut self, op: Op, a: Id, b: Id) -> Id {
+        if let (Some(x), Some(y)) = (self.konst(a), self.konst(b)) {
+            return self.c(eval_op(op, x, y));
+        }
+        match (op, self.konst(b)) {
+            (Op::Add | Op::Sub | Op::Shr | Op::Shl | Op::Or, Some(0)) => return a,
+            (Op::Mul, Some(1)) => return a,
+            _ => {}
+        }
+        if op == Op::Add && self.konst(a) == Some(0) {
+            return b;
+        }
+        self.node(Node::Bin(op, a, b))
+    }
+
+    fn add(&mut self, a: Id, b: Id) -> Id {
+        self.bin(Op::Add, a, b)
+    }
+    fn addc(&mut self, a: Id, k: u32) -> Id {
+        let k = self.c(k);
+        self.add(a, k)
+    }
+    fn mulc(&mut self, a: Id, k: u32) -> Id {
+        let k = self.c(k);
+        self.bin(Op::Mul, a, k)
+    }
+    fn shr(&mut self, a: Id, b: Id) -> Id {
+        self.bin(Op::Shr, a, b)
+    }
+    fn shrc(&mut self, a: Id, k: u32) -> Id {
+        let k = self.c(k);
+        self.shr(a, k)
+    }
+    fn shlc(&mut self, a: Id, k: u32) -> Id {
+        let k = self.c(k);
+        self.bin(Op::Shl, a, k)
+    }
+    fn andc(&mut self, a: Id, k: u32) -> Id {
+        let k = self.c(k);
+        self.bin(Op::And, a, k)
+    }
+    fn or(&mut self, a: Id, b: Id) -> Id {
+        self.bin(Op::Or, a, b)
+    }
+    fn subc(&mut self, a: Id, k: u32) -> Id {
+        let k = self.c(k);
+        self.bin(Op::Sub, a, k)
+    }
+    fn sel(&mut self, cond: Id, a: Id, b: Id) -> Id {
+        match self.konst(cond) {
+            Some(0) => b,
+            Some(_) => a,
+            None => self.node(Node::Sel(cond, a, b)),
+        }
+    }
+
+    /// A load at byte offset `off` (a node) of the block; `base + constant` offsets keep
+    /// the constant as the load's immediate.
+    fn load(&mut self, w: Width, off: Id) -> Id {
+        let n = match self.nodes[off] {
+            Node::Const(k) => Node::Load(w, None, k),
+            Node::Bin(Op::Add, a, b) if self.konst(b).is_some() => {
+                Node::Load(w, Some(a), self.konst(b).unwrap_or(0))
+            }
+            _ => Node::Load(w, Some(off), 0),
+        };
+        self.node(n)
+    }
+    fn ld(&mut self, w: Width, off: u32) -> Id {
+        let off = self.c(off);
+        self.load(w, off)
+    }
+    /// Byte `k + var` of the block.
+    fn ld8_at(&mut self, var: Id, k: u32) -> Id {
+        let off = self.addc(var, k);
+        self.load(Width::U8, off)
+    }
+    fn f16_at(&mut self, off: u32) -> Id {
+        let bits = self.ld(Width::U16, off);
+        self.node(Node::F16(bits))
+    }
+    fn itof(&mut self, a: Id) -> Id {
+        self.node(Node::IToF(a))
+    }
+    fn fmul(&mut self, a: Id, b: Id) -> Id {
+        self.node(Node::FMul(a, b))
+    }
+    fn fadd(&mut self, a: Id, b: Id) -> Id {
+        self.node(Node::FAdd(a, b))
+    }
+    fn fsub(&mut self, a: Id, b: Id) -> Id {
+        self.node(Node::FSub(a, b))
+    }
+}
+
+fn eval_op(op: Op, a: u32, b: u32) -> u32 {
+    match op {
+        Op::Add => a.wrapping_add(b),
+        Op::Sub => a.wrapping_sub(b),
+        Op::Mul => a.wrapping_mul(b),
+        Op::Shr => a.checked_shr(b).unwrap_or(0),
+        Op::Shl => a.checked_shl(b).unwrap_or(0),
+        Op::And => a & b,
+        Op::Or => a | b,
+        Op::Lt => u32::from(a < b),
+    }
+}
+
+/// The formats the GPU kernels support, in the seed table's order.
+pub const SUPPORTED: [GgmlType; 15] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+];
+
+/// Block geometry of a format as the kernels walk it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Bytes of one block (of 32 weights for the float types).
+    pub block_bytes: u32,
+    /// 32-weight units per block.
+    pub units_per_block: u32,
+}
+
+/// The geometry of `t`, or `None` when the GPU has no kernel for it.
+pub fn geometry(t: GgmlType) -> Option<Geometry> {
+    if !SUPPORTED.contains(&t) {
+        return None;
+    }
+    let elems = t.block_elems() as u32;
+    let bytes = t.block_bytes() as u32;
+    Some(if elems == 1 {
+        Geometry {
+            block_bytes: 32 * bytes,
+            units_per_block: 1,
+        }
+    } else {
+        Geometry {
+            block_bytes: bytes,
+            units_per_block: elems / 32,
+        }
+    })
+}
+
+/// The unit program of format `t`, or `None` when the GPU has no kernel for it.
+pub fn unit(t: GgmlType) -> Option<Unit> {
+    let mut b = Builder::default();
+    let mut weights = [0; 32];
+    for (j, w) in weights.iter_mut().enumerate() {
+        *w = weight(&mut b, t, j as u32)?;
+    }
+    Some(Unit {
+        nodes: b.nodes,
+        weights,
+    })
+}
+
+/// Nibble `j` of a 32-weight run stored as 16 bytes from `qs` (weight `j` low nibble of
+/// byte `j`, weight `j + 16` high nibble of byte `j`), with `var` added to the offset.
+fn nibble16(b: &mut Builder, var: Option<Id>, qs: u32, j: u32) -> Id {
+    let byte = match var {
+        Some(v) => b.ld8_at(v, qs + j % 16),
+        None => b.ld(Width::U8, qs + j % 16),
+    };
+    if j < 16 {
+        b.andc(byte, 0xf)
+    } else {
+        b.shrc(byte, 4)
+    }
+}
+
+/// Bit `j` (0..32) of the 4 bytes at `at`.
+fn bit_of4(b: &mut Builder, at: u32, j: u32) -> Id {
+    let byte = b.ld(Width::U8, at + j / 8);
+    let bit = b.shrc(byte, j % 8);
+    b.andc(bit, 1)
+}
+
+/// Scale and minimum (6 bits each) of sub-block `s` of a Q4_K / Q5_K block, from the
+/// 12 packed bytes at `at`: sub-blocks 0..4 keep theirs in the low 6 bits of bytes
+/// `s` (scale) and `s + 4` (min); sub-blocks 4..8 have their low 4 bits in byte
+/// `s + 4` (scale low nibble, min high nibble) and their top 2 bits in the top bits
+/// of bytes `s - 4` (scale) and `s` (min).
+fn scale_min_k4(b: &mut Builder, s: Id, at: u32) -> (Id, Id) {
+    let s3 = b.andc(s, 3);
+    let a = b.ld8_at(s3, at); // byte s (s < 4) or s - 4 (s >= 4)
+    let bb = b.ld8_at(s3, at + 4); // byte s + 4 (s < 4) or s (s >= 4)
+    let cc = b.ld8_at(s3, at + 8); // byte s + 4 (s >= 4)
+    let lo_sc = b.andc(a, 63);
+    let lo_m = b.andc(bb, 63);
+    let c_lo = b.andc(cc, 0xf);
+    let a_top = b.shrc(a, 6);
+    let a_top = b.shlc(a_top, 4);
+    let hi_sc = b.or(c_lo, a_top);
+    let c_hi = b.shrc(cc, 4);
+    let b_top = b.shrc(bb, 6);
+    let b_top = b.shlc(b_top, 4);
+    let hi_m = b.or(c_hi, b_top);
+    let upper = b.shrc(s, 2);
+    (b.sel(upper, hi_sc, lo_sc), b.sel(upper, hi_m, lo_m))
+}
+
+/// Weight `j` of the unit, as an f32 node; `None` for formats without a GPU kernel.
+fn weight(b: &mut Builder, t: GgmlType, j: u32) -> Option<Id> {
+    let s = b.sub_idx();
+    Some(match t {
+        GgmlType::F32 => {
+            let bits = b.ld(Width::U32, 4 * j);
+            b.node(Node::Bits(bits))
+        }
+        GgmlType::F16 => b.f16_at(2 * j),
+        GgmlType::BF16 => {
+            let h = b.ld(Width::U16, 2 * j);
+            let bits = b.shlc(h, 16);
+            b.node(Node::Bits(bits))
+        }
+        // d, qs[32] (i8): d * q
+        GgmlType::Q8_0 => {
+            let d = b.f16_at(0);
+            let q = b.ld(Width::S8, 2 + j);
+            let q = b.itof(q);
+            b.fmul(q, d)
+        }
+        // d, qs[16]: (q - 8) * d
+        GgmlType::Q4_0 => {
+            let d = b.f16_at(0);
+            let q = nibble16(b, None, 2, j);
+            let q = b.subc(q, 8);
+            let q = b.itof(q);
+            b.fmul(q, d)
+        }
+        // d, m, qs[16]: d * q + m
+        GgmlType::Q4_1 => {
+            let (d, m) = (b.f16_at(0), b.f16_at(2));
+            let q = nibble16(b, None, 4, j);
+            let q = b.itof(q);
+            let dq = b.fmul(d, q);
+            b.fadd(dq, m)
+        }
+        // d, qh[4], qs[16]: (q - 16) * d, bit 4 of weight j is bit j of qh
+        GgmlType::Q5_0 => {
+            let d = b.f16_at(0);
+            let lo = nibble16(b, None, 6, j);
+            let hi = bit_of4(b, 2, j);
+            let hi = b.shlc(hi, 4);
+            let q = b.or(lo, hi);
+            let q = b.subc(q, 16);
+            let q = b.itof(q);
+            b.fmul(q, d)
+        }
+        // d, m, qh[4], qs[16]: d * q + m
+        GgmlType::Q5_1 => {
+            let (d, m) = (b.f16_at(0), b.f16_at(2));
+            let lo = nibble16(b, None, 8, j);
+            let hi = bit_of4(b, 4, j);
+            let hi = b.shlc(hi, 4);
+            let q = b.or(lo, hi);
+            let q = b.itof(q);
+            let dq = b.fmul(d, q);
+            b.fadd(dq, m)
+        }
+        // scales[16] (4-bit scale | 4-bit min), qs[64] (2-bit), d, dmin. Weight
+        // 32s + j: q = (qs[32 (s/4) + j] >> 2 (s%4)) & 3, group g = 2s + j/16,
+        // w = (d * sc) * q - dmin * m.
+        GgmlType::Q2_K => {
+            let (d, dmin) = (b.f16_at(80), b.f16_at(82));
+            let h = b.shrc(s, 2);
+            let qoff = b.mulc(h, 32);
+            let byte = b.ld8_at(qoff, 16 + j);
+            let k = b.andc(s, 3);
+            let k2 = b.mulc(k, 2);
+            let q = b.shr(byte, k2);
+            let q = b.andc(q, 3);
+            let g = b.mulc(s, 2);
+            let sc = b.ld8_at(g, j / 16);
+            let scale = b.andc(sc, 0xf);
+            let min = b.shrc(sc, 4);
+            let scale = b.itof(scale);
+            let min = b.itof(min);
+            let dscale = b.fmul(d, scale);
+            let dmin = b.fmul(dmin, min);
+            let q = b.itof(q);
+            let v = b.fmul(dscale, q);
+            b.fsub(v, dmin)
+        }
+        // hmask[32], qs[64] (2-bit), scales[12] (16 x 6-bit, offset 32), d. Weight
+        // 32s + j: lo = (qs[32 (s/4) + j] >> 2 (s%4)) & 3, hi = hmask[j] bit 4 (s/4) +
+        // s%4 = bit s, q = lo + 4 hi - 4; w = (d * sc) * q.
+        GgmlType::Q3_K => {
+            let d = b.f16_at(108);
+            let h = b.shrc(s, 2);
+            let qoff = b.mulc(h, 32);
+            let byte = b.ld8_at(qoff, 32 + j);
+            let k = b.andc(s, 3);
+            let k2 = b.mulc(k, 2);
+            let lo = b.shr(byte, k2);
+            let lo = b.andc(lo, 3);
+            let hm = b.ld(Width::U8, j);
+            let hi = b.shr(hm, s);
+            let hi = b.andc(hi, 1);
+            let hi4 = b.shlc(hi, 2);
+            let q = b.add(lo, hi4);
+            let q = b.subc(q, 4);
+            // Scale g = 2s + j/16: word w = s/2, byte g%4 = 2 (s%2) + j/16. Low 4 bits
+            // from byte (g%4) + 4 (w%2) >> 4 (w/2); high 2 bits from byte 8 + g%4
+            // >> 2w.
+            let w = b.shrc(s, 1);
+            let s1 = b.andc(s, 1);
+            let gb = b.mulc(s1, 2);
+            let gb = b.addc(gb, j / 16);
+            let w1 = b.andc(w, 1);
+            let w1 = b.mulc(w1, 4);
+            let lo_at = b.add(gb, w1);
+            let lo_byte = b.ld8_at(lo_at, 96);
+            let w2 = b.shrc(w, 1);
+            let w2 = b.mulc(w2, 4);
+            let sc_lo = b.shr(lo_byte, w2);
+            let sc_lo = b.andc(sc_lo, 0xf);
+            let hi_byte = b.ld8_at(gb, 104);
+            let wsh = b.mulc(w, 2);
+            let sc_hi = b.shr(hi_byte, wsh);
+            let sc_hi = b.andc(sc_hi, 3);
+            let sc_hi = b.shlc(sc_hi, 4);
+            let sc = b.or(sc_lo, sc_hi);
+            let sc = b.subc(sc, 32);
+            let sc = b.itof(sc);
+            let scale = b.fmul(d, sc);
+            let q = b.itof(q);
+            b.fmul(scale, q)
+        }
+        // d, dmin, scales[12], qs[128]: weight 32s + j is nibble s%2 of byte
+        // 32 (s/2) + j; w = (d * sc) * q - dmin * m.
+        GgmlType::Q4_K | GgmlType::Q5_K => {
+            let (d, dmin) = (b.f16_at(0), b.f16_at(2));
+            let (sc, m) = scale_min_k4(b, s, 4);
+            let qs = if t == GgmlType::Q4_K { 16 } else { 48 };
+            let c = b.shrc(s, 1);
+            let coff = b.mulc(c, 32);
+            let byte = b.ld8_at(coff, qs + j);
+            let odd = b.andc(s, 1);
+            let sh = b.mulc(odd, 4);
+            let q = b.shr(byte, sh);
+            let mut q = b.andc(q, 0xf);
+            if t == GgmlType::Q5_K {
+                // bit 4 of weight 32s + j: bit s of qh[j]
+                let qh = b.ld(Width::U8, 16 + j);
+                let hi = b.shr(qh, s);
+                let hi = b.andc(hi, 1);
+                let hi = b.shlc(hi, 4);
+                q = b.or(q, hi);
+            }
+            let sc = b.itof(sc);
+            let m = b.itof(m);
+            let scale = b.fmul(d, sc);
+            let offset = b.fmul(dmin, m);
+            let q = b.itof(q);
+            let v = b.fmul(scale, q);
+            b.fsub(v, offset)
+        }
+        // ql[128], qh[64], scales[16] (i8), d. Weight 32s + j with h = s/4, k = s%4:
+        // low 4 bits from ql[64h + 32 (k%2) + j] >> 4 (k/2), high 2 bits from
+        // qh[32h + j] >> 2k; w = (d * scale[2s + j/16]) * (q - 32).
+        GgmlType::Q6_K => {
+            let d = b.f16_at(208);
+            let h = b.shrc(s, 2);
+            let k = b.andc(s, 3);
+            let h64 = b.mulc(h, 64);
+            let k1 = b.andc(k, 1);
+            let k32 = b.mulc(k1, 32);
+            let ql_at = b.add(h64, k32);
+            let ql = b.ld8_at(ql_at, j);
+            let kh = b.shrc(k, 1);
+            let ksh = b.mulc(kh, 4);
+            let lo = b.shr(ql, ksh);
+            let lo = b.andc(lo, 0xf);
+            let h32 = b.mulc(h, 32);
+            let qh = b.ld8_at(h32, 128 + j);
+            let k2 = b.mulc(k, 2);
+            let hi = b.shr(qh, k2);
+            let hi = b.andc(hi, 3);
+            let hi = b.shlc(hi, 4);
+            let q = b.or(lo, hi);
+            let q = b.subc(q, 32);
+            let g = b.mulc(s, 2);
+            let g = b.addc(g, 192 + j / 16);
+            let sc = b.load(Width::S8, g);
+            let sc = b.itof(sc);
+            let scale = b.fmul(d, sc);
+            let q = b.itof(q);
+            b.fmul(scale, q)
+        }
+        // d, qs[16]: d * kvalues[index]
+        GgmlType::IQ4_NL => {
+            let d = b.f16_at(0);
+            let idx = nibble16(b, None, 2, j);
+            let v = b.node(Node::Lookup(Table::KvaluesIq4nl, idx));
+            let v = b.itof(v);
+            b.fmul(d, v)
+        }
+        // d, scales_h (u16), scales_l[4], qs[128]: sub-block s has scale
+        // ((scales_l[s/2] >> 4 (s%2)) & 15 | ((scales_h >> 2s) & 3) << 4) - 32 and its
+        // 16 index bytes at 8 + 16s; w = (d * scale) * kvalues[index].
+        GgmlType::IQ4_XS => {
+            let d = b.f16_at(0);
+            let sh = b.ld(Width::U16, 2);
+            let half = b.shrc(s, 1);
+            let sl = b.ld8_at(half, 4);
+            let odd = b.andc(s, 1);
+            let odd4 = b.mulc(odd, 4);
+            let lo = b.shr(sl, odd4);
+            let lo = b.andc(lo, 0xf);
+            let s2 = b.mulc(s, 2);
+            let hi = b.shr(sh, s2);
+            let hi = b.andc(hi, 3);
+            let hi = b.shlc(hi, 4);
+            let ls = b.or(lo, hi);
+            let ls = b.subc(ls, 32);
+            let ls = b.itof(ls);
+            let dl = b.fmul(d, ls);
+            let s16 = b.mulc(s, 16);
+            let idx = nibble16(b, Some(s16), 8, j);
+            let v = b.node(Node::Lookup(Table::KvaluesIq4nl, idx));
+            let v = b.itof(v);
+            b.fmul(dl, v)
+        }
+        _ => return None,
+    })
+}
+
+impl Unit {
+    /// The tables the program reads.
+    pub fn tables(&self) -> Vec<Table> {
+        let mut t: Vec<Table> = self
+            .nodes
+            .iter()
+            .filter_map(|n| match n {
+                Node::Lookup(t, _) => Some(*t),
+                _ => None,
+            })
+            .collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+
+    /// Interprets the program on one block (`block` holds at least the block's bytes)
+    /// for sub-block `sub`: the 32 weights. Loads past the block, or misaligned, are
+    /// errors (they would fault or read the next block on the GPU).
+    pub fn eval(&self, block: &[u8], block_bytes: usize, sub: u32) -> Result<[f32; 32], String> {
+        let mut v = vec![0u32; self.nodes.len()];
+        for (i, n) in self.nodes.iter().enumerate() {
+            let f = |id: Id| f32::from_bits(v[id]);
+            v[i] = match *n {
+                Node::SubIdx => sub,
+                Node::Const(k) => k,
+                Node::Load(w, base, imm) => {
+                    let off = base.map_or(0, |b| v[b]).wrapping_add(imm) as usize;
+                    let (len, align) = match w {
+                        Width::U8 | Width::S8 => (1, 1),
+                        Width::U16 => (2, 2),
+                        Width::U32 => (4, 4),
+                    };
+                    if off + len > block_bytes || off % align != 0 {
+                        return Err(format!(
+                            "node {i}: {w:?} load at byte {off} of a {block_bytes}-byte block"
+                        ));
+                    }
+                    let bytes = &block[off..off + len];
+                    match w {
+                        Width::U8 => bytes[0] as u32,
+                        Width::S8 => bytes[0] as i8 as i32 as u32,
+                        Width::U16 => u16::from_le_bytes([bytes[0], bytes[1]]) as u32,
+                        Width::U32 => u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+                    }
+                }
+                Node::Bin(op, a, b) => eval_op(op, v[a], v[b]),
+                Node::Sel(c, a, b) => {
+                    if v[c] != 0 {
+                        v[a]
+                    } else {
+                        v[b]
+                    }
+                }
+                Node::Lookup(t, idx) => {
+                    let values = t.values();
+                    *values
+                        .get(v[idx] as usize)
+                        .ok_or_else(|| format!("node {i}: {t:?}[{}] out of range", v[idx]))?
+                        as u32
+                }
+                Node::F16(a) => half::f16::from_bits(v[a] as u16).to_f32().to_bits(),
+                Node::Bits(a) => v[a],
+                Node::IToF(a) => (v[a] as i32 as f32).to_bits(),
+                Node::FMul(a, b) => (f(a) * f(b)).to_bits(),
+                Node::FAdd(a, b) => (f(a) + f(b)).to_bits(),
+                Node::FSub(a, b) => (f(a) - f(b)).to_bits(),
+            };
+        }
+        Ok(self.weights.map(|w| f32::from_bits(v[w])))
+    }
+
+    /// The program as PTX. Registers: `%sub` (u32) holds the sub-block index and `%bp`
+    /// (u64) the block's address; node `i` lands in `%u{i}` (integer) or `%f{i}` (f32),
+    /// with `%a{i}` for its address and `%h{i}` for a half. `indent` prefixes each line.
+    /// The caller declares `.reg .b32 %u<N>`, `.reg .f32 %f<N>`, `.reg .b64 %a<N>`,
+    /// `.reg .b16 %h<N>` and `.reg .pred %p<N>` with `N = nodes.len()`.
+    pub fn to_ptx(&self, indent: &str) -> String {
+        let mut out = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let line = |out: &mut String, s: String| {
+                let _ = writeln!(out, "{indent}{s}");
+            };
+            match *n {
+                Node::SubIdx => line(&mut out, format!("mov.u32 %u{i}, %sub;")),
+                Node::Const(k) => line(&mut out, format!("mov.u32 %u{i}, {k};")),
+                Node::Load(w, base, imm) => {
+                    let ty = match w {
+                        Width::U8 => "u8",
+                        Width::S8 => "s8",
+                        Width::U16 => "u16",
+                        Width::U32 => "u32",
+                    };
+                    let addr = match base {
+                        None => "%bp".to_string(),
+                        Some(b) => {
+                            line(&mut out, format!("cvt.u64.u32 %a{i}, %u{b};"));
+                            line(&mut out, format!("add.u64 %a{i}, %bp, %a{i};"));
+                            format!("%a{i}")
+                        }
+                    };
+                    line(
+                        &mut out,
+                        format!("ld.global.nc.{ty} %u{i}, [{addr}+{imm}];"),
+                    );
+                }
+                Node::Bin(op, a, b) => {
+                    let ins = match op {
+                        Op::Add => "add.u32",
+                        Op::Sub => "sub.u32",
+                        Op::Mul => "mul.lo.u32",
+                        Op::Shr => "shr.b32",
+                        Op::Shl => "shl.b32",
+                        Op::And => "and.b32",
+                        Op::Or => "or.b32",
+                        Op::Lt => {
+                            line(&mut out, format!("setp.lt.u32 %p{i}, %u{a}, %u{b};"));
+                            line(&mut out, format!("selp.u32 %u{i}, 1, 0, %p{i};"));
+                            continue;
+                        }
+                    };
+                    line(&mut out, format!("{ins} %u{i}, %u{a}, %u{b};"));
+                }
+                Node::Sel(c, a, b) => {
+                    line(&mut out, format!("setp.ne.u32 %p{i}, %u{c}, 0;"));
+                    line(&mut out, format!("selp.u32 %u{i}, %u{a}, %u{b}, %p{i};"));
+                }
+                Node::Lookup(t, idx) => {
+                    line(&mut out, format!("mov.u64 %a{i}, {};", t.symbol()));
+                    line(&mut out, format!("mad.wide.u32 %a{i}, %u{idx}, 4, %a{i};"));
+                    line(&mut out, format!("ld.global.nc.u32 %u{i}, [%a{i}];"));
+                }
+                Node::F16(a) => {
+                    line(&mut out, format!("cvt.u16.u32 %h{i}, %u{a};"));
+                    line(&mut out, format!("cvt.f32.f16 %f{i}, %h{i};"));
+                }
+                Node::Bits(a) => line(&mut out, format!("mov.b32 %f{i}, %u{a};")),
+                Node::IToF(a) => line(&mut out, format!("cvt.rn.f32.s32 %f{i}, %u{a};")),
+                Node::FMul(a, b) => line(&mut out, format!("mul.rn.f32 %f{i}, %f{a}, %f{b};")),
+                Node::FAdd(a, b) => line(&mut out, format!("add.rn.f32 %f{i}, %f{a}, %f{b};")),
+                Node::FSub(a, b) => line(&mut out, format!("sub.rn.f32 %f{i}, %f{a}, %f{b};")),
+            }
+        }
+        out
+    }
+}
+
+/// PTX definitions of `tables` (module-scope `.global` arrays).
+pub fn tables_ptx(tables: &[Table]) -> String {
+    let mut out = String::new();
+    for t in tables {
+        let values = t.values();
+        let list = values
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            out,
+            ".global .align 4 .s32 {}[{}] = {{{list}}};",
+            t.symbol(),
+            values.len()
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcc_runtime::quant::{self, WeightType};
+
+    /// The runtime's scalar reference dequantization of `bytes` (whole blocks of `W`).
+    fn reference<W: WeightType>(bytes: &[u8]) -> Vec<f32> {
+        // Copy into 8-byte aligned storage: block structs hold f16 (2-byte alignment).
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        // SAFETY: the u64 storage is at least bytes.len() long; u8 has no alignment.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), bytes.len()) };
+        dst.copy_from_slice(bytes);
+        let blocks = quant::blocks_of::<W>(dst);
+        let mut out = vec![0f32; blocks.len() * W::BLOCK_ELEMS];
+        W::dequantize_ref(blocks, &mut out);
+        out
+    }
+
+    fn reference_of(t: GgmlType, bytes: &[u8]) -> Vec<f32> {
+        use quant::*;
+        match t {
+            GgmlType::F32 => reference::<f32::F32>(bytes),
+            GgmlType::F16 => reference::<f16::F16>(bytes),
+            GgmlType::BF16 => reference::<bf16::BF16>(bytes),
+            GgmlType::Q4_0 => reference::<q4_0::Q4_0>(bytes),
+            GgmlType::Q4_1 => reference::<q4_1::Q4_1>(bytes),
+            GgmlType::Q5_0 => reference::<q5_0::Q5_0>(bytes),
+            GgmlType::Q5_1 => reference::<q5_1::Q5_1>(bytes),
+            GgmlType::Q8_0 => reference::<q8_0::Q8_0>(bytes),
+            GgmlType::Q2_K => reference::<q2_k::Q2_K>(bytes),
+            GgmlType::Q3_K => reference::<q3_k::Q3_K>(bytes),
+            GgmlType::Q4_K => reference::<q4_k::Q4_K>(bytes),
+            GgmlType::Q5_K => reference::<q5_k::Q5_K>(bytes),
+            GgmlType::Q6_K => reference::<q6_k::Q6_K>(bytes),
+            GgmlType::IQ4_NL => reference::<iq4_nl::IQ4_NL>(bytes),
+            GgmlType::IQ4_XS => reference::<iq4_xs::IQ4_XS>(bytes),
+            other => panic!("no reference wired for {other:?}"),
+        }
+    }
+
+    /// xorshift bytes: every bit pattern of scales and quants gets exercised.
+    fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// For every supported format, the unit programs over random blocks give exactly
+    /// the runtime's reference dequantization (where the reference is finite: random
+    /// f16 scales include infinities and NaNs, whose products depend on the order of
+    /// operations).
+    #[test]
+    fn unit_programs_match_the_runtime_dequantization() {
+        for t in SUPPORTED {
+            let geo = geometry(t).unwrap();
+            let u = unit(t).unwrap();
+            let n_blocks = 64;
+            let bytes = random_bytes(n_blocks * geo.block_bytes as usize, t.id() as u64 + 7);
+            let want = reference_of(t, &bytes);
+            assert_eq!(want.len(), n_blocks * geo.units_per_block as usize * 32);
+            let mut checked = 0;
+            for blk in 0..n_blocks {
+                let at = blk * geo.block_bytes as usize;
+                let block = &bytes[at..at + geo.block_bytes as usize];
+                for sub in 0..geo.units_per_block {
+                    let got = u
+                        .eval(block, geo.block_bytes as usize, sub)
+                        .unwrap_or_else(|e| panic!("{}: {e}", t.name()));
+                    for (j, &g) in got.iter().enumerate() {
+                        let e = (blk * geo.units_per_block as usize + sub as usize) * 32 + j;
+                        if !want[e].is_finite() {
+                            continue;
+                        }
+                        assert_eq!(
+                            g.to_bits(),
+                            want[e].to_bits(),
+                            "{}: block {blk} sub {sub} weight {j}: {g} vs {}",
+                            t.name(),
+                            want[e]
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+            assert!(
+                checked > want.len() / 2,
+                "{}: only {checked} of {} weights were finite",
+                t.name(),
+                want.len()
+            );
+        }
+    }
+
+    #[test]
+    fn unsupported_formats_have_no_program() {
+        for t in GgmlType::ALL {
+            assert_eq!(unit(t).is_some(), SUPPORTED.contains(&t), "{}", t.name());
+            assert_eq!(
+                geometry(t).is_some(),
+                SUPPORTED.contains(&t),
+                "{}",
+                t.name()
+            );
+        }
+    }
+
+    #[test]
+    fn programs_share_the_per_unit_work() {
+        // Q4_K: the scale and minimum are computed once per unit, not per weight.
+        let u = unit(GgmlType::Q4_K).unwrap();
+        let fsubs = u
+            .nodes
+            .iter()
+            .filter(|n| matches!(n, Node::FSub(..)))
+            .count();
+        let f16s = u
+            .nodes
+            .iter()
+            .filter(|n| matches!(n, Node::F16(..)))
+            .count();
+        assert_eq!(fsubs, 32);
+        assert_eq!(f16s, 2);
+    }
+}

@@ -1,0 +1,243 @@
+//! The PTX text of each kernel family, from the templates in `templates/ptx/` with their
+//! `{{holes}}` filled for one model: every shape is an immediate.
+
+use std::fmt::Write as _;
+
+use super::dequant::{geometry, unit, Unit};
+use crate::gguf::GgmlType;
+
+/// A float as a PTX immediate (`0fXXXXXXXX`, exact).
+pub fn f32_imm(v: f32) -> String {
+    format!("0f{:08X}", v.to_bits())
+}
+
+/// Fills `{{name}}` holes; a hole left unfilled is a bug in this module.
+pub fn fill(template: &str, holes: &[(&str, String)]) -> String {
+    let mut out = template.to_string();
+    for (k, v) in holes {
+        out = out.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    debug_assert!(!out.contains("{{"), "unfilled hole in:\n{out}");
+    out
+}
+
+/// `ld.global.v4.f32` of the unit's 32 activations into `%x0..%x31` from `%xu`.
+fn load_x() -> String {
+    let mut out = String::new();
+    for k in 0..8 {
+        let _ = writeln!(
+            out,
+            "\tld.global.v4.f32 {{%x{}, %x{}, %x{}, %x{}}}, [%xu+{}];",
+            4 * k,
+            4 * k + 1,
+            4 * k + 2,
+            4 * k + 3,
+            16 * k
+        );
+    }
+    out.trim_end().to_string()
+}
+
+/// The matvec / embed holes shared by both: the unit program and the geometry.
+fn unit_holes(t: GgmlType, cols: u64) -> Option<(Unit, Vec<(&'static str, String)>)> {
+    let geo = geometry(t)?;
+    let u = unit(t)?;
+    let units = cols / 32;
+    let row_bytes = cols / t.block_elems() * t.block_bytes();
+    let holes = vec![
+        ("n_nodes", u.nodes.len().max(1).to_string()),
+        ("units", units.to_string()),
+        ("units_per_block", geo.units_per_block.to_string()),
+        ("block_bytes", geo.block_bytes.to_string()),
+        ("row_bytes", row_bytes.to_string()),
+        ("unit_code", u.to_ptx("\t").trim_end().to_string()),
+    ];
+    Some((u, holes))
+}
+
+/// `y = W x` (or `y += W x` with `accumulate`) for a `rows x cols` matrix of type `t`.
+pub fn matvec(name: &str, t: GgmlType, rows: u64, cols: u64, accumulate: bool) -> Option<String> {
+    let (u, mut holes) = unit_holes(t, cols)?;
+    let mut dot = String::new();
+    for (j, w) in u.weights.iter().enumerate() {
+        let _ = writeln!(dot, "\tfma.rn.f32 %acc, %f{w}, %x{j}, %acc;");
+    }
+    let store = if accumulate {
+        "\tld.global.f32 %other, [%yp];\n\tadd.rn.f32 %acc, %other, %acc;\n\tst.global.f32 [%yp], %acc;"
+    } else {
+        "\tst.global.f32 [%yp], %acc;"
+    };
+    let doc = format!(
+        "{}: {rows} x {cols} {} matrix, {} bytes per row.",
+        if accumulate { "y += W x" } else { "y = W x" },
+        t.name(),
+        cols / t.block_elems() * t.block_bytes()
+    );
+    holes.extend([
+        ("doc", doc),
+        ("name", name.to_string()),
+        ("rows", rows.to_string()),
+        ("load_x", load_x()),
+        ("dot", dot.trim_end().to_string()),
+        ("store", store.to_string()),
+    ]);
+    Some(fill(
+        include_str!("../../../templates/ptx/matvec.ptx"),
+        &holes,
+    ))
+}
+
+/// `y = dequantize(W[token])` for the `rows x cols` embedding table of type `t`.
+pub fn embed(name: &str, t: GgmlType, rows: u64, cols: u64) -> Option<String> {
+    let (u, mut holes) = unit_holes(t, cols)?;
+    let mut store = String::new();
+    for (j, w) in u.weights.iter().enumerate() {
+        let _ = writeln!(store, "\tst.global.f32 [%yp+{}], %f{w};", 4 * j);
+    }
+    let doc = format!(
+        "y = row params[0] of the {rows} x {cols} {} embedding table, dequantized.",
+        t.name()
+    );
+    holes.extend([
+        ("doc", doc),
+        ("name", name.to_string()),
+        ("rows", rows.to_string()),
+        ("store", store.trim_end().to_string()),
+    ]);
+    Some(fill(
+        include_str!("../../../templates/ptx/embed.ptx"),
+        &holes,
+    ))
+}
+
+/// RMSNorm over `n_embd` values.
+pub fn rmsnorm(n_embd: usize, eps: f32) -> String {
+    fill(
+        include_str!("../../../templates/ptx/rmsnorm.ptx"),
+        &[
+            ("n_embd", n_embd.to_string()),
+            ("n_embd_f", f32_imm(n_embd as f32)),
+            ("eps", format!("{eps:e}")),
+            ("eps_f", f32_imm(eps)),
+        ],
+    )
+}
+
+/// Shapes of the attention-side kernels.
+pub struct AttnShape {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub rope_dim: usize,
+    pub n_ctx: usize,
+}
+
+/// RoPE on q and k plus the KV-cache append.
+pub fn rope_kv(s: &AttnShape) -> String {
+    let head_pairs = s.head_dim / 2;
+    let q_pairs = s.n_head * head_pairs;
+    let kv_pairs = s.n_head_kv * head_pairs;
+    fill(
+        include_str!("../../../templates/ptx/rope_kv.ptx"),
+        &[
+            ("n_head", s.n_head.to_string()),
+            ("n_head_kv", s.n_head_kv.to_string()),
+            ("q_pairs", q_pairs.to_string()),
+            ("kv_pairs", kv_pairs.to_string()),
+            ("qk_pairs", (q_pairs + kv_pairs).to_string()),
+            ("n_threads", (q_pairs + 2 * kv_pairs).to_string()),
+            ("head_pairs", head_pairs.to_string()),
+            ("rope_pairs", (s.rope_dim / 2).to_string()),
+            ("kv_dim", (s.n_head_kv * s.head_dim).to_string()),
+            ("kv_row_bytes", (2 * s.n_head_kv * s.head_dim).to_string()),
+        ],
+    )
+}
+
+/// Threads of an attention CTA: at least 128, and enough for one per head dimension.
+pub fn attention_threads(head_dim: usize) -> usize {
+    head_dim.next_multiple_of(32).max(128)
+}
+
+/// A CTA-wide reduction of `reg` with `op` (`max.f32` or `add.rn.f32`) over `n_warps`
+/// warps, through the shared array `red`; every thread ends with the result.
+fn cta_reduce(reg: &str, op: &str, n_warps: usize) -> String {
+    let mut out = String::new();
+    for off in [16, 8, 4, 2, 1] {
+        let _ = writeln!(
+            out,
+            "\tshfl.sync.bfly.b32 %other, {reg}, {off}, 31, 0xffffffff;\n\t{op} {reg}, {reg}, %other;"
+        );
+    }
+    let _ = writeln!(out, "\tmov.u32 %sa, red;\n\tmad.lo.u32 %sa, %w, 4, %sa;");
+    let _ = writeln!(out, "\t@%lead st.shared.f32 [%sa], {reg};\n\tbar.sync 0;");
+    let _ = writeln!(out, "\tld.shared.f32 {reg}, [red];");
+    for k in 1..n_warps {
+        let _ = writeln!(
+            out,
+            "\tld.shared.f32 %other, [red+{}];\n\t{op} {reg}, {reg}, %other;",
+            4 * k
+        );
+    }
+    let _ = write!(out, "\tbar.sync 0;");
+    out
+}
+
+/// Attention of one token over the f16 cache.
+pub fn attention(s: &AttnShape) -> String {
+    let threads = attention_threads(s.head_dim);
+    let n_warps = threads / 32;
+    let scale = 1.0f32 / (s.head_dim as f32).sqrt();
+    fill(
+        include_str!("../../../templates/ptx/attention.ptx"),
+        &[
+            ("threads", threads.to_string()),
+            ("n_warps", n_warps.to_string()),
+            ("n_head", s.n_head.to_string()),
+            ("group", (s.n_head / s.n_head_kv).to_string()),
+            ("head_dim", s.head_dim.to_string()),
+            ("n_ctx", s.n_ctx.to_string()),
+            ("scale", format!("1/sqrt({})", s.head_dim)),
+            ("scale_f", f32_imm(scale)),
+            ("head_bytes_f32", (4 * s.head_dim).to_string()),
+            ("head_bytes_f16", (2 * s.head_dim).to_string()),
+            ("score_row_bytes", (4 * s.n_ctx).to_string()),
+            ("kv_row_bytes", (2 * s.n_head_kv * s.head_dim).to_string()),
+            ("reduce_max", cta_reduce("%m", "max.f32", n_warps)),
+            ("reduce_sum", cta_reduce("%sum", "add.rn.f32", n_warps)),
+        ],
+    )
+}
+
+/// SwiGLU over `n_ff` values.
+pub fn swiglu(n_ff: usize) -> String {
+    fill(
+        include_str!("../../../templates/ptx/swiglu.ptx"),
+        &[("n_ff", n_ff.to_string())],
+    )
+}
+
+/// Greedy pick over `n_vocab` logits.
+pub fn argmax(n_vocab: usize) -> String {
+    let mut reduce = String::new();
+    for off in [16, 8, 4, 2, 1] {
+        let _ = writeln!(
+            reduce,
+            "\tshfl.sync.bfly.b32 %ov, %best, {off}, 31, 0xffffffff;\n\
+             \tshfl.sync.bfly.b32 %oi, %best_i, {off}, 31, 0xffffffff;\n\
+             \tsetp.gt.f32 %take, %ov, %best;\n\
+             \tsetp.lt.u32 %lt, %oi, %best_i;\n\
+             \tsetp.eq.and.f32 %eq, %ov, %best, %lt;\n\
+             \tor.pred %take, %take, %eq;\n\
+             \t@%take mov.f32 %best, %ov;\n\
+             \t@%take mov.u32 %best_i, %oi;"
+        );
+    }
+    fill(
+        include_str!("../../../templates/ptx/argmax.ptx"),
+        &[
+            ("n_vocab", n_vocab.to_string()),
+            ("warp_reduce", reduce.trim_end().to_string()),
+        ],
+    )
+}

@@ -1,0 +1,372 @@
+//! GPU code generation for `mcc build --gpu`: PTX kernels specialised for one model, and
+//! the Rust table (`src/gpu.rs`) that tells the runtime which kernel reads which tensor.
+//!
+//! The PTX is filled in from the templates in `templates/ptx/` (plain `{{hole}}`
+//! substitution, as the other templates): every shape (hidden size, heads, head width,
+//! FFN width, vocabulary, context) is an immediate, and there is one dequantize-matvec
+//! kernel per (quant type, shape, store mode) the model uses, plus the embedding lookup
+//! of its token table. The dequantization itself comes from [`dequant`], whose
+//! programs the tests interpret against the runtime's reference for every format.
+//!
+//! Prefill has no kernel of its own yet: the runtime runs the decode step token by
+//! token (a matmul kernel per type would reuse the same unit programs).
+//!
+//! This module must not change what a build without `--gpu` emits.
+
+pub mod dequant;
+pub mod kernels;
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use proc_macro2::{Literal, TokenStream};
+use quote::{format_ident, quote};
+
+use crate::describe::ModelDesc;
+use crate::emit::{Contents, EmitOptions, EmittedFile};
+use crate::gguf::GgmlType;
+use crate::plan::{Plan, PlannedTensor};
+
+/// `mcc build` flags of the GPU path.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct GpuArgs {
+    /// Also emit PTX kernels for this model and embed them: the binary runs on an
+    /// NVIDIA GPU when the CUDA driver finds one, and on the CPU otherwise. Needs no
+    /// CUDA toolkit: the driver compiles the PTX when the binary starts.
+    #[arg(long = "gpu")]
+    pub gpu: bool,
+}
+
+/// Why a model cannot get GPU kernels.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error(
+        "--gpu: tensor {tensor} is {ty}, which has no GPU kernel yet (supported: {supported})"
+    )]
+    UnsupportedType {
+        tensor: String,
+        ty: &'static str,
+        supported: String,
+    },
+    #[error("--gpu: {what} is {found}, the GPU kernels need {needed}")]
+    Shape {
+        what: &'static str,
+        found: usize,
+        needed: &'static str,
+    },
+}
+
+/// Name of the matvec kernel for a `rows x cols` matrix of type `t`: `mv_q4_k_1024x3072`,
+/// or `mva_...` for the variant that adds into its output (attn_output, ffn_down).
+pub fn matvec_name(t: GgmlType, rows: u64, cols: u64, accumulate: bool) -> String {
+    format!(
+        "{}_{}_{rows}x{cols}",
+        if accumulate { "mva" } else { "mv" },
+        t.name().to_ascii_lowercase()
+    )
+}
+
+/// Name of the embedding-lookup kernel for a table of type `t`.
+pub fn embed_name(t: GgmlType) -> String {
+    format!("embed_{}", t.name().to_ascii_lowercase())
+}
+
+/// One matvec kernel to emit.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Matvec {
+    ty: GgmlType,
+    rows: u64,
+    cols: u64,
+    accumulate: bool,
+}
+
+/// Roles whose matvec adds into the residual stream.
+fn accumulates(role: &str) -> bool {
+    matches!(role, "attn_output" | "ffn_down")
+}
+
+fn role_of(name: &str) -> &str {
+    let base = name.strip_suffix(".weight").unwrap_or(name);
+    base.rsplit('.').next().unwrap_or(base)
+}
+
+/// The output matrix: `output.weight`, or the token table when the output is tied.
+fn output_tensor<'p>(desc: &ModelDesc, plan: &'p Plan) -> &'p PlannedTensor {
+    match &desc.output {
+        Some(_) => plan.get("output.weight"),
+        None => plan.get("token_embd.weight"),
+    }
+}
+
+/// The matrices the kernels multiply by (everything but the norms and rope_freqs).
+fn matrices(plan: &Plan) -> impl Iterator<Item = &PlannedTensor> {
+    plan.tensors
+        .iter()
+        .filter(|t| t.rows > 1 && t.name != "token_embd.weight")
+}
+
+/// Checks that every tensor and shape has a kernel.
+pub fn check(desc: &ModelDesc, plan: &Plan) -> Result<(), GpuError> {
+    let supported = || {
+        dequant::SUPPORTED
+            .iter()
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut needed: Vec<&PlannedTensor> = matrices(plan).collect();
+    needed.push(plan.get("token_embd.weight"));
+    for t in needed {
+        if dequant::geometry(t.ggml_type).is_none() || t.cols % 32 != 0 {
+            return Err(GpuError::UnsupportedType {
+                tensor: t.name.clone(),
+                ty: t.ggml_type.name(),
+                supported: supported(),
+            });
+        }
+    }
+    if desc.head_dim % 2 != 0 || desc.head_dim > 1024 {
+        return Err(GpuError::Shape {
+            what: "the head width",
+            found: desc.head_dim,
+            needed: "an even number up to 1024",
+        });
+    }
+    if desc.n_embd % 32 != 0 {
+        return Err(GpuError::Shape {
+            what: "the hidden size",
+            found: desc.n_embd,
+            needed: "a multiple of 32",
+        });
+    }
+    Ok(())
+}
+
+/// The PTX module of the model (`model.ptx`), for a KV cache of `n_ctx` positions.
+pub fn emit_ptx(
+    desc: &ModelDesc,
+    plan: &Plan,
+    n_ctx: usize,
+    source: &str,
+) -> Result<String, GpuError> {
+    check(desc, plan)?;
+    let mut mv = BTreeSet::new();
+    for t in matrices(plan) {
+        mv.insert(Matvec {
+            ty: t.ggml_type,
+            rows: t.rows,
+            cols: t.cols,
+            accumulate: accumulates(role_of(&t.name)),
+        });
+    }
+    let out = output_tensor(desc, plan);
+    mv.insert(Matvec {
+        ty: out.ggml_type,
+        rows: out.rows,
+        cols: out.cols,
+        accumulate: false,
+    });
+    let embd = plan.get("token_embd.weight");
+
+    let mut tables = BTreeSet::new();
+    for t in mv.iter().map(|m| m.ty).chain([embd.ggml_type]) {
+        tables.extend(dequant::unit(t).map(|u| u.tables()).unwrap_or_default());
+    }
+    let tables: Vec<_> = tables.into_iter().collect();
+    let types: BTreeSet<&str> = mv
+        .iter()
+        .map(|m| m.ty.name())
+        .chain([embd.ggml_type.name()])
+        .collect();
+    let summary = format!(
+        "{}: {} layers, {} hidden, {} heads ({} KV) of {}, FFN {}, vocab {}, context {}; types {}.",
+        desc.name.as_deref().unwrap_or("llama"),
+        desc.n_layer,
+        desc.n_embd,
+        desc.n_head,
+        desc.n_head_kv,
+        desc.head_dim,
+        desc.n_ff,
+        desc.n_vocab,
+        n_ctx,
+        types.into_iter().collect::<Vec<_>>().join(", ")
+    );
+    let mut ptx = kernels::fill(
+        include_str!("../../../templates/ptx/header.ptx"),
+        &[
+            ("mcc_version", env!("CARGO_PKG_VERSION").to_string()),
+            ("source", source.to_string()),
+            ("summary", summary),
+            ("tables", dequant::tables_ptx(&tables)),
+        ],
+    );
+    let missing = |t: GgmlType| GpuError::UnsupportedType {
+        tensor: t.name().into(),
+        ty: t.name(),
+        supported: String::new(),
+    };
+    ptx.push_str(
+        &kernels::embed(
+            &embed_name(embd.ggml_type),
+            embd.ggml_type,
+            embd.rows,
+            embd.cols,
+        )
+        .ok_or_else(|| missing(embd.ggml_type))?,
+    );
+    for m in &mv {
+        let name = matvec_name(m.ty, m.rows, m.cols, m.accumulate);
+        ptx.push_str(
+            &kernels::matvec(&name, m.ty, m.rows, m.cols, m.accumulate)
+                .ok_or_else(|| missing(m.ty))?,
+        );
+    }
+    let shape = kernels::AttnShape {
+        n_head: desc.n_head,
+        n_head_kv: desc.n_head_kv,
+        head_dim: desc.head_dim,
+        rope_dim: desc.rope_dim,
+        n_ctx,
+    };
+    ptx.push_str(&kernels::rmsnorm(desc.n_embd, desc.rms_eps));
+    ptx.push_str(&kernels::rope_kv(&shape));
+    ptx.push_str(&kernels::attention(&shape));
+    ptx.push_str(&kernels::swiglu(desc.n_ff));
+    ptx.push_str(&kernels::argmax(desc.n_vocab));
+    Ok(ptx)
+}
+
+fn usize_lit(v: u64) -> Literal {
+    Literal::usize_unsuffixed(v as usize)
+}
+
+/// `GpuTensor { offset: IDENT.offset(), bytes, rows, kernel }`.
+fn gpu_tensor(t: &PlannedTensor, kernel: &str) -> TokenStream {
+    let ident = format_ident!("{}", t.ident);
+    let (bytes, rows) = (usize_lit(t.n_bytes), usize_lit(t.rows));
+    quote!(GpuTensor { offset: #ident.offset(), bytes: #bytes, rows: #rows, kernel: #kernel })
+}
+
+/// `src/gpu.rs` of a `--gpu` build: the PTX and, per tensor, its place in the blob and
+/// the kernel that reads it.
+pub fn emit_gpu_rs(desc: &ModelDesc, plan: &Plan, source: &str) -> String {
+    let embd = plan.get("token_embd.weight");
+    let token_embd = gpu_tensor(embd, &embed_name(embd.ggml_type));
+    let layers = (0..desc.n_layer).map(|l| {
+        let field = |role: &str| {
+            let t = plan.get(&format!("blk.{l}.{role}.weight"));
+            let kernel = if t.rows > 1 {
+                matvec_name(t.ggml_type, t.rows, t.cols, accumulates(role))
+            } else {
+                "rmsnorm".to_string()
+            };
+            let f = format_ident!("{role}");
+            let v = gpu_tensor(t, &kernel);
+            quote!(#f: #v)
+        };
+        let fields = [
+            "attn_norm",
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_norm",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ]
+        .map(field);
+        quote!(GpuLayer { #(#fields),* })
+    });
+    let norm = gpu_tensor(plan.get("output_norm.weight"), "rmsnorm");
+    let out = output_tensor(desc, plan);
+    let output = gpu_tensor(out, &matvec_name(out.ggml_type, out.rows, out.cols, false));
+    let items = quote! {
+        use mcc_runtime::gpu::{GpuLayer, GpuModel, GpuTensor};
+
+        use crate::model::*;
+
+        /// The model's GPU kernels and the tensors they read.
+        pub static GPU: GpuModel = GpuModel {
+            ptx: include_str!("../model.ptx"),
+            token_embd: #token_embd,
+            layers: &[#(#layers),*],
+            output_norm: #norm,
+            output: #output,
+        };
+    };
+    let parsed: syn::File = syn::parse2(items).expect("emitted gpu.rs is valid Rust");
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "//! Generated by mcc {} from {source}. Do not edit.\n//!\n//! The GPU side of the model (`mcc build --gpu`): the PTX of `model.ptx` and, per\n//! tensor, its place in the weight blob and the kernel that reads it.\n\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    out + &prettyplease::unparse(&parsed)
+}
+
+/// Adds the GPU path to an emitted crate: `model.ptx`, `src/gpu.rs`, and a `src/main.rs`
+/// that hands both to the runtime. Sources are text, in the crate's file order.
+pub fn add_to_crate(
+    files: &mut Vec<EmittedFile>,
+    desc: &ModelDesc,
+    plan: &Plan,
+    opts: &EmitOptions,
+) -> Result<(), GpuError> {
+    let source = opts
+        .gguf_path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let ptx = emit_ptx(desc, plan, opts.n_ctx, &source)?;
+    let main = include_str!("../../../templates/ptx/main.rs").to_string();
+    for f in files.iter_mut() {
+        if f.path == "src/main.rs" {
+            f.contents = Contents::Source(main.clone());
+        }
+    }
+    let at = files
+        .iter()
+        .position(|f| f.path == "src/model.rs")
+        .map_or(files.len(), |i| i + 1);
+    files.insert(
+        at,
+        EmittedFile {
+            path: "src/gpu.rs".into(),
+            contents: Contents::Source(emit_gpu_rs(desc, plan, &source)),
+        },
+    );
+    files.insert(
+        at + 1,
+        EmittedFile {
+            path: "model.ptx".into(),
+            contents: Contents::Source(ptx),
+        },
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_names_carry_type_shape_and_mode() {
+        assert_eq!(
+            matvec_name(GgmlType::Q4_K, 1024, 3072, false),
+            "mv_q4_k_1024x3072"
+        );
+        assert_eq!(
+            matvec_name(GgmlType::Q6_K, 3072, 9216, true),
+            "mva_q6_k_3072x9216"
+        );
+        assert_eq!(embed_name(GgmlType::Q8_0), "embed_q8_0");
+        assert!(accumulates("ffn_down") && !accumulates("ffn_up"));
+        assert_eq!(role_of("blk.3.attn_output.weight"), "attn_output");
+    }
+
+    #[test]
+    fn float_immediates_are_exact() {
+        assert_eq!(kernels::f32_imm(1.0), "0f3F800000");
+        assert_eq!(kernels::f32_imm(-f32::INFINITY), "0fFF800000");
+    }
+}
