@@ -91,6 +91,22 @@ impl WeightType for IQ4_NL {
     fn vec_dot(row: &[BlockIQ4NL], act: &[BlockQ8_0]) -> f32 {
         super::x86_avx2::iquants::vec_dot_iq4_nl_q8_0(row, act)
     }
+
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    #[inline(always)]
+    fn vec_dot_tile(
+        w: &[BlockIQ4NL],
+        act: &[BlockQ8_0],
+        stride: usize,
+        out: &mut [[f32; super::TILE]; super::TILE],
+    ) {
+        super::x86_avx2::tiles::tile_iq4_nl_q8_0(w, act, stride, out)
+    }
 }
 
 #[cfg(test)]

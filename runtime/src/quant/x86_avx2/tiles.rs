@@ -24,6 +24,8 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
+use crate::quant::iq4_nl::BlockIQ4NL;
+use crate::quant::iq_grids::KVALUES_IQ4NL;
 use crate::quant::q4_0::BlockQ4_0;
 use crate::quant::q4_1::BlockQ4_1;
 use crate::quant::q5_0::BlockQ5_0;
@@ -174,6 +176,37 @@ impl LegacyBlock for BlockQ4_1 {
         self.d
     }
 }
+
+impl LegacyBlock for BlockIQ4NL {
+    /// Levels are -127..=113: biased by 128 they are bytes.
+    const BIAS: u8 = 128;
+    #[inline(always)]
+    fn quants(&self) -> __m256i {
+        // SAFETY: as above; the table is 16 readable bytes.
+        unsafe {
+            let table = _mm_loadu_si128(IQ4NL_BIASED.as_ptr().cast());
+            let bits = _mm_loadu_si128(self.qs.as_ptr().cast());
+            let low = _mm_and_si128(bits, _mm_set1_epi8(0x0f));
+            let high = _mm_and_si128(_mm_srli_epi16::<4>(bits), _mm_set1_epi8(0x0f));
+            _mm256_set_m128i(_mm_shuffle_epi8(table, high), _mm_shuffle_epi8(table, low))
+        }
+    }
+    #[inline(always)]
+    fn d(&self) -> f16 {
+        self.d
+    }
+}
+
+/// The IQ4_NL levels plus 128, as unsigned bytes.
+static IQ4NL_BIASED: [u8; 16] = {
+    let mut t = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        t[i] = (KVALUES_IQ4NL[i] as i16 + 128) as u8;
+        i += 1;
+    }
+    t
+};
 
 /// The Q8_0 / Q8_1 activation block fields the kernels read.
 trait ActBlock: Copy {
@@ -335,27 +368,41 @@ pub fn tile_q4_0_q8_0(
     out: &mut [[f32; TILE]; TILE],
 ) {
     // SAFETY: as above.
-    unsafe { tile_q4_0_impl(w, act, stride, out) }
+    unsafe { tile_block_fma(w, act, stride, out) }
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-fn tile_q4_0_impl(
-    w: &[BlockQ4_0],
+/// IQ4_NL rows · Q8_0 activations, 4 × 4, bit for bit `vec_dot_iq4_nl_q8_0`: the same
+/// per-block FMA as Q4_0 (both are llama.cpp's repacked 8-row kernels).
+pub fn tile_iq4_nl_q8_0(
+    w: &[BlockIQ4NL],
     act: &[BlockQ8_0],
     stride: usize,
     out: &mut [[f32; TILE]; TILE],
 ) {
-    let rb = tile_shape::<_, _, TILE>("Q4_0", w, act, stride);
+    // SAFETY: as above.
+    unsafe { tile_block_fma(w, act, stride, out) }
+}
+
+/// One `fma(sumi, d_w d_a, acc)` per block and (row, token), the 4 tokens of a row in
+/// one vector.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile_block_fma<W: LegacyBlock>(
+    w: &[W],
+    act: &[BlockQ8_0],
+    stride: usize,
+    out: &mut [[f32; TILE]; TILE],
+) {
+    let rb = tile_shape::<_, _, TILE>("per-block FMA", w, act, stride);
     let mut acc = [_mm_setzero_ps(); TILE];
     for k in 0..rb {
         let a: [&BlockQ8_0; TILE] = std::array::from_fn(|t| &act[t * stride + k]);
-        let bytes = a.map(|a| ActBytes::new(&a.qs, BlockQ4_0::BIAS));
+        let bytes = a.map(|a| ActBytes::new(&a.qs, W::BIAS));
         let d_a = f16x4(a.map(|a| a.d));
-        let blocks: [&BlockQ4_0; TILE] = std::array::from_fn(|r| &w[r * rb + k]);
-        let d_w = f16x4(blocks.map(|b| b.d));
+        let blocks: [&W; TILE] = std::array::from_fn(|r| &w[r * rb + k]);
+        let d_w = f16x4(blocks.map(|b| b.d()));
         for r in 0..TILE {
             let u = blocks[r].quants();
-            let l = bytes.map(|b| b.dot(u, BlockQ4_0::BIAS));
+            let l = bytes.map(|b| b.dot(u, W::BIAS));
             // the 4 tokens' lane totals in one vector (exact integer sums)
             let pairs =
                 _mm256_hadd_epi32(_mm256_hadd_epi32(l[0], l[1]), _mm256_hadd_epi32(l[2], l[3]));
@@ -431,5 +478,10 @@ mod tests {
     #[test]
     fn q4_0_tile_is_vec_dot() {
         check::<Q4_0>();
+    }
+
+    #[test]
+    fn iq4_nl_tile_is_vec_dot() {
+        check::<crate::quant::iq4_nl::IQ4_NL>();
     }
 }
