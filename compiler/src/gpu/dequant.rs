@@ -631,7 +631,7 @@ impl Unit {
                         Width::U16 => (2, 2),
                         Width::U32 => (4, 4),
                     };
-                    if off + len > block_bytes || off % align != 0 {
+                    if off + len > block_bytes || !off.is_multiple_of(align) {
                         return Err(format!(
                             "node {i}: {w:?} load at byte {off} of a {block_bytes}-byte block"
                         ));

@@ -117,7 +117,7 @@ pub fn check(desc: &ModelDesc, plan: &Plan) -> Result<(), GpuError> {
     let mut needed: Vec<&PlannedTensor> = matrices(plan).collect();
     needed.push(plan.get("token_embd.weight"));
     for t in needed {
-        if dequant::geometry(t.ggml_type).is_none() || t.cols % 32 != 0 {
+        if dequant::geometry(t.ggml_type).is_none() || !t.cols.is_multiple_of(32) {
             return Err(GpuError::UnsupportedType {
                 tensor: t.name.clone(),
                 ty: t.ggml_type.name(),
@@ -125,14 +125,14 @@ pub fn check(desc: &ModelDesc, plan: &Plan) -> Result<(), GpuError> {
             });
         }
     }
-    if desc.head_dim % 2 != 0 || desc.head_dim > 1024 {
+    if !desc.head_dim.is_multiple_of(2) || desc.head_dim > 1024 {
         return Err(GpuError::Shape {
             what: "the head width",
             found: desc.head_dim,
             needed: "an even number up to 1024",
         });
     }
-    if desc.n_embd % 32 != 0 {
+    if !desc.n_embd.is_multiple_of(32) {
         return Err(GpuError::Shape {
             what: "the hidden size",
             found: desc.n_embd,
@@ -281,8 +281,17 @@ pub fn emit_gpu_rs(desc: &ModelDesc, plan: &Plan, source: &str) -> String {
     let norm = gpu_tensor(plan.get("output_norm.weight"), "rmsnorm");
     let out = output_tensor(desc, plan);
     let output = gpu_tensor(out, &matvec_name(out.ggml_type, out.rows, out.cols, false));
+    let cpu_layers = (0..desc.n_layer).map(|l| {
+        let id =
+            |role: &str| format_ident!("{}", plan.get(&format!("blk.{l}.{role}.weight")).ident);
+        let attn = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output"].map(id);
+        let ffn = ["ffn_norm", "ffn_gate", "ffn_up", "ffn_down"].map(id);
+        let lit = usize_lit(l as u64);
+        quote!(#lit => c.layer(#lit, (#(&#attn),*), (#(&#ffn),*)),)
+    });
+    let out_ident = format_ident!("{}", out.ident);
     let items = quote! {
-        use mcc_runtime::gpu::{GpuLayer, GpuModel, GpuTensor};
+        use mcc_runtime::gpu::{CpuTail, GpuLayer, GpuModel, GpuTensor};
 
         use crate::model::*;
 
@@ -293,7 +302,22 @@ pub fn emit_gpu_rs(desc: &ModelDesc, plan: &Plan, source: &str) -> String {
             layers: &[#(#layers),*],
             output_norm: #norm,
             output: #output,
+            cpu_layer,
+            cpu_output,
         };
+
+        /// Layer `l` on the CPU, for the layers past `--gpu-layers`.
+        fn cpu_layer(c: &mut CpuTail, l: usize) {
+            match l {
+                #(#cpu_layers)*
+                _ => {}
+            }
+        }
+
+        /// The final norm and the output matrix on the CPU.
+        fn cpu_output(c: &mut CpuTail) {
+            c.output(&OUTPUT_NORM, &#out_ident);
+        }
     };
     let parsed: syn::File = syn::parse2(items).expect("emitted gpu.rs is valid Rust");
     let mut out = String::new();

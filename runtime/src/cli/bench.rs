@@ -62,6 +62,24 @@ pub(super) fn bench<M: Model>(args: &BenchArgs) -> Result<(), String> {
     }
     let threads = super::threads_or_default(args.threads)?;
     let mut ctx = Ctx::new::<M>(threads, cfg.n_ctx, args.batch_size).map_err(|e| e.to_string())?;
+    let mut gpu = crate::gpu::open::<M>(cfg.n_ctx);
+    let backend = if gpu.is_some() {
+        "CUDA (mcc)"
+    } else {
+        "CPU (mcc)"
+    };
+    let mut eval = |tokens: &[u32], pos: usize, first: usize| -> Result<(), String> {
+        match &mut gpu {
+            Some(g) => g
+                .eval::<M>(tokens, pos, first)
+                .map(|_| ())
+                .map_err(|e| format!("GPU: {e}")),
+            None => {
+                ctx.eval::<M>(tokens, pos, first);
+                Ok(())
+            }
+        }
+    };
     let model = M::INFO
         .lines()
         .next()
@@ -73,33 +91,31 @@ pub(super) fn bench<M: Model>(args: &BenchArgs) -> Result<(), String> {
     let report = |test: String, rates: &[f64]| {
         let (mean, sd) = mean_sd(rates);
         println!(
-            "| {model} | {size:.2} MiB | CPU (mcc) | {threads} | {test} | {mean:.2} ± {sd:.2} |"
+            "| {model} | {size:.2} MiB | {backend} | {threads} | {test} | {mean:.2} ± {sd:.2} |"
         );
     };
     if args.n_prompt > 0 {
         let prompt = tokens(args.n_prompt, cfg.n_vocab, 1);
-        ctx.eval::<M>(&prompt, 0, prompt.len() - 1); // warm-up
-        let rates: Vec<f64> = (0..args.reps)
-            .map(|_| {
-                let t0 = Instant::now();
-                ctx.eval::<M>(&prompt, 0, prompt.len() - 1);
-                args.n_prompt as f64 / t0.elapsed().as_secs_f64()
-            })
-            .collect();
+        eval(&prompt, 0, prompt.len() - 1)?; // warm-up
+        let mut rates = Vec::with_capacity(args.reps);
+        for _ in 0..args.reps {
+            let t0 = Instant::now();
+            eval(&prompt, 0, prompt.len() - 1)?;
+            rates.push(args.n_prompt as f64 / t0.elapsed().as_secs_f64());
+        }
         report(format!("pp{}", args.n_prompt), &rates);
     }
     if args.n_gen > 0 {
         let gen = tokens(args.n_gen, cfg.n_vocab, 2);
-        ctx.eval::<M>(&gen[..1], 0, 0); // warm-up
-        let rates: Vec<f64> = (0..args.reps)
-            .map(|_| {
-                let t0 = Instant::now();
-                for (pos, &t) in gen.iter().enumerate() {
-                    ctx.eval::<M>(&[t], pos, 0);
-                }
-                args.n_gen as f64 / t0.elapsed().as_secs_f64()
-            })
-            .collect();
+        eval(&gen[..1], 0, 0)?; // warm-up
+        let mut rates = Vec::with_capacity(args.reps);
+        for _ in 0..args.reps {
+            let t0 = Instant::now();
+            for (pos, &t) in gen.iter().enumerate() {
+                eval(&[t], pos, 0)?;
+            }
+            rates.push(args.n_gen as f64 / t0.elapsed().as_secs_f64());
+        }
         report(format!("tg{}", args.n_gen), &rates);
     }
     Ok(())

@@ -29,6 +29,26 @@ struct Cli {
     cmd: Option<Cmd>,
     #[command(flatten)]
     gen: generate::GenArgs,
+    #[command(flatten)]
+    gpu: GpuFlags,
+}
+
+/// Where the forward pass runs (binaries built with `mcc build --gpu`).
+#[derive(clap::Args, Debug, Clone)]
+struct GpuFlags {
+    /// Run on the GPU: the default of a binary built with `mcc build --gpu`, which falls
+    /// back to the CPU (with a one-line notice) when no CUDA driver or device is found.
+    #[arg(long = "gpu", global = true)]
+    gpu: bool,
+    /// Run the first N layers on the GPU and the rest on the CPU (0: all on the CPU)
+    /// [default: all on the GPU].
+    #[arg(
+        long = "gpu-layers",
+        visible_alias = "n-gpu-layers",
+        value_name = "N",
+        global = true
+    )]
+    gpu_layers: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,7 +150,22 @@ impl SamplingArgs {
 
 /// Entry point of a generated binary.
 pub fn main<M: Model>() -> ExitCode {
+    run::<M>(None)
+}
+
+/// Entry point of a generated binary built with `mcc build --gpu`: `gpu` holds its PTX
+/// and the tensors the kernels read.
+pub fn main_gpu<M: Model>(gpu: &'static crate::gpu::GpuModel) -> ExitCode {
+    run::<M>(Some(gpu))
+}
+
+fn run<M: Model>(gpu: Option<&'static crate::gpu::GpuModel>) -> ExitCode {
     let cli = Cli::parse();
+    crate::gpu::set_request(crate::gpu::GpuRequest {
+        model: gpu,
+        layers: cli.gpu.gpu_layers,
+        asked: cli.gpu.gpu || cli.gpu.gpu_layers.is_some_and(|n| n > 0),
+    });
     let result = match cli.cmd {
         Some(Cmd::Info) => {
             print!("{}", M::INFO);
@@ -143,6 +178,7 @@ pub fn main<M: Model>() -> ExitCode {
         None => generate::generate::<M>(&cli.gen),
     };
     match result {
+        Ok(()) if crate::gpu::failed() => ExitCode::FAILURE,
         Ok(()) if interrupted() => ExitCode::from(130),
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -27,6 +27,8 @@ pub(super) enum Stop {
 
 pub(super) struct Session<M: Model> {
     pub ctx: Ctx,
+    /// The GPU path, when the binary has one and a device was found.
+    gpu: Option<crate::gpu::GpuCtx>,
     pub tok: Tokenizer,
     /// Tokens whose keys and values are in the cache, in order.
     pub history: Vec<u32>,
@@ -45,8 +47,10 @@ impl<M: Model> Session<M> {
         let t0 = Instant::now();
         let tok = super::load_tokenizer::<M>()?;
         let ctx = Ctx::new::<M>(threads, n_ctx, n_batch).map_err(|e| e.to_string())?;
+        let gpu = crate::gpu::open::<M>(n_ctx);
         Ok(Session {
             ctx,
+            gpu,
             tok,
             history: Vec::new(),
             logits: Vec::new(),
@@ -84,7 +88,12 @@ impl<M: Model> Session<M> {
             ));
         }
         let t0 = Instant::now();
-        let logits = self.ctx.eval::<M>(ids, n_past, ids.len() - 1);
+        let logits = match &mut self.gpu {
+            Some(gpu) => gpu
+                .eval::<M>(ids, n_past, ids.len() - 1)
+                .map_err(|e| format!("GPU: {e}"))?,
+            None => self.ctx.eval::<M>(ids, n_past, ids.len() - 1),
+        };
         self.logits.clear();
         self.logits.extend_from_slice(logits);
         self.history.extend_from_slice(ids);
@@ -139,7 +148,16 @@ impl<M: Model> Session<M> {
                 continue;
             }
             let t0 = Instant::now();
-            let logits = self.ctx.eval::<M>(&[next], self.history.len(), 0);
+            let logits = match &mut self.gpu {
+                Some(gpu) => match gpu.eval::<M>(&[next], self.history.len(), 0) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        crate::gpu::record_failure(&e);
+                        break Stop::OutputClosed;
+                    }
+                },
+                None => self.ctx.eval::<M>(&[next], self.history.len(), 0),
+            };
             self.logits.copy_from_slice(logits);
             self.history.push(next);
             self.gen_time += t0.elapsed();

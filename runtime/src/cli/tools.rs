@@ -118,7 +118,11 @@ pub(super) fn dump_logits<M: Model>(args: &LogitsArgs) -> Result<(), String> {
     let threads = super::threads_or_default(args.threads)?;
     let mut ctx =
         Ctx::new::<M>(threads, M::CONFIG.n_ctx, args.batch_size).map_err(|e| e.to_string())?;
-    let logits = ctx.eval::<M>(&ids, 0, 0);
+    let mut gpu = crate::gpu::open::<M>(M::CONFIG.n_ctx);
+    let logits = match &mut gpu {
+        Some(gpu) => gpu.eval::<M>(&ids, 0, 0).map_err(|e| format!("GPU: {e}"))?,
+        None => ctx.eval::<M>(&ids, 0, 0),
+    };
     let mut bytes = Vec::with_capacity(8 + ids.len() * 4 + logits.len() * 4);
     bytes.extend_from_slice(&(ids.len() as u32).to_le_bytes());
     bytes.extend_from_slice(&(M::CONFIG.n_vocab as u32).to_le_bytes());
