@@ -48,15 +48,28 @@ pub enum Op {
     Shl,
     And,
     Or,
+    Xor,
     /// 1 if `a < b` (unsigned), else 0.
     Lt,
 }
 
-/// Constant tables the IQ formats index.
+/// Constant tables the IQ formats index, stored as byte arrays in the PTX (`.u8` or
+/// `.s8`): grids of 8 (IQ2, IQ1) or 4 (IQ3) magnitudes per index, entry `8 i + k` or
+/// `4 i + k`. The values are ggml's tables, as the runtime holds them
+/// (`mcc_runtime::quant::iq_grids`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
-    /// The 16 non-linear levels of IQ4_NL / IQ4_XS (signed bytes).
+    /// The 16 non-linear levels of IQ4_NL / IQ4_XS (signed).
     KvaluesIq4nl,
+    /// The 128 sign bytes of the IQ2/IQ3 formats (7 bits with even parity as 8).
+    KsignsIq2xs,
+    Iq2xxsGrid,
+    Iq2xsGrid,
+    Iq2sGrid,
+    Iq3xxsGrid,
+    Iq3sGrid,
+    /// Signed (-1, 0, 1) values.
+    Iq1sGrid,
 }
 
 impl Table {
@@ -64,15 +77,47 @@ impl Table {
     pub fn symbol(self) -> &'static str {
         match self {
             Table::KvaluesIq4nl => "mcc_kvalues_iq4nl",
+            Table::KsignsIq2xs => "mcc_ksigns_iq2xs",
+            Table::Iq2xxsGrid => "mcc_iq2xxs_grid",
+            Table::Iq2xsGrid => "mcc_iq2xs_grid",
+            Table::Iq2sGrid => "mcc_iq2s_grid",
+            Table::Iq3xxsGrid => "mcc_iq3xxs_grid",
+            Table::Iq3sGrid => "mcc_iq3s_grid",
+            Table::Iq1sGrid => "mcc_iq1s_grid",
         }
     }
 
-    /// The entries, as signed 32-bit values.
+    /// Whether entries are signed bytes (else unsigned).
+    pub fn signed(self) -> bool {
+        matches!(self, Table::KvaluesIq4nl | Table::Iq1sGrid)
+    }
+
+    /// The entries, as the integers a lookup yields.
     pub fn values(self) -> Vec<i32> {
+        use mcc_runtime::quant::iq_grids as g;
+        let bytes8 = |grid: &[u64]| -> Vec<i32> {
+            grid.iter()
+                .flat_map(|v| v.to_le_bytes())
+                .map(|b| b as i32)
+                .collect()
+        };
+        let bytes4 = |grid: &[u32]| -> Vec<i32> {
+            grid.iter()
+                .flat_map(|v| v.to_le_bytes())
+                .map(|b| b as i32)
+                .collect()
+        };
         match self {
-            Table::KvaluesIq4nl => mcc_runtime::quant::iq_grids::KVALUES_IQ4NL
-                .iter()
-                .map(|&v| v as i32)
+            Table::KvaluesIq4nl => g::KVALUES_IQ4NL.iter().map(|&v| v as i32).collect(),
+            Table::KsignsIq2xs => g::KSIGNS_IQ2XS.iter().map(|&v| v as i32).collect(),
+            Table::Iq2xxsGrid => bytes8(&g::IQ2XXS_GRID),
+            Table::Iq2xsGrid => bytes8(&g::IQ2XS_GRID),
+            Table::Iq2sGrid => bytes8(&g::IQ2S_GRID),
+            Table::Iq3xxsGrid => bytes4(&g::IQ3XXS_GRID),
+            Table::Iq3sGrid => bytes4(&g::IQ3S_GRID),
+            Table::Iq1sGrid => bytes8(&g::IQ1S_GRID)
+                .into_iter()
+                .map(|b| b as u8 as i8 as i32)
                 .collect(),
         }
     }
@@ -95,6 +140,8 @@ pub enum Node {
     F16(Id),
     /// f32 from the bits.
     Bits(Id),
+    /// The bits of an f32 (an integer node).
+    ToBits(Id),
     /// f32 from the value as a signed integer.
     IToF(Id),
     FMul(Id, Id),
@@ -229,6 +276,11 @@ impl Builder {
         let off = self.c(off);
         self.load(w, off)
     }
+    /// A load of `w` at byte `k + var` of the block.
+    fn ld_at(&mut self, w: Width, var: Id, k: u32) -> Id {
+        let off = self.addc(var, k);
+        self.load(w, off)
+    }
     /// Byte `k + var` of the block.
     fn ld8_at(&mut self, var: Id, k: u32) -> Id {
         let off = self.addc(var, k);
@@ -261,12 +313,13 @@ fn eval_op(op: Op, a: u32, b: u32) -> u32 {
         Op::Shl => a.checked_shl(b).unwrap_or(0),
         Op::And => a & b,
         Op::Or => a | b,
+        Op::Xor => a ^ b,
         Op::Lt => u32::from(a < b),
     }
 }
 
 /// The formats the GPU kernels support, in the seed table's order.
-pub const SUPPORTED: [GgmlType; 15] = [
+pub const SUPPORTED: [GgmlType; 22] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -280,6 +333,13 @@ pub const SUPPORTED: [GgmlType; 15] = [
     GgmlType::Q4_K,
     GgmlType::Q5_K,
     GgmlType::Q6_K,
+    GgmlType::IQ1_S,
+    GgmlType::IQ1_M,
+    GgmlType::IQ2_XXS,
+    GgmlType::IQ2_XS,
+    GgmlType::IQ2_S,
+    GgmlType::IQ3_XXS,
+    GgmlType::IQ3_S,
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
 ];
@@ -594,8 +654,220 @@ fn weight(b: &mut Builder, t: GgmlType, j: u32) -> Option<Id> {
             let v = b.itof(v);
             b.fmul(dl, v)
         }
-        _ => return None,
+        // d, qs: per sub-block 4 grid-index bytes then a u32 of four 7-bit sign
+        // indices and the 4-bit scale s (bits 28..32); db = d (0.5 + s) / 4.
+        GgmlType::IQ2_XXS => {
+            let d = b.f16_at(0);
+            let at = b.mulc(s, 8);
+            let ss = ld32_halves(b, at, 6);
+            let idx = b.ld8_at(at, 2 + j / 8);
+            let sc = b.shrc(ss, 28);
+            let db = half_plus_scaled(b, d, sc, 0.25);
+            let mag = grid(b, Table::Iq2xxsGrid, idx, 8, j % 8);
+            let sidx = b.shrc(ss, 7 * (j / 8));
+            let sidx = b.andc(sidx, 127);
+            signed_product(b, db, mag, Table::KsignsIq2xs, sidx, j % 8)
+        }
+        // d, qs[32] (u16: 9-bit grid index, 7-bit sign index per 8 weights),
+        // scales[8] (two 4-bit scales per sub-block); db = d (0.5 + s) / 4.
+        GgmlType::IQ2_XS => {
+            let d = b.f16_at(0);
+            let at = b.mulc(s, 8);
+            let q = b.ld_at(Width::U16, at, 2 + 2 * (j / 8));
+            let idx = b.andc(q, 511);
+            let sidx = b.shrc(q, 9);
+            let sc = b.ld8_at(s, 66);
+            let sc = b.shrc(sc, 4 * (j / 16));
+            let sc = b.andc(sc, 0xf);
+            let db = half_plus_scaled(b, d, sc, 0.25);
+            let mag = grid(b, Table::Iq2xsGrid, idx, 8, j % 8);
+            signed_product(b, db, mag, Table::KsignsIq2xs, sidx, j % 8)
+        }
+        // d, qs[32] (index low bytes), signs[32], qh[8] (2 high index bits per group),
+        // scales[8]; db = d (0.5 + s) / 4, signs are plain bytes.
+        GgmlType::IQ2_S => {
+            let d = b.f16_at(0);
+            let g = b.mulc(s, 4);
+            let lo = b.ld8_at(g, 2 + j / 8);
+            let qh = b.ld8_at(s, 66);
+            let hi = b.shrc(qh, 2 * (j / 8));
+            let hi = b.andc(hi, 3);
+            let hi = b.shlc(hi, 8);
+            let idx = b.or(lo, hi);
+            let sc = b.ld8_at(s, 74);
+            let sc = b.shrc(sc, 4 * (j / 16));
+            let sc = b.andc(sc, 0xf);
+            let db = half_plus_scaled(b, d, sc, 0.25);
+            let mag = grid(b, Table::Iq2sGrid, idx, 8, j % 8);
+            let signs = b.ld8_at(g, 34 + j / 8);
+            sign_flip(b, db, mag, signs, j % 8)
+        }
+        // d, qs[64] (a grid index per 4 weights), then per sub-block a u32 of four
+        // 7-bit sign indices and the scale; db = d (0.5 + s) / 2.
+        GgmlType::IQ3_XXS => {
+            let d = b.f16_at(0);
+            let at4 = b.mulc(s, 4);
+            let w = ld32_halves(b, at4, 66);
+            let sc = b.shrc(w, 28);
+            let db = half_plus_scaled(b, d, sc, 0.5);
+            let at8 = b.mulc(s, 8);
+            let q = b.ld8_at(at8, 2 + 2 * (j / 8) + (j % 8) / 4);
+            let mag = grid(b, Table::Iq3xxsGrid, q, 4, j % 4);
+            let sidx = b.shrc(w, 7 * (j / 8));
+            let sidx = b.andc(sidx, 127);
+            signed_product(b, db, mag, Table::KsignsIq2xs, sidx, j % 8)
+        }
+        // d, qs[64] (index low bytes), qh[8] (bit 8 per index), signs[32], scales[4]
+        // (4-bit s, multiplier 2s + 1); db = d (2s + 1).
+        GgmlType::IQ3_S => {
+            let d = b.f16_at(0);
+            let half = b.shrc(s, 1);
+            let sc = b.ld8_at(half, 106);
+            let odd = b.andc(s, 1);
+            let sh = b.mulc(odd, 4);
+            let sc = b.shr(sc, sh);
+            let sc = b.andc(sc, 0xf);
+            let sc = b.mulc(sc, 2);
+            let sc = b.addc(sc, 1);
+            let sc = b.itof(sc);
+            let db = b.fmul(d, sc);
+            let k = 2 * (j / 8) + (j % 8) / 4;
+            let at8 = b.mulc(s, 8);
+            let lo = b.ld8_at(at8, 2 + k);
+            let qh = b.ld8_at(s, 66);
+            let hi = b.shrc(qh, k);
+            let hi = b.andc(hi, 1);
+            let hi = b.shlc(hi, 8);
+            let idx = b.or(lo, hi);
+            let mag = grid(b, Table::Iq3sGrid, idx, 4, j % 4);
+            let at4 = b.mulc(s, 4);
+            let signs = b.ld8_at(at4, 74 + j / 8);
+            sign_flip(b, db, mag, signs, j % 8)
+        }
+        // d, qs[32] (index low bytes), qh[8] (u16: four 3-bit index highs, the 3-bit
+        // scale s at 12, the shift sign at 15); w = d (2s + 1) (g ± 1/8).
+        GgmlType::IQ1_S => {
+            let d = b.f16_at(0);
+            let at2 = b.mulc(s, 2);
+            let qh = b.ld_at(Width::U16, at2, 34);
+            let sc = b.shrc(qh, 12);
+            let sc = b.andc(sc, 7);
+            let sc = b.mulc(sc, 2);
+            let sc = b.addc(sc, 1);
+            let sc = b.itof(sc);
+            let dl = b.fmul(d, sc);
+            let neg = b.andc(qh, 0x8000);
+            let hi = b.shrc(qh, 3 * (j / 8));
+            let hi = b.andc(hi, 7);
+            let hi = b.shlc(hi, 8);
+            let at4 = b.mulc(s, 4);
+            let lo = b.ld8_at(at4, 2 + j / 8);
+            let idx = b.or(lo, hi);
+            let g = grid(b, Table::Iq1sGrid, idx, 8, j % 8);
+            shifted_product(b, dl, g, neg)
+        }
+        // qs[32] (index low bytes), qh[16] (per group a nibble: 3 index bits and the
+        // shift sign), scales[8] (four u16: 3-bit scales per 16 weights, the f16 super
+        // scale in their top nibbles); w = d (2s + 1) (g ± 1/8).
+        GgmlType::IQ1_M => {
+            let words: Vec<Id> = (0..4).map(|k| b.ld(Width::U16, 48 + 2 * k)).collect();
+            let d0 = b.shrc(words[0], 12);
+            let d1 = b.shrc(words[1], 8);
+            let d1 = b.andc(d1, 0x00f0);
+            let d2 = b.shrc(words[2], 4);
+            let d2 = b.andc(d2, 0x0f00);
+            let d3 = b.andc(words[3], 0xf000);
+            let bits = b.or(d0, d1);
+            let bits = b.or(bits, d2);
+            let bits = b.or(bits, d3);
+            let d = b.node(Node::F16(bits));
+            // half h = 2s + l/2 of the 16: word h/4 = s/2, shift 3 (h % 4).
+            let half = b.shrc(s, 1);
+            let at = b.mulc(half, 2);
+            let word = b.ld_at(Width::U16, at, 48);
+            let odd = b.andc(s, 1);
+            let sh = b.mulc(odd, 6);
+            let sh = b.addc(sh, 3 * ((j / 8) / 2));
+            let sc = b.shr(word, sh);
+            let sc = b.andc(sc, 7);
+            let sc = b.mulc(sc, 2);
+            let sc = b.addc(sc, 1);
+            let sc = b.itof(sc);
+            let dl = b.fmul(d, sc);
+            // group g = 4s + l: nibble (qh[g/2] >> 4 (g%2)), index qs[g] | (nibble & 7) << 8
+            let at2 = b.mulc(s, 2);
+            let qh = b.ld8_at(at2, 32 + (j / 8) / 2);
+            let nib = b.shrc(qh, 4 * ((j / 8) % 2));
+            let hi = b.andc(nib, 7);
+            let hi = b.shlc(hi, 8);
+            let at4 = b.mulc(s, 4);
+            let lo = b.ld8_at(at4, j / 8);
+            let idx = b.or(lo, hi);
+            let neg = b.andc(nib, 8);
+            let g = grid(b, Table::Iq1sGrid, idx, 8, j % 8);
+            shifted_product(b, dl, g, neg)
+        }
     })
+}
+
+/// The little-endian u32 at byte `k + var`, read as two u16 (the blocks of these formats
+/// are only 2-byte aligned).
+fn ld32_halves(b: &mut Builder, var: Id, k: u32) -> Id {
+    let lo = b.ld_at(Width::U16, var, k);
+    let hi = b.ld_at(Width::U16, var, k + 2);
+    let hi = b.shlc(hi, 16);
+    b.or(lo, hi)
+}
+
+/// `(d * (0.5 + s)) * scale` for the IQ2/IQ3 4-bit scales.
+fn half_plus_scaled(b: &mut Builder, d: Id, s: Id, scale: f32) -> Id {
+    let half = fconst(b, 0.5);
+    let s = b.itof(s);
+    let s = b.fadd(half, s);
+    let ds = b.fmul(d, s);
+    let k = fconst(b, scale);
+    b.fmul(ds, k)
+}
+
+fn fconst(b: &mut Builder, v: f32) -> Id {
+    let bits = b.c(v.to_bits());
+    b.node(Node::Bits(bits))
+}
+
+/// Entry `k` of grid row `idx` (`per` entries per row) of `table`.
+fn grid(b: &mut Builder, table: Table, idx: Id, per: u32, k: u32) -> Id {
+    let at = b.mulc(idx, per);
+    let at = b.addc(at, k);
+    b.node(Node::Lookup(table, at))
+}
+
+/// `(db * mag)`, negated when bit `bit` of `signs` is set (a sign flip, exact).
+fn sign_flip(b: &mut Builder, db: Id, mag: Id, signs: Id, bit: u32) -> Id {
+    let m = b.itof(mag);
+    let v = b.fmul(db, m);
+    let s = b.shrc(signs, bit);
+    let s = b.andc(s, 1);
+    let s = b.shlc(s, 31);
+    let bits = b.node(Node::ToBits(v));
+    let bits = b.bin(Op::Xor, bits, s);
+    b.node(Node::Bits(bits))
+}
+
+/// [`sign_flip`] with the sign byte from `table[sidx]`.
+fn signed_product(b: &mut Builder, db: Id, mag: Id, table: Table, sidx: Id, bit: u32) -> Id {
+    let signs = b.node(Node::Lookup(table, sidx));
+    sign_flip(b, db, mag, signs, bit)
+}
+
+/// `dl * (g + delta)` with `delta = -1/8` when `neg != 0`, else `+1/8`.
+fn shifted_product(b: &mut Builder, dl: Id, g: Id, neg: Id) -> Id {
+    let minus = b.c((-0.125f32).to_bits());
+    let plus = b.c(0.125f32.to_bits());
+    let delta = b.sel(neg, minus, plus);
+    let delta = b.node(Node::Bits(delta));
+    let g = b.itof(g);
+    let v = b.fadd(g, delta);
+    b.fmul(dl, v)
 }
 
 impl Unit {
@@ -614,11 +886,51 @@ impl Unit {
         t
     }
 
+    /// Which nodes the weights depend on (constants folded into load immediates and
+    /// shift amounts are not emitted on their own).
+    fn live(&self) -> Vec<bool> {
+        let mut live = vec![false; self.nodes.len()];
+        for &w in &self.weights {
+            live[w] = true;
+        }
+        for i in (0..self.nodes.len()).rev() {
+            if !live[i] {
+                continue;
+            }
+            let mut mark = |id: Id| live[id] = true;
+            match self.nodes[i] {
+                Node::SubIdx | Node::Const(_) => {}
+                Node::Load(_, base, _) => {
+                    if let Some(b) = base {
+                        mark(b)
+                    }
+                }
+                Node::Bin(_, a, b) | Node::FMul(a, b) | Node::FAdd(a, b) | Node::FSub(a, b) => {
+                    mark(a);
+                    mark(b);
+                }
+                Node::Sel(c, a, b) => {
+                    mark(c);
+                    mark(a);
+                    mark(b);
+                }
+                Node::Lookup(_, a)
+                | Node::F16(a)
+                | Node::Bits(a)
+                | Node::ToBits(a)
+                | Node::IToF(a) => mark(a),
+            }
+        }
+        live
+    }
+
     /// Interprets the program on one block (`block` holds at least the block's bytes)
     /// for sub-block `sub`: the 32 weights. Loads past the block, or misaligned, are
     /// errors (they would fault or read the next block on the GPU).
     pub fn eval(&self, block: &[u8], block_bytes: usize, sub: u32) -> Result<[f32; 32], String> {
         let mut v = vec![0u32; self.nodes.len()];
+        let tables: Vec<(Table, Vec<i32>)> =
+            self.tables().into_iter().map(|t| (t, t.values())).collect();
         for (i, n) in self.nodes.iter().enumerate() {
             let f = |id: Id| f32::from_bits(v[id]);
             v[i] = match *n {
@@ -653,14 +965,18 @@ impl Unit {
                     }
                 }
                 Node::Lookup(t, idx) => {
-                    let values = t.values();
+                    let values = &tables
+                        .iter()
+                        .find(|(k, _)| *k == t)
+                        .expect("tables() lists every lookup")
+                        .1;
                     *values
                         .get(v[idx] as usize)
                         .ok_or_else(|| format!("node {i}: {t:?}[{}] out of range", v[idx]))?
                         as u32
                 }
                 Node::F16(a) => half::f16::from_bits(v[a] as u16).to_f32().to_bits(),
-                Node::Bits(a) => v[a],
+                Node::Bits(a) | Node::ToBits(a) => v[a],
                 Node::IToF(a) => (v[a] as i32 as f32).to_bits(),
                 Node::FMul(a, b) => (f(a) * f(b)).to_bits(),
                 Node::FAdd(a, b) => (f(a) + f(b)).to_bits(),
@@ -676,8 +992,12 @@ impl Unit {
     /// The caller declares `.reg .b32 %u<N>`, `.reg .f32 %f<N>`, `.reg .b64 %a<N>`,
     /// `.reg .b16 %h<N>` and `.reg .pred %p<N>` with `N = nodes.len()`.
     pub fn to_ptx(&self, indent: &str) -> String {
+        let live = self.live();
         let mut out = String::new();
         for (i, n) in self.nodes.iter().enumerate() {
+            if !live[i] {
+                continue;
+            }
             let line = |out: &mut String, s: String| {
                 let _ = writeln!(out, "{indent}{s}");
             };
@@ -713,6 +1033,7 @@ impl Unit {
                         Op::Shl => "shl.b32",
                         Op::And => "and.b32",
                         Op::Or => "or.b32",
+                        Op::Xor => "xor.b32",
                         Op::Lt => {
                             line(&mut out, format!("setp.lt.u32 %p{i}, %u{a}, %u{b};"));
                             line(&mut out, format!("selp.u32 %u{i}, 1, 0, %p{i};"));
@@ -727,14 +1048,16 @@ impl Unit {
                 }
                 Node::Lookup(t, idx) => {
                     line(&mut out, format!("mov.u64 %a{i}, {};", t.symbol()));
-                    line(&mut out, format!("mad.wide.u32 %a{i}, %u{idx}, 4, %a{i};"));
-                    line(&mut out, format!("ld.global.nc.u32 %u{i}, [%a{i}];"));
+                    line(&mut out, format!("mad.wide.u32 %a{i}, %u{idx}, 1, %a{i};"));
+                    let ty = if t.signed() { "s8" } else { "u8" };
+                    line(&mut out, format!("ld.global.nc.{ty} %u{i}, [%a{i}];"));
                 }
                 Node::F16(a) => {
                     line(&mut out, format!("cvt.u16.u32 %h{i}, %u{a};"));
                     line(&mut out, format!("cvt.f32.f16 %f{i}, %h{i};"));
                 }
                 Node::Bits(a) => line(&mut out, format!("mov.b32 %f{i}, %u{a};")),
+                Node::ToBits(a) => line(&mut out, format!("mov.b32 %u{i}, %f{a};")),
                 Node::IToF(a) => line(&mut out, format!("cvt.rn.f32.s32 %f{i}, %u{a};")),
                 Node::FMul(a, b) => line(&mut out, format!("mul.rn.f32 %f{i}, %f{a}, %f{b};")),
                 Node::FAdd(a, b) => line(&mut out, format!("add.rn.f32 %f{i}, %f{a}, %f{b};")),
@@ -757,7 +1080,8 @@ pub fn tables_ptx(tables: &[Table]) -> String {
             .join(", ");
         let _ = writeln!(
             out,
-            ".global .align 4 .s32 {}[{}] = {{{list}}};",
+            ".global .align 4 .{} {}[{}] = {{{list}}};",
+            if t.signed() { "s8" } else { "u8" },
             t.symbol(),
             values.len()
         );
@@ -800,9 +1124,15 @@ mod tests {
             GgmlType::Q4_K => reference::<q4_k::Q4_K>(bytes),
             GgmlType::Q5_K => reference::<q5_k::Q5_K>(bytes),
             GgmlType::Q6_K => reference::<q6_k::Q6_K>(bytes),
+            GgmlType::IQ1_S => reference::<iq1_s::IQ1_S>(bytes),
+            GgmlType::IQ1_M => reference::<iq1_m::IQ1_M>(bytes),
+            GgmlType::IQ2_XXS => reference::<iq2_xxs::IQ2_XXS>(bytes),
+            GgmlType::IQ2_XS => reference::<iq2_xs::IQ2_XS>(bytes),
+            GgmlType::IQ2_S => reference::<iq2_s::IQ2_S>(bytes),
+            GgmlType::IQ3_XXS => reference::<iq3_xxs::IQ3_XXS>(bytes),
+            GgmlType::IQ3_S => reference::<iq3_s::IQ3_S>(bytes),
             GgmlType::IQ4_NL => reference::<iq4_nl::IQ4_NL>(bytes),
             GgmlType::IQ4_XS => reference::<iq4_xs::IQ4_XS>(bytes),
-            other => panic!("no reference wired for {other:?}"),
         }
     }
 
