@@ -68,8 +68,14 @@ pub(super) fn bench<M: Model>(args: &BenchArgs) -> Result<(), String> {
     } else {
         "CPU (mcc)"
     };
+    // On the GPU, generation steps keep the logits on the device and bring back only
+    // the greedy pick (the sampler's work is not part of tg either).
     let mut eval = |tokens: &[u32], pos: usize, first: usize| -> Result<(), String> {
         match &mut gpu {
+            Some(g) if tokens.len() == 1 => g
+                .decode_greedy::<M>(tokens[0], pos)
+                .map(|_| ())
+                .map_err(|e| format!("GPU: {e}")),
             Some(g) => g
                 .eval::<M>(tokens, pos, first)
                 .map(|_| ())

@@ -205,3 +205,218 @@ impl CpuTail {
         project(&self.pool, self.blob, w_out, &self.xn, &mut self.logits);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The CPU tail against the CPU forward pass on a small random F32 model: with every
+    //! layer on the "CPU side" (first = 0) and the embedding row as the hidden state it
+    //! receives, it must produce the CPU path's logits token after token (its own KV
+    //! cache, positions and RoPE included).
+
+    use std::sync::OnceLock;
+
+    use super::*;
+    use crate::gpu::{GpuLayer, GpuTensor};
+    use crate::model::Ctx;
+    use crate::weights::Weight;
+
+    const E: usize = 64;
+    const HD: usize = 16;
+    const NH: usize = 4;
+    const NKV: usize = 2;
+    const FF: usize = 96;
+    const V: usize = 40;
+    const CTX: usize = 16;
+
+    const fn next(at: usize, rows: usize, cols: usize) -> usize {
+        (at + rows * cols * 4).next_multiple_of(64)
+    }
+
+    // Blob layout: token_embd, then per layer attn_norm, q, k, v, o, ffn_norm, gate, up,
+    // down, then output_norm and output.
+    const O_TOK: usize = 0;
+    const O_L0: usize = next(O_TOK, V, E);
+    const LAYER: [(usize, usize); 9] = [
+        (1, E),
+        (NH * HD, E),
+        (NKV * HD, E),
+        (NKV * HD, E),
+        (E, NH * HD),
+        (1, E),
+        (FF, E),
+        (FF, E),
+        (E, FF),
+    ];
+    const fn layer_off(base: usize, k: usize) -> usize {
+        let mut at = base;
+        let mut i = 0;
+        while i < k {
+            at = next(at, LAYER[i].0, LAYER[i].1);
+            i += 1;
+        }
+        at
+    }
+    const O_L1: usize = layer_off(O_L0, 9);
+    const O_ON: usize = layer_off(O_L1, 9);
+    const O_OUT: usize = next(O_ON, 1, E);
+    const LEN: usize = next(O_OUT, V, E);
+
+    macro_rules! layer_statics {
+        ($base:expr, $an:ident, $q:ident, $k:ident, $v:ident, $o:ident, $fnn:ident, $g:ident, $u:ident, $d:ident) => {
+            static $an: Weight<F32, 1, E> = Weight::at(layer_off($base, 0));
+            static $q: Weight<F32, { NH * HD }, E> = Weight::at(layer_off($base, 1));
+            static $k: Weight<F32, { NKV * HD }, E> = Weight::at(layer_off($base, 2));
+            static $v: Weight<F32, { NKV * HD }, E> = Weight::at(layer_off($base, 3));
+            static $o: Weight<F32, E, { NH * HD }> = Weight::at(layer_off($base, 4));
+            static $fnn: Weight<F32, 1, E> = Weight::at(layer_off($base, 5));
+            static $g: Weight<F32, FF, E> = Weight::at(layer_off($base, 6));
+            static $u: Weight<F32, FF, E> = Weight::at(layer_off($base, 7));
+            static $d: Weight<F32, E, FF> = Weight::at(layer_off($base, 8));
+        };
+    }
+    static TOK: Weight<F32, V, E> = Weight::at(O_TOK);
+    layer_statics!(O_L0, AN0, Q0, K0, V0, O0, FN0, G0, U0, D0);
+    layer_statics!(O_L1, AN1, Q1, K1, V1, O1, FN1, G1, U1, D1);
+    static ON: Weight<F32, 1, E> = Weight::at(O_ON);
+    static OUT: Weight<F32, V, E> = Weight::at(O_OUT);
+
+    /// Random weights (norms near 1), in 8-byte aligned storage that lives forever.
+    fn blob() -> &'static [u8] {
+        static BLOB: OnceLock<&'static [u8]> = OnceLock::new();
+        BLOB.get_or_init(|| {
+            let words: &'static mut [u64] = Box::leak(vec![0u64; LEN / 8].into_boxed_slice());
+            // SAFETY: the u64 storage is LEN bytes; f32 has no invalid bit patterns.
+            let floats = unsafe {
+                std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<f32>(), LEN / 4)
+            };
+            let mut s = 0x9e37_79b9_7f4a_7c15u64;
+            for f in floats.iter_mut() {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                *f = ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.5;
+            }
+            for norm in [
+                layer_off(O_L0, 0),
+                layer_off(O_L0, 5),
+                layer_off(O_L1, 0),
+                layer_off(O_L1, 5),
+                O_ON,
+            ] {
+                for f in &mut floats[norm / 4..norm / 4 + E] {
+                    *f += 1.0;
+                }
+            }
+            // SAFETY: same storage, viewed as bytes.
+            unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), LEN) }
+        })
+    }
+
+    struct Toy;
+
+    impl Model for Toy {
+        const CONFIG: Config = Config {
+            n_embd: E,
+            n_head: NH,
+            n_head_kv: NKV,
+            head_dim: HD,
+            n_ff: FF,
+            n_layer: 2,
+            n_vocab: V,
+            n_ctx: CTX,
+            n_ctx_train: CTX,
+            rope_dim: HD,
+            rope_base: 10000.0,
+            rms_eps: 1e-5,
+        };
+        const INFO: &'static str = "toy";
+        fn weights() -> &'static [u8] {
+            blob()
+        }
+        fn tokenizer() -> &'static [u8] {
+            &[]
+        }
+        fn rope_freqs() -> Option<&'static [f32]> {
+            None
+        }
+        fn forward(ctx: &mut Ctx) {
+            ctx.embed(&TOK);
+            ctx.attention(0, &AN0, &Q0, &K0, &V0, &O0);
+            ctx.ffn(&FN0, &G0, &U0, &D0);
+            ctx.attention(1, &AN1, &Q1, &K1, &V1, &O1);
+            ctx.ffn(&FN1, &G1, &U1, &D1);
+            ctx.output(&ON, &OUT);
+        }
+    }
+
+    fn cpu_layer(c: &mut CpuTail, l: usize) {
+        match l {
+            0 => c.layer(0, (&AN0, &Q0, &K0, &V0, &O0), (&FN0, &G0, &U0, &D0)),
+            1 => c.layer(1, (&AN1, &Q1, &K1, &V1, &O1), (&FN1, &G1, &U1, &D1)),
+            _ => {}
+        }
+    }
+
+    fn cpu_output(c: &mut CpuTail) {
+        c.output(&ON, &OUT);
+    }
+
+    const NONE: GpuTensor = GpuTensor {
+        offset: 0,
+        bytes: 0,
+        rows: 0,
+        kernel: "",
+    };
+    const NO_LAYER: GpuLayer = GpuLayer {
+        attn_norm: NONE,
+        attn_q: NONE,
+        attn_k: NONE,
+        attn_v: NONE,
+        attn_output: NONE,
+        ffn_norm: NONE,
+        ffn_gate: NONE,
+        ffn_up: NONE,
+        ffn_down: NONE,
+    };
+    static TOY_GPU: GpuModel = GpuModel {
+        ptx: "",
+        token_embd: NONE,
+        layers: &[NO_LAYER, NO_LAYER],
+        output_norm: NONE,
+        output: NONE,
+        cpu_layer,
+        cpu_output,
+    };
+
+    #[test]
+    fn the_cpu_tail_reproduces_the_cpu_forward_pass() {
+        let tokens = [3u32, 17, 5, 39, 0, 22, 8];
+        let mut ctx = Ctx::new::<Toy>(1, CTX, 1).unwrap();
+        let mut tail = CpuTail::new::<Toy>(0, CTX).unwrap();
+        let table = TOK.blocks(blob());
+        let mut got = vec![0f32; V];
+        for (pos, &tok) in tokens.iter().enumerate() {
+            let want = ctx.eval::<Toy>(&[tok], pos, 0).to_vec();
+            let row = tok as usize * E;
+            tail.hidden_mut().copy_from_slice(&table[row..row + E]);
+            tail.run(&TOY_GPU, blob(), pos, Some(&mut got));
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "pos {pos} logit {i}: tail {g} vs CPU {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn layers_before_the_tail_are_skipped() {
+        // A tail that starts at layer 1 leaves the hidden state alone for layer 0.
+        let mut tail = CpuTail::new::<Toy>(1, CTX).unwrap();
+        tail.hidden_mut().fill(0.25);
+        cpu_layer(&mut tail, 0);
+        assert!(tail.hidden_mut().iter().all(|&v| v == 0.25));
+        cpu_layer(&mut tail, 1);
+        assert!(tail.hidden_mut().iter().any(|&v| v != 0.25));
+    }
+}
