@@ -165,6 +165,29 @@ mod tests {
     }
 
     #[test]
+    fn vec_dot_equals_scalar_at_every_length() {
+        // The AVX2 dot takes four blocks at a time and the rest one by one; both must keep
+        // the scalar reference's float sequence exactly, for every row length.
+        let g = testing::llama_cpp_golden::<IQ4_NL>();
+        let blocks = g.cols / QK4_NL;
+        let mut act = vec![BlockQ8_0::default(); blocks];
+        <Q8_0 as ActType>::quantize(&g.matvecs[0].0, &mut act);
+        for row in g.weights.chunks_exact(blocks).take(4) {
+            for n in 1..=blocks {
+                let (fast, scalar) = (
+                    IQ4_NL::vec_dot(&row[..n], &act[..n]),
+                    IQ4_NL::vec_dot_ref(&row[..n], &act[..n]),
+                );
+                assert_eq!(
+                    fast.to_bits(),
+                    scalar.to_bits(),
+                    "{n} blocks: {fast} vs {scalar}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn vec_dot_near_ggml_plain_vec_dot() {
         // ggml's own `vec_dot` (what llama.cpp uses for IQ4_NL tensors it does not repack:
         // row counts that are not a multiple of 8) sums 8 lanes per block instead: within

@@ -219,17 +219,71 @@ pub fn vec_dot_iq4_nl_q8_0(row: &[BlockIQ4NL], act: &[BlockQ8_0]) -> f32 {
 /// repacked IQ4_NL kernels (8 rows interleaved), which it uses on AVX2 CPUs for every
 /// tensor with a multiple of 8 rows and every batch size. (Its plain `vec_dot`, for the
 /// other tensors, keeps 8 lanes per block and rounds differently, by a few ulps.)
+///
+/// Four blocks at a time, the integer work is vectorised: their 8-lane sums are reduced
+/// side by side into one vector of four exact i32 sums (any order gives the same
+/// integers), so only the FMA chain itself stays scalar.
 #[target_feature(enable = "avx2,fma")]
 fn dot_iq4_nl(row: &[BlockIQ4NL], act: &[BlockQ8_0]) -> f32 {
     let table = iq4_table();
     let ones = _mm256_set1_epi16(1);
-    let mut acc = 0f32;
-    for (w, a) in row.iter().zip(act) {
+    let lanes = |w: &BlockIQ4NL, a: &BlockQ8_0| {
         let products = dot_i8_pairs(iq4_levels(table, &w.qs), load32(&a.qs, 0));
-        let sumi = hsum_i32x8(_mm256_madd_epi16(products, ones));
+        _mm256_madd_epi16(products, ones)
+    };
+    let mut acc = 0f32;
+    let quads = row.len() / 4;
+    for (w, a) in row.chunks_exact(4).zip(act.chunks_exact(4)) {
+        let pairs01 = _mm256_hadd_epi32(lanes(&w[0], &a[0]), lanes(&w[1], &a[1]));
+        let pairs23 = _mm256_hadd_epi32(lanes(&w[2], &a[2]), lanes(&w[3], &a[3]));
+        // Block k's two 128-bit half sums in lanes k and k + 4.
+        let halves = _mm256_hadd_epi32(pairs01, pairs23);
+        let sums = _mm_add_epi32(
+            _mm256_castsi256_si128(halves),
+            _mm256_extracti128_si256::<1>(halves),
+        );
+        let mut sumf = [0f32; 4];
+        // SAFETY: sumf is 16 writable bytes; unaligned store.
+        unsafe { _mm_storeu_ps(sumf.as_mut_ptr(), _mm_cvtepi32_ps(sums)) };
+        for (s, d) in sumf.iter().zip(iq4_nl_scales(w, a)) {
+            acc = s.mul_add(d, acc);
+        }
+    }
+    for (w, a) in row[4 * quads..].iter().zip(&act[4 * quads..]) {
+        let sumi = hsum_i32x8(lanes(w, a));
         acc = (sumi as f32).mul_add(w.d.to_f32() * a.d.to_f32(), acc);
     }
     acc
+}
+
+/// `d_w * d_a` of four IQ4_NL blocks (f16 widened to f32, one f32 product each), with one
+/// F16C conversion for all eight scales.
+#[cfg(target_feature = "f16c")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn iq4_nl_scales(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> [f32; 4] {
+    let d = |k: usize| if k < 4 { w[k].d } else { a[k - 4].d };
+    let bits: [u16; 8] = std::array::from_fn(|k| d(k).to_bits());
+    // SAFETY: 8 u16 are 16 readable bytes; unaligned load.
+    let halves = unsafe { _mm_loadu_si128(bits.as_ptr().cast()) };
+    // SAFETY: the build enables F16C (cfg above).
+    let wide = unsafe { _mm256_cvtph_ps(halves) };
+    let products = _mm_mul_ps(
+        _mm256_castps256_ps128(wide),
+        _mm256_extractf128_ps::<1>(wide),
+    );
+    let mut out = [0f32; 4];
+    // SAFETY: out is 16 writable bytes; unaligned store.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), products) };
+    out
+}
+
+/// `d_w * d_a` of four IQ4_NL blocks (builds without F16C).
+#[cfg(not(target_feature = "f16c"))]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn iq4_nl_scales(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> [f32; 4] {
+    std::array::from_fn(|k| w[k].d.to_f32() * a[k].d.to_f32())
 }
 
 /// Sum of the 8 i32 lanes.
