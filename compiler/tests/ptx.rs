@@ -74,6 +74,16 @@ fn assemble(label: &str, ptx: &str) {
     }
 }
 
+/// With `MCC_PTX_OUT=DIR`, writes `text` to `DIR/name`: scripts/gpu-device-check.sh
+/// carries these files to a GPU machine and runs the kernels there.
+fn export(name: &str, text: &str) {
+    if let Some(dir) = std::env::var_os("MCC_PTX_OUT") {
+        let dir = PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
 fn emit_gpu(gguf: &Path, name: &str) -> Vec<EmittedFile> {
     let g = GgufFile::open(gguf).unwrap();
     let desc = describe(&g).unwrap();
@@ -210,6 +220,7 @@ fn minitron_q4_k_m() {
     assert!(ptx.contains(".visible .entry mva_q6_k_"));
     assert!(ptx.contains(".visible .entry mv_q6_k_"), "output.weight");
     assert!(!ptx.contains("_q8_0_"));
+    export("minitron.ptx", ptx);
     check_fixture("minitron", &gguf);
 }
 
@@ -283,6 +294,7 @@ fn every_supported_type_assembles() {
         ptx += &kernels::matvec(&format!("mva_{n}"), t, 96, 512, true).unwrap();
         ptx += &kernels::embed(&format!("embed_{n}"), t, 100, 512).unwrap();
     }
+    export("all_types.ptx", &ptx);
     assemble("every supported type", &ptx);
 }
 
