@@ -1090,7 +1090,7 @@ pub fn tables_ptx(tables: &[Table]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use mcc_runtime::quant::{self, WeightType};
 
@@ -1108,7 +1108,7 @@ mod tests {
         out
     }
 
-    fn reference_of(t: GgmlType, bytes: &[u8]) -> Vec<f32> {
+    pub(crate) fn reference_of(t: GgmlType, bytes: &[u8]) -> Vec<f32> {
         use quant::*;
         match t {
             GgmlType::F32 => reference::<f32::F32>(bytes),
@@ -1137,7 +1137,7 @@ mod tests {
     }
 
     /// xorshift bytes: every bit pattern of scales and quants gets exercised.
-    fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    pub(crate) fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
         let mut s = seed | 1;
         (0..n)
             .map(|_| {

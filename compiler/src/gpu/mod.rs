@@ -15,6 +15,7 @@
 
 pub mod dequant;
 pub mod kernels;
+pub mod sim;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;

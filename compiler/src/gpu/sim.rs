@@ -1,0 +1,944 @@
+//! A PTX interpreter for the subset of PTX that mcc emits, so that the tests can run the
+//! kernels without a GPU: every CTA's threads run one after another until each reaches
+//! a `bar.sync` (released when all have), a `shfl.sync` (exchanged when the whole warp
+//! is there) or `ret`. Memory is a flat byte array with bounds checks; shared memory is
+//! per CTA. Arithmetic follows the PTX ISA for the instructions used: 32-bit integer ops
+//! wrap, `.rn` float ops are IEEE f32, `ex2.approx` is computed exactly (the hardware's
+//! is within 2 ulp).
+//!
+//! It checks what `ptxas` cannot: indexing, reductions, barriers, shuffles, the launch
+//! ABI. It does not model timing, caches or the memory model beyond program order, and
+//! it rejects any instruction outside the subset (so a new template fails loudly here
+//! first).
+
+use std::collections::HashMap;
+
+/// Errors of loading or running PTX.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("line {line}: {msg}")]
+    Parse { line: usize, msg: String },
+    #[error("{kernel}: {msg}")]
+    Run { kernel: String, msg: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Space {
+    Param,
+    Global,
+    Shared,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Base {
+    Reg(usize),
+    /// A parameter, a shared variable or a global symbol, resolved at launch.
+    Sym(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Operand {
+    Reg(usize),
+    Imm(u64),
+    Sym(String),
+    Special(Special),
+    Mem(Base, i64),
+    Vec(Vec<usize>),
+    Label(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Special {
+    TidX,
+    CtaidX,
+}
+
+#[derive(Clone, Debug)]
+struct Inst {
+    guard: Option<(usize, bool)>,
+    op: String,
+    args: Vec<Operand>,
+    line: usize,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    params: Vec<String>,
+    /// (name, bytes, alignment)
+    shared: Vec<(String, usize, usize)>,
+    n_regs: usize,
+    code: Vec<Inst>,
+}
+
+/// A parsed PTX module.
+#[derive(Clone, Debug)]
+pub struct Module {
+    globals: Vec<(String, Vec<u8>)>,
+    entries: HashMap<String, Entry>,
+}
+
+fn strip_comment(line: &str) -> &str {
+    match line.find("//") {
+        Some(i) => &line[..i],
+        None => line,
+    }
+}
+
+fn parse_imm(s: &str) -> Option<u64> {
+    if let Some(hex) = s.strip_prefix("0f") {
+        return u32::from_str_radix(hex, 16).ok().map(u64::from);
+    }
+    if let Some(hex) = s.strip_prefix("0x") {
+        return u64::from_str_radix(hex, 16).ok();
+    }
+    if let Some(neg) = s.strip_prefix('-') {
+        return neg
+            .parse::<u64>()
+            .ok()
+            .map(|v| (v as i64).wrapping_neg() as u64);
+    }
+    s.parse::<u64>().ok()
+}
+
+/// Splits `a, {b, c}, [d+4]` at top-level commas.
+fn split_args(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut depth = 0;
+    let mut cur = String::new();
+    for c in s.chars() {
+        match c {
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth -= 1,
+            _ => {}
+        }
+        if c == ',' && depth == 0 {
+            out.push(cur.trim().to_string());
+            cur.clear();
+        } else {
+            cur.push(c);
+        }
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_string());
+    }
+    out
+}
+
+impl Module {
+    /// Parses a PTX module as mcc emits it.
+    pub fn parse(text: &str) -> Result<Module, SimError> {
+        let mut globals = Vec::new();
+        let mut entries = HashMap::new();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut i = 0;
+        let err = |line: usize, msg: String| SimError::Parse {
+            line: line + 1,
+            msg,
+        };
+        while i < lines.len() {
+            let line = strip_comment(lines[i]).trim();
+            if line.starts_with(".global") {
+                // .global .align 4 .u8 name[N] = {a, b, ...};
+                let (decl, init) = line
+                    .split_once('=')
+                    .ok_or_else(|| err(i, "global without initializer".into()))?;
+                let name = decl
+                    .split_whitespace()
+                    .last()
+                    .and_then(|w| w.split('[').next())
+                    .ok_or_else(|| err(i, "global without a name".into()))?;
+                let signed = decl.contains(".s8");
+                let init = init.trim().trim_end_matches(';').trim();
+                let init = init.trim_start_matches('{').trim_end_matches('}');
+                let mut bytes = Vec::new();
+                for v in init.split(',') {
+                    let v: i64 = v
+                        .trim()
+                        .parse()
+                        .map_err(|_| err(i, format!("bad table value {v:?}")))?;
+                    if !(if signed { -128..=127 } else { 0..=255 }).contains(&v) {
+                        return Err(err(i, format!("table value {v} out of range")));
+                    }
+                    bytes.push(v as u8);
+                }
+                globals.push((name.to_string(), bytes));
+                i += 1;
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix(".visible .entry ") {
+                let name = rest.trim_end_matches('(').trim().to_string();
+                let (entry, next) = Self::parse_entry(&lines, i + 1)?;
+                entries.insert(name, entry);
+                i = next;
+                continue;
+            }
+            i += 1;
+        }
+        Ok(Module { globals, entries })
+    }
+
+    fn parse_entry(lines: &[&str], mut i: usize) -> Result<(Entry, usize), SimError> {
+        let err = |line: usize, msg: String| SimError::Parse {
+            line: line + 1,
+            msg,
+        };
+        let mut params = Vec::new();
+        while i < lines.len() {
+            let l = strip_comment(lines[i]).trim();
+            i += 1;
+            if let Some(p) = l.strip_prefix(".param .u64 ") {
+                params.push(p.trim_end_matches(',').trim().to_string());
+            } else if l.starts_with(')') {
+                break;
+            }
+        }
+        let mut shared = Vec::new();
+        let mut regs: HashMap<String, usize> = HashMap::new();
+        let mut labels: HashMap<String, usize> = HashMap::new();
+        let mut raw: Vec<(usize, String)> = Vec::new();
+        while i < lines.len() {
+            let l = strip_comment(lines[i]).trim().to_string();
+            i += 1;
+            if l == "}" {
+                break;
+            }
+            if l.is_empty() || l == "{" || l.starts_with(".maxntid") || l.starts_with(".reg") {
+                continue;
+            }
+            if let Some(rest) = l.strip_prefix(".shared ") {
+                // .shared .align A .TYPE name[N];
+                let words: Vec<&str> = rest.trim_end_matches(';').split_whitespace().collect();
+                let align: usize = words
+                    .get(1)
+                    .and_then(|w| w.parse().ok())
+                    .ok_or_else(|| err(i - 1, "shared without alignment".into()))?;
+                let elem = match words.get(2) {
+                    Some(&".f32") | Some(&".u32") => 4,
+                    other => return Err(err(i - 1, format!("shared type {other:?}"))),
+                };
+                let decl = words.get(3).copied().unwrap_or_default();
+                let (name, n) = decl
+                    .trim_end_matches(']')
+                    .split_once('[')
+                    .ok_or_else(|| err(i - 1, "shared without size".into()))?;
+                let n: usize = n
+                    .parse()
+                    .map_err(|_| err(i - 1, "bad shared size".into()))?;
+                shared.push((name.to_string(), n * elem, align));
+                continue;
+            }
+            if let Some(label) = l.strip_suffix(':') {
+                labels.insert(label.to_string(), raw.len());
+                continue;
+            }
+            raw.push((i - 1, l));
+        }
+        let mut reg = |name: &str| {
+            let n = regs.len();
+            *regs.entry(name.to_string()).or_insert(n)
+        };
+        let mut code = Vec::new();
+        for (line, text) in raw {
+            let text = text.trim_end_matches(';').trim();
+            let (guard, text) = match text.strip_prefix('@') {
+                Some(rest) => {
+                    let (g, rest) = rest
+                        .split_once(' ')
+                        .ok_or_else(|| err(line, "guard without instruction".into()))?;
+                    let (neg, g) = match g.strip_prefix('!') {
+                        Some(g) => (true, g),
+                        None => (false, g),
+                    };
+                    (Some((reg(g), !neg)), rest.trim())
+                }
+                None => (None, text),
+            };
+            let (op, rest) = match text.split_once(char::is_whitespace) {
+                Some((op, rest)) => (op.to_string(), rest.trim()),
+                None => (text.to_string(), ""),
+            };
+            let mut args = Vec::new();
+            for a in split_args(rest) {
+                let operand = if let Some(inner) = a.strip_prefix('[') {
+                    let inner = inner.trim_end_matches(']');
+                    let (base, off) = match inner.split_once('+') {
+                        Some((b, o)) => (
+                            b,
+                            parse_imm(o).ok_or_else(|| err(line, format!("bad offset {o}")))?
+                                as i64,
+                        ),
+                        None => (inner, 0),
+                    };
+                    let base = if base.starts_with('%') {
+                        Base::Reg(reg(base))
+                    } else {
+                        Base::Sym(base.to_string())
+                    };
+                    Operand::Mem(base, off)
+                } else if let Some(inner) = a.strip_prefix('{') {
+                    Operand::Vec(
+                        inner
+                            .trim_end_matches('}')
+                            .split(',')
+                            .map(|r| reg(r.trim()))
+                            .collect(),
+                    )
+                } else if a == "%tid.x" {
+                    Operand::Special(Special::TidX)
+                } else if a == "%ctaid.x" {
+                    Operand::Special(Special::CtaidX)
+                } else if a.starts_with('%') {
+                    Operand::Reg(reg(&a))
+                } else if let Some(v) = parse_imm(&a) {
+                    Operand::Imm(v)
+                } else if op.starts_with("bra") {
+                    Operand::Label(
+                        *labels
+                            .get(a.as_str())
+                            .ok_or_else(|| err(line, format!("unknown label {a}")))?,
+                    )
+                } else {
+                    Operand::Sym(a.to_string())
+                };
+                args.push(operand);
+            }
+            code.push(Inst {
+                guard,
+                op,
+                args,
+                line: line + 1,
+            });
+        }
+        Ok((
+            Entry {
+                params,
+                shared,
+                n_regs: regs.len(),
+                code,
+            },
+            i,
+        ))
+    }
+
+    /// Names of the module's kernels.
+    pub fn kernels(&self) -> Vec<&str> {
+        let mut k: Vec<&str> = self.entries.keys().map(String::as_str).collect();
+        k.sort();
+        k
+    }
+}
+
+/// Device memory: a flat byte array; address 0 is never valid.
+pub struct Device {
+    mem: Vec<u8>,
+    globals: HashMap<String, u64>,
+    module: Module,
+    /// Instructions executed, over all launches.
+    pub steps: u64,
+}
+
+const BASE: u64 = 0x1_0000;
+
+/// The byte range of `addr..addr + len` in a memory of `mem_len` bytes.
+fn range(mem_len: usize, addr: u64, len: usize) -> Option<std::ops::Range<usize>> {
+    let start = addr.checked_sub(BASE)? as usize;
+    (start + len <= mem_len).then_some(start..start + len)
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Status {
+    Run,
+    Barrier,
+    Shuffle,
+    Done,
+}
+
+struct Thread {
+    regs: Vec<u64>,
+    pc: usize,
+    status: Status,
+}
+
+impl Device {
+    /// A device with `module` loaded (its global tables placed in memory).
+    pub fn new(module: Module) -> Device {
+        let mut d = Device {
+            mem: Vec::new(),
+            globals: HashMap::new(),
+            module,
+            steps: 0,
+        };
+        let tables = d.module.globals.clone();
+        for (name, bytes) in tables {
+            let at = d.alloc(bytes.len());
+            d.write(at, &bytes);
+            d.globals.insert(name, at);
+        }
+        d
+    }
+
+    /// A zeroed allocation of `bytes`, 256-byte aligned.
+    pub fn alloc(&mut self, bytes: usize) -> u64 {
+        let at = (self.mem.len() as u64).next_multiple_of(256);
+        self.mem.resize(at as usize + bytes.max(1), 0);
+        BASE + at
+    }
+
+    fn range(&self, addr: u64, len: usize) -> Option<std::ops::Range<usize>> {
+        range(self.mem.len(), addr, len)
+    }
+
+    /// Copies `bytes` to `addr`; panics outside the allocations (a test bug).
+    pub fn write(&mut self, addr: u64, bytes: &[u8]) {
+        let r = self.range(addr, bytes.len()).expect("write inside memory");
+        self.mem[r].copy_from_slice(bytes);
+    }
+
+    pub fn read(&self, addr: u64, len: usize) -> &[u8] {
+        &self.mem[self.range(addr, len).expect("read inside memory")]
+    }
+
+    pub fn write_f32(&mut self, addr: u64, v: &[f32]) {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.write(addr, &bytes);
+    }
+
+    pub fn read_f32(&self, addr: u64, n: usize) -> Vec<f32> {
+        self.read(addr, 4 * n)
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+
+    /// Runs `kernel` over `grid` CTAs of `block` threads with 64-bit `args`.
+    pub fn launch(
+        &mut self,
+        kernel: &str,
+        grid: u32,
+        block: u32,
+        args: &[u64],
+    ) -> Result<(), SimError> {
+        let entry = self
+            .module
+            .entries
+            .get(kernel)
+            .cloned()
+            .ok_or_else(|| SimError::Run {
+                kernel: kernel.into(),
+                msg: "no such kernel".into(),
+            })?;
+        let fail = |msg: String| SimError::Run {
+            kernel: kernel.into(),
+            msg,
+        };
+        if args.len() != entry.params.len() {
+            return Err(fail(format!(
+                "{} arguments for {} parameters",
+                args.len(),
+                entry.params.len()
+            )));
+        }
+        let mut shared_at = HashMap::new();
+        let mut shared_len = 0usize;
+        for (name, bytes, align) in &entry.shared {
+            shared_len = shared_len.next_multiple_of(*align);
+            shared_at.insert(name.clone(), shared_len as u64);
+            shared_len += bytes;
+        }
+        for cta in 0..grid {
+            let mut shared = vec![0u8; shared_len];
+            let mut threads: Vec<Thread> = (0..block)
+                .map(|_| Thread {
+                    regs: vec![0; entry.n_regs],
+                    pc: 0,
+                    status: Status::Run,
+                })
+                .collect();
+            let mut budget: u64 = 50_000_000;
+            loop {
+                for (tid, t) in threads.iter_mut().enumerate() {
+                    while t.status == Status::Run {
+                        if budget == 0 {
+                            return Err(fail("step budget exhausted".into()));
+                        }
+                        budget -= 1;
+                        self.steps += 1;
+                        self.step(&entry, t, tid as u32, cta, args, &shared_at, &mut shared)
+                            .map_err(&fail)?;
+                    }
+                }
+                let live: Vec<usize> = (0..block as usize)
+                    .filter(|&t| threads[t].status != Status::Done)
+                    .collect();
+                if live.is_empty() {
+                    break;
+                }
+                let mut progressed = false;
+                if live.iter().all(|&t| threads[t].status == Status::Barrier) {
+                    if live.len() != block as usize {
+                        return Err(fail(format!(
+                            "CTA {cta}: bar.sync after {} threads exited",
+                            block as usize - live.len()
+                        )));
+                    }
+                    for &t in &live {
+                        threads[t].status = Status::Run;
+                        threads[t].pc += 1;
+                    }
+                    progressed = true;
+                }
+                for w in 0..(block as usize).div_ceil(32) {
+                    let lanes: Vec<usize> = (32 * w..(32 * w + 32).min(block as usize))
+                        .filter(|&t| threads[t].status != Status::Done)
+                        .collect();
+                    if lanes.is_empty()
+                        || !lanes.iter().all(|&t| threads[t].status == Status::Shuffle)
+                    {
+                        continue;
+                    }
+                    let pc = threads[lanes[0]].pc;
+                    if lanes.iter().any(|&t| threads[t].pc != pc) {
+                        return Err(fail("warp lanes at different shuffles".into()));
+                    }
+                    let inst = &entry.code[pc];
+                    let (dst, src, lane_off) = match inst.args.as_slice() {
+                        [Operand::Reg(d), Operand::Reg(s), Operand::Imm(o), ..] => (*d, *s, *o),
+                        _ => return Err(fail(format!("line {}: shuffle operands", inst.line))),
+                    };
+                    let vals: Vec<u64> = (32 * w..(32 * w + 32).min(block as usize))
+                        .map(|t| threads[t].regs[src])
+                        .collect();
+                    for &t in &lanes {
+                        let lane = t - 32 * w;
+                        let from = lane ^ lane_off as usize;
+                        let from_t = 32 * w + from;
+                        let v = if from < vals.len() && threads[from_t].status != Status::Done {
+                            vals[from]
+                        } else {
+                            vals[lane]
+                        };
+                        threads[t].regs[dst] = v;
+                        threads[t].status = Status::Run;
+                        threads[t].pc += 1;
+                    }
+                    progressed = true;
+                }
+                if !progressed {
+                    return Err(fail(format!(
+                        "CTA {cta}: threads wait forever (a barrier or shuffle not all reach)"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        entry: &Entry,
+        t: &mut Thread,
+        tid: u32,
+        cta: u32,
+        args: &[u64],
+        shared_at: &HashMap<String, u64>,
+        shared: &mut [u8],
+    ) -> Result<(), String> {
+        let globals = &self.globals;
+        let mem = &mut self.mem;
+        let Some(inst) = entry.code.get(t.pc) else {
+            t.status = Status::Done;
+            return Ok(());
+        };
+        let at = |msg: String| format!("line {}: {} {msg}", inst.line, inst.op);
+        if let Some((p, want)) = inst.guard {
+            if (t.regs[p] != 0) != want {
+                t.pc += 1;
+                return Ok(());
+            }
+        }
+        let val = |t: &Thread, o: &Operand| -> Result<u64, String> {
+            Ok(match o {
+                Operand::Reg(r) => t.regs[*r],
+                Operand::Imm(v) => *v,
+                Operand::Special(Special::TidX) => tid as u64,
+                Operand::Special(Special::CtaidX) => cta as u64,
+                Operand::Sym(s) => match (shared_at.get(s), globals.get(s)) {
+                    (Some(&a), _) => a,
+                    (None, Some(&a)) => a,
+                    _ => return Err(at(format!("unknown symbol {s}"))),
+                },
+                other => return Err(at(format!("operand {other:?}"))),
+            })
+        };
+        let addr = |t: &Thread, o: &Operand, space: Space| -> Result<u64, String> {
+            let Operand::Mem(base, off) = o else {
+                return Err(at("expects an address".into()));
+            };
+            let b = match base {
+                Base::Reg(r) => t.regs[*r],
+                Base::Sym(s) => match space {
+                    Space::Param => return Err(at("param address".into())),
+                    Space::Shared => *shared_at
+                        .get(s)
+                        .ok_or_else(|| at(format!("unknown shared {s}")))?,
+                    Space::Global => *globals
+                        .get(s)
+                        .ok_or_else(|| at(format!("unknown global {s}")))?,
+                },
+            };
+            Ok(b.wrapping_add(*off as u64))
+        };
+        let reg = |o: &Operand| -> Result<usize, String> {
+            match o {
+                Operand::Reg(r) => Ok(*r),
+                _ => Err(at("expects a register".into())),
+            }
+        };
+        let f = |v: u64| f32::from_bits(v as u32);
+        let fb = |v: f32| v.to_bits() as u64;
+        let a = &inst.args;
+        let parts: Vec<&str> = inst.op.split('.').collect();
+        let ty = *parts.last().unwrap_or(&"");
+        let mut next = t.pc + 1;
+        match parts[0] {
+            "ret" => {
+                t.status = Status::Done;
+                return Ok(());
+            }
+            "bra" => {
+                let Some(Operand::Label(l)) = a.first() else {
+                    return Err(at("branch target".into()));
+                };
+                next = *l;
+            }
+            "bar" => {
+                t.status = Status::Barrier;
+                return Ok(());
+            }
+            "shfl" => {
+                t.status = Status::Shuffle;
+                return Ok(());
+            }
+            "ld" => {
+                let space = match parts[1] {
+                    "param" => Space::Param,
+                    "global" => Space::Global,
+                    "shared" => Space::Shared,
+                    s => return Err(at(format!("space {s}"))),
+                };
+                let vec_n = parts
+                    .iter()
+                    .find_map(|p| p.strip_prefix('v').and_then(|n| n.parse::<usize>().ok()))
+                    .unwrap_or(1);
+                if space == Space::Param {
+                    let Operand::Mem(Base::Sym(name), _) = &a[1] else {
+                        return Err(at("param operand".into()));
+                    };
+                    let i = entry
+                        .params
+                        .iter()
+                        .position(|p| p == name)
+                        .ok_or_else(|| at(format!("unknown param {name}")))?;
+                    t.regs[reg(&a[0])?] = args[i];
+                } else {
+                    let base = addr(t, &a[1], space)?;
+                    let size = match ty {
+                        "u8" | "s8" => 1,
+                        "u16" | "b16" => 2,
+                        "u32" | "b32" | "f32" => 4,
+                        "u64" => 8,
+                        _ => return Err(at(format!("load type {ty}"))),
+                    };
+                    let dsts = match &a[0] {
+                        Operand::Vec(v) => v.clone(),
+                        o => vec![reg(o)?],
+                    };
+                    if dsts.len() != vec_n || base % (size * vec_n) as u64 != 0 {
+                        return Err(at(format!("misaligned or mis-sized load at {base:#x}")));
+                    }
+                    for (k, d) in dsts.iter().enumerate() {
+                        let p = base + (k * size) as u64;
+                        let bytes: Vec<u8> = match space {
+                            Space::Shared => shared
+                                .get(p as usize..p as usize + size)
+                                .ok_or_else(|| at(format!("shared load at {p}")))?
+                                .to_vec(),
+                            _ => range(mem.len(), p, size)
+                                .map(|r| mem[r].to_vec())
+                                .ok_or_else(|| at(format!("global load at {p:#x}")))?,
+                        };
+                        let mut le = [0u8; 8];
+                        le[..size].copy_from_slice(&bytes);
+                        let mut v = u64::from_le_bytes(le);
+                        if ty == "s8" {
+                            v = (v as u8 as i8 as i32 as u32) as u64;
+                        }
+                        t.regs[*d] = v;
+                    }
+                }
+            }
+            "st" => {
+                let space = match parts[1] {
+                    "global" => Space::Global,
+                    "shared" => Space::Shared,
+                    s => return Err(at(format!("space {s}"))),
+                };
+                let base = addr(t, &a[0], space)?;
+                let size = match ty {
+                    "b16" => 2,
+                    "u32" | "f32" => 4,
+                    _ => return Err(at(format!("store type {ty}"))),
+                };
+                let srcs = match &a[1] {
+                    Operand::Vec(v) => v.clone(),
+                    o => vec![reg(o)?],
+                };
+                if base % (size * srcs.len()) as u64 != 0 {
+                    return Err(at(format!("misaligned store at {base:#x}")));
+                }
+                for (k, s) in srcs.iter().enumerate() {
+                    let p = base + (k * size) as u64;
+                    let bytes = t.regs[*s].to_le_bytes();
+                    match space {
+                        Space::Shared => shared
+                            .get_mut(p as usize..p as usize + size)
+                            .ok_or_else(|| at(format!("shared store at {p}")))?
+                            .copy_from_slice(&bytes[..size]),
+                        _ => {
+                            let r = range(mem.len(), p, size)
+                                .ok_or_else(|| at(format!("global store at {p:#x}")))?;
+                            mem[r].copy_from_slice(&bytes[..size]);
+                        }
+                    }
+                }
+            }
+            "mov" => match (&a[0], ty) {
+                (Operand::Vec(halves), "b32") => {
+                    let v = val(t, &a[1])?;
+                    t.regs[halves[0]] = v & 0xffff;
+                    t.regs[halves[1]] = (v >> 16) & 0xffff;
+                }
+                (d, _) => {
+                    let v = val(t, &a[1])?;
+                    let mask = if ty == "u64" || ty == "b64" {
+                        u64::MAX
+                    } else {
+                        0xffff_ffff
+                    };
+                    t.regs[reg(d)?] = v & mask;
+                }
+            },
+            "cvta" => t.regs[reg(&a[0])?] = val(t, &a[1])?,
+            "cvt" => {
+                let v = val(t, &a[1])?;
+                let d = reg(&a[0])?;
+                t.regs[d] = match inst.op.as_str() {
+                    "cvt.u16.u32" => v & 0xffff,
+                    "cvt.u64.u32" => v & 0xffff_ffff,
+                    "cvt.f32.f16" => fb(half::f16::from_bits(v as u16).to_f32()),
+                    "cvt.rn.f16.f32" => half::f16::from_f32(f(v)).to_bits() as u64,
+                    "cvt.rn.f32.s32" => fb(v as u32 as i32 as f32),
+                    other => return Err(at(format!("conversion {other}"))),
+                };
+            }
+            "setp" => {
+                let (x, y) = (val(t, &a[1])?, val(t, &a[2])?);
+                let c = match (parts[1], ty) {
+                    ("ge", "u32") => x as u32 >= y as u32,
+                    ("lt", "u32") => (x as u32) < y as u32,
+                    ("ne", "u32") => x as u32 != y as u32,
+                    ("eq", "u32") => x as u32 == y as u32,
+                    ("gt", "f32") => f(x) > f(y),
+                    ("eq", "f32") => f(x) == f(y),
+                    (c, ty) => return Err(at(format!("compare {c}.{ty}"))),
+                };
+                let c = match parts.get(2) {
+                    Some(&"and") => c && val(t, &a[3])? != 0,
+                    Some(&"or") => c || val(t, &a[3])? != 0,
+                    _ => c,
+                };
+                t.regs[reg(&a[0])?] = c as u64;
+            }
+            "selp" => {
+                let v = if val(t, &a[3])? != 0 {
+                    val(t, &a[1])?
+                } else {
+                    val(t, &a[2])?
+                };
+                t.regs[reg(&a[0])?] = v;
+            }
+            _ => {
+                let d = reg(&a[0])?;
+                let x = val(t, &a[1])?;
+                let y = a.get(2).map(|o| val(t, o)).transpose()?.unwrap_or(0);
+                let z = a.get(3).map(|o| val(t, o)).transpose()?.unwrap_or(0);
+                let (x32, y32) = (x as u32, y as u32);
+                t.regs[d] = match inst.op.as_str() {
+                    "add.u32" => x32.wrapping_add(y32) as u64,
+                    "sub.u32" => x32.wrapping_sub(y32) as u64,
+                    "mul.lo.u32" => x32.wrapping_mul(y32) as u64,
+                    "mad.lo.u32" => x32.wrapping_mul(y32).wrapping_add(z as u32) as u64,
+                    "div.u32" => x32.checked_div(y32).ok_or_else(|| at("by zero".into()))? as u64,
+                    "rem.u32" => x32.checked_rem(y32).ok_or_else(|| at("by zero".into()))? as u64,
+                    "shr.u32" | "shr.b32" => x32.checked_shr(y32).unwrap_or(0) as u64,
+                    "shl.b32" => x32.checked_shl(y32).unwrap_or(0) as u64,
+                    "and.b32" => (x32 & y32) as u64,
+                    "or.b32" => (x32 | y32) as u64,
+                    "xor.b32" => (x32 ^ y32) as u64,
+                    "or.pred" => ((x != 0) || (y != 0)) as u64,
+                    "add.u64" => x.wrapping_add(y),
+                    "mul.wide.u32" => (x32 as u64) * (y32 as u64),
+                    "mad.wide.u32" => ((x32 as u64) * (y32 as u64)).wrapping_add(z),
+                    "add.rn.f32" | "add.f32" => fb(f(x) + f(y)),
+                    "sub.rn.f32" => fb(f(x) - f(y)),
+                    "mul.rn.f32" => fb(f(x) * f(y)),
+                    "div.rn.f32" => fb(f(x) / f(y)),
+                    "fma.rn.f32" => fb(f(x).mul_add(f(y), f(z))),
+                    "max.f32" => fb(f(x).max(f(y))),
+                    "neg.f32" => fb(-f(x)),
+                    "sqrt.rn.f32" => fb(f(x).sqrt()),
+                    "rcp.rn.f32" => fb(1.0 / f(x)),
+                    "ex2.approx.f32" => fb(f(x).exp2()),
+                    other => return Err(at(format!("unsupported instruction {other}"))),
+                };
+            }
+        }
+        t.pc = next;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::GgmlType;
+    use crate::gpu::dequant::tests::{random_bytes, reference_of};
+    use crate::gpu::dequant::{self, SUPPORTED};
+    use crate::gpu::kernels;
+
+    /// Random blocks of type `t` for `rows x cols`, with the blocks whose weights are not
+    /// finite or huge (random f16 scales) zeroed, and their reference weights.
+    fn weights(t: GgmlType, rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+        let (elems, bb) = (t.block_elems() as usize, t.block_bytes() as usize);
+        let mut bytes = random_bytes(rows * cols / elems * bb, seed);
+        if elems == 1 {
+            // Float types: small random values instead of random bit patterns.
+            let vals: Vec<f32> = random_bytes(rows * cols, seed)
+                .iter()
+                .map(|&b| (b as f32 - 128.0) / 256.0)
+                .collect();
+            bytes = match t {
+                GgmlType::F32 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                GgmlType::F16 => vals
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                _ => vals
+                    .iter()
+                    .flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes())
+                    .collect(),
+            };
+        }
+        let w = reference_of(t, &bytes);
+        for (b, block) in w.chunks(elems).enumerate() {
+            if block.iter().any(|v| !v.is_finite() || v.abs() > 1e3) {
+                bytes[b * bb..(b + 1) * bb].fill(0);
+            }
+        }
+        let w = reference_of(t, &bytes);
+        (bytes, w)
+    }
+
+    fn module_for(t: GgmlType, rows: u64, emb_rows: u64, cols: u64) -> Module {
+        let n = t.name().to_ascii_lowercase();
+        let tables = dequant::unit(t).unwrap().tables();
+        let mut ptx = dequant::tables_ptx(&tables);
+        ptx += &kernels::matvec(&format!("mv_{n}"), t, rows, cols, false).unwrap();
+        ptx += &kernels::matvec(&format!("mva_{n}"), t, rows, cols, true).unwrap();
+        ptx += &kernels::embed(&format!("embed_{n}"), t, emb_rows, cols).unwrap();
+        Module::parse(&ptx).unwrap()
+    }
+
+    /// Every type's matvec, residual matvec and embedding lookup, run by the simulator,
+    /// against the runtime's dequantization (f64 dot products).
+    #[test]
+    fn every_type_runs_correctly() {
+        let (rows, emb_rows, cols) = (6usize, 9usize, 512usize);
+        for t in SUPPORTED {
+            let n = t.name().to_ascii_lowercase();
+            let (bytes, w) = weights(t, emb_rows, cols, 17 + t.id() as u64);
+            let x: Vec<f32> = (0..cols)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
+                .collect();
+            let mut dev = Device::new(module_for(t, rows as u64, emb_rows as u64, cols as u64));
+            let (wp, xp, yp) = (
+                dev.alloc(bytes.len()),
+                dev.alloc(4 * cols),
+                dev.alloc(4 * rows),
+            );
+            dev.write(wp, &bytes);
+            dev.write_f32(xp, &x);
+            let want: Vec<(f64, f64)> = (0..rows)
+                .map(|r| {
+                    let row = &w[r * cols..(r + 1) * cols];
+                    let dot = row.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    let mag = row
+                        .iter()
+                        .zip(&x)
+                        .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                        .sum();
+                    (dot, mag)
+                })
+                .collect();
+            dev.launch(&format!("mv_{n}"), 2, 128, &[wp, xp, yp])
+                .unwrap();
+            let got = dev.read_f32(yp, rows);
+            let y0: Vec<f32> = (0..rows).map(|r| r as f32 - 2.5).collect();
+            dev.write_f32(yp, &y0);
+            dev.launch(&format!("mva_{n}"), 2, 128, &[wp, xp, yp])
+                .unwrap();
+            let got_acc = dev.read_f32(yp, rows);
+            for r in 0..rows {
+                let (dot, mag) = want[r];
+                let tol = 1e-5 * mag + 1e-6;
+                assert!(
+                    (got[r] as f64 - dot).abs() <= tol,
+                    "{} mv row {r}: {} vs {dot}",
+                    t.name(),
+                    got[r]
+                );
+                let acc = dot + y0[r] as f64;
+                assert!(
+                    (got_acc[r] as f64 - acc).abs() <= tol + 1e-6 * acc.abs(),
+                    "{} mva row {r}: {} vs {acc}",
+                    t.name(),
+                    got_acc[r]
+                );
+            }
+            let params = dev.alloc(16);
+            let token = 7u32;
+            dev.write(
+                params,
+                &[token.to_le_bytes(), [0; 4], [0; 4], [0; 4]].concat(),
+            );
+            let ep = dev.alloc(4 * cols);
+            dev.launch(&format!("embed_{n}"), 1, 128, &[wp, params, ep])
+                .unwrap();
+            let row = &w[token as usize * cols..(token as usize + 1) * cols];
+            assert_eq!(dev.read_f32(ep, cols), row, "{} embed", t.name());
+        }
+    }
+
+    #[test]
+    fn unknown_instructions_and_hangs_are_errors() {
+        let ptx = ".visible .entry k(\n.param .u64 a\n)\n{\n\tfoo.bar %r1, %r2;\n\tret;\n}\n";
+        let mut dev = Device::new(Module::parse(ptx).unwrap());
+        assert!(dev.launch("k", 1, 1, &[0]).is_err());
+        let ptx = ".visible .entry k(\n.param .u64 a\n)\n{\n\tmov.u32 %t, %tid.x;\n\tsetp.eq.u32 %p, %t, 0;\n\t@%p bra OUT;\n\tbar.sync 0;\nOUT:\n\tret;\n}\n";
+        let mut dev = Device::new(Module::parse(ptx).unwrap());
+        // Thread 0 skips the barrier: real hardware would hang or misbehave.
+        assert!(dev.launch("k", 1, 2, &[0]).is_err());
+        assert!(dev.launch("nope", 1, 1, &[]).is_err());
+    }
+}
