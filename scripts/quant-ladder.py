@@ -212,6 +212,17 @@ def common_prefix(a, b):
     return n
 
 
+def source_commit():
+    """The commit mcc was built from, with "+dirty" when the runtime, compiler or templates
+    differ from it in the working tree."""
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "runtime",
+                            "compiler", "templates"], check=True, capture_output=True,
+                           text=True).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+
+
 def check(types):
     logits_exe = llama_logits_exe()
     greedy = greedy_logits_exe()
@@ -261,7 +272,7 @@ def check(types):
                              "want": want[at:at + 24].decode("utf-8", "replace"),
                              "got": got[at:at + 24].decode("utf-8", "replace")})
         results[t] = {"size_mb": model.stat().st_size / 1e6, "batch_diff": batch_diff,
-                      "decode_diff": decode_diff, "cases": verdicts}
+                      "decode_diff": decode_diff, "cases": verdicts, "commit": source_commit()}
         short = ", ".join(v["match"] if v["match"] == "identical" else
                           f"{v['match']} at token {v['token']} (gap {v['golden_gap']:.2g})"
                           for v in verdicts)
@@ -297,9 +308,16 @@ def bench(types):
 def table(types):
     check_r = json.loads((WORK / "check.json").read_text())
     bench_r = json.loads((WORK / "bench.json").read_text()) if (WORK / "bench.json").exists() else {}
-    print("| type | file MB | greedy text vs llama.cpp (3 prompts x 32 tokens) | max abs logit diff, batch / decode "
-          "| ours tg t/s (2 thr) | llama-bench tg t/s (2 thr) | ratio |")
-    print("|---|---:|---|---:|---:|---:|---:|")
+    # Speed columns only when bench.json has figures for some of these types.
+    speeds = any(t in bench_r for t in types)
+    head = "| type | file MB | greedy text vs llama.cpp (3 prompts x 32 tokens) | max abs logit diff, batch / decode |"
+    rule = "|---|---:|---|---:|"
+    if speeds:
+        head += " ours tg t/s (2 thr) | llama-bench tg t/s (2 thr) | ratio |"
+        rule += "---:|---:|---:|"
+    print(head)
+    print(rule)
+    commits = sorted({check_r[t].get("commit", "?") for t in types if t in check_r})
     for t in types:
         if t not in check_r:
             continue
@@ -311,10 +329,13 @@ def table(types):
             parts.append(f"prompt {i + 1}: {v['match']} at token {v['token']}, llama top-2 gap "
                          f"{v['golden_gap']:.2g}")
         match = "identical" if not parts else "; ".join(parts)
-        b = bench_r.get(t)
-        speed = (f"{b['ours_tg']:.1f} | {b['llama_tg']:.1f} | {b['ours_tg'] / b['llama_tg']:.2f}"
-                 if b else "- | - | -")
-        print(f"| {t} | {c['size_mb']:.1f} | {match} | {c['batch_diff']:.2g} / {c['decode_diff']:.2g} | {speed} |")
+        row = f"| {t} | {c['size_mb']:.1f} | {match} | {c['batch_diff']:.2g} / {c['decode_diff']:.2g} |"
+        if speeds:
+            b = bench_r.get(t)
+            row += (f" {b['ours_tg']:.1f} | {b['llama_tg']:.1f} | {b['ours_tg'] / b['llama_tg']:.2f} |"
+                    if b else " - | - | - |")
+        print(row)
+    print(f"\nmcc built from: {', '.join(commits)}")
 
 
 def main():
