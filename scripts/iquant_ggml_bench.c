@@ -1,7 +1,7 @@
-// Throughput of llama.cpp's own i-quant dot products on this CPU, the reference for the
-// `hot 1t` column of runtime/examples/iquant_bench.rs: same matrix (9216 x 3072 random
-// blocks, L3-resident), same measure (best of 40 single-thread matvec passes, GB/s of
-// weight bytes), ggml's vec_dot called row by row (its AVX2 kernels on this build).
+// Throughput of llama.cpp's own i-quant dot products on this CPU, in cache: one 9216 x
+// 3072 matrix of random blocks (L3-resident), best of 40 single-thread matvec passes, GB/s
+// of weight bytes, ggml's vec_dot called row by row (its AVX2 kernels on this build). Our
+// side: `runtime/examples/matvec_bench.rs --hot --shapes 3072x9216 --threads 1`.
 //
 // Build and run (one shell line):
 //   L=~/.cache/mcc/llama.cpp/build/bin; gcc -O2 scripts/iquant_ggml_bench.c -L$L

@@ -1,7 +1,7 @@
-// Throughput of llama.cpp's own K-quant dot products on this CPU, as the reference for
-// runtime/examples/kquant_bench.rs: same matrix shape (the first 256 rows of a 9216 x
-// 3072 matrix, ~1 MB, L2-resident), same measure (best of 200 passes, GB/s of weight
-// bytes and ns per 256-weight block), one thread.
+// Throughput of llama.cpp's own K-quant dot products on this CPU, in cache: the first 256
+// rows of a 9216 x 3072 matrix (~1 MB, L2-resident), best of 200 passes, GB/s of weight
+// bytes and ns per 256-weight block, one thread. Our side: runtime/examples/matvec_bench.rs
+// (`--hot` for in-cache figures).
 //
 // Per type: ggml's vec_dot called row by row (its AVX2 kernels), and for Q4_K / Q2_K also
 // a one-node ggml_mul_mat graph with the weights in the CPU_REPACK buffer, the path
