@@ -8,7 +8,7 @@
 //! number of threads or on the tiling.
 
 use crate::pool::{DisjointOut, Pool};
-use crate::quant::{superblock, ActBlock, ActType, WeightType, TILE};
+use crate::quant::{ActBlock, ActType, WeightType, TILE};
 
 /// Bytes of weights a thread should get per claimed chunk of rows at least: enough that
 /// claiming (one atomic add) is noise next to streaming the rows.
@@ -21,6 +21,11 @@ const CHUNKS_PER_THREAD: usize = 8;
 /// Tokens whose dots with one weight row are taken while the row is in L1: each row is
 /// read from memory once per `TOKEN_TILE` tokens.
 const TOKEN_TILE: usize = 16;
+
+/// Tokens whose dots with one weight row [`matmul_batched`] takes at once: the row is
+/// unpacked once for them, and their activations (64 × 292 bytes per 256 columns) stay
+/// in L2 while the rows of a task go by.
+const BATCH_TOKENS: usize = 64;
 
 /// Weight bytes of the rows one matmul task covers at most: the rows stay in L2 while the
 /// task walks over the token tiles.
@@ -254,8 +259,8 @@ pub fn matmul<W: WeightType>(
 
 /// [`matmul`] for the formats whose batches llama.cpp computes with its own kernels
 /// ([`WeightType::batched`]): threads take chunks of rows, and each row is dotted with
-/// up to [`superblock::MAX_TOKENS`] tokens at once by [`WeightType::batch_row_dots`],
-/// which unpacks each of its blocks once for all of them.
+/// up to [`BATCH_TOKENS`] tokens at once by [`WeightType::batch_row_dots`], which
+/// unpacks the row once for all of them.
 fn matmul_batched<W: WeightType>(
     pool: &Pool,
     w: &[W::Block],
@@ -273,14 +278,14 @@ fn matmul_batched<W: WeightType>(
     let next = std::sync::atomic::AtomicUsize::new(0);
     let out = DisjointOut::new(out);
     pool.run(&|_, _| {
-        let mut dots = [0f32; superblock::MAX_TOKENS];
+        let mut dots = [0f32; BATCH_TOKENS];
         loop {
             let c = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if c >= n_chunks {
                 break;
             }
-            for t0 in (0..n_tokens).step_by(superblock::MAX_TOKENS) {
-                let tokens = t0..(t0 + superblock::MAX_TOKENS).min(n_tokens);
+            for t0 in (0..n_tokens).step_by(BATCH_TOKENS) {
+                let tokens = t0..(t0 + BATCH_TOKENS).min(n_tokens);
                 for r in c * chunk..((c + 1) * chunk).min(rows) {
                     let dots = &mut dots[..tokens.len()];
                     let row = &w[r * rb..(r + 1) * rb];

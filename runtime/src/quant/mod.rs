@@ -109,8 +109,7 @@ pub trait WeightType: Copy + Send + Sync + 'static {
 
     /// The dots of `row` with tokens `tokens` of an `n_tokens` batch, as llama.cpp
     /// computes them for a batch of that size: token `t`'s activations start at
-    /// `act[t * act_row]`, its result goes to `out[t - tokens.start]`. At most
-    /// [`superblock::MAX_TOKENS`] tokens at once.
+    /// `act[t * act_row]`, its result goes to `out[t - tokens.start]`.
     fn batch_row_dots(
         row: &[Self::Block],
         act: &[ActBlock<Self>],

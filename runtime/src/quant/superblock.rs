@@ -125,7 +125,9 @@ pub const fn batched<W: SuperBlock>(n_tokens: usize) -> bool {
 /// The dots of one weight row with tokens `tokens` of an `n_tokens` batch, as llama.cpp
 /// computes them for a batch of that size: token `t`'s blocks are
 /// `act[t * act_row..][..row.len()]`, its result goes to `out[t - tokens.start]`.
-/// `tokens.len()` is at most [`MAX_TOKENS`].
+///
+/// The row is unpacked once into [`Ints`] (a per-thread buffer), then dotted with the
+/// tokens 4 at a time.
 pub fn row_dots<W: SuperBlock>(
     row: &[W::Block],
     act: &[BlockQ8K],
@@ -134,71 +136,101 @@ pub fn row_dots<W: SuperBlock>(
     n_tokens: usize,
     out: &mut [f32],
 ) {
-    assert!(tokens.len() <= MAX_TOKENS && out.len() == tokens.len());
+    assert_eq!(out.len(), tokens.len());
     // The repacked GEMM covers whole groups of 4 tokens; the rest is the GEMV (vec_dot).
     let gemm_end = match W::BATCHED {
         Batched::Tiled => tokens.end,
         Batched::Repacked { .. } => tokens.end.min(n_tokens - n_tokens % 4),
     };
     let gemm = tokens.start..gemm_end.max(tokens.start);
-    let mut acc = [0f32; MAX_TOKENS];
-    let mut mins = [0f32; MAX_TOKENS];
-    let mut ints = Ints::default();
-    for (b, block) in row.iter().enumerate() {
-        W::ints(block, &mut ints);
-        for (i, t) in gemm.clone().enumerate() {
-            let a = &act[t * act_row + b];
-            match W::BATCHED {
-                Batched::Tiled => acc[i] = tiled_step::<W>(&ints, a, acc[i]),
-                Batched::Repacked { step } => {
-                    (acc[i], mins[i]) = repacked_step(&ints, a, step, acc[i], mins[i])
+    if !gemm.is_empty() {
+        ROW.with_borrow_mut(|ints| {
+            if ints.len() < row.len() {
+                ints.resize(row.len(), Ints::default());
+            }
+            let ints = &mut ints[..row.len()];
+            for (block, ints) in row.iter().zip(ints.iter_mut()) {
+                W::ints(block, ints);
+            }
+            for t0 in gemm.clone().step_by(4) {
+                // a quad past the end repeats the last token; its extra results are dropped
+                let quad = std::array::from_fn(|j| {
+                    let t = (t0 + j).min(gemm.end - 1);
+                    &act[t * act_row..t * act_row + row.len()]
+                });
+                let dots = quad_dots::<W>(ints, quad);
+                for (t, v) in (t0..gemm.end.min(t0 + 4)).zip(dots) {
+                    out[t - tokens.start] = v;
+                }
+            }
+        });
+    }
+    for t in gemm.end..tokens.end {
+        out[t - tokens.start] = W::vec_dot(row, &act[t * act_row..t * act_row + row.len()]);
+    }
+}
+
+thread_local! {
+    /// The row [`row_dots`] works on, unpacked.
+    static ROW: std::cell::RefCell<Vec<Ints>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The dots of a row (unpacked) with 4 tokens, by the kernel `W::BATCHED` names.
+#[inline(always)]
+fn quad_dots<W: SuperBlock>(ints: &[Ints], acts: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    use super::x86_avx2::superblock::quad_dots as kernel;
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
+    use quad_dots_ref as kernel;
+    match W::BATCHED {
+        Batched::Tiled if W::HAS_MIN => kernel::<1, true, true>(ints, acts),
+        Batched::Tiled => kernel::<1, true, false>(ints, acts),
+        Batched::Repacked { step: 64 } => kernel::<4, false, true>(ints, acts),
+        Batched::Repacked { step: 128 } => kernel::<2, false, true>(ints, acts),
+        Batched::Repacked { step } => unreachable!("repacked step {step}"),
+    }
+}
+
+/// Scalar reference of the kernels: per token, per block, the integer sums of the `N`
+/// parts, then the f32 steps of the tiled kernel (`TILED`: `r = s1 d - s2 dmin` fused,
+/// `acc = fma(r, d_a, acc)`) or of the repacked GEMM (`acc = fma(s_k, d d_a, acc)`,
+/// `mins = fma(m_k, dmin d_a, mins)` per part, `acc - mins` at the end).
+pub fn quad_dots_ref<const N: usize, const TILED: bool, const HAS_MIN: bool>(
+    ints: &[Ints],
+    acts: [&[BlockQ8K]; 4],
+) -> [f32; 4] {
+    acts.map(|act| {
+        let (mut acc, mut mins) = (0f32, 0f32);
+        for (w, a) in ints.iter().zip(act) {
+            let s = int_sums_ref::<N>(w, a);
+            let m = if HAS_MIN { min_sums::<N>(w, a) } else { [0; N] };
+            if TILED {
+                let mut r = s[0] as f32 * w.d;
+                if HAS_MIN {
+                    r = (-w.dmin).mul_add(m[0] as f32, r);
+                }
+                // ggml's AVX2 kernel ends with a fused multiply-add; its AVX512-VNNI
+                // kernel writes a multiply and an add, which GCC fuses too (it contracts
+                // by default, -ffp-contract=fast).
+                acc = r.mul_add(a.d, acc);
+            } else {
+                let (d, dmin) = (w.d * a.d, w.dmin * a.d);
+                for (&s, &m) in s.iter().zip(&m) {
+                    acc = (s as f32).mul_add(d, acc);
+                    mins = (m as f32).mul_add(dmin, mins);
                 }
             }
         }
-    }
-    for (i, t) in tokens.clone().enumerate() {
-        out[i] = if t < gemm.end {
-            acc[i] - mins[i]
-        } else {
-            W::vec_dot(row, &act[t * act_row..t * act_row + row.len()])
-        };
-    }
-}
-
-/// Tokens [`row_dots`] takes at once.
-pub const MAX_TOKENS: usize = 16;
-
-/// One block of the tiled kernel: `acc + (s1 d - s2 dmin) d_a`.
-#[inline(always)]
-fn tiled_step<W: SuperBlock>(w: &Ints, a: &BlockQ8K, acc: f32) -> f32 {
-    let [s1] = int_sums::<1>(w, a);
-    let mut r = s1 as f32 * w.d;
-    if W::HAS_MIN {
-        let [s2] = min_sums::<1>(w, a);
-        r = (-w.dmin).mul_add(s2 as f32, r);
-    }
-    // ggml's AVX2 kernel ends with a fused multiply-add; its AVX512-VNNI kernel writes a
-    // multiply and an add, which GCC fuses too (it contracts by default, -ffp-contract=fast).
-    r.mul_add(a.d, acc)
-}
-
-/// One block of the repacked GEMM, scaling every `step` weights.
-#[inline(always)]
-fn repacked_step(w: &Ints, a: &BlockQ8K, step: usize, mut acc: f32, mut mins: f32) -> (f32, f32) {
-    let (d, dmin) = (w.d * a.d, w.dmin * a.d);
-    let mut fold = |s: &[i32], m: &[i32]| {
-        for (&s, &m) in s.iter().zip(m) {
-            acc = (s as f32).mul_add(d, acc);
-            mins = (m as f32).mul_add(dmin, mins);
-        }
-    };
-    match step {
-        64 => fold(&int_sums::<4>(w, a), &min_sums::<4>(w, a)),
-        128 => fold(&int_sums::<2>(w, a), &min_sums::<2>(w, a)),
-        256 => fold(&int_sums::<1>(w, a), &min_sums::<1>(w, a)),
-        _ => unreachable!("repacked step {step}"),
-    }
-    (acc, mins)
+        acc - mins
+    })
 }
 
 /// `Σ_g min_g · bsums_g` over each of `N` equal parts of the block.
@@ -212,20 +244,7 @@ fn min_sums<const N: usize>(w: &Ints, a: &BlockQ8K) -> [i32; N] {
     })
 }
 
-/// `Σ_g scale_g Σ q a` over each of `N` equal parts of the block (exact).
-#[inline(always)]
-fn int_sums<const N: usize>(w: &Ints, a: &BlockQ8K) -> [i32; N] {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    {
-        super::x86_avx2::superblock::int_sums::<N>(w, a)
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-    {
-        int_sums_ref::<N>(w, a)
-    }
-}
-
-/// Scalar [`int_sums`].
+/// `Σ_g scale_g Σ q a` over each of `N` equal parts of the block, scalar.
 pub fn int_sums_ref<const N: usize>(w: &Ints, a: &BlockQ8K) -> [i32; N] {
     let per = 16 / N;
     std::array::from_fn(|k| {
@@ -273,19 +292,52 @@ mod tests {
         }
     }
 
-    /// The SIMD integer sums equal the scalar ones.
-    fn int_sums_match<W: SuperBlock>() {
+    /// The SIMD kernels equal the scalar reference bit for bit, for every kernel shape.
+    fn kernels_match_ref<W: SuperBlock>() {
         let (blocks, _) = testing::golden::<W>();
-        let x = testing::activations(blocks.len() * QK_K, 11);
-        let mut act = vec![BlockQ8K::default(); blocks.len()];
+        let rb = blocks.len().min(9);
+        let ints: Vec<Ints> = blocks[..rb]
+            .iter()
+            .map(|b| {
+                let mut i = Ints::default();
+                W::ints(b, &mut i);
+                i
+            })
+            .collect();
+        let x = testing::activations(4 * rb * QK_K, 11);
+        let mut act = vec![BlockQ8K::default(); 4 * rb];
         <Q8_K as crate::quant::ActType>::quantize_ref(&x, &mut act);
-        let mut ints = Ints::default();
-        for (block, a) in blocks.iter().zip(&act) {
-            W::ints(block, &mut ints);
-            assert_eq!(int_sums::<1>(&ints, a), int_sums_ref::<1>(&ints, a));
-            assert_eq!(int_sums::<2>(&ints, a), int_sums_ref::<2>(&ints, a));
-            assert_eq!(int_sums::<4>(&ints, a), int_sums_ref::<4>(&ints, a));
+        let quad: [&[BlockQ8K]; 4] = std::array::from_fn(|t| &act[t * rb..(t + 1) * rb]);
+        let bits = |v: [f32; 4]| v.map(f32::to_bits);
+        macro_rules! same {
+            ($n:literal, $tiled:literal, $min:literal) => {
+                assert_eq!(
+                    bits(quad_dots_ref::<$n, $tiled, $min>(&ints, quad)),
+                    bits(kernel::<$n, $tiled, $min>(&ints, quad)),
+                    "{} N={} tiled={} min={}",
+                    W::NAME,
+                    $n,
+                    $tiled,
+                    $min
+                )
+            };
         }
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        ))]
+        use crate::quant::x86_avx2::superblock::quad_dots as kernel;
+        #[cfg(not(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        )))]
+        use quad_dots_ref as kernel;
+        same!(1, true, true);
+        same!(1, true, false);
+        same!(2, false, true);
+        same!(4, false, true);
     }
 
     macro_rules! formats {
@@ -293,7 +345,7 @@ mod tests {
             #[test]
             fn $name() {
                 ints_dequantize::<$ty>();
-                int_sums_match::<$ty>();
+                kernels_match_ref::<$ty>();
             }
         )*};
     }

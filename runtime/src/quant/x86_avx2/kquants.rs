@@ -97,7 +97,7 @@ fn hsum_i32x4(v: __m128i) -> i32 {
 /// Sum of the 8 i32 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-pub(super) fn hsum_i32x8(v: __m256i) -> i32 {
+fn hsum_i32x8(v: __m256i) -> i32 {
     let s4 = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
     let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
     let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32::<0b01>(s2));
