@@ -309,3 +309,310 @@ fn every_seed_table_type_is_supported() {
         );
     }
 }
+
+/// The whole decode step of a model, run by the PTX interpreter (mcc::gpu::sim) with the
+/// runtime's own launch plan (`mcc_runtime::gpu::plan::decode_plan`), token after token,
+/// against a reference forward pass built from the runtime's CPU ops.
+mod decode {
+    use std::collections::HashMap;
+
+    use half::f16;
+    use mcc::describe::{describe, ModelDesc};
+    use mcc::gguf::{GgmlType, GgufFile};
+    use mcc::gpu::sim::{Device, Module};
+    use mcc::gpu::{emit_ptx, kernel_of, output_kernel};
+    use mcc::plan::{plan, Plan, PlannedTensor};
+    use mcc_runtime::gpu::plan::{decode_plan, rope_table, Buf};
+    use mcc_runtime::gpu::{CpuTail, GpuLayer, GpuModel, GpuTensor};
+    use mcc_runtime::model::Config;
+    use mcc_runtime::ops;
+
+    /// The model's GPU table as the emitted `src/gpu.rs` would hold it, with the GGUF
+    /// file itself as the blob (offsets are file offsets).
+    fn gpu_model(desc: &ModelDesc, p: &Plan) -> &'static GpuModel {
+        fn noop_layer(_: &mut CpuTail, _: usize) {}
+        fn noop_output(_: &mut CpuTail) {}
+        let t = |t: &PlannedTensor, kernel: String| GpuTensor {
+            offset: t.file_offset as usize,
+            bytes: t.n_bytes as usize,
+            rows: t.rows as usize,
+            kernel: Box::leak(kernel.into_boxed_str()),
+        };
+        let by = |name: &str| {
+            let pt = p.get(name);
+            t(pt, kernel_of(pt))
+        };
+        let layers: Vec<GpuLayer> = (0..desc.n_layer)
+            .map(|l| {
+                let r = |role: &str| by(&format!("blk.{l}.{role}.weight"));
+                GpuLayer {
+                    attn_norm: r("attn_norm"),
+                    attn_q: r("attn_q"),
+                    attn_k: r("attn_k"),
+                    attn_v: r("attn_v"),
+                    attn_output: r("attn_output"),
+                    ffn_norm: r("ffn_norm"),
+                    ffn_gate: r("ffn_gate"),
+                    ffn_up: r("ffn_up"),
+                    ffn_down: r("ffn_down"),
+                }
+            })
+            .collect();
+        let (out, out_k) = output_kernel(desc, p);
+        Box::leak(Box::new(GpuModel {
+            ptx: "",
+            token_embd: by("token_embd.weight"),
+            layers: Box::leak(layers.into_boxed_slice()),
+            output_norm: by("output_norm.weight"),
+            output: t(out, out_k),
+            cpu_layer: noop_layer,
+            cpu_output: noop_output,
+        }))
+    }
+
+    fn config(desc: &ModelDesc, n_ctx: usize) -> Config {
+        Config {
+            n_embd: desc.n_embd,
+            n_head: desc.n_head,
+            n_head_kv: desc.n_head_kv,
+            head_dim: desc.head_dim,
+            n_ff: desc.n_ff,
+            n_layer: desc.n_layer,
+            n_vocab: desc.n_vocab,
+            n_ctx,
+            n_ctx_train: desc.n_ctx_train,
+            rope_dim: desc.rope_dim,
+            rope_base: desc.rope_base,
+            rms_eps: desc.rms_eps,
+        }
+    }
+
+    /// A tensor's values (F32 or F16 tensors).
+    fn values(file: &[u8], t: &PlannedTensor) -> Vec<f32> {
+        let bytes = &file[t.file_offset as usize..(t.file_offset + t.n_bytes) as usize];
+        match t.ggml_type {
+            GgmlType::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            GgmlType::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => panic!("reference forward: {other:?}"),
+        }
+    }
+
+    /// The CPU reference: the runtime's rms_norm, RoPE table, f16 KV cache, attend_head
+    /// and swiglu, with f64 matvecs.
+    struct Reference {
+        w: HashMap<String, Vec<f32>>,
+        cfg: Config,
+        rope: ops::Rope,
+        k_cache: Vec<Vec<f16>>,
+        v_cache: Vec<Vec<f16>>,
+        output: String,
+    }
+
+    impl Reference {
+        fn matvec(&self, name: &str, x: &[f32], rows: usize) -> Vec<f32> {
+            let w = &self.w[name];
+            let cols = x.len();
+            (0..rows)
+                .map(|r| {
+                    w[r * cols..(r + 1) * cols]
+                        .iter()
+                        .zip(x)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>() as f32
+                })
+                .collect()
+        }
+
+        fn step(&mut self, tok: u32, pos: usize) -> Vec<f32> {
+            let c = self.cfg;
+            let (e, hd, kv) = (c.n_embd, c.head_dim, c.kv_dim());
+            let emb = &self.w["token_embd.weight"];
+            let mut x = emb[tok as usize * e..(tok as usize + 1) * e].to_vec();
+            let mut xn = vec![0f32; e];
+            for l in 0..c.n_layer {
+                let n = |r: &str| format!("blk.{l}.{r}.weight");
+                ops::rms_norm(&x, &self.w[&n("attn_norm")], c.rms_eps, &mut xn);
+                let mut q = self.matvec(&n("attn_q"), &xn, c.q_dim());
+                let mut k = self.matvec(&n("attn_k"), &xn, kv);
+                let v = self.matvec(&n("attn_v"), &xn, kv);
+                self.rope.apply(&mut q, c.n_head, pos);
+                self.rope.apply(&mut k, c.n_head_kv, pos);
+                ops::f32_to_f16(&k, &mut self.k_cache[l][pos * kv..(pos + 1) * kv]);
+                ops::f32_to_f16(&v, &mut self.v_cache[l][pos * kv..(pos + 1) * kv]);
+                let mut att = vec![0f32; c.q_dim()];
+                let mut scores = vec![0f32; c.n_ctx];
+                let group = c.n_head / c.n_head_kv;
+                for h in 0..c.n_head {
+                    ops::attend_head(
+                        &q[h * hd..(h + 1) * hd],
+                        &self.k_cache[l][..(pos + 1) * kv],
+                        &self.v_cache[l][..(pos + 1) * kv],
+                        kv,
+                        (h / group) * hd,
+                        pos + 1,
+                        1.0 / (hd as f32).sqrt(),
+                        &mut scores,
+                        &mut att[h * hd..(h + 1) * hd],
+                    );
+                }
+                for (x, p) in x.iter_mut().zip(self.matvec(&n("attn_output"), &att, e)) {
+                    *x += p;
+                }
+                ops::rms_norm(&x, &self.w[&n("ffn_norm")], c.rms_eps, &mut xn);
+                let mut gate = self.matvec(&n("ffn_gate"), &xn, c.n_ff);
+                let up = self.matvec(&n("ffn_up"), &xn, c.n_ff);
+                ops::swiglu(&mut gate, &up);
+                for (x, p) in x.iter_mut().zip(self.matvec(&n("ffn_down"), &gate, e)) {
+                    *x += p;
+                }
+            }
+            ops::rms_norm(&x, &self.w["output_norm.weight"], c.rms_eps, &mut xn);
+            self.matvec(&self.output.clone(), &xn, c.n_vocab)
+        }
+    }
+
+    /// Runs `tokens` through the simulated GPU and the reference; returns the largest
+    /// logit difference relative to the largest logit, over all steps.
+    fn run(cfg: mcc::synth::SynthConfig, tokens: &[u32]) -> f32 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        mcc::synth::llama_writer(
+            &cfg,
+            mcc::synth::toy_vocab(cfg.n_vocab).unwrap(),
+            cfg.n_vocab,
+        )
+        .unwrap()
+        .write(&path, mcc::gguf::writer::WriteMode::Full)
+        .unwrap();
+        let g = GgufFile::open(&path).unwrap();
+        let desc = describe(&g).unwrap();
+        let p = plan(&desc, &g);
+        let n_ctx = 16;
+        let ptx = emit_ptx(&desc, &p, n_ctx, "m.gguf").unwrap();
+        let file = std::fs::read(&path).unwrap();
+        let model = gpu_model(&desc, &p);
+        let rc = config(&desc, n_ctx);
+        let launches = decode_plan(model, &rc, desc.n_layer);
+
+        let mut dev = Device::new(Module::parse(&ptx).unwrap());
+        let mut bufs: HashMap<Buf, u64> = HashMap::new();
+        let tensors: Vec<&GpuTensor> = std::iter::once(&model.token_embd)
+            .chain([&model.output_norm, &model.output])
+            .chain(model.layers.iter().flat_map(|l| {
+                [
+                    &l.attn_norm,
+                    &l.attn_q,
+                    &l.attn_k,
+                    &l.attn_v,
+                    &l.attn_output,
+                    &l.ffn_norm,
+                    &l.ffn_gate,
+                    &l.ffn_up,
+                    &l.ffn_down,
+                ]
+            }))
+            .collect();
+        for l in &launches {
+            for &b in &l.args {
+                if bufs.contains_key(&b) {
+                    continue;
+                }
+                let at = match b {
+                    Buf::Weight(off) => {
+                        let t = tensors.iter().find(|t| t.offset == off).unwrap();
+                        let at = dev.alloc(t.bytes);
+                        dev.write(at, &file[off..off + t.bytes]);
+                        at
+                    }
+                    other => dev.alloc(other.bytes(&rc, n_ctx)),
+                };
+                bufs.insert(b, at);
+            }
+        }
+        let freqs = desc
+            .rope_freqs
+            .as_ref()
+            .map(|_| values(&file, p.get("rope_freqs.weight")));
+        let table = rope_table(&rc, freqs.as_deref(), n_ctx).unwrap();
+        dev.write(bufs[&Buf::Rope], &table);
+
+        let mut reference = Reference {
+            w: p.tensors
+                .iter()
+                .map(|t| (t.name.clone(), values(&file, t)))
+                .collect(),
+            cfg: rc,
+            rope: ops::Rope::new(
+                rc.head_dim,
+                rc.rope_dim,
+                rc.rope_base,
+                freqs.as_deref(),
+                n_ctx,
+            ),
+            k_cache: vec![vec![f16::ZERO; n_ctx * rc.kv_dim()]; desc.n_layer],
+            v_cache: vec![vec![f16::ZERO; n_ctx * rc.kv_dim()]; desc.n_layer],
+            output: output_kernel(&desc, &p).0.name.clone(),
+        };
+        let mut worst = 0f32;
+        for (pos, &tok) in tokens.iter().enumerate() {
+            let params: Vec<u8> = [tok, pos as u32, 0, 0]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            dev.write(bufs[&Buf::Params], &params);
+            for l in &launches {
+                let args: Vec<u64> = l.args.iter().map(|b| bufs[b]).collect();
+                dev.launch(l.kernel, l.grid, l.block, &args)
+                    .unwrap_or_else(|e| panic!("pos {pos}: {e}"));
+            }
+            let got = dev.read_f32(bufs[&Buf::Logits], rc.n_vocab);
+            let want = reference.step(tok, pos);
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            worst = worst.max(diff / scale);
+            // The device argmax is the argmax of the device logits (lowest index on ties).
+            let p = dev.read(bufs[&Buf::Params], 16);
+            let argmax = u32::from_le_bytes([p[8], p[9], p[10], p[11]]) as usize;
+            let best = got.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(
+                argmax,
+                got.iter().position(|&v| v == best).unwrap(),
+                "pos {pos}"
+            );
+        }
+        worst
+    }
+
+    #[test]
+    fn tiny_f32_decodes_like_the_cpu() {
+        let worst = run(mcc::synth::SynthConfig::tiny(), &[1, 300, 7, 511, 42, 42]);
+        eprintln!("tiny F32: largest logit difference {worst:.1e} of the largest logit");
+        assert!(worst < 2e-3, "logits differ by {worst} of the largest");
+    }
+
+    /// F16 weights, a tied output, Llama-3.1 rope_freqs, heads of 128 (not n_embd /
+    /// n_head) and a GQA group of 3.
+    #[test]
+    fn f16_tied_llama3_rope_decodes_like_the_cpu() {
+        let mut cfg = mcc::synth::SynthConfig::tiny();
+        cfg.weight_type = GgmlType::F16;
+        cfg.tied = true;
+        cfg.rope_scaling = Some(mcc::synth::Llama3RopeScaling::LLAMA_3_1);
+        cfg.n_head = 6;
+        cfg.n_head_kv = 2;
+        cfg.head_dim = 128;
+        cfg.n_layer = 1;
+        let worst = run(cfg, &[5, 9, 500, 3, 77]);
+        eprintln!("F16 tied llama3: largest logit difference {worst:.1e} of the largest logit");
+        assert!(worst < 2e-3, "logits differ by {worst} of the largest");
+    }
+}

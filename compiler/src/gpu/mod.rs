@@ -241,6 +241,25 @@ fn usize_lit(v: u64) -> Literal {
     Literal::usize_unsuffixed(v as usize)
 }
 
+/// The kernel that reads tensor `t` inside a layer or as the embedding table: the
+/// embedding lookup for `token_embd`, `rmsnorm` for the norm vectors, else the matvec of
+/// its type and shape (adding into the residual for attn_output and ffn_down).
+pub fn kernel_of(t: &PlannedTensor) -> String {
+    if t.name == "token_embd.weight" {
+        embed_name(t.ggml_type)
+    } else if t.rows == 1 {
+        "rmsnorm".to_string()
+    } else {
+        matvec_name(t.ggml_type, t.rows, t.cols, accumulates(role_of(&t.name)))
+    }
+}
+
+/// The output matrix (`output.weight`, or the token table when tied) and its matvec.
+pub fn output_kernel<'p>(desc: &ModelDesc, plan: &'p Plan) -> (&'p PlannedTensor, String) {
+    let out = output_tensor(desc, plan);
+    (out, matvec_name(out.ggml_type, out.rows, out.cols, false))
+}
+
 /// `GpuTensor { offset: IDENT.offset(), bytes, rows, kernel }`.
 fn gpu_tensor(t: &PlannedTensor, kernel: &str) -> TokenStream {
     let ident = format_ident!("{}", t.ident);
@@ -252,17 +271,12 @@ fn gpu_tensor(t: &PlannedTensor, kernel: &str) -> TokenStream {
 /// the kernel that reads it.
 pub fn emit_gpu_rs(desc: &ModelDesc, plan: &Plan, source: &str) -> String {
     let embd = plan.get("token_embd.weight");
-    let token_embd = gpu_tensor(embd, &embed_name(embd.ggml_type));
+    let token_embd = gpu_tensor(embd, &kernel_of(embd));
     let layers = (0..desc.n_layer).map(|l| {
         let field = |role: &str| {
             let t = plan.get(&format!("blk.{l}.{role}.weight"));
-            let kernel = if t.rows > 1 {
-                matvec_name(t.ggml_type, t.rows, t.cols, accumulates(role))
-            } else {
-                "rmsnorm".to_string()
-            };
             let f = format_ident!("{role}");
-            let v = gpu_tensor(t, &kernel);
+            let v = gpu_tensor(t, &kernel_of(t));
             quote!(#f: #v)
         };
         let fields = [
@@ -280,8 +294,8 @@ pub fn emit_gpu_rs(desc: &ModelDesc, plan: &Plan, source: &str) -> String {
         quote!(GpuLayer { #(#fields),* })
     });
     let norm = gpu_tensor(plan.get("output_norm.weight"), "rmsnorm");
-    let out = output_tensor(desc, plan);
-    let output = gpu_tensor(out, &matvec_name(out.ggml_type, out.rows, out.cols, false));
+    let (out, out_kernel) = output_kernel(desc, plan);
+    let output = gpu_tensor(out, &out_kernel);
     let cpu_layers = (0..desc.n_layer).map(|l| {
         let id =
             |role: &str| format_ident!("{}", plan.get(&format!("blk.{l}.{role}.weight")).ident);

@@ -16,42 +16,12 @@
 //!
 //! A prompt is evaluated as successive decode steps (no batched prefill kernel yet).
 
+use std::collections::HashMap;
+
 use super::driver::{CuDevice, CuDevicePtr, Driver, Handle};
-use super::{CpuTail, GpuError, GpuLayer, GpuModel, GpuTensor};
+use super::plan::{decode_plan, rope_table, Buf, Launch};
+use super::{CpuTail, GpuError, GpuModel, GpuTensor};
 use crate::model::{Config, Model};
-use crate::ops::Rope;
-
-/// Threads of an attention CTA; must match the compiler's `attention_threads`.
-fn attention_threads(head_dim: usize) -> u32 {
-    head_dim.next_multiple_of(32).max(128) as u32
-}
-
-/// Resolved kernels of one layer.
-struct LayerFns {
-    q: Handle,
-    k: Handle,
-    v: Handle,
-    o: Handle,
-    gate: Handle,
-    up: Handle,
-    down: Handle,
-}
-
-/// Device buffers of the activations.
-struct Acts {
-    x: CuDevicePtr,
-    xn: CuDevicePtr,
-    q: CuDevicePtr,
-    k: CuDevicePtr,
-    v: CuDevicePtr,
-    att: CuDevicePtr,
-    gate: CuDevicePtr,
-    up: CuDevicePtr,
-    logits: CuDevicePtr,
-    scores: CuDevicePtr,
-    rope: CuDevicePtr,
-    params: CuDevicePtr,
-}
 
 /// A model instance on the GPU.
 pub struct GpuCtx {
@@ -68,19 +38,10 @@ pub struct GpuCtx {
     n_ctx: usize,
     /// Layers on the GPU (a prefix).
     n_gpu: usize,
-    /// Device address of each uploaded tensor, by blob offset.
-    weights: Vec<(usize, CuDevicePtr)>,
-    acts: Acts,
-    k_cache: Vec<CuDevicePtr>,
-    v_cache: Vec<CuDevicePtr>,
-    layer_fns: Vec<LayerFns>,
-    embed: Handle,
-    rmsnorm: Handle,
-    rope_kv: Handle,
-    attention: Handle,
-    swiglu: Handle,
-    output: Handle,
-    argmax: Handle,
+    /// The decode step's launches, and the device address of every buffer they name.
+    plan: Vec<Launch>,
+    bufs: HashMap<Buf, CuDevicePtr>,
+    kernels: HashMap<&'static str, Handle>,
     /// Layers past `n_gpu`, the final norm and the output on the CPU.
     tail: Option<CpuTail>,
     logits: Vec<f32>,
@@ -118,38 +79,21 @@ impl GpuCtx {
             cfg,
             n_ctx,
             n_gpu,
-            weights: Vec::new(),
-            acts: Acts {
-                x: 0,
-                xn: 0,
-                q: 0,
-                k: 0,
-                v: 0,
-                att: 0,
-                gate: 0,
-                up: 0,
-                logits: 0,
-                scores: 0,
-                rope: 0,
-                params: 0,
-            },
-            k_cache: Vec::new(),
-            v_cache: Vec::new(),
-            layer_fns: Vec::new(),
-            embed: std::ptr::null_mut(),
-            rmsnorm: std::ptr::null_mut(),
-            rope_kv: std::ptr::null_mut(),
-            attention: std::ptr::null_mut(),
-            swiglu: std::ptr::null_mut(),
-            output: std::ptr::null_mut(),
-            argmax: std::ptr::null_mut(),
+            plan: decode_plan(model, &cfg, n_gpu),
+            bufs: HashMap::new(),
+            kernels: HashMap::new(),
             tail: None,
             logits: Vec::new(),
             device_name,
         };
         g.module = g.drv.load_ptx(model.ptx)?;
         g.stream = g.drv.stream()?;
-        g.resolve()?;
+        for l in &g.plan {
+            if !g.kernels.contains_key(l.kernel) {
+                let f = g.drv.function(g.module, l.kernel)?;
+                g.kernels.insert(l.kernel, f);
+            }
+        }
         g.upload::<M>()?;
         g.alloc_state::<M>()?;
         if n_gpu < cfg.n_layer {
@@ -174,40 +118,17 @@ impl GpuCtx {
         self.graph.is_some()
     }
 
-    fn resolve(&mut self) -> Result<(), GpuError> {
-        let f = |g: &GpuCtx, name: &str| g.drv.function(g.module, name);
-        self.embed = f(self, self.model.token_embd.kernel)?;
-        self.rmsnorm = f(self, "rmsnorm")?;
-        self.rope_kv = f(self, "rope_kv")?;
-        self.attention = f(self, "attention")?;
-        self.swiglu = f(self, "swiglu")?;
-        self.output = f(self, self.model.output.kernel)?;
-        self.argmax = f(self, "argmax")?;
-        for l in &self.model.layers[..self.n_gpu] {
-            let fns = LayerFns {
-                q: f(self, l.attn_q.kernel)?,
-                k: f(self, l.attn_k.kernel)?,
-                v: f(self, l.attn_v.kernel)?,
-                o: f(self, l.attn_output.kernel)?,
-                gate: f(self, l.ffn_gate.kernel)?,
-                up: f(self, l.ffn_up.kernel)?,
-                down: f(self, l.ffn_down.kernel)?,
-            };
-            self.layer_fns.push(fns);
-        }
-        Ok(())
-    }
-
     fn alloc(&mut self, bytes: usize) -> Result<CuDevicePtr, GpuError> {
         let p = self.drv.alloc(bytes)?;
         self.allocs.push(p);
         Ok(p)
     }
 
-    /// The tensors the GPU reads, each once (a tied output shares the token table).
+    /// The tensors the plan reads, each once (a tied output shares the token table).
     fn gpu_tensors(&self) -> Vec<GpuTensor> {
-        let mut ts = vec![self.model.token_embd];
-        for l in &self.model.layers[..self.n_gpu] {
+        let m = self.model;
+        let mut ts = vec![m.token_embd, m.output_norm, m.output];
+        for l in m.layers {
             ts.extend([
                 l.attn_norm,
                 l.attn_q,
@@ -220,9 +141,16 @@ impl GpuCtx {
                 l.ffn_down,
             ]);
         }
-        if self.n_gpu == self.cfg.n_layer {
-            ts.extend([self.model.output_norm, self.model.output]);
-        }
+        let used: std::collections::HashSet<usize> = self
+            .plan
+            .iter()
+            .flat_map(|l| &l.args)
+            .filter_map(|b| match b {
+                Buf::Weight(off) => Some(*off),
+                _ => None,
+            })
+            .collect();
+        ts.retain(|t| used.contains(&t.offset));
         ts.sort_by_key(|t| t.offset);
         ts.dedup_by_key(|t| t.offset);
         ts
@@ -242,137 +170,50 @@ impl GpuCtx {
                     "tensor at {:#x} (outside the blob)",
                     t.offset
                 )))?;
-            self.drv.upload(base + at as u64, bytes)?;
-            self.weights.push((t.offset, base + at as u64));
+            let p = base + at as u64;
+            self.drv.upload(p, bytes)?;
+            self.bufs.insert(Buf::Weight(t.offset), p);
             at += t.bytes.next_multiple_of(256);
         }
         Ok(())
     }
 
-    fn dev(&self, t: &GpuTensor) -> CuDevicePtr {
-        self.weights
-            .iter()
-            .find(|(off, _)| *off == t.offset)
-            .map_or(0, |&(_, p)| p)
-    }
-
+    /// Allocates every activation buffer the plan names, zeroes the KV caches and
+    /// uploads the RoPE table.
     fn alloc_state<M: Model>(&mut self) -> Result<(), GpuError> {
-        let c = self.cfg;
-        let f = 4;
-        self.acts.x = self.alloc(c.n_embd * f)?;
-        self.acts.xn = self.alloc(c.n_embd * f)?;
-        self.acts.q = self.alloc(c.q_dim() * f)?;
-        self.acts.k = self.alloc(c.kv_dim() * f)?;
-        self.acts.v = self.alloc(c.kv_dim() * f)?;
-        self.acts.att = self.alloc(c.q_dim() * f)?;
-        self.acts.gate = self.alloc(c.n_ff * f)?;
-        self.acts.up = self.alloc(c.n_ff * f)?;
-        self.acts.logits = self.alloc(c.n_vocab * f)?;
-        // The attention kernel's score rows are the compiled context long.
-        self.acts.scores = self.alloc(c.n_head * M::CONFIG.n_ctx * f)?;
-        self.acts.params = self.alloc(16)?;
-        let rope = Rope::try_new(
-            c.head_dim,
-            c.rope_dim,
-            c.rope_base,
-            M::rope_freqs(),
-            self.n_ctx,
-        )
-        .map_err(|e| GpuError::NoDriver {
-            reason: format!("RoPE: {e}"),
-        })?;
-        let mut table = Vec::with_capacity(self.n_ctx * c.rope_dim * 4);
-        for pos in 0..self.n_ctx {
-            for &(cos, sin) in rope.angles(pos) {
-                table.extend_from_slice(&cos.to_le_bytes());
-                table.extend_from_slice(&sin.to_le_bytes());
-            }
+        let mut names: Vec<Buf> = self
+            .plan
+            .iter()
+            .flat_map(|l| l.args.iter().copied())
+            .filter(|b| !matches!(b, Buf::Weight(_)))
+            .collect();
+        names.push(Buf::X);
+        names.sort_by_key(|b| format!("{b:?}"));
+        names.dedup();
+        for b in names {
+            let bytes = b.bytes(&self.cfg, self.n_ctx);
+            let p = self.alloc(bytes)?;
+            self.drv.zero(p, bytes)?;
+            self.bufs.insert(b, p);
         }
-        self.acts.rope = self.alloc(table.len())?;
-        self.drv.upload(self.acts.rope, &table)?;
-        let cache = self.n_ctx * c.kv_dim() * 2;
-        for _ in 0..self.n_gpu {
-            let k = self.alloc(cache)?;
-            let v = self.alloc(cache)?;
-            self.drv.zero(k, cache)?;
-            self.drv.zero(v, cache)?;
-            self.k_cache.push(k);
-            self.v_cache.push(v);
+        let table = rope_table(&self.cfg, M::rope_freqs(), self.n_ctx)?;
+        if let Some(&p) = self.bufs.get(&Buf::Rope) {
+            self.drv.upload(p, &table)?;
         }
         Ok(())
+    }
+
+    fn ptr(&self, b: Buf) -> CuDevicePtr {
+        self.bufs.get(&b).copied().unwrap_or(0)
     }
 
     /// Launches one decode step's kernels on the stream (reading token and position
     /// from `params`).
     fn launch_step(&self) -> Result<(), GpuError> {
-        let (c, a, d) = (self.cfg, &self.acts, &self.drv);
-        let s = self.stream;
-        let mv = |f: Handle, t: &GpuTensor, x: u64, y: u64| {
-            d.launch(f, t.rows.div_ceil(4) as u32, 128, s, &[self.dev(t), x, y])
-        };
-        let rms =
-            |x: u64, w: &GpuTensor, y: u64| d.launch(self.rmsnorm, 1, 256, s, &[x, self.dev(w), y]);
-        let units = (c.n_embd / 32).div_ceil(128) as u32;
-        d.launch(
-            self.embed,
-            units,
-            128,
-            s,
-            &[self.dev(&self.model.token_embd), a.params, a.x],
-        )?;
-        let rope_threads = c.q_dim() / 2 + c.kv_dim();
-        for (l, fns) in self.layer_fns.iter().enumerate() {
-            let t: &GpuLayer = &self.model.layers[l];
-            rms(a.x, &t.attn_norm, a.xn)?;
-            mv(fns.q, &t.attn_q, a.xn, a.q)?;
-            mv(fns.k, &t.attn_k, a.xn, a.k)?;
-            mv(fns.v, &t.attn_v, a.xn, a.v)?;
-            d.launch(
-                self.rope_kv,
-                rope_threads.div_ceil(256) as u32,
-                256,
-                s,
-                &[
-                    a.q,
-                    a.k,
-                    a.v,
-                    self.k_cache[l],
-                    self.v_cache[l],
-                    a.rope,
-                    a.params,
-                ],
-            )?;
-            d.launch(
-                self.attention,
-                c.n_head as u32,
-                attention_threads(c.head_dim),
-                s,
-                &[
-                    a.q,
-                    self.k_cache[l],
-                    self.v_cache[l],
-                    a.scores,
-                    a.att,
-                    a.params,
-                ],
-            )?;
-            mv(fns.o, &t.attn_output, a.att, a.x)?;
-            rms(a.x, &t.ffn_norm, a.xn)?;
-            mv(fns.gate, &t.ffn_gate, a.xn, a.gate)?;
-            mv(fns.up, &t.ffn_up, a.xn, a.up)?;
-            d.launch(
-                self.swiglu,
-                c.n_ff.div_ceil(256) as u32,
-                256,
-                s,
-                &[a.gate, a.up],
-            )?;
-            mv(fns.down, &t.ffn_down, a.gate, a.x)?;
-        }
-        if self.tail.is_none() {
-            rms(a.x, &self.model.output_norm, a.xn)?;
-            mv(self.output, &self.model.output, a.xn, a.logits)?;
-            d.launch(self.argmax, 1, 1024, s, &[a.logits, a.params])?;
+        for l in &self.plan {
+            let args: Vec<u64> = l.args.iter().map(|&b| self.ptr(b)).collect();
+            let f = self.kernels[l.kernel];
+            self.drv.launch(f, l.grid, l.block, self.stream, &args)?;
         }
         Ok(())
     }
@@ -400,11 +241,12 @@ impl GpuCtx {
         let params: [u32; 4] = [token, pos as u32, 0, 0];
         let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.drv
-            .upload_async(self.acts.params, &bytes, self.stream)?;
+            .upload_async(self.ptr(Buf::Params), &bytes, self.stream)?;
         match self.graph {
             Some(exec) => self.drv.launch_graph(exec, self.stream)?,
             None => self.launch_step()?,
         }
+        let (x_ptr, logits_ptr) = (self.ptr(Buf::X), self.ptr(Buf::Logits));
         match &mut self.tail {
             None => {
                 if let Some(out) = out {
@@ -412,8 +254,7 @@ impl GpuCtx {
                     let raw = unsafe {
                         std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len() * 4)
                     };
-                    self.drv
-                        .download_async(raw, self.acts.logits, self.stream)?;
+                    self.drv.download_async(raw, logits_ptr, self.stream)?;
                 }
                 self.drv.sync_stream(self.stream)?;
             }
@@ -423,7 +264,7 @@ impl GpuCtx {
                 let raw = unsafe {
                     std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<u8>(), x.len() * 4)
                 };
-                self.drv.download_async(raw, self.acts.x, self.stream)?;
+                self.drv.download_async(raw, x_ptr, self.stream)?;
                 self.drv.sync_stream(self.stream)?;
                 tail.run(self.model, blob, pos, out);
             }
@@ -478,7 +319,7 @@ impl GpuCtx {
         self.step(token, pos, None, M::weights())?;
         let mut p = [0u8; 16];
         self.drv
-            .download_async(&mut p, self.acts.params, self.stream)?;
+            .download_async(&mut p, self.ptr(Buf::Params), self.stream)?;
         self.drv.sync_stream(self.stream)?;
         Ok(u32::from_le_bytes([p[8], p[9], p[10], p[11]]))
     }

@@ -17,6 +17,7 @@
 mod cpu_tail;
 mod driver;
 mod forward;
+pub mod plan;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
