@@ -218,16 +218,19 @@ for l in range(n_layer):
 out_name = [k for k, t, r, c in kernels if k.startswith("mv_q6_k_") and int(c) == n_embd and int(r) > n_ff][0]
 plan.append((out_name, "xn", "logits"))
 n_vocab = shape(out_name)[1]  # rows of the output matrix
-acts = {a: cp.zeros(n, cp.float32) for a, n in
+TILE = 8  # tokens per prefill matmul (runtime PREFILL_TILE)
+acts = {a: cp.zeros(TILE * n, cp.float32) for a, n in
         [("x", n_embd), ("xn", n_embd), ("att", q_dim), ("q", q_dim), ("k", kv), ("v", kv),
          ("gate", n_ff), ("up", n_ff), ("logits", n_vocab)]}
-acts["xn"][:] = cp.random.standard_normal(n_embd, dtype=cp.float32)
-launches, total = [], 0
+acts["xn"][:] = cp.random.standard_normal(TILE * n_embd, dtype=cp.float32)
+launches, mm_launches, total = [], [], 0
 for name, src, dst in plan:
     t, r, c = shape(name)
     nbytes = r * (c // 256) * bpb[t]
     w = cp.random.randint(0, 256, nbytes, dtype=cp.uint8)
     launches.append((mod.get_function(name), (r + 3) // 4, w, acts[src], acts[dst], nbytes))
+    mm = name.replace("mva_", "mma_", 1) if name.startswith("mva_") else name.replace("mv_", "mm_", 1)
+    mm_launches.append((mod.get_function(mm), (r + 3) // 4, w, acts[src], acts[dst], nbytes))
     total += nbytes
 stream = cp.cuda.Stream(non_blocking=True)
 def graph_of(items, reps=1):
@@ -251,6 +254,8 @@ per_token = timed(graph_of(launches), 20)
 gbs = total / per_token / 1e9
 print(f"Minitron Q4_K_M decode matvecs: {total / 2**30:.2f} GiB of weights, {len(launches)} kernels per token")
 print(f"  {per_token * 1e3:.3f} ms per token = {1 / per_token:.1f} tok/s upper bound, {gbs:.0f} GB/s = {gbs / 4800:.1%} of 4.8 TB/s")
+per_tile = timed(graph_of(mm_launches), 10)
+print(f"  prefill matmuls ({TILE} tokens per weight pass): {per_tile * 1e3:.3f} ms per tile = {TILE / per_tile:.0f} tok/s upper bound")
 for name in dict.fromkeys(n for n, _, _ in plan):
     item = next(i for i, (n, _, _) in zip(launches, plan) if n == name)
     t = timed(graph_of([item], reps=20), 5) / 20

@@ -293,9 +293,25 @@ fn every_supported_type_assembles() {
         ptx += &kernels::matvec(&format!("mv_{n}"), t, 96, 512, false).unwrap();
         ptx += &kernels::matvec(&format!("mva_{n}"), t, 96, 512, true).unwrap();
         ptx += &kernels::embed(&format!("embed_{n}"), t, 100, 512).unwrap();
+        ptx += &kernels::matmul(&format!("mm_{n}"), t, 96, 512, false).unwrap();
+        ptx += &kernels::matmul(&format!("mma_{n}"), t, 96, 512, true).unwrap();
     }
     export("all_types.ptx", &ptx);
     assemble("every supported type", &ptx);
+}
+
+/// The compiler's kernels and the runtime's launch plan agree on the prefill tile and on
+/// the attention CTA size.
+#[test]
+fn compiler_and_runtime_agree_on_launch_shapes() {
+    assert_eq!(kernels::PREFILL_TILE, mcc_runtime::gpu::plan::PREFILL_TILE);
+    for hd in [32, 64, 80, 96, 128, 160, 256] {
+        assert_eq!(
+            kernels::attention_threads(hd) as u32,
+            mcc_runtime::gpu::plan::attention_threads(hd),
+            "head_dim {hd}"
+        );
+    }
 }
 
 /// Every weight type of the seed table has a GPU kernel.
@@ -320,9 +336,11 @@ mod decode {
     use mcc::describe::{describe, ModelDesc};
     use mcc::gguf::{GgmlType, GgufFile};
     use mcc::gpu::sim::{Device, Module};
-    use mcc::gpu::{emit_ptx, kernel_of, output_kernel};
+    use mcc::gpu::{emit_ptx, kernel_of, output_kernel, prefill_kernel_of};
     use mcc::plan::{plan, Plan, PlannedTensor};
-    use mcc_runtime::gpu::plan::{decode_plan, rope_table, Buf};
+    use mcc_runtime::gpu::plan::{
+        decode_plan, prefill_plan, rope_table, Buf, Launch, PREFILL_TILE,
+    };
     use mcc_runtime::gpu::{CpuTail, GpuLayer, GpuModel, GpuTensor};
     use mcc_runtime::model::Config;
     use mcc_runtime::ops;
@@ -332,15 +350,16 @@ mod decode {
     fn gpu_model(desc: &ModelDesc, p: &Plan) -> &'static GpuModel {
         fn noop_layer(_: &mut CpuTail, _: usize) {}
         fn noop_output(_: &mut CpuTail) {}
-        let t = |t: &PlannedTensor, kernel: String| GpuTensor {
+        let t = |t: &PlannedTensor, kernel: String, prefill: String| GpuTensor {
             offset: t.file_offset as usize,
             bytes: t.n_bytes as usize,
             rows: t.rows as usize,
             kernel: Box::leak(kernel.into_boxed_str()),
+            prefill: Box::leak(prefill.into_boxed_str()),
         };
         let by = |name: &str| {
             let pt = p.get(name);
-            t(pt, kernel_of(pt))
+            t(pt, kernel_of(pt), prefill_kernel_of(pt))
         };
         let layers: Vec<GpuLayer> = (0..desc.n_layer)
             .map(|l| {
@@ -358,13 +377,13 @@ mod decode {
                 }
             })
             .collect();
-        let (out, out_k) = output_kernel(desc, p);
+        let (out, out_k, out_mm) = output_kernel(desc, p);
         Box::leak(Box::new(GpuModel {
             ptx: "",
             token_embd: by("token_embd.weight"),
             layers: Box::leak(layers.into_boxed_slice()),
             output_norm: by("output_norm.weight"),
-            output: t(out, out_k),
+            output: t(out, out_k, out_mm),
             cpu_layer: noop_layer,
             cpu_output: noop_output,
         }))
@@ -477,13 +496,53 @@ mod decode {
         }
     }
 
-    /// Runs `tokens` through the simulated GPU and the reference; returns the largest
-    /// logit difference relative to the largest logit, over all steps.
-    fn run(cfg: mcc::synth::SynthConfig, tokens: &[u32]) -> f32 {
+    /// A model on the simulated device: its PTX loaded, every buffer of the decode and
+    /// prefill plans allocated, weights and the RoPE table in place.
+    struct Sim {
+        dev: Device,
+        bufs: HashMap<Buf, u64>,
+        decode: Vec<Launch>,
+        prefill: Vec<Launch>,
+        cfg: Config,
+    }
+
+    impl Sim {
+        fn run(&mut self, plan: &[Launch], params: &[[u32; 4]]) {
+            let bytes: Vec<u8> = params
+                .iter()
+                .flatten()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            self.dev.write(self.bufs[&Buf::Params], &bytes);
+            for l in plan {
+                let args: Vec<u64> = l
+                    .args
+                    .iter()
+                    .map(|(b, off)| self.bufs[b] + *off as u64)
+                    .collect();
+                self.dev
+                    .launch(l.kernel, l.grid, l.block, &args)
+                    .unwrap_or_else(|e| panic!("{params:?}: {e}"));
+            }
+        }
+
+        /// Logits of row `t` of the last step, and the device argmax of row `t`.
+        fn logits(&self, t: usize) -> (Vec<f32>, usize) {
+            let v = self.cfg.n_vocab;
+            let all = self.dev.read_f32(self.bufs[&Buf::Logits], (t + 1) * v);
+            let p = self.dev.read(self.bufs[&Buf::Params] + 16 * t as u64, 16);
+            (
+                all[t * v..].to_vec(),
+                u32::from_le_bytes([p[8], p[9], p[10], p[11]]) as usize,
+            )
+        }
+    }
+
+    fn build(cfg: &mcc::synth::SynthConfig) -> (Sim, Reference) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.gguf");
         mcc::synth::llama_writer(
-            &cfg,
+            cfg,
             mcc::synth::toy_vocab(cfg.n_vocab).unwrap(),
             cfg.n_vocab,
         )
@@ -493,12 +552,13 @@ mod decode {
         let g = GgufFile::open(&path).unwrap();
         let desc = describe(&g).unwrap();
         let p = plan(&desc, &g);
-        let n_ctx = 16;
+        let n_ctx = 24;
         let ptx = emit_ptx(&desc, &p, n_ctx, "m.gguf").unwrap();
         let file = std::fs::read(&path).unwrap();
         let model = gpu_model(&desc, &p);
         let rc = config(&desc, n_ctx);
-        let launches = decode_plan(model, &rc, desc.n_layer);
+        let decode = decode_plan(model, &rc, desc.n_layer);
+        let prefill = prefill_plan(model, &rc, desc.n_layer);
 
         let mut dev = Device::new(Module::parse(&ptx).unwrap());
         let mut bufs: HashMap<Buf, u64> = HashMap::new();
@@ -518,8 +578,8 @@ mod decode {
                 ]
             }))
             .collect();
-        for l in &launches {
-            for &b in &l.args {
+        for l in decode.iter().chain(&prefill) {
+            for &(b, _) in &l.args {
                 if bufs.contains_key(&b) {
                     continue;
                 }
@@ -541,8 +601,7 @@ mod decode {
             .map(|_| values(&file, p.get("rope_freqs.weight")));
         let table = rope_table(&rc, freqs.as_deref(), n_ctx).unwrap();
         dev.write(bufs[&Buf::Rope], &table);
-
-        let mut reference = Reference {
+        let reference = Reference {
             w: p.tensors
                 .iter()
                 .map(|t| (t.name.clone(), values(&file, t)))
@@ -559,29 +618,38 @@ mod decode {
             v_cache: vec![vec![f16::ZERO; n_ctx * rc.kv_dim()]; desc.n_layer],
             output: output_kernel(&desc, &p).0.name.clone(),
         };
+        (
+            Sim {
+                dev,
+                bufs,
+                decode,
+                prefill,
+                cfg: rc,
+            },
+            reference,
+        )
+    }
+
+    /// The largest difference of `got` from `want`, relative to `want`'s largest value.
+    fn rel_diff(got: &[f32], want: &[f32]) -> f32 {
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        got.iter()
+            .zip(want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+            / scale
+    }
+
+    /// Decodes `tokens` one by one on the simulated GPU and the reference; returns the
+    /// largest logit difference relative to the largest logit, over all steps.
+    fn run(cfg: mcc::synth::SynthConfig, tokens: &[u32]) -> f32 {
+        let (mut sim, mut reference) = build(&cfg);
         let mut worst = 0f32;
         for (pos, &tok) in tokens.iter().enumerate() {
-            let params: Vec<u8> = [tok, pos as u32, 0, 0]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
-            dev.write(bufs[&Buf::Params], &params);
-            for l in &launches {
-                let args: Vec<u64> = l.args.iter().map(|b| bufs[b]).collect();
-                dev.launch(l.kernel, l.grid, l.block, &args)
-                    .unwrap_or_else(|e| panic!("pos {pos}: {e}"));
-            }
-            let got = dev.read_f32(bufs[&Buf::Logits], rc.n_vocab);
-            let want = reference.step(tok, pos);
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let diff = got
-                .iter()
-                .zip(&want)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            worst = worst.max(diff / scale);
+            let decode = sim.decode.clone();
+            sim.run(&decode, &[[tok, pos as u32, 0, 0]]);
+            let (got, argmax) = sim.logits(0);
+            worst = worst.max(rel_diff(&got, &reference.step(tok, pos)));
             // The device argmax is the argmax of the device logits (lowest index on ties).
-            let p = dev.read(bufs[&Buf::Params], 16);
-            let argmax = u32::from_le_bytes([p[8], p[9], p[10], p[11]]) as usize;
             let best = got.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             assert_eq!(
                 argmax,
@@ -590,6 +658,43 @@ mod decode {
             );
         }
         worst
+    }
+
+    /// A prefill tile gives each token exactly the logits of decoding the tokens one by
+    /// one (the matmul is the matvec's arithmetic per token), then decoding goes on from
+    /// the tile's KV cache.
+    #[test]
+    fn a_prefill_tile_equals_decode_steps() {
+        let cfg = mcc::synth::SynthConfig::tiny();
+        let tokens: Vec<u32> = (0..PREFILL_TILE as u32 + 1)
+            .map(|i| (i * 97 + 5) % 512)
+            .collect();
+        let (mut one, _) = build(&cfg);
+        let mut want = Vec::new();
+        for (pos, &tok) in tokens.iter().enumerate() {
+            let decode = one.decode.clone();
+            one.run(&decode, &[[tok, pos as u32, 0, 0]]);
+            want.push(one.logits(0));
+        }
+        let (mut tiled, _) = build(&cfg);
+        let params: Vec<[u32; 4]> = tokens[..PREFILL_TILE]
+            .iter()
+            .enumerate()
+            .map(|(pos, &tok)| [tok, pos as u32, 0, 0])
+            .collect();
+        let prefill = tiled.prefill.clone();
+        tiled.run(&prefill, &params);
+        for (t, want) in want.iter().enumerate().take(PREFILL_TILE) {
+            assert_eq!(&tiled.logits(t), want, "token {t} of the tile");
+        }
+        let last = PREFILL_TILE;
+        let decode = tiled.decode.clone();
+        tiled.run(&decode, &[[tokens[last], last as u32, 0, 0]]);
+        assert_eq!(
+            tiled.logits(0),
+            want[last],
+            "the decode step after the tile"
+        );
     }
 
     #[test]

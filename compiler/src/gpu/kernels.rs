@@ -87,6 +87,75 @@ pub fn matvec(name: &str, t: GgmlType, rows: u64, cols: u64, accumulate: bool) -
     ))
 }
 
+/// Tokens per prefill tile: the matmul kernels take this many activation rows.
+pub const PREFILL_TILE: usize = 8;
+
+/// `Y = W X` (or `Y += W X`) for [`PREFILL_TILE`] tokens: the matvec's unit walk, with
+/// each dequantized weight multiplied into every token's accumulator. Per token the
+/// arithmetic is the matvec's, in the same order, so the results are bit-identical to
+/// `PREFILL_TILE` matvecs.
+pub fn matmul(name: &str, t: GgmlType, rows: u64, cols: u64, accumulate: bool) -> Option<String> {
+    let (u, mut holes) = unit_holes(t, cols)?;
+    let n = PREFILL_TILE;
+    let x_row = 4 * cols;
+    let y_row = 4 * rows;
+    let mut zero = String::new();
+    let mut dots = String::new();
+    let mut reduce = String::new();
+    let mut store = String::new();
+    for tok in 0..n {
+        let _ = writeln!(zero, "\tmov.f32 %acc{tok}, 0f00000000;");
+        for k in 0..8 {
+            let _ = writeln!(
+                dots,
+                "\tld.global.v4.f32 {{%x{}, %x{}, %x{}, %x{}}}, [%xu+{}];",
+                4 * k,
+                4 * k + 1,
+                4 * k + 2,
+                4 * k + 3,
+                tok as u64 * x_row + 16 * k
+            );
+        }
+        for (j, w) in u.weights.iter().enumerate() {
+            let _ = writeln!(dots, "\tfma.rn.f32 %acc{tok}, %f{w}, %x{j}, %acc{tok};");
+        }
+        for off in [16, 8, 4, 2, 1] {
+            let _ = writeln!(
+                reduce,
+                "\tshfl.sync.bfly.b32 %other, %acc{tok}, {off}, 31, 0xffffffff;\n\tadd.rn.f32 %acc{tok}, %acc{tok}, %other;"
+            );
+        }
+        let at = tok as u64 * y_row;
+        if accumulate {
+            let _ = writeln!(
+                store,
+                "\tld.global.f32 %other, [%yp+{at}];\n\tadd.rn.f32 %acc{tok}, %other, %acc{tok};\n\tst.global.f32 [%yp+{at}], %acc{tok};"
+            );
+        } else {
+            let _ = writeln!(store, "\tst.global.f32 [%yp+{at}], %acc{tok};");
+        }
+    }
+    let doc = format!(
+        "{} for {n} tokens: {rows} x {cols} {} matrix (prefill).",
+        if accumulate { "Y += W X" } else { "Y = W X" },
+        t.name(),
+    );
+    holes.extend([
+        ("doc", doc),
+        ("name", name.to_string()),
+        ("rows", rows.to_string()),
+        ("tokens", n.to_string()),
+        ("zero", zero.trim_end().to_string()),
+        ("dots", dots.trim_end().to_string()),
+        ("reduce", reduce.trim_end().to_string()),
+        ("store", store.trim_end().to_string()),
+    ]);
+    Some(fill(
+        include_str!("../../../templates/ptx/matmul.ptx"),
+        &holes,
+    ))
+}
+
 /// `y = dequantize(W[token])` for the `rows x cols` embedding table of type `t`.
 pub fn embed(name: &str, t: GgmlType, rows: u64, cols: u64) -> Option<String> {
     let (u, mut holes) = unit_holes(t, cols)?;

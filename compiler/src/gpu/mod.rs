@@ -8,8 +8,9 @@
 //! of its token table. The dequantization itself comes from [`dequant`], whose
 //! programs the tests interpret against the runtime's reference for every format.
 //!
-//! Prefill has no kernel of its own yet: the runtime runs the decode step token by
-//! token (a matmul kernel per type would reuse the same unit programs).
+//! Prefill gets a matmul kernel per matvec kernel (`mm_*` / `mma_*`), which dequantizes
+//! each weight once for a tile of [`kernels::PREFILL_TILE`] tokens with the same unit
+//! programs; norms, RoPE and attention run per token inside the prefill graph.
 //!
 //! This module must not change what a build without `--gpu` emits.
 
@@ -63,6 +64,16 @@ pub fn matvec_name(t: GgmlType, rows: u64, cols: u64, accumulate: bool) -> Strin
     format!(
         "{}_{}_{rows}x{cols}",
         if accumulate { "mva" } else { "mv" },
+        t.name().to_ascii_lowercase()
+    )
+}
+
+/// Name of the prefill matmul kernel (a tile of tokens) for the same matrix:
+/// `mm_q4_k_1024x3072`, or `mma_...` for the variant that adds into its output.
+pub fn matmul_name(t: GgmlType, rows: u64, cols: u64, accumulate: bool) -> String {
+    format!(
+        "{}_{}_{rows}x{cols}",
+        if accumulate { "mma" } else { "mm" },
         t.name().to_ascii_lowercase()
     )
 }
@@ -221,6 +232,11 @@ pub fn emit_ptx(
             &kernels::matvec(&name, m.ty, m.rows, m.cols, m.accumulate)
                 .ok_or_else(|| missing(m.ty))?,
         );
+        let name = matmul_name(m.ty, m.rows, m.cols, m.accumulate);
+        ptx.push_str(
+            &kernels::matmul(&name, m.ty, m.rows, m.cols, m.accumulate)
+                .ok_or_else(|| missing(m.ty))?,
+        );
     }
     let shape = kernels::AttnShape {
         n_head: desc.n_head,
@@ -254,29 +270,50 @@ pub fn kernel_of(t: &PlannedTensor) -> String {
     }
 }
 
-/// The output matrix (`output.weight`, or the token table when tied) and its matvec.
-pub fn output_kernel<'p>(desc: &ModelDesc, plan: &'p Plan) -> (&'p PlannedTensor, String) {
-    let out = output_tensor(desc, plan);
-    (out, matvec_name(out.ggml_type, out.rows, out.cols, false))
+/// The prefill kernel of tensor `t`: the matmul of a matrix, empty for the embedding
+/// table and the norms (they run per token with their decode kernels).
+pub fn prefill_kernel_of(t: &PlannedTensor) -> String {
+    if t.name == "token_embd.weight" || t.rows == 1 {
+        String::new()
+    } else {
+        matmul_name(t.ggml_type, t.rows, t.cols, accumulates(role_of(&t.name)))
+    }
 }
 
-/// `GpuTensor { offset: IDENT.offset(), bytes, rows, kernel }`.
-fn gpu_tensor(t: &PlannedTensor, kernel: &str) -> TokenStream {
+/// The output matrix (`output.weight`, or the token table when tied), its matvec and
+/// its matmul.
+pub fn output_kernel<'p>(desc: &ModelDesc, plan: &'p Plan) -> (&'p PlannedTensor, String, String) {
+    let out = output_tensor(desc, plan);
+    (
+        out,
+        matvec_name(out.ggml_type, out.rows, out.cols, false),
+        matmul_name(out.ggml_type, out.rows, out.cols, false),
+    )
+}
+
+/// `GpuTensor { offset: IDENT.offset(), bytes, rows, kernel, prefill }`.
+fn gpu_tensor(t: &PlannedTensor, kernel: &str, prefill: &str) -> TokenStream {
     let ident = format_ident!("{}", t.ident);
     let (bytes, rows) = (usize_lit(t.n_bytes), usize_lit(t.rows));
-    quote!(GpuTensor { offset: #ident.offset(), bytes: #bytes, rows: #rows, kernel: #kernel })
+    quote!(GpuTensor {
+        offset: #ident.offset(),
+        bytes: #bytes,
+        rows: #rows,
+        kernel: #kernel,
+        prefill: #prefill,
+    })
 }
 
 /// `src/gpu.rs` of a `--gpu` build: the PTX and, per tensor, its place in the blob and
 /// the kernel that reads it.
 pub fn emit_gpu_rs(desc: &ModelDesc, plan: &Plan, source: &str) -> String {
     let embd = plan.get("token_embd.weight");
-    let token_embd = gpu_tensor(embd, &kernel_of(embd));
+    let token_embd = gpu_tensor(embd, &kernel_of(embd), &prefill_kernel_of(embd));
     let layers = (0..desc.n_layer).map(|l| {
         let field = |role: &str| {
             let t = plan.get(&format!("blk.{l}.{role}.weight"));
             let f = format_ident!("{role}");
-            let v = gpu_tensor(t, &kernel_of(t));
+            let v = gpu_tensor(t, &kernel_of(t), &prefill_kernel_of(t));
             quote!(#f: #v)
         };
         let fields = [
@@ -293,9 +330,9 @@ pub fn emit_gpu_rs(desc: &ModelDesc, plan: &Plan, source: &str) -> String {
         .map(field);
         quote!(GpuLayer { #(#fields),* })
     });
-    let norm = gpu_tensor(plan.get("output_norm.weight"), "rmsnorm");
-    let (out, out_kernel) = output_kernel(desc, plan);
-    let output = gpu_tensor(out, &out_kernel);
+    let norm = gpu_tensor(plan.get("output_norm.weight"), "rmsnorm", "");
+    let (out, out_kernel, out_prefill) = output_kernel(desc, plan);
+    let output = gpu_tensor(out, &out_kernel, &out_prefill);
     let cpu_layers = (0..desc.n_layer).map(|l| {
         let id =
             |role: &str| format_ident!("{}", plan.get(&format!("blk.{l}.{role}.weight")).ident);

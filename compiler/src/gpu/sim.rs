@@ -1029,6 +1029,8 @@ mod tests {
         ptx += &kernels::matvec(&format!("mv_{n}"), t, rows, cols, false).unwrap();
         ptx += &kernels::matvec(&format!("mva_{n}"), t, rows, cols, true).unwrap();
         ptx += &kernels::embed(&format!("embed_{n}"), t, emb_rows, cols).unwrap();
+        ptx += &kernels::matmul(&format!("mm_{n}"), t, rows, cols, false).unwrap();
+        ptx += &kernels::matmul(&format!("mma_{n}"), t, rows, cols, true).unwrap();
         Module::parse(&ptx).unwrap()
     }
 
@@ -1099,6 +1101,41 @@ mod tests {
                 .unwrap();
             let row = &w[token as usize * cols..(token as usize + 1) * cols];
             assert_eq!(dev.read_f32(ep, cols), row, "{} embed", t.name());
+
+            // The matmul of a tile of tokens gives each token the matvec's result, bit
+            // for bit, in both store modes.
+            let n_tok = kernels::PREFILL_TILE;
+            let xs: Vec<f32> = (0..n_tok * cols)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 32.0)
+                .collect();
+            let (xsp, ysp) = (dev.alloc(4 * n_tok * cols), dev.alloc(4 * n_tok * rows));
+            dev.write_f32(xsp, &xs);
+            let y0s: Vec<f32> = (0..n_tok * rows).map(|i| i as f32 * 0.25 - 3.0).collect();
+            for acc in [false, true] {
+                let name = if acc {
+                    format!("mma_{n}")
+                } else {
+                    format!("mm_{n}")
+                };
+                dev.write_f32(ysp, &y0s);
+                dev.launch(&name, 2, 128, &[wp, xsp, ysp]).unwrap();
+                let got = dev.read_f32(ysp, n_tok * rows);
+                for tok in 0..n_tok {
+                    dev.write_f32(xp, &xs[tok * cols..(tok + 1) * cols]);
+                    dev.write_f32(yp, &y0s[tok * rows..(tok + 1) * rows]);
+                    let mv = if acc {
+                        format!("mva_{n}")
+                    } else {
+                        format!("mv_{n}")
+                    };
+                    dev.launch(&mv, 2, 128, &[wp, xp, yp]).unwrap();
+                    assert_eq!(
+                        got[tok * rows..(tok + 1) * rows],
+                        dev.read_f32(yp, rows)[..],
+                        "{name} token {tok}"
+                    );
+                }
+            }
         }
     }
 

@@ -366,6 +366,7 @@ mod tests {
         bytes: 0,
         rows: 0,
         kernel: "",
+        prefill: "",
     };
     const NO_LAYER: GpuLayer = GpuLayer {
         attn_norm: NONE,

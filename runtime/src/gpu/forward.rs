@@ -14,12 +14,14 @@
 //! graph, so a step costs one graph launch instead of ~15 launches per layer; if the
 //! driver refuses the capture, the same launches run directly.
 //!
-//! A prompt is evaluated as successive decode steps (no batched prefill kernel yet).
+//! A prompt runs in tiles of [`PREFILL_TILE`] tokens through a second graph (the
+//! matrices as matmuls over the tile, the rest per token), and its last partial tile
+//! as decode steps.
 
 use std::collections::HashMap;
 
 use super::driver::{CuDevice, CuDevicePtr, Driver, Handle};
-use super::plan::{decode_plan, rope_table, Buf, Launch};
+use super::plan::{decode_plan, prefill_plan, rope_table, Buf, Launch, PREFILL_TILE};
 use super::{CpuTail, GpuError, GpuModel, GpuTensor};
 use crate::model::{Config, Model};
 
@@ -40,6 +42,9 @@ pub struct GpuCtx {
     n_gpu: usize,
     /// The decode step's launches, and the device address of every buffer they name.
     plan: Vec<Launch>,
+    /// The prefill tile's launches and graph (absent when a kernel is missing).
+    prefill: Vec<Launch>,
+    prefill_graph: Option<Handle>,
     bufs: HashMap<Buf, CuDevicePtr>,
     kernels: HashMap<&'static str, Handle>,
     /// Layers past `n_gpu`, the final norm and the output on the CPU.
@@ -80,6 +85,8 @@ impl GpuCtx {
             n_ctx,
             n_gpu,
             plan: decode_plan(model, &cfg, n_gpu),
+            prefill: prefill_plan(model, &cfg, n_gpu),
+            prefill_graph: None,
             bufs: HashMap::new(),
             kernels: HashMap::new(),
             tail: None,
@@ -94,6 +101,20 @@ impl GpuCtx {
                 g.kernels.insert(l.kernel, f);
             }
         }
+        let mut prefill_ok = true;
+        for l in &g.prefill {
+            if !g.kernels.contains_key(l.kernel) {
+                match g.drv.function(g.module, l.kernel) {
+                    Ok(f) => {
+                        g.kernels.insert(l.kernel, f);
+                    }
+                    Err(_) => prefill_ok = false,
+                }
+            }
+        }
+        if !prefill_ok {
+            g.prefill.clear();
+        }
         g.upload::<M>()?;
         g.alloc_state::<M>()?;
         if n_gpu < cfg.n_layer {
@@ -104,7 +125,10 @@ impl GpuCtx {
             );
         }
         g.drv.synchronize()?;
-        g.graph = g.capture().ok();
+        g.graph = g.capture(&g.plan).ok();
+        if !g.prefill.is_empty() {
+            g.prefill_graph = g.capture(&g.prefill).ok();
+        }
         Ok(g)
     }
 
@@ -144,8 +168,9 @@ impl GpuCtx {
         let used: std::collections::HashSet<usize> = self
             .plan
             .iter()
+            .chain(&self.prefill)
             .flat_map(|l| &l.args)
-            .filter_map(|b| match b {
+            .filter_map(|(b, _)| match b {
                 Buf::Weight(off) => Some(*off),
                 _ => None,
             })
@@ -184,7 +209,8 @@ impl GpuCtx {
         let mut names: Vec<Buf> = self
             .plan
             .iter()
-            .flat_map(|l| l.args.iter().copied())
+            .chain(&self.prefill)
+            .flat_map(|l| l.args.iter().map(|&(b, _)| b))
             .filter(|b| !matches!(b, Buf::Weight(_)))
             .collect();
         names.push(Buf::X);
@@ -207,20 +233,24 @@ impl GpuCtx {
         self.bufs.get(&b).copied().unwrap_or(0)
     }
 
-    /// Launches one decode step's kernels on the stream (reading token and position
-    /// from `params`).
-    fn launch_step(&self) -> Result<(), GpuError> {
-        for l in &self.plan {
-            let args: Vec<u64> = l.args.iter().map(|&b| self.ptr(b)).collect();
+    /// Launches a step's kernels on the stream (they read tokens and positions from
+    /// `params`).
+    fn launch_all(&self, plan: &[Launch]) -> Result<(), GpuError> {
+        for l in plan {
+            let args: Vec<u64> = l
+                .args
+                .iter()
+                .map(|&(b, off)| self.ptr(b) + off as u64)
+                .collect();
             let f = self.kernels[l.kernel];
             self.drv.launch(f, l.grid, l.block, self.stream, &args)?;
         }
         Ok(())
     }
 
-    fn capture(&self) -> Result<Handle, GpuError> {
+    fn capture(&self, plan: &[Launch]) -> Result<Handle, GpuError> {
         self.drv.begin_capture(self.stream)?;
-        let launched = self.launch_step();
+        let launched = self.launch_all(plan);
         let graph = self.drv.end_capture(self.stream);
         launched?;
         graph
@@ -244,7 +274,7 @@ impl GpuCtx {
             .upload_async(self.ptr(Buf::Params), &bytes, self.stream)?;
         match self.graph {
             Some(exec) => self.drv.launch_graph(exec, self.stream)?,
-            None => self.launch_step()?,
+            None => self.launch_all(&self.plan)?,
         }
         let (x_ptr, logits_ptr) = (self.ptr(Buf::X), self.ptr(Buf::Logits));
         match &mut self.tail {
@@ -272,6 +302,64 @@ impl GpuCtx {
         Ok(())
     }
 
+    /// One prefill tile: `PREFILL_TILE` tokens at `pos0..`; `out(t)` is where token
+    /// `t`'s logits go, if wanted.
+    fn tile(
+        &mut self,
+        tokens: &[u32],
+        pos0: usize,
+        out: &mut [Option<&mut [f32]>],
+        blob: &'static [u8],
+    ) -> Result<(), GpuError> {
+        let mut bytes = Vec::with_capacity(16 * PREFILL_TILE);
+        for (t, &token) in tokens.iter().enumerate() {
+            if token as usize >= self.cfg.n_vocab {
+                return Err(GpuError::BadToken(token));
+            }
+            for v in [token, (pos0 + t) as u32, 0, 0] {
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        self.drv
+            .upload_async(self.ptr(Buf::Params), &bytes, self.stream)?;
+        match self.prefill_graph {
+            Some(exec) => self.drv.launch_graph(exec, self.stream)?,
+            None => self.launch_all(&self.prefill)?,
+        }
+        let (x_ptr, logits_ptr) = (self.ptr(Buf::X), self.ptr(Buf::Logits));
+        let (n_embd, n_vocab) = (self.cfg.n_embd, self.cfg.n_vocab);
+        match &mut self.tail {
+            None => {
+                for (t, o) in out.iter_mut().enumerate() {
+                    if let Some(o) = o {
+                        // SAFETY: f32 has no invalid bit patterns; the view covers `o`.
+                        let raw = unsafe {
+                            std::slice::from_raw_parts_mut(o.as_mut_ptr().cast::<u8>(), o.len() * 4)
+                        };
+                        let src = logits_ptr + (4 * t * n_vocab) as u64;
+                        self.drv.download_async(raw, src, self.stream)?;
+                    }
+                }
+                self.drv.sync_stream(self.stream)?;
+            }
+            Some(tail) => {
+                let mut xs = vec![0f32; PREFILL_TILE * n_embd];
+                // SAFETY: as above.
+                let raw = unsafe {
+                    std::slice::from_raw_parts_mut(xs.as_mut_ptr().cast::<u8>(), xs.len() * 4)
+                };
+                self.drv.download_async(raw, x_ptr, self.stream)?;
+                self.drv.sync_stream(self.stream)?;
+                for (t, o) in out.iter_mut().enumerate() {
+                    tail.hidden_mut()
+                        .copy_from_slice(&xs[t * n_embd..(t + 1) * n_embd]);
+                    tail.run(self.model, blob, pos0 + t, o.as_deref_mut());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Evaluates `tokens` at positions `pos0..` and returns the logits of
     /// `tokens[first_logit..]`, `n_vocab` per token, as `Ctx::eval` does.
     pub fn eval<M: Model>(
@@ -286,7 +374,33 @@ impl GpuCtx {
         self.logits.resize(n_out * n_vocab, 0.0);
         let mut logits = std::mem::take(&mut self.logits);
         let result = (|| {
-            for (i, &tok) in tokens.iter().enumerate() {
+            let mut i = 0;
+            // Whole tiles through the prefill graph, the rest token by token.
+            while !self.prefill.is_empty() && tokens.len() - i >= PREFILL_TILE {
+                let mut outs: Vec<Option<&mut [f32]>> = Vec::with_capacity(PREFILL_TILE);
+                let mut rest = &mut logits[..];
+                let mut consumed = 0;
+                for t in i..i + PREFILL_TILE {
+                    if t >= first_logit {
+                        let at = (t - first_logit) * n_vocab - consumed;
+                        let (_, tail) = rest.split_at_mut(at);
+                        let (row, after) = tail.split_at_mut(n_vocab);
+                        outs.push(Some(row));
+                        rest = after;
+                        consumed += at + n_vocab;
+                    } else {
+                        outs.push(None);
+                    }
+                }
+                self.tile(
+                    &tokens[i..i + PREFILL_TILE],
+                    pos0 + i,
+                    &mut outs,
+                    M::weights(),
+                )?;
+                i += PREFILL_TILE;
+            }
+            for (i, &tok) in tokens.iter().enumerate().skip(i) {
                 let out = if i >= first_logit {
                     let at = (i - first_logit) * n_vocab;
                     Some(&mut logits[at..at + n_vocab])
@@ -329,7 +443,10 @@ impl Drop for GpuCtx {
     fn drop(&mut self) {
         let _ = self.drv.set_current(self.ctx);
         let _ = self.drv.synchronize();
-        if let Some(g) = self.graph.take() {
+        for g in [self.graph.take(), self.prefill_graph.take()]
+            .into_iter()
+            .flatten()
+        {
             self.drv.destroy_graph(g);
         }
         for &p in &self.allocs {

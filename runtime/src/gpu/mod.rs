@@ -28,13 +28,16 @@ pub use forward::GpuCtx;
 use crate::model::Model;
 
 /// One tensor as the GPU path sees it: its bytes in the weight blob, its row count and
-/// the kernel that reads it (a matvec, the embedding lookup, or `rmsnorm`).
+/// the kernels that read it (a matvec and a prefill matmul, the embedding lookup, or
+/// `rmsnorm`).
 #[derive(Clone, Copy, Debug)]
 pub struct GpuTensor {
     pub offset: usize,
     pub bytes: usize,
     pub rows: usize,
     pub kernel: &'static str,
+    /// The matmul kernel of a prefill tile (matrices only; empty otherwise).
+    pub prefill: &'static str,
 }
 
 /// The tensors of one transformer block.

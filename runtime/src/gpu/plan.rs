@@ -39,10 +39,28 @@ pub enum Buf {
     VCache(usize),
 }
 
+/// Tokens of a prefill tile: the matmul kernels (`mm_*`) take this many activation
+/// rows; must equal the compiler's `PREFILL_TILE`.
+pub const PREFILL_TILE: usize = 8;
+
 impl Buf {
     /// Bytes of an activation buffer for a context of `n_ctx` positions (weights: 0,
-    /// their size is the tensor's).
+    /// their size is the tensor's). Per-token buffers hold a prefill tile of rows; a
+    /// decode step uses row 0.
     pub fn bytes(self, cfg: &Config, n_ctx: usize) -> usize {
+        self.row_bytes(cfg, n_ctx) * if self.per_token() { PREFILL_TILE } else { 1 }
+    }
+
+    /// Whether the buffer has one row per token of a prefill tile.
+    pub fn per_token(self) -> bool {
+        !matches!(
+            self,
+            Buf::Weight(_) | Buf::Scores | Buf::Rope | Buf::KCache(_) | Buf::VCache(_)
+        )
+    }
+
+    /// Bytes of one token's row (of the whole buffer for the shared ones).
+    pub fn row_bytes(self, cfg: &Config, n_ctx: usize) -> usize {
         let f = 4;
         match self {
             Buf::Weight(_) => 0,
@@ -59,14 +77,14 @@ impl Buf {
     }
 }
 
-/// One kernel launch: `grid` CTAs of `block` threads, the buffers' addresses as its
-/// 64-bit parameters.
+/// One kernel launch: `grid` CTAs of `block` threads; its 64-bit parameters are the
+/// addresses of the buffers plus the byte offsets (a token's row in a prefill tile).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Launch {
     pub kernel: &'static str,
     pub grid: u32,
     pub block: u32,
-    pub args: Vec<Buf>,
+    pub args: Vec<(Buf, usize)>,
 }
 
 /// Threads of an attention CTA: at least 128, and one per head dimension (the
@@ -80,86 +98,120 @@ pub fn attention_threads(head_dim: usize) -> u32 {
 /// output matrix and the device argmax; otherwise it ends with the residual stream in
 /// [`Buf::X`], for the CPU tail.
 pub fn decode_plan(model: &GpuModel, cfg: &Config, n_gpu: usize) -> Vec<Launch> {
+    step_plan(model, cfg, n_gpu, None)
+}
+
+/// The prefill step of [`PREFILL_TILE`] tokens (row `t` of every per-token buffer and of
+/// `params` is token `t`): the matrices run as one matmul per tile, the embedding,
+/// norms, RoPE, attention and SwiGLU once per token, in token order (token `t` attends
+/// to positions up to its own, so causality holds although all K and V of the tile are
+/// in the cache first). Per token the arithmetic is the decode step's.
+pub fn prefill_plan(model: &GpuModel, cfg: &Config, n_gpu: usize) -> Vec<Launch> {
+    step_plan(model, cfg, n_gpu, Some(PREFILL_TILE))
+}
+
+fn step_plan(model: &GpuModel, cfg: &Config, n_gpu: usize, tile: Option<usize>) -> Vec<Launch> {
+    let tokens = tile.unwrap_or(1);
     let mut plan = Vec::new();
-    let mut push = |kernel: &'static str, grid: usize, block: u32, args: Vec<Buf>| {
+    // A per-token kernel: once per token, on the token's rows of the per-token buffers.
+    let per_token =
+        |plan: &mut Vec<Launch>, kernel: &'static str, grid: usize, block: u32, args: &[Buf]| {
+            for t in 0..tokens {
+                let args = args
+                    .iter()
+                    .map(|&b| {
+                        let off = if b.per_token() {
+                            t * b.row_bytes(cfg, 0)
+                        } else {
+                            0
+                        };
+                        (b, off)
+                    })
+                    .collect();
+                plan.push(Launch {
+                    kernel,
+                    grid: grid as u32,
+                    block,
+                    args,
+                });
+            }
+        };
+    let w = |t: &GpuTensor| Buf::Weight(t.offset);
+    // A matrix: its matvec in a decode step, its matmul over the whole tile in prefill.
+    let matrix = |plan: &mut Vec<Launch>, t: &GpuTensor, x: Buf, y: Buf| {
         plan.push(Launch {
-            kernel,
-            grid: grid as u32,
-            block,
-            args,
+            kernel: if tile.is_some() { t.prefill } else { t.kernel },
+            grid: t.rows.div_ceil(4) as u32,
+            block: 128,
+            args: vec![(w(t), 0), (x, 0), (y, 0)],
         })
     };
-    let w = |t: &GpuTensor| Buf::Weight(t.offset);
-    let matvec = |t: &GpuTensor, x: Buf, y: Buf| (t.kernel, t.rows.div_ceil(4), vec![w(t), x, y]);
-    push(
+    let p = &mut plan;
+    per_token(
+        p,
         model.token_embd.kernel,
         (cfg.n_embd / 32).div_ceil(128),
         128,
-        vec![w(&model.token_embd), Buf::Params, Buf::X],
+        &[w(&model.token_embd), Buf::Params, Buf::X],
     );
     let rope_threads = cfg.q_dim() / 2 + cfg.kv_dim();
     for (l, t) in model.layers.iter().enumerate().take(n_gpu) {
-        let rms = |norm: &GpuTensor| ("rmsnorm", 1, vec![Buf::X, w(norm), Buf::Xn]);
-        let steps = [
-            (rms(&t.attn_norm), 256),
-            (matvec(&t.attn_q, Buf::Xn, Buf::Q), 128),
-            (matvec(&t.attn_k, Buf::Xn, Buf::K), 128),
-            (matvec(&t.attn_v, Buf::Xn, Buf::V), 128),
-            (
-                (
-                    "rope_kv",
-                    rope_threads.div_ceil(256),
-                    vec![
-                        Buf::Q,
-                        Buf::K,
-                        Buf::V,
-                        Buf::KCache(l),
-                        Buf::VCache(l),
-                        Buf::Rope,
-                        Buf::Params,
-                    ],
-                ),
-                256,
-            ),
-            (
-                (
-                    "attention",
-                    cfg.n_head,
-                    vec![
-                        Buf::Q,
-                        Buf::KCache(l),
-                        Buf::VCache(l),
-                        Buf::Scores,
-                        Buf::Att,
-                        Buf::Params,
-                    ],
-                ),
-                attention_threads(cfg.head_dim),
-            ),
-            (matvec(&t.attn_output, Buf::Att, Buf::X), 128),
-            (rms(&t.ffn_norm), 256),
-            (matvec(&t.ffn_gate, Buf::Xn, Buf::Gate), 128),
-            (matvec(&t.ffn_up, Buf::Xn, Buf::Up), 128),
-            (
-                ("swiglu", cfg.n_ff.div_ceil(256), vec![Buf::Gate, Buf::Up]),
-                256,
-            ),
-            (matvec(&t.ffn_down, Buf::Gate, Buf::X), 128),
-        ];
-        for ((kernel, grid, args), block) in steps {
-            push(kernel, grid, block, args);
-        }
+        per_token(p, "rmsnorm", 1, 256, &[Buf::X, w(&t.attn_norm), Buf::Xn]);
+        matrix(p, &t.attn_q, Buf::Xn, Buf::Q);
+        matrix(p, &t.attn_k, Buf::Xn, Buf::K);
+        matrix(p, &t.attn_v, Buf::Xn, Buf::V);
+        per_token(
+            p,
+            "rope_kv",
+            rope_threads.div_ceil(256),
+            256,
+            &[
+                Buf::Q,
+                Buf::K,
+                Buf::V,
+                Buf::KCache(l),
+                Buf::VCache(l),
+                Buf::Rope,
+                Buf::Params,
+            ],
+        );
+        per_token(
+            p,
+            "attention",
+            cfg.n_head,
+            attention_threads(cfg.head_dim),
+            &[
+                Buf::Q,
+                Buf::KCache(l),
+                Buf::VCache(l),
+                Buf::Scores,
+                Buf::Att,
+                Buf::Params,
+            ],
+        );
+        matrix(p, &t.attn_output, Buf::Att, Buf::X);
+        per_token(p, "rmsnorm", 1, 256, &[Buf::X, w(&t.ffn_norm), Buf::Xn]);
+        matrix(p, &t.ffn_gate, Buf::Xn, Buf::Gate);
+        matrix(p, &t.ffn_up, Buf::Xn, Buf::Up);
+        per_token(
+            p,
+            "swiglu",
+            cfg.n_ff.div_ceil(256),
+            256,
+            &[Buf::Gate, Buf::Up],
+        );
+        matrix(p, &t.ffn_down, Buf::Gate, Buf::X);
     }
     if n_gpu >= cfg.n_layer {
-        push(
+        per_token(
+            p,
             "rmsnorm",
             1,
             256,
-            vec![Buf::X, w(&model.output_norm), Buf::Xn],
+            &[Buf::X, w(&model.output_norm), Buf::Xn],
         );
-        let (k, g, a) = matvec(&model.output, Buf::Xn, Buf::Logits);
-        push(k, g, 128, a);
-        push("argmax", 1, 1024, vec![Buf::Logits, Buf::Params]);
+        matrix(p, &model.output, Buf::Xn, Buf::Logits);
+        per_token(p, "argmax", 1, 1024, &[Buf::Logits, Buf::Params]);
     }
     plan
 }
