@@ -85,11 +85,12 @@ impl WeightType for IQ4_NL {
     #[cfg(all(
         target_arch = "x86_64",
         target_feature = "avx2",
-        target_feature = "fma"
+        target_feature = "fma",
+        target_feature = "f16c"
     ))]
     #[inline(always)]
     fn vec_dot(row: &[BlockIQ4NL], act: &[BlockQ8_0]) -> f32 {
-        super::x86_avx2::iquants::vec_dot_iq4_nl_q8_0(row, act)
+        super::x86_avx2::tiles::vec_dot_iq4_nl_q8_0(row, act)
     }
 
     #[cfg(all(

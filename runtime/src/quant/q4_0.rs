@@ -87,11 +87,12 @@ impl WeightType for Q4_0 {
     #[cfg(all(
         target_arch = "x86_64",
         target_feature = "avx2",
-        target_feature = "fma"
+        target_feature = "fma",
+        target_feature = "f16c"
     ))]
     #[inline(always)]
     fn vec_dot(row: &[BlockQ4_0], act: &[BlockQ8_0]) -> f32 {
-        super::x86_avx2::legacy::vec_dot_q4_0_q8_0(row, act)
+        super::x86_avx2::tiles::vec_dot_q4_0_q8_0(row, act)
     }
 
     #[cfg(all(

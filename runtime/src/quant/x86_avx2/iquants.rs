@@ -1,5 +1,5 @@
-//! AVX2 + FMA dot products of the i-quant formats with their activations: IQ4_NL with
-//! Q8_0, every other IQ format with Q8_K.
+//! AVX2 + FMA dot products of the i-quant formats with Q8_K activations. (IQ4_NL, which
+//! pairs with Q8_0 and rounds like Q4_0, shares Q4_0's kernels in `tiles`.)
 //!
 //! Every kernel has the same shape. One 256-bit register holds 32 consecutive weights of
 //! a sub-block as bytes (grid points looked up from the lattice tables, or IQ4 levels
@@ -16,9 +16,7 @@
 //! the same f32 bits as its `ggml_vec_dot_*` (the integer lane sums cannot differ, and the
 //! float operations are the same ones in the same order; the tests check this against
 //! results recorded from llama.cpp's libggml-cpu). The scalar references
-//! compute the same integers with a sequential f32 sum instead. IQ4_NL is the exception: it
-//! follows llama.cpp's repacked kernels, which its matmul uses instead of this dot on AVX2
-//! (one i32 per block, `fma(sumi, d_w * d_a, acc)` block by block).
+//! compute the same integers with a sequential f32 sum instead.
 //!
 //! Grid indices are gathered with scalar table loads (`pdep` packs the 10- and 11-bit ones
 //! where the build has BMI2); everything after the lookup stays in vectors.
@@ -40,13 +38,11 @@ use crate::quant::iq2_xs::BlockIQ2XS;
 use crate::quant::iq2_xxs::{sub_block_words, BlockIQ2XXS};
 use crate::quant::iq3_s::BlockIQ3S;
 use crate::quant::iq3_xxs::{signs_scale_word, BlockIQ3XXS};
-use crate::quant::iq4_nl::BlockIQ4NL;
 use crate::quant::iq4_xs::BlockIQ4XS;
 use crate::quant::iq_grids::{
     IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS_BYTES,
     KVALUES_IQ4NL,
 };
-use crate::quant::q8_0::BlockQ8_0;
 use crate::quant::q8_k::{BlockQ8K, QK_K};
 
 // ---------------------------------------------------------------------------------------
@@ -61,14 +57,6 @@ fn load32<T: Copy>(s: &[T], offset: usize) -> __m256i {
     let bytes = &s[offset..offset + 32];
     // SAFETY: 32 one-byte elements are 32 readable bytes; unaligned load.
     unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
-}
-
-/// Loads 16 bytes.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn load16(bytes: &[u8; 16]) -> __m128i {
-    // SAFETY: a 16-byte array is 16 readable bytes; unaligned load.
-    unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) }
 }
 
 /// Four 64-bit table entries, `e0` in the lowest lane: 32 bytes of weights in order.
@@ -185,19 +173,8 @@ fn fma_block(acc: __m256, d: f32, lanes: __m256i) -> __m256 {
 }
 
 // ---------------------------------------------------------------------------------------
-// IQ4_NL × Q8_0, IQ4_XS × Q8_K
+// IQ4_XS × Q8_K
 // ---------------------------------------------------------------------------------------
-
-/// The 32 levels of one IQ4 sub-block (16 index bytes): low nibbles give weights 0..16
-/// (lower 128 bits), high nibbles weights 16..32.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn iq4_levels(table: __m128i, qs: &[u8; 16]) -> __m256i {
-    let bits = load16(qs);
-    let low = _mm_and_si128(bits, _mm_set1_epi8(0x0f));
-    let high = _mm_and_si128(_mm_srli_epi16::<4>(bits), _mm_set1_epi8(0x0f));
-    _mm256_set_m128i(_mm_shuffle_epi8(table, high), _mm_shuffle_epi8(table, low))
-}
 
 /// The IQ4 level table as a `pshufb` lookup.
 #[inline]
@@ -205,94 +182,6 @@ fn iq4_levels(table: __m128i, qs: &[u8; 16]) -> __m256i {
 fn iq4_table() -> __m128i {
     // SAFETY: KVALUES_IQ4NL is 16 readable bytes.
     unsafe { _mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()) }
-}
-
-/// Dot product of an IQ4_NL row with Q8_0 activations (same block count).
-pub fn vec_dot_iq4_nl_q8_0(row: &[BlockIQ4NL], act: &[BlockQ8_0]) -> f32 {
-    assert_eq!(row.len(), act.len(), "IQ4_NL dot: block counts differ");
-    // SAFETY: compiled only with AVX2 and FMA enabled (module cfg).
-    unsafe { dot_iq4_nl(row, act) }
-}
-
-/// Each block's integer sum is reduced to one i32 and added with a scalar FMA,
-/// `acc = fma(sumi, d_w * d_a, acc)`, block after block: the arithmetic of llama.cpp's
-/// repacked IQ4_NL kernels (8 rows interleaved), which it uses on AVX2 CPUs for every
-/// tensor with a multiple of 8 rows and every batch size. (Its plain `vec_dot`, for the
-/// other tensors, keeps 8 lanes per block and rounds differently, by a few ulps.)
-///
-/// Four blocks at a time, the integer work is vectorised: their 8-lane sums are reduced
-/// side by side into one vector of four exact i32 sums (any order gives the same
-/// integers), so only the FMA chain itself stays scalar.
-#[target_feature(enable = "avx2,fma")]
-fn dot_iq4_nl(row: &[BlockIQ4NL], act: &[BlockQ8_0]) -> f32 {
-    let table = iq4_table();
-    let ones = _mm256_set1_epi16(1);
-    let lanes = |w: &BlockIQ4NL, a: &BlockQ8_0| {
-        let products = dot_i8_pairs(iq4_levels(table, &w.qs), load32(&a.qs, 0));
-        _mm256_madd_epi16(products, ones)
-    };
-    let mut acc = 0f32;
-    let quads = row.len() / 4;
-    for (w, a) in row.chunks_exact(4).zip(act.chunks_exact(4)) {
-        let pairs01 = _mm256_hadd_epi32(lanes(&w[0], &a[0]), lanes(&w[1], &a[1]));
-        let pairs23 = _mm256_hadd_epi32(lanes(&w[2], &a[2]), lanes(&w[3], &a[3]));
-        // Block k's two 128-bit half sums in lanes k and k + 4.
-        let halves = _mm256_hadd_epi32(pairs01, pairs23);
-        let sums = _mm_add_epi32(
-            _mm256_castsi256_si128(halves),
-            _mm256_extracti128_si256::<1>(halves),
-        );
-        let mut sumf = [0f32; 4];
-        // SAFETY: sumf is 16 writable bytes; unaligned store.
-        unsafe { _mm_storeu_ps(sumf.as_mut_ptr(), _mm_cvtepi32_ps(sums)) };
-        for (s, d) in sumf.iter().zip(iq4_nl_scales(w, a)) {
-            acc = s.mul_add(d, acc);
-        }
-    }
-    for (w, a) in row[4 * quads..].iter().zip(&act[4 * quads..]) {
-        let sumi = hsum_i32x8(lanes(w, a));
-        acc = (sumi as f32).mul_add(w.d.to_f32() * a.d.to_f32(), acc);
-    }
-    acc
-}
-
-/// `d_w * d_a` of four IQ4_NL blocks (f16 widened to f32, one f32 product each), with one
-/// F16C conversion for all eight scales.
-#[cfg(target_feature = "f16c")]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn iq4_nl_scales(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> [f32; 4] {
-    let d = |k: usize| if k < 4 { w[k].d } else { a[k - 4].d };
-    let bits: [u16; 8] = std::array::from_fn(|k| d(k).to_bits());
-    // SAFETY: 8 u16 are 16 readable bytes; unaligned load.
-    let halves = unsafe { _mm_loadu_si128(bits.as_ptr().cast()) };
-    // SAFETY: the build enables F16C (cfg above).
-    let wide = unsafe { _mm256_cvtph_ps(halves) };
-    let products = _mm_mul_ps(
-        _mm256_castps256_ps128(wide),
-        _mm256_extractf128_ps::<1>(wide),
-    );
-    let mut out = [0f32; 4];
-    // SAFETY: out is 16 writable bytes; unaligned store.
-    unsafe { _mm_storeu_ps(out.as_mut_ptr(), products) };
-    out
-}
-
-/// `d_w * d_a` of four IQ4_NL blocks (builds without F16C).
-#[cfg(not(target_feature = "f16c"))]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn iq4_nl_scales(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> [f32; 4] {
-    std::array::from_fn(|k| w[k].d.to_f32() * a[k].d.to_f32())
-}
-
-/// Sum of the 8 i32 lanes.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn hsum_i32x8(v: __m256i) -> i32 {
-    let quad = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-    let pair = _mm_add_epi32(quad, _mm_unpackhi_epi64(quad, quad));
-    _mm_cvtsi128_si32(_mm_add_epi32(pair, _mm_shuffle_epi32::<0b01>(pair)))
 }
 
 /// Dot product of an IQ4_XS row with Q8_K activations (same block count).

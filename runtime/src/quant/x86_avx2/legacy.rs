@@ -9,7 +9,8 @@
 //! FMA. One accumulator and one FMA per block, then a horizontal sum: the same sequence
 //! of roundings as ggml's AVX2 dots, so our sums match llama.cpp's on this CPU bit for
 //! bit. Q4_0 is the exception: llama.cpp repacks it on AVX2 CPUs and takes one scalar FMA
-//! per block on the block's whole integer sum, and so do we.
+//! per block on the block's whole integer sum, and so do we (its kernels are in `tiles`,
+//! shared with IQ4_NL, which rounds the same way).
 //!
 //! The public functions are safe: this module is only compiled when the build enables
 //! AVX2 and FMA (`cfg(target_feature)` on the parent module; F16C too for the F16 dot),
@@ -19,7 +20,6 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use crate::quant::q4_0::BlockQ4_0;
 use crate::quant::q4_1::BlockQ4_1;
 use crate::quant::q5_0::BlockQ5_0;
 use crate::quant::q5_1::BlockQ5_1;
@@ -128,27 +128,6 @@ fn hsum_i32x8(v: __m256i) -> i32 {
 #[target_feature(enable = "avx2,fma")]
 fn accumulate(acc: __m256, scale: f32, lanes: __m256i) -> __m256 {
     _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(lanes), acc)
-}
-
-/// Q4_0 row · Q8_0 activations. Weights unpack to `q - 8` (signed bytes). Unlike the other
-/// formats, each block's integer sum is reduced to one i32 and added with a scalar FMA,
-/// `acc = fma(sumi, d_w * d_a, acc)`: the arithmetic of llama.cpp's repacked Q4_0 kernels,
-/// its default for Q4_0 on AVX2 CPUs (see `vec_dot_q4_0_q8_0_ref`).
-pub fn vec_dot_q4_0_q8_0(row: &[BlockQ4_0], act: &[BlockQ8_0]) -> f32 {
-    // SAFETY: this module is only built with avx2, fma enabled (see the module doc).
-    unsafe { vec_dot_q4_0_q8_0_impl(row, act) }
-}
-
-#[target_feature(enable = "avx2,fma")]
-fn vec_dot_q4_0_q8_0_impl(row: &[BlockQ4_0], act: &[BlockQ8_0]) -> f32 {
-    assert_eq!(row.len(), act.len(), "Q4_0 vec_dot: length");
-    let mut acc = 0f32;
-    for (w, a) in row.iter().zip(act) {
-        let qw = _mm256_sub_epi8(unpack_nibbles(&w.qs), _mm256_set1_epi8(8));
-        let sumi = hsum_i32x8(dot_i8_i8(qw, load32(&a.qs)));
-        acc = (sumi as f32).mul_add(w.d.to_f32() * a.d.to_f32(), acc);
-    }
-    acc
 }
 
 /// Q4_1 row · Q8_1 activations. Unsigned quants times the activation bytes, plus the

@@ -420,6 +420,65 @@ fn tile_block_fma<W: LegacyBlock>(
     }
 }
 
+/// One row · one token with one `fma(sumi, d_w d_a, acc)` per block (Q4_0, IQ4_NL: the
+/// arithmetic of llama.cpp's 8-row repacked kernels). The FMA chain is sequential by
+/// definition; everything else is done 4 blocks at a time: their lane sums are reduced
+/// side by side into 4 exact i32 sums, and their 8 f16 scales converted at once.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_block_fma<W: LegacyBlock>(row: &[W], act: &[BlockQ8_0]) -> f32 {
+    assert_eq!(
+        row.len(),
+        act.len(),
+        "per-block FMA dot: block counts differ"
+    );
+    let lanes = |w: &W, a: &BlockQ8_0| ActBytes::new(&a.qs, W::BIAS).dot(w.quants(), W::BIAS);
+    let mut acc = 0f32;
+    let quads = row.len() / 4;
+    for (w, a) in row.chunks_exact(4).zip(act.chunks_exact(4)) {
+        let h = _mm256_hadd_epi32(
+            _mm256_hadd_epi32(lanes(&w[0], &a[0]), lanes(&w[1], &a[1])),
+            _mm256_hadd_epi32(lanes(&w[2], &a[2]), lanes(&w[3], &a[3])),
+        );
+        let sums = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+        let bits: [f16; 8] = std::array::from_fn(|k| if k < 4 { w[k].d() } else { a[k - 4].d });
+        // SAFETY: 8 f16 are 16 readable bytes; unaligned load.
+        let wide = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(bits.as_ptr().cast()) });
+        let scales = _mm_mul_ps(
+            _mm256_castps256_ps128(wide),
+            _mm256_extractf128_ps::<1>(wide),
+        );
+        let (mut s, mut d) = ([0f32; 4], [0f32; 4]);
+        // SAFETY: 4 writable f32 each; unaligned stores.
+        unsafe {
+            _mm_storeu_ps(s.as_mut_ptr(), _mm_cvtepi32_ps(sums));
+            _mm_storeu_ps(d.as_mut_ptr(), scales);
+        }
+        for (s, d) in s.iter().zip(d) {
+            acc = s.mul_add(d, acc);
+        }
+    }
+    for (w, a) in row[4 * quads..].iter().zip(&act[4 * quads..]) {
+        let l = lanes(w, a);
+        let quad = _mm_add_epi32(_mm256_castsi256_si128(l), _mm256_extracti128_si256::<1>(l));
+        let pair = _mm_add_epi32(quad, _mm_unpackhi_epi64(quad, quad));
+        let sumi = _mm_cvtsi128_si32(_mm_add_epi32(pair, _mm_shuffle_epi32::<0b01>(pair)));
+        acc = (sumi as f32).mul_add(w.d().to_f32() * a.d.to_f32(), acc);
+    }
+    acc
+}
+
+/// Q4_0 row · Q8_0 activations (see [`dot_block_fma`]).
+pub fn vec_dot_q4_0_q8_0(row: &[BlockQ4_0], act: &[BlockQ8_0]) -> f32 {
+    // SAFETY: this module is only built with AVX2, FMA and F16C enabled.
+    unsafe { dot_block_fma(row, act) }
+}
+
+/// IQ4_NL row · Q8_0 activations (see [`dot_block_fma`]).
+pub fn vec_dot_iq4_nl_q8_0(row: &[BlockIQ4NL], act: &[BlockQ8_0]) -> f32 {
+    // SAFETY: as above.
+    unsafe { dot_block_fma(row, act) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
