@@ -108,61 +108,65 @@ fn alloc<T: ZeroIsZero>(n: usize, what: &'static str, n_ctx: usize) -> Result<Ve
     }
 }
 
-/// Quantized activations of any format, remembered by the input they were made from:
-/// the matmuls that read the same input with the same activation format (Q, K and V of a
-/// layer; gate and up) quantize it once. A slot holds a copy of its input, and a lookup
-/// compares the whole input bit for bit, so a hit can never hand out stale blocks,
-/// whatever wrote the buffer in between; the compare costs a fraction of quantizing.
+/// Quantized activations of the input the next projections read, one slot per
+/// activation format: the matmuls that read the same input with the same format (Q, K
+/// and V of a layer; gate and up) quantize it once. Whoever hands projections a new input
+/// calls [`ActScratch::begin`] first (the forward pass does, at each of its inputs: the
+/// normed residual, the attention output, the SwiGLU output), which voids every slot.
 #[derive(Default)]
 struct ActScratch {
-    slots: [ActSlot; 2],
-    /// Index of the slot used last (the other one is replaced first).
-    last: usize,
+    slots: Vec<ActSlot>,
 }
 
-#[derive(Default)]
 struct ActSlot {
-    /// Activation format of `blocks`; `None` while empty.
-    format: Option<std::any::TypeId>,
-    /// The f32 input the blocks were quantized from.
-    input: Vec<f32>,
+    /// Activation format of `blocks`.
+    format: std::any::TypeId,
+    /// Whether the blocks are the current input's.
+    live: bool,
     /// 8-byte aligned storage reinterpreted as blocks of `format`.
     blocks: Vec<u64>,
     n_blocks: usize,
 }
 
 impl ActScratch {
-    /// Index of a slot holding `input` (`n` rows of `cols`) quantized to `A`, quantizing
-    /// into the least recently used slot on a miss.
+    /// A new input: the quantizations of the previous one are void.
+    fn begin(&mut self) {
+        for slot in &mut self.slots {
+            slot.live = false;
+        }
+    }
+
+    /// Index of the slot holding the current input (`n` rows of `cols`) quantized to `A`,
+    /// quantizing it on the first call since [`ActScratch::begin`].
     fn quantize<A: ActType>(&mut self, input: &[f32], cols: usize) -> usize {
-        let format = Some(std::any::TypeId::of::<A>());
-        let same = |slot: &ActSlot| {
-            slot.format == format && slot.input.len() == input.len() && {
-                // bitwise, so that NaN inputs compare equal to themselves
-                let bits = |v: &[f32]| {
-                    // SAFETY: f32 and u32 have the same size and alignment.
-                    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u32>(), v.len()) }
-                };
-                bits(&slot.input) == bits(input)
-            }
-        };
-        if let Some(i) = (0..self.slots.len()).find(|&i| same(&self.slots[i])) {
-            self.last = i;
+        let format = std::any::TypeId::of::<A>();
+        let n_blocks = input.len() / A::BLOCK_ELEMS;
+        if let Some(i) = self.slots.iter().position(|s| s.live && s.format == format) {
+            assert_eq!(
+                self.slots[i].n_blocks, n_blocks,
+                "{}: the same input quantized at two sizes (missing ActScratch::begin)",
+                A::NAME
+            );
             return i;
         }
-        let i = 1 - self.last;
-        self.last = i;
+        let i = match self.slots.iter().position(|s| !s.live) {
+            Some(i) => i,
+            None => {
+                self.slots.push(ActSlot {
+                    format,
+                    live: false,
+                    blocks: Vec::new(),
+                    n_blocks: 0,
+                });
+                self.slots.len() - 1
+            }
+        };
         let slot = &mut self.slots[i];
-        slot.format = None;
-        slot.input.clear();
-        slot.input.extend_from_slice(input);
-        let n_blocks = input.len() / A::BLOCK_ELEMS;
         assert!(std::mem::align_of::<A::Block>() <= 8);
         let words = (n_blocks * std::mem::size_of::<A::Block>()).div_ceil(8);
         if slot.blocks.len() < words {
             slot.blocks.resize(words, 0);
         }
-        slot.n_blocks = n_blocks;
         let per_row = cols / A::BLOCK_ELEMS;
         let blocks = Self::view_mut::<A>(&mut slot.blocks, n_blocks);
         for (x, b) in input
@@ -171,14 +175,14 @@ impl ActScratch {
         {
             A::quantize(x, b);
         }
-        slot.format = format;
+        (slot.format, slot.n_blocks, slot.live) = (format, n_blocks, true);
         i
     }
 
     /// The blocks of slot `i`, which `quantize::<A>` returned.
     fn get<A: ActType>(&self, i: usize) -> &[A::Block] {
         let slot = &self.slots[i];
-        assert_eq!(slot.format, Some(std::any::TypeId::of::<A>()));
+        assert!(slot.live && slot.format == std::any::TypeId::of::<A>());
         // SAFETY: as in `view_mut`; the slot holds `n_blocks` blocks of `A`.
         unsafe { std::slice::from_raw_parts(slot.blocks.as_ptr().cast(), slot.n_blocks) }
     }
@@ -353,6 +357,7 @@ impl Ctx {
         let n = self.n();
         let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
         self.rms_norm(norm);
+        self.act.begin();
         project(
             &self.pool,
             self.blob,
@@ -409,6 +414,7 @@ impl Ctx {
             self.attend_rows(layer);
         }
 
+        self.act.begin();
         project(
             &self.pool,
             self.blob,
@@ -543,6 +549,7 @@ impl Ctx {
     ) {
         let (n, n_ff) = (self.n(), self.cfg.n_ff);
         self.rms_norm(norm);
+        self.act.begin();
         project_pair(
             &self.pool,
             self.blob,
@@ -554,6 +561,7 @@ impl Ctx {
             &mut self.up,
         );
         ops::swiglu(&mut self.gate[..n * n_ff], &self.up[..n * n_ff]);
+        self.act.begin();
         project(
             &self.pool,
             self.blob,
@@ -577,6 +585,7 @@ impl Ctx {
         let rows = n - self.out_from;
         let xn = &self.xn[self.out_from * n_embd..n * n_embd];
         let out = &mut self.logits[self.out_at..self.out_at + rows * n_vocab];
+        self.act.begin();
         project(&self.pool, self.blob, &mut self.act, w_out, xn, rows, out);
     }
 
@@ -602,8 +611,8 @@ impl Ctx {
 type ActOf<T> = <<T as Tensor>::W as WeightType>::Act;
 
 /// out[t] = W · input[t] for the n tokens of the batch: quantize the input rows into the
-/// weight type's activation format (once per input and format, see [`ActScratch`]), then
-/// one matmul.
+/// weight type's activation format (once per input and format: the caller starts each
+/// new input with [`ActScratch::begin`]), then one matmul.
 fn project<T: Tensor>(
     pool: &Pool,
     blob: &[u8],
@@ -657,4 +666,30 @@ fn project_pair<A: Tensor, B: Tensor>(
             &mut out_b[..B::ROWS],
         ),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{q8_0::Q8_0, q8_k::Q8_K};
+
+    #[test]
+    fn act_scratch_quantizes_each_input_once_per_format() {
+        let (x, y) = (vec![1.0f32; 512], vec![-3.0f32; 512]);
+        let mut act = ActScratch::default();
+        act.begin();
+        let a = act.quantize::<Q8_0>(&x, 256);
+        let k = act.quantize::<Q8_K>(&x, 256);
+        assert_ne!(a, k);
+        assert_eq!(act.get::<Q8_0>(a).len(), 16);
+        assert_eq!(act.get::<Q8_K>(k).len(), 2);
+        // Until the next begin, a projection of the same input reuses the blocks as they
+        // are: nothing is compared or quantized again.
+        assert_eq!(act.quantize::<Q8_0>(&y, 256), a);
+        assert_eq!(act.get::<Q8_0>(a)[0].qs[0], 127);
+        act.begin();
+        let a = act.quantize::<Q8_0>(&y, 256);
+        assert_eq!(act.get::<Q8_0>(a)[0].qs[0], -127);
+        assert_eq!(act.slots.len(), 2, "slots are reused across inputs");
+    }
 }
