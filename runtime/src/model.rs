@@ -143,7 +143,8 @@ impl ActScratch {
         let n_blocks = input.len() / A::BLOCK_ELEMS;
         if let Some(i) = self.slots.iter().position(|s| s.live && s.format == format) {
             assert_eq!(
-                self.slots[i].n_blocks, n_blocks,
+                self.slots[i].n_blocks,
+                n_blocks,
                 "{}: the same input quantized at two sizes (missing ActScratch::begin)",
                 A::NAME
             );
