@@ -134,6 +134,8 @@ pub enum Node {
     Bin(Op, Id, Id),
     /// `cond != 0 ? a : b`.
     Sel(Id, Id, Id),
+    /// Bits `pos .. pos + len` of `a` (`(a >> pos) & (2^len - 1)`, 0 past bit 31).
+    Bfe(Id, Id, u32),
     /// Entry `index` of a table.
     Lookup(Table, Id),
     /// f32 from the low 16 bits as an IEEE half.
@@ -177,6 +179,9 @@ pub struct Unit {
 struct Builder {
     nodes: Vec<Node>,
     seen: HashMap<Node, Id>,
+    /// log2 of the alignment every block starts at: bytes loads at 4-byte aligned
+    /// offsets of such blocks become one u32 load per 4 bytes.
+    block_align: u32,
 }
 
 impl Builder {
@@ -234,6 +239,15 @@ impl Builder {
         self.bin(Op::Shr, a, b)
     }
     fn shrc(&mut self, a: Id, k: u32) -> Id {
+        // The top bits of a constant-position extract are a shorter extract.
+        if let Node::Bfe(x, pos, len) = self.nodes[a] {
+            if let Some(p) = self.konst(pos) {
+                if k < len {
+                    let pos = self.c(p + k);
+                    return self.node(Node::Bfe(x, pos, len - k));
+                }
+            }
+        }
         let k = self.c(k);
         self.shr(a, k)
     }
@@ -242,8 +256,35 @@ impl Builder {
         self.bin(Op::Shl, a, k)
     }
     fn andc(&mut self, a: Id, k: u32) -> Id {
+        let low_mask = k != 0 && k != u32::MAX && (k & (k + 1)) == 0;
+        // (x >> s) & (2^n - 1) is one bit-field extract; a narrower mask of an extract
+        // is a narrower extract.
+        match self.nodes[a] {
+            Node::Bin(Op::Shr, x, s) if low_mask => {
+                return self.node(Node::Bfe(x, s, k.count_ones()));
+            }
+            Node::Bfe(x, pos, len) if low_mask && k.count_ones() <= len => {
+                return self.node(Node::Bfe(x, pos, k.count_ones()));
+            }
+            _ => {}
+        }
         let k = self.c(k);
         self.bin(Op::And, a, k)
+    }
+
+    /// log2 of a power of two the node's value is known to be a multiple of.
+    fn align_of(&self, id: Id) -> u32 {
+        match self.nodes[id] {
+            Node::Const(0) => 31,
+            Node::Const(k) => k.trailing_zeros(),
+            Node::Bin(Op::Mul, a, b) => (self.align_of(a) + self.align_of(b)).min(31),
+            Node::Bin(Op::Add, a, b) => self.align_of(a).min(self.align_of(b)),
+            Node::Bin(Op::Shl, a, b) => match self.konst(b) {
+                Some(k) => (self.align_of(a) + k).min(31),
+                None => self.align_of(a),
+            },
+            _ => 0,
+        }
     }
     fn or(&mut self, a: Id, b: Id) -> Id {
         self.bin(Op::Or, a, b)
@@ -263,14 +304,21 @@ impl Builder {
     /// A load at byte offset `off` (a node) of the block; `base + constant` offsets keep
     /// the constant as the load's immediate.
     fn load(&mut self, w: Width, off: Id) -> Id {
-        let n = match self.nodes[off] {
-            Node::Const(k) => Node::Load(w, None, k),
+        let (base, imm) = match self.nodes[off] {
+            Node::Const(k) => (None, k),
             Node::Bin(Op::Add, a, b) if self.konst(b).is_some() => {
-                Node::Load(w, Some(a), self.konst(b).unwrap_or(0))
+                (Some(a), self.konst(b).unwrap_or(0))
             }
-            _ => Node::Load(w, Some(off), 0),
+            _ => (Some(off), 0),
         };
-        self.node(n)
+        // A byte of a word-aligned block: bits 8 (imm % 4) .. of the u32 around it.
+        let base_align = base.map_or(31, |b| self.align_of(b));
+        if w == Width::U8 && self.block_align >= 2 && base_align >= 2 {
+            let word = self.node(Node::Load(Width::U32, base, imm & !3));
+            let pos = self.c(8 * (imm & 3));
+            return self.node(Node::Bfe(word, pos, 8));
+        }
+        self.node(Node::Load(w, base, imm))
     }
     fn ld(&mut self, w: Width, off: u32) -> Id {
         let off = self.c(off);
@@ -375,7 +423,13 @@ pub fn geometry(t: GgmlType) -> Option<Geometry> {
 
 /// The unit program of format `t`, or `None` when the GPU has no kernel for it.
 pub fn unit(t: GgmlType) -> Option<Unit> {
-    let mut b = Builder::default();
+    let geo = geometry(t)?;
+    // Rows start 64-byte aligned and are whole blocks, so a block starts at a multiple
+    // of the largest power of two dividing its size (up to 64).
+    let mut b = Builder {
+        block_align: geo.block_bytes.trailing_zeros().min(6),
+        ..Builder::default()
+    };
     let mut weights = [0; 32];
     for (j, w) in weights.iter_mut().enumerate() {
         *w = weight(&mut b, t, j as u32)?;
@@ -886,11 +940,74 @@ impl Unit {
         t
     }
 
-    /// Which nodes the weights depend on (constants folded into load immediates and
+    /// The weights as dot-product terms: where every weight of the unit is
+    /// `scale * q + offset` with an integer `q` and a few distinct (scale, offset) pairs
+    /// (the legacy and K formats, IQ4), a dot product can sum `q x` per pair and apply
+    /// the scale once: `scale * Σ q x ± offset * Σ x`, one multiply-add per weight
+    /// instead of three float operations. Other formats keep one term per weight.
+    pub fn dot_plan(&self) -> DotPlan {
+        /// (scale, q, offset and whether it is subtracted)
+        type Affine = (Id, Id, Option<(Id, bool)>);
+        let affine = |w: Id| -> Option<Affine> {
+            let mul = |n: Node| match n {
+                Node::FMul(a, b) => match (self.nodes[a], self.nodes[b]) {
+                    (Node::IToF(_), _) => Some((b, a)),
+                    (_, Node::IToF(_)) => Some((a, b)),
+                    _ => None,
+                },
+                _ => None,
+            };
+            match self.nodes[w] {
+                Node::FSub(m, o) => mul(self.nodes[m]).map(|(s, q)| (s, q, Some((o, true)))),
+                Node::FAdd(m, o) => mul(self.nodes[m]).map(|(s, q)| (s, q, Some((o, false)))),
+                n => mul(n).map(|(s, q)| (s, q, None)),
+            }
+        };
+        let terms: Option<Vec<_>> = self.weights.iter().map(|&w| affine(w)).collect();
+        let mut groups: Vec<Group> = Vec::new();
+        if let Some(terms) = terms {
+            for (j, (scale, q, offset)) in terms.into_iter().enumerate() {
+                match groups
+                    .iter_mut()
+                    .find(|g| g.scale == scale && g.offset == offset)
+                {
+                    Some(g) => g.terms.push((j, q)),
+                    None => groups.push(Group {
+                        scale,
+                        offset,
+                        terms: vec![(j, q)],
+                    }),
+                }
+            }
+        }
+        if groups.is_empty() || groups.len() > 4 {
+            return DotPlan::Plain;
+        }
+        DotPlan::Affine(groups)
+    }
+
+    /// The nodes a dot plan reads.
+    pub fn dot_roots(&self, plan: &DotPlan) -> Vec<Id> {
+        match plan {
+            DotPlan::Plain => self.weights.to_vec(),
+            DotPlan::Affine(groups) => groups
+                .iter()
+                .flat_map(|g| {
+                    g.terms
+                        .iter()
+                        .map(|&(_, q)| q)
+                        .chain([g.scale])
+                        .chain(g.offset.map(|(o, _)| o))
+                })
+                .collect(),
+        }
+    }
+
+    /// Which nodes the roots depend on (constants folded into load immediates and
     /// shift amounts are not emitted on their own).
-    fn live(&self) -> Vec<bool> {
+    fn live(&self, roots: &[Id]) -> Vec<bool> {
         let mut live = vec![false; self.nodes.len()];
-        for &w in &self.weights {
+        for &w in roots {
             live[w] = true;
         }
         for i in (0..self.nodes.len()).rev() {
@@ -913,6 +1030,10 @@ impl Unit {
                     mark(c);
                     mark(a);
                     mark(b);
+                }
+                Node::Bfe(a, pos, _) => {
+                    mark(a);
+                    mark(pos);
                 }
                 Node::Lookup(_, a)
                 | Node::F16(a)
@@ -964,6 +1085,9 @@ impl Unit {
                         v[b]
                     }
                 }
+                Node::Bfe(a, pos, len) => {
+                    v[a].checked_shr(v[pos]).unwrap_or(0) & (((1u64 << len) - 1) as u32)
+                }
                 Node::Lookup(t, idx) => {
                     let values = &tables
                         .iter()
@@ -986,14 +1110,18 @@ impl Unit {
         Ok(self.weights.map(|w| f32::from_bits(v[w])))
     }
 
-    /// The program as PTX. Registers: `%sub` (u32) holds the sub-block index and `%bp`
-    /// (u64) the block's address; node `i` lands in `%u{i}` (integer) or `%f{i}` (f32),
-    /// with `%a{i}` for its address and `%h{i}` for a half. `indent` prefixes each line.
-    /// The caller declares `.reg .b32 %u<N>`, `.reg .f32 %f<N>`, `.reg .b64 %a<N>`,
-    /// `.reg .b16 %h<N>` and `.reg .pred %p<N>` with `N = nodes.len()`.
-    pub fn to_ptx(&self, indent: &str) -> String {
-        let live = self.live();
+    /// The program as PTX, for the nodes `roots` needs. Registers: `%sub` (u32) holds
+    /// the sub-block index and `%bp` (u64) the block's address; node `i` lands in
+    /// `%u{i}` (integer) or `%f{i}` (f32), with `%a{i}` for a table address, `%b{i}` for
+    /// the block address plus node `i` and `%h{i}` for a half. `indent` prefixes each
+    /// line. The caller declares `.reg .b32 %u<N>`, `.reg .f32 %f<N>`, `.reg .b64 %a<N>`,
+    /// `.reg .b64 %b<N>`, `.reg .b16 %h<N>` and `.reg .pred %p<N>` with
+    /// `N = nodes.len()`.
+    pub fn to_ptx(&self, indent: &str, roots: &[Id]) -> String {
+        let live = self.live(roots);
         let mut out = String::new();
+        // Block address plus each distinct run-time offset, computed once: `%b{base}`.
+        let mut addressed = vec![false; self.nodes.len()];
         for (i, n) in self.nodes.iter().enumerate() {
             if !live[i] {
                 continue;
@@ -1014,9 +1142,12 @@ impl Unit {
                     let addr = match base {
                         None => "%bp".to_string(),
                         Some(b) => {
-                            line(&mut out, format!("cvt.u64.u32 %a{i}, %u{b};"));
-                            line(&mut out, format!("add.u64 %a{i}, %bp, %a{i};"));
-                            format!("%a{i}")
+                            if !addressed[b] {
+                                addressed[b] = true;
+                                line(&mut out, format!("cvt.u64.u32 %b{b}, %u{b};"));
+                                line(&mut out, format!("add.u64 %b{b}, %bp, %b{b};"));
+                            }
+                            format!("%b{b}")
                         }
                     };
                     line(
@@ -1046,6 +1177,9 @@ impl Unit {
                     line(&mut out, format!("setp.ne.u32 %p{i}, %u{c}, 0;"));
                     line(&mut out, format!("selp.u32 %u{i}, %u{a}, %u{b}, %p{i};"));
                 }
+                Node::Bfe(a, pos, len) => {
+                    line(&mut out, format!("bfe.u32 %u{i}, %u{a}, %u{pos}, {len};"));
+                }
                 Node::Lookup(t, idx) => {
                     line(&mut out, format!("mov.u64 %a{i}, {};", t.symbol()));
                     line(&mut out, format!("mad.wide.u32 %a{i}, %u{idx}, 1, %a{i};"));
@@ -1066,6 +1200,26 @@ impl Unit {
         }
         out
     }
+}
+
+/// How a kernel forms the dot product of a unit with 32 activations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DotPlan {
+    /// `Σ w_j x_j`, one fused multiply-add per weight.
+    Plain,
+    /// Per group: `scale * Σ q_j x_j`, minus (or plus) `offset * Σ x_j`.
+    Affine(Vec<Group>),
+}
+
+/// Weights `scale * q_j ± offset` sharing one scale and offset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    /// An f32 node.
+    pub scale: Id,
+    /// An f32 node and whether it is subtracted.
+    pub offset: Option<(Id, bool)>,
+    /// `(j, q)`: weight `j`'s integer value as an f32 node (`IToF`).
+    pub terms: Vec<(usize, Id)>,
 }
 
 /// PTX definitions of `tables` (module-scope `.global` arrays).

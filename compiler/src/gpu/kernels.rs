@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::dequant::{geometry, unit, Unit};
+use super::dequant::{geometry, unit, DotPlan, Unit};
 use crate::gguf::GgmlType;
 
 /// A float as a PTX immediate (`0fXXXXXXXX`, exact).
@@ -38,10 +38,54 @@ fn load_x() -> String {
     out.trim_end().to_string()
 }
 
-/// The matvec / embed holes shared by both: the unit program and the geometry.
-fn unit_holes(t: GgmlType, cols: u64) -> Option<(Unit, Vec<(&'static str, String)>)> {
+/// `acc += Σ_j w_j x_j` over the unit's 32 weights and activations `%x0..%x31`, by the
+/// unit's dot plan; `%dq`, `%sx` and `%other` are scratch.
+fn dot(u: &Unit, plan: &DotPlan, acc: &str) -> String {
+    let mut out = String::new();
+    match plan {
+        DotPlan::Plain => {
+            for (j, w) in u.weights.iter().enumerate() {
+                let _ = writeln!(out, "\tfma.rn.f32 {acc}, %f{w}, %x{j}, {acc};");
+            }
+        }
+        DotPlan::Affine(groups) => {
+            for g in groups {
+                let _ = writeln!(out, "\tmov.f32 %dq, 0f00000000;");
+                if g.offset.is_some() {
+                    let _ = writeln!(out, "\tmov.f32 %sx, 0f00000000;");
+                }
+                for &(j, q) in &g.terms {
+                    let _ = writeln!(out, "\tfma.rn.f32 %dq, %f{q}, %x{j}, %dq;");
+                    if g.offset.is_some() {
+                        let _ = writeln!(out, "\tadd.rn.f32 %sx, %sx, %x{j};");
+                    }
+                }
+                let _ = writeln!(out, "\tfma.rn.f32 {acc}, %f{}, %dq, {acc};", g.scale);
+                if let Some((o, minus)) = g.offset {
+                    let _ = writeln!(out, "\tmul.rn.f32 %other, %f{o}, %sx;");
+                    let op = if minus { "sub" } else { "add" };
+                    let _ = writeln!(out, "\t{op}.rn.f32 {acc}, {acc}, %other;");
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Template holes and their values.
+type Holes = Vec<(&'static str, String)>;
+
+/// The matvec / embed holes shared by both: the unit program (printed for `roots`) and
+/// the geometry.
+fn unit_holes(t: GgmlType, cols: u64, for_dot: bool) -> Option<(Unit, DotPlan, Holes)> {
     let geo = geometry(t)?;
     let u = unit(t)?;
+    let plan = if for_dot {
+        u.dot_plan()
+    } else {
+        DotPlan::Plain
+    };
+    let roots = u.dot_roots(&plan);
     let units = cols / 32;
     let row_bytes = cols / t.block_elems() * t.block_bytes();
     let holes = vec![
@@ -50,18 +94,15 @@ fn unit_holes(t: GgmlType, cols: u64) -> Option<(Unit, Vec<(&'static str, String
         ("units_per_block", geo.units_per_block.to_string()),
         ("block_bytes", geo.block_bytes.to_string()),
         ("row_bytes", row_bytes.to_string()),
-        ("unit_code", u.to_ptx("\t").trim_end().to_string()),
+        ("unit_code", u.to_ptx("\t", &roots).trim_end().to_string()),
     ];
-    Some((u, holes))
+    Some((u, plan, holes))
 }
 
 /// `y = W x` (or `y += W x` with `accumulate`) for a `rows x cols` matrix of type `t`.
 pub fn matvec(name: &str, t: GgmlType, rows: u64, cols: u64, accumulate: bool) -> Option<String> {
-    let (u, mut holes) = unit_holes(t, cols)?;
-    let mut dot = String::new();
-    for (j, w) in u.weights.iter().enumerate() {
-        let _ = writeln!(dot, "\tfma.rn.f32 %acc, %f{w}, %x{j}, %acc;");
-    }
+    let (u, plan, mut holes) = unit_holes(t, cols, true)?;
+    let dot = dot(&u, &plan, "%acc");
     let store = if accumulate {
         "\tld.global.f32 %other, [%yp];\n\tadd.rn.f32 %acc, %other, %acc;\n\tst.global.f32 [%yp], %acc;"
     } else {
@@ -95,7 +136,7 @@ pub const PREFILL_TILE: usize = 8;
 /// arithmetic is the matvec's, in the same order, so the results are bit-identical to
 /// `PREFILL_TILE` matvecs.
 pub fn matmul(name: &str, t: GgmlType, rows: u64, cols: u64, accumulate: bool) -> Option<String> {
-    let (u, mut holes) = unit_holes(t, cols)?;
+    let (u, plan, mut holes) = unit_holes(t, cols, true)?;
     let n = PREFILL_TILE;
     let x_row = 4 * cols;
     let y_row = 4 * rows;
@@ -116,9 +157,7 @@ pub fn matmul(name: &str, t: GgmlType, rows: u64, cols: u64, accumulate: bool) -
                 tok as u64 * x_row + 16 * k
             );
         }
-        for (j, w) in u.weights.iter().enumerate() {
-            let _ = writeln!(dots, "\tfma.rn.f32 %acc{tok}, %f{w}, %x{j}, %acc{tok};");
-        }
+        dots.push_str(&dot(&u, &plan, &format!("%acc{tok}")));
         for off in [16, 8, 4, 2, 1] {
             let _ = writeln!(
                 reduce,
@@ -158,7 +197,7 @@ pub fn matmul(name: &str, t: GgmlType, rows: u64, cols: u64, accumulate: bool) -
 
 /// `y = dequantize(W[token])` for the `rows x cols` embedding table of type `t`.
 pub fn embed(name: &str, t: GgmlType, rows: u64, cols: u64) -> Option<String> {
-    let (u, mut holes) = unit_holes(t, cols)?;
+    let (u, _, mut holes) = unit_holes(t, cols, false)?;
     let mut store = String::new();
     for (j, w) in u.weights.iter().enumerate() {
         let _ = writeln!(store, "\tst.global.f32 [%yp+{}], %f{w};", 4 * j);
