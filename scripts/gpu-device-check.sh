@@ -268,6 +268,8 @@ run() {
     [[ -d "$OUT" ]] || { echo "no $OUT: run 'scripts/gpu-device-check.sh prepare' first and carry it" >&2; exit 1; }
     TMP="$(mktemp -d)"
     trap 'rm -rf "$TMP"' EXIT
+    # Container runtimes mount the driver here; the binaries also look there themselves.
+    export LD_LIBRARY_PATH="/usr/local/nvidia/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     nvidia-smi -L || true
     echo "## 1. kernels per quant type"
     check_kernels

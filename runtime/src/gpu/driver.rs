@@ -120,17 +120,43 @@ unsafe fn resolve<F: Copy>(lib: *mut c_void, name: &str) -> Option<F> {
 }
 
 impl Driver {
-    /// Loads `libcuda.so.1` (or `$MCC_LIBCUDA`, for tests and unusual installs) and
-    /// resolves every entry point.
+    /// Loads `$MCC_LIBCUDA` if set (tests, unusual installs), else `libcuda.so.1` from
+    /// the loader's search path or, failing that, from the directories container
+    /// runtimes mount the driver into; then resolves every entry point.
     pub fn load() -> Result<Driver, GpuError> {
-        let name = std::env::var("MCC_LIBCUDA").unwrap_or_else(|_| "libcuda.so.1".into());
-        let c_name = CString::new(name.clone()).map_err(|_| GpuError::NoDriver {
-            reason: format!("bad library name {name:?}"),
-        })?;
-        // SAFETY: dlopen with a valid C string; the result is checked.
-        let lib = unsafe { libc::dlopen(c_name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        let candidates: Vec<String> = match std::env::var("MCC_LIBCUDA") {
+            Ok(name) => vec![name],
+            Err(_) => [
+                "libcuda.so.1",
+                "/usr/local/nvidia/lib64/libcuda.so.1",
+                "/usr/lib/x86_64-linux-gnu/libcuda.so.1",
+                "/usr/lib64/libcuda.so.1",
+                "/usr/lib/wsl/lib/libcuda.so.1",
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        let mut first_error = None;
+        let mut lib = std::ptr::null_mut();
+        let mut name = String::new();
+        for candidate in candidates {
+            let c_name = CString::new(candidate.clone()).map_err(|_| GpuError::NoDriver {
+                reason: format!("bad library name {candidate:?}"),
+            })?;
+            // SAFETY: dlopen with a valid C string; the result is checked.
+            lib = unsafe { libc::dlopen(c_name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+            if !lib.is_null() {
+                name = candidate;
+                break;
+            }
+            // The first failure (the plain name's) is the one worth reporting.
+            let e = dl_error();
+            first_error.get_or_insert(e);
+        }
         if lib.is_null() {
-            return Err(GpuError::NoDriver { reason: dl_error() });
+            return Err(GpuError::NoDriver {
+                reason: first_error.unwrap_or_else(|| "libcuda.so.1 not found".into()),
+            });
         }
         macro_rules! sym {
             ($field:ident, $symbol:literal) => {

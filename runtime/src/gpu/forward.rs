@@ -119,9 +119,8 @@ impl GpuCtx {
         g.alloc_state::<M>()?;
         if n_gpu < cfg.n_layer {
             g.tail = Some(
-                CpuTail::new::<M>(n_gpu, n_ctx).map_err(|e| GpuError::NoDriver {
-                    reason: format!("CPU layers: {e}"),
-                })?,
+                CpuTail::new::<M>(n_gpu, n_ctx)
+                    .map_err(|e| GpuError::Setup(format!("CPU layers: {e}")))?,
             );
         }
         g.drv.synchronize()?;
@@ -191,7 +190,7 @@ impl GpuCtx {
         for t in ts {
             let bytes = blob
                 .get(t.offset..t.offset + t.bytes)
-                .ok_or(GpuError::MissingKernel(format!(
+                .ok_or(GpuError::Setup(format!(
                     "tensor at {:#x} (outside the blob)",
                     t.offset
                 )))?;

@@ -87,6 +87,9 @@ pub enum GpuError {
     Ptx { log: String },
     #[error("kernel {0} is missing from the PTX")]
     MissingKernel(String),
+    /// Setting up the host side failed (RoPE table, the CPU layers, a tensor).
+    #[error("{0}")]
+    Setup(String),
     #[error("this binary was built without --gpu: rebuild with mcc build --gpu")]
     NotBuilt,
     #[error("token id {0} is out of range")]

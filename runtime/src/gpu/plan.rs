@@ -219,12 +219,8 @@ fn step_plan(model: &GpuModel, cfg: &Config, n_gpu: usize, tile: Option<usize>) 
 /// The RoPE table the `rope_kv` kernel reads: for each position below `n_ctx`, the
 /// `(cos, sin)` of every pair as f32, exactly the CPU path's table.
 pub fn rope_table(cfg: &Config, freqs: Option<&[f32]>, n_ctx: usize) -> Result<Vec<u8>, GpuError> {
-    let rope =
-        Rope::try_new(cfg.head_dim, cfg.rope_dim, cfg.rope_base, freqs, n_ctx).map_err(|e| {
-            GpuError::NoDriver {
-                reason: format!("RoPE: {e}"),
-            }
-        })?;
+    let rope = Rope::try_new(cfg.head_dim, cfg.rope_dim, cfg.rope_base, freqs, n_ctx)
+        .map_err(|e| GpuError::Setup(format!("RoPE: {e}")))?;
     let mut table = Vec::with_capacity(n_ctx * cfg.rope_dim * 4);
     for pos in 0..n_ctx {
         for &(cos, sin) in rope.angles(pos) {
