@@ -316,10 +316,298 @@ fn the_host_side_of_a_gpu_run_completes() {
     assert!(std::fs::metadata(&logits).unwrap().len() > 8);
 }
 
-/// A fresh directory under the scratch dir (the root package has no tempfile).
+/// The directory under the scratch dir for this file's inputs and builds (the root
+/// package has no tempfile).
 fn tempfile_dir() -> std::path::PathBuf {
-    // One per process: concurrent test runs must not share the stand-in library.
-    let dir = scratch_dir().join(format!("gpu-fallback-{}", std::process::id()));
+    // A fixed place, so that runs overwrite instead of piling up builds.
+    let dir = scratch_dir().join("gpu-fallback");
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// A `libcuda.so.1` that runs the kernels in mcc's PTX interpreter (`mcc::gpu::sim`):
+/// device memory is the interpreter's, a launch runs the kernel there (a captured graph
+/// replays its launches). With it the GPU path of a real binary runs end to end without
+/// a GPU: driver layer, weight upload, both graphs, kernels, copies back.
+const EMULATED_CUDA: &str = r#"
+use std::ffi::{c_char, c_void, CStr};
+use std::sync::Mutex;
+
+use mcc::gpu::sim::{Device, Module};
+
+struct Launch {
+    kernel: String,
+    grid: u32,
+    block: u32,
+    args: Vec<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    dev: Option<Device>,
+    functions: Vec<String>,
+    capture: Option<Vec<Launch>>,
+    graphs: Vec<Vec<Launch>>,
+}
+
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
+    let mut g = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    f(g.get_or_insert_with(State::default))
+}
+
+fn run(s: &mut State, l: &Launch) -> i32 {
+    let Some(dev) = s.dev.as_mut() else { return 400 };
+    match dev.launch(&l.kernel, l.grid, l.block, &l.args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("emulated GPU: {e}");
+            700
+        }
+    }
+}
+
+#[no_mangle] pub extern "C" fn cuInit(_: u32) -> i32 { 0 }
+#[no_mangle] pub unsafe extern "C" fn cuDeviceGetCount(n: *mut i32) -> i32 { *n = 1; 0 }
+#[no_mangle] pub unsafe extern "C" fn cuDeviceGet(d: *mut i32, o: i32) -> i32 { *d = o; 0 }
+#[no_mangle] pub unsafe extern "C" fn cuDeviceGetName(s: *mut c_char, n: i32, _: i32) -> i32 {
+    let name = b"Emulated GPU\0";
+    std::ptr::copy_nonoverlapping(name.as_ptr().cast(), s, name.len().min(n as usize));
+    0
+}
+#[no_mangle] pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(c: *mut *mut c_void, _: i32) -> i32 { *c = 16 as *mut c_void; 0 }
+#[no_mangle] pub extern "C" fn cuDevicePrimaryCtxRelease_v2(_: i32) -> i32 { 0 }
+#[no_mangle] pub extern "C" fn cuCtxSetCurrent(_: *mut c_void) -> i32 { 0 }
+#[no_mangle] pub extern "C" fn cuCtxSynchronize() -> i32 { 0 }
+#[no_mangle] pub unsafe extern "C" fn cuModuleLoadDataEx(m: *mut *mut c_void, image: *const c_void, _: u32, _: *mut i32, _: *mut *mut c_void) -> i32 {
+    let text = CStr::from_ptr(image.cast()).to_string_lossy().into_owned();
+    match Module::parse(&text) {
+        Ok(module) => {
+            with(|s| s.dev = Some(Device::new(module)));
+            *m = 32 as *mut c_void;
+            0
+        }
+        Err(e) => { eprintln!("emulated GPU: {e}"); 218 }
+    }
+}
+#[no_mangle] pub extern "C" fn cuModuleUnload(_: *mut c_void) -> i32 { 0 }
+#[no_mangle] pub unsafe extern "C" fn cuModuleGetFunction(f: *mut *mut c_void, _: *mut c_void, name: *const c_char) -> i32 {
+    let name = CStr::from_ptr(name).to_string_lossy().into_owned();
+    with(|s| {
+        if s.dev.as_ref().and_then(|d| d.param_count(&name)).is_none() { return 500; }
+        s.functions.push(name);
+        *f = s.functions.len() as *mut c_void;
+        0
+    })
+}
+#[no_mangle] pub unsafe extern "C" fn cuMemAlloc_v2(p: *mut u64, n: usize) -> i32 {
+    with(|s| match s.dev.as_mut() { Some(d) => { *p = d.alloc(n); 0 } None => 2 })
+}
+#[no_mangle] pub extern "C" fn cuMemFree_v2(_: u64) -> i32 { 0 }
+#[no_mangle] pub extern "C" fn cuMemsetD8_v2(p: u64, v: u8, n: usize) -> i32 {
+    with(|s| { if let Some(d) = s.dev.as_mut() { d.write(p, &vec![v; n]); } 0 })
+}
+#[no_mangle] pub unsafe extern "C" fn cuMemcpyHtoD_v2(dst: u64, src: *const c_void, n: usize) -> i32 {
+    let bytes = std::slice::from_raw_parts(src.cast::<u8>(), n).to_vec();
+    with(|s| { if let Some(d) = s.dev.as_mut() { d.write(dst, &bytes); } 0 })
+}
+#[no_mangle] pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(dst: u64, src: *const c_void, n: usize, _: *mut c_void) -> i32 {
+    cuMemcpyHtoD_v2(dst, src, n)
+}
+#[no_mangle] pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(dst: *mut c_void, src: u64, n: usize, _: *mut c_void) -> i32 {
+    with(|s| match s.dev.as_ref() {
+        Some(d) => { std::ptr::copy_nonoverlapping(d.read(src, n).as_ptr(), dst.cast::<u8>(), n); 0 }
+        None => 1,
+    })
+}
+#[no_mangle] pub unsafe extern "C" fn cuLaunchKernel(f: *mut c_void, gx: u32, _: u32, _: u32, bx: u32, _: u32, _: u32, _: u32, _: *mut c_void, params: *mut *mut c_void, _: *mut *mut c_void) -> i32 {
+    with(|s| {
+        let Some(kernel) = s.functions.get(f as usize - 1).cloned() else { return 400 };
+        let n = s.dev.as_ref().and_then(|d| d.param_count(&kernel)).unwrap_or(0);
+        let args = (0..n).map(|i| *(*params.add(i)).cast::<u64>()).collect();
+        let l = Launch { kernel, grid: gx, block: bx, args };
+        match s.capture.as_mut() {
+            Some(c) => { c.push(l); 0 }
+            None => run(s, &l),
+        }
+    })
+}
+#[no_mangle] pub unsafe extern "C" fn cuStreamCreate(st: *mut *mut c_void, _: u32) -> i32 { *st = 48 as *mut c_void; 0 }
+#[no_mangle] pub extern "C" fn cuStreamDestroy_v2(_: *mut c_void) -> i32 { 0 }
+#[no_mangle] pub extern "C" fn cuStreamSynchronize(_: *mut c_void) -> i32 { 0 }
+#[no_mangle] pub extern "C" fn cuStreamBeginCapture_v2(_: *mut c_void, _: i32) -> i32 { with(|s| s.capture = Some(Vec::new())); 0 }
+#[no_mangle] pub unsafe extern "C" fn cuStreamEndCapture(_: *mut c_void, g: *mut *mut c_void) -> i32 {
+    with(|s| {
+        let launches = s.capture.take().unwrap_or_default();
+        s.graphs.push(launches);
+        *g = s.graphs.len() as *mut c_void;
+        0
+    })
+}
+#[no_mangle] pub unsafe extern "C" fn cuGraphInstantiateWithFlags(e: *mut *mut c_void, g: *mut c_void, _: u64) -> i32 { *e = g; 0 }
+#[no_mangle] pub extern "C" fn cuGraphLaunch(e: *mut c_void, _: *mut c_void) -> i32 {
+    with(|s| {
+        let launches = std::mem::take(&mut s.graphs[e as usize - 1]);
+        let mut r = 0;
+        for l in &launches {
+            r = run(s, l);
+            if r != 0 { break; }
+        }
+        s.graphs[e as usize - 1] = launches;
+        r
+    })
+}
+#[no_mangle] pub extern "C" fn cuGraphDestroy(_: *mut c_void) -> i32 { 0 }
+#[no_mangle] pub extern "C" fn cuGraphExecDestroy(_: *mut c_void) -> i32 { 0 }
+#[no_mangle] pub unsafe extern "C" fn cuGetErrorString(r: i32, s: *mut *const c_char) -> i32 {
+    *s = match r { 700 => c"an illegal memory access was encountered", 218 => c"a PTX JIT compilation failed", _ => c"emulated GPU error" }.as_ptr();
+    0
+}
+"#;
+
+/// Builds the emulated driver (a cdylib over the `mcc` crate), once per test process.
+fn emulated_libcuda() -> std::path::PathBuf {
+    static LIB: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    LIB.get_or_init(|| {
+        let root = repo_root();
+        let dir = tempfile_dir().join("emulated-cuda");
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        let manifest = format!(
+            "[package]\nname = \"mcc-emulated-cuda\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nmcc = {{ path = \"{}\" }}\n\n[workspace]\n",
+            root.join("compiler").display()
+        );
+        std::fs::write(dir.join("Cargo.toml"), manifest).unwrap();
+        std::fs::write(dir.join("src/lib.rs"), EMULATED_CUDA).unwrap();
+        // The workspace's lock file pins every dependency, so no registry is needed.
+        std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+        let target = root.join("target");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--offline", "-q", "--manifest-path"])
+            .arg(dir.join("Cargo.toml"))
+            .env("CARGO_TARGET_DIR", &target)
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot build the emulated libcuda");
+        target.join("release/libmcc_emulated_cuda.so")
+    })
+    .clone()
+}
+
+/// Reads a `logits` file: (ids, n_vocab, values).
+fn read_logits(path: &std::path::Path) -> (usize, usize, Vec<f32>) {
+    let raw = std::fs::read(path).unwrap();
+    let word = |i: usize| u32::from_le_bytes(raw[4 * i..4 * i + 4].try_into().unwrap()) as usize;
+    let (n, v) = (word(0), word(1));
+    let values = raw[8 + 4 * n..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (n, v, values)
+}
+
+/// A synthetic model built with --gpu runs on the emulated GPU: it announces the
+/// device, and its logits over a prompt (whole prefill tiles plus decode steps) match
+/// the CPU path of the same binary, with every layer on the GPU and with one.
+#[test]
+fn an_emulated_gpu_runs_the_binary_end_to_end() {
+    let lib = emulated_libcuda();
+    let dir = tempfile_dir();
+    let gguf = dir.join("emulated-tiny.gguf");
+    // F16 weights, a tied output and Llama-3.1 rope_freqs: the paths beyond plain F32.
+    let mut cfg = mcc::synth::SynthConfig::tiny();
+    cfg.weight_type = mcc::gguf::GgmlType::F16;
+    cfg.tied = true;
+    cfg.rope_scaling = Some(mcc::synth::Llama3RopeScaling::LLAMA_3_1);
+    mcc::synth::llama_writer(
+        &cfg,
+        mcc::synth::toy_vocab(cfg.n_vocab).unwrap(),
+        cfg.n_vocab,
+    )
+    .unwrap()
+    .write(&gguf, mcc::gguf::writer::WriteMode::Full)
+    .unwrap();
+    let exe = dir.join("emulated-tiny");
+    let args = mcc::build::Args {
+        model: gguf,
+        output: Some(exe.clone()),
+        name: Some("emulated-tiny".into()),
+        ctx: Some(64),
+        target_cpu: "native".into(),
+        emit_only: false,
+        jobs: None,
+        generated_dir: Some(dir.join("generated")),
+    };
+    mcc::build::run_with(&args, &mcc::gpu::GpuArgs { gpu: true }).unwrap();
+    let prompt = dir.join("emulated-prompt.txt");
+    std::fs::write(&prompt, "The quick brown fox jumps over the lazy dog.").unwrap();
+    let logits = |extra: &[&str], out: &str| {
+        let out = dir.join(out);
+        let mut cmd = Command::new(&exe);
+        cmd.args([
+            "logits",
+            "-f",
+            prompt.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .args(extra)
+        .env("MCC_LIBCUDA", &lib);
+        let o = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{extra:?}: {stderr}");
+        (read_logits(&out), stderr)
+    };
+    let ((n, v, cpu), _) = logits(&["--gpu-layers", "0"], "cpu.bin");
+    assert!(n > 8, "the prompt covers a whole prefill tile ({n} tokens)");
+    for (extra, layers) in [(&[][..], "2 of 2"), (&["--gpu-layers", "1"][..], "1 of 2")] {
+        let ((gn, gv, gpu), stderr) = logits(extra, "gpu.bin");
+        assert!(
+            stderr.contains(&format!("mcc: running on Emulated GPU ({layers} layers")),
+            "{stderr}"
+        );
+        assert_eq!((gn, gv), (n, v));
+        let mut worst = 0f32;
+        let mut same_top = 0;
+        for (c, g) in cpu.chunks(v).zip(gpu.chunks(v)) {
+            let scale = c.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let diff = c.iter().zip(g).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            worst = worst.max(diff / scale);
+            let top = |x: &[f32]| (0..x.len()).fold(0, |b, i| if x[i] > x[b] { i } else { b });
+            same_top += usize::from(top(c) == top(g));
+        }
+        eprintln!("{extra:?}: {n} positions, largest logit difference {worst:.1e}, top-1 agreement {same_top}/{n}");
+        assert!(
+            worst < 5e-3,
+            "{extra:?}: logits differ by {worst} of the largest"
+        );
+        assert!(
+            same_top * 10 >= n * 9,
+            "{extra:?}: top-1 agrees at {same_top} of {n}"
+        );
+    }
+    // Greedy generation (sampled on the host from the copied logits), and bench, whose
+    // generation steps bring back only the device argmax.
+    let text = |extra: &[&str]| {
+        let o = Command::new(&exe)
+            .args(["-p", "Once upon a time", "-n", "12", "--temp", "0"])
+            .args(extra)
+            .env("MCC_LIBCUDA", &lib)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    assert_eq!(
+        text(&[]),
+        text(&["--gpu-layers", "0"]),
+        "greedy text, GPU vs CPU"
+    );
+    let bench = Command::new(&exe)
+        .args(["bench", "-p", "16", "-n", "4", "-r", "1"])
+        .env("MCC_LIBCUDA", &lib)
+        .output()
+        .unwrap();
+    assert!(bench.status.success());
+    assert!(String::from_utf8_lossy(&bench.stdout).contains("CUDA (mcc)"));
 }

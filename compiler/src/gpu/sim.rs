@@ -253,7 +253,7 @@ struct Entry {
 #[derive(Clone, Debug)]
 pub struct Module {
     globals: Vec<(String, Vec<u8>)>,
-    entries: HashMap<String, std::rc::Rc<Entry>>,
+    entries: HashMap<String, std::sync::Arc<Entry>>,
 }
 
 fn strip_comment(line: &str) -> &str {
@@ -347,7 +347,7 @@ impl Module {
             if let Some(rest) = line.strip_prefix(".visible .entry ") {
                 let name = rest.trim_end_matches('(').trim().to_string();
                 let (entry, next) = Self::parse_entry(&lines, i + 1)?;
-                entries.insert(name, std::rc::Rc::new(entry));
+                entries.insert(name, std::sync::Arc::new(entry));
                 i = next;
                 continue;
             }
@@ -558,6 +558,11 @@ impl Device {
             d.globals.insert(name, at);
         }
         d
+    }
+
+    /// Number of parameters of `kernel`, if the module has it.
+    pub fn param_count(&self, kernel: &str) -> Option<usize> {
+        self.module.entries.get(kernel).map(|e| e.params.len())
     }
 
     /// A zeroed allocation of `bytes`, 256-byte aligned.
