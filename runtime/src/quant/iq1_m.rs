@@ -156,6 +156,8 @@ impl SuperBlock for IQ1_M {
     const HAS_MIN: bool = false;
     const BATCHED: Batched = Batched::Tiled;
 
+    const OFFSET: Option<u8> = Some(9);
+
     fn ints(block: &BlockIQ1M, out: &mut Ints) {
         // the ±1/8 shift becomes an integer: q = 8 g ± 1, and d takes the 1/8
         let words = scale_words(block);

@@ -145,6 +145,8 @@ impl SuperBlock for IQ1_S {
     const HAS_MIN: bool = false;
     const BATCHED: Batched = Batched::Tiled;
 
+    const OFFSET: Option<u8> = Some(9);
+
     fn ints(block: &BlockIQ1S, out: &mut Ints) {
         // the ±1/8 shift becomes an integer: q = 8 g ± 1, and d takes the 1/8
         out.d = block.d.to_f32() * 0.125;

@@ -142,6 +142,8 @@ impl SuperBlock for IQ2_S {
     const HAS_MIN: bool = false;
     const BATCHED: Batched = Batched::Tiled;
 
+    const OFFSET: Option<u8> = Some(43);
+
     fn ints(block: &BlockIQ2S, out: &mut Ints) {
         // the scale is (2 ls + 1) / 8: d takes the 1/8
         out.d = block.d.to_f32() * 0.125;

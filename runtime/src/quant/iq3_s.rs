@@ -143,6 +143,8 @@ impl SuperBlock for IQ3_S {
     const HAS_MIN: bool = false;
     const BATCHED: Batched = Batched::Tiled;
 
+    const OFFSET: Option<u8> = Some(15);
+
     fn ints(block: &BlockIQ3S, out: &mut Ints) {
         out.d = block.d.to_f32();
         for ib in 0..QK_K / 32 {

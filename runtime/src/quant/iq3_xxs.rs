@@ -144,6 +144,8 @@ impl SuperBlock for IQ3_XXS {
     const HAS_MIN: bool = false;
     const BATCHED: Batched = Batched::Tiled;
 
+    const OFFSET: Option<u8> = Some(62);
+
     fn ints(block: &BlockIQ3XXS, out: &mut Ints) {
         // the scale is (2 ls + 1) / 4: d takes the 1/4
         out.d = block.d.to_f32() * 0.25;

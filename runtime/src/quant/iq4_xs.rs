@@ -131,6 +131,8 @@ impl SuperBlock for IQ4_XS {
     const HAS_MIN: bool = false;
     const BATCHED: Batched = Batched::Tiled;
 
+    const OFFSET: Option<u8> = None;
+
     fn ints(block: &BlockIQ4XS, out: &mut Ints) {
         out.d = block.d.to_f32();
         for ib in 0..QK_K / 32 {

@@ -140,6 +140,8 @@ impl SuperBlock for Q2_K {
         Batched::Tiled
     };
 
+    const OFFSET: Option<u8> = Some(0);
+
     fn ints(block: &BlockQ2K, out: &mut Ints) {
         out.d = block.d.to_f32();
         out.dmin = block.dmin.to_f32();

@@ -171,6 +171,8 @@ impl SuperBlock for Q3_K {
     const HAS_MIN: bool = false;
     const BATCHED: Batched = Batched::Tiled;
 
+    const OFFSET: Option<u8> = Some(4);
+
     fn ints(block: &BlockQ3K, out: &mut Ints) {
         out.d = block.d.to_f32();
         for (g, &sc) in unpack_scales(&block.scales).iter().enumerate() {

@@ -178,6 +178,8 @@ impl SuperBlock for Q4_K {
     const HAS_MIN: bool = true;
     const BATCHED: Batched = Batched::Repacked { step: 64 };
 
+    const OFFSET: Option<u8> = Some(0);
+
     fn ints(block: &BlockQ4K, out: &mut Ints) {
         out.d = block.d.to_f32();
         out.dmin = block.dmin.to_f32();

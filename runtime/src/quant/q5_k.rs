@@ -138,6 +138,8 @@ impl SuperBlock for Q5_K {
     const HAS_MIN: bool = true;
     const BATCHED: Batched = Batched::Tiled;
 
+    const OFFSET: Option<u8> = Some(0);
+
     fn ints(block: &BlockQ5K, out: &mut Ints) {
         out.d = block.d.to_f32();
         out.dmin = block.dmin.to_f32();

@@ -139,6 +139,8 @@ impl SuperBlock for Q6_K {
     const HAS_MIN: bool = false;
     const BATCHED: Batched = Batched::Tiled;
 
+    const OFFSET: Option<u8> = Some(32);
+
     fn ints(block: &BlockQ6K, out: &mut Ints) {
         out.d = block.d.to_f32();
         for (g, &sc) in block.scales.iter().enumerate() {

@@ -43,6 +43,8 @@ pub struct Ints {
     /// the multiplier of weights `32c..32c+16`, lanes 8..16 that of `32c+16..32c+32`
     /// (the order `maddubs` leaves the pair sums of 32 bytes in).
     pub scale: [[i16; 16]; QK_K / 32],
+    /// The same multipliers, one per 16 weights.
+    pub group_scale: [i16; QK_K / 16],
     /// Multiplier of each 16 activations' sum (formats with minimums).
     pub min: [i16; QK_K / 16],
     pub d: f32,
@@ -54,6 +56,7 @@ impl Default for Ints {
         Ints {
             q: [0; QK_K],
             scale: [[0; 16]; QK_K / 32],
+            group_scale: [0; QK_K / 16],
             min: [0; QK_K / 16],
             d: 0.0,
             dmin: 0.0,
@@ -68,6 +71,7 @@ impl Ints {
         debug_assert!(i16::try_from(s).is_ok());
         let half = 8 * (g % 2);
         self.scale[g / 2][half..half + 8].fill(s as i16);
+        self.group_scale[g] = s as i16;
     }
 
     /// The multiplier of weights `16g..16g+16`.
@@ -105,6 +109,11 @@ pub trait SuperBlock: WeightType<Act = Q8_K> {
     const HAS_MIN: bool;
     /// The kernel llama.cpp uses for this format in batches on this build's CPU.
     const BATCHED: Batched;
+    /// `Some(o)`: every weight value plus `o` is in `0..=129`, so the kernels multiply
+    /// unsigned bytes `q + o` with the activations (no `maddubs` pair of those can
+    /// saturate) and take `o · Σ scale · Σ a` back out; `None`: values span both signs
+    /// up to ±127 (IQ4_XS), and the kernels move the weights' signs onto the activations.
+    const OFFSET: Option<u8>;
     /// Unpacks one block, as ggml-cpu's tiled matmul does (its `d` included).
     fn ints(block: &Self::Block, out: &mut Ints);
 }
@@ -190,12 +199,19 @@ fn quad_dots<W: SuperBlock>(ints: &[Ints], acts: [&[BlockQ8K]; 4]) -> [f32; 4] {
         target_feature = "fma"
     )))]
     use quad_dots_ref as kernel;
-    match W::BATCHED {
-        Batched::Tiled if W::HAS_MIN => kernel::<1, true, true>(ints, acts),
-        Batched::Tiled => kernel::<1, true, false>(ints, acts),
-        Batched::Repacked { step: 64 } => kernel::<4, false, true>(ints, acts),
-        Batched::Repacked { step: 128 } => kernel::<2, false, true>(ints, acts),
-        Batched::Repacked { step } => unreachable!("repacked step {step}"),
+    // The format's offset as a const parameter of the kernel (-1: none).
+    match (W::BATCHED, W::HAS_MIN, W::OFFSET) {
+        (Batched::Tiled, true, Some(0)) => kernel::<1, true, true, 0>(ints, acts),
+        (Batched::Tiled, false, None) => kernel::<1, true, false, -1>(ints, acts),
+        (Batched::Tiled, false, Some(4)) => kernel::<1, true, false, 4>(ints, acts),
+        (Batched::Tiled, false, Some(9)) => kernel::<1, true, false, 9>(ints, acts),
+        (Batched::Tiled, false, Some(15)) => kernel::<1, true, false, 15>(ints, acts),
+        (Batched::Tiled, false, Some(32)) => kernel::<1, true, false, 32>(ints, acts),
+        (Batched::Tiled, false, Some(43)) => kernel::<1, true, false, 43>(ints, acts),
+        (Batched::Tiled, false, Some(62)) => kernel::<1, true, false, 62>(ints, acts),
+        (Batched::Repacked { step: 64 }, true, Some(0)) => kernel::<4, false, true, 0>(ints, acts),
+        (Batched::Repacked { step: 128 }, true, Some(0)) => kernel::<2, false, true, 0>(ints, acts),
+        other => unreachable!("{}: no batch kernel for {other:?}", W::NAME),
     }
 }
 
@@ -203,7 +219,7 @@ fn quad_dots<W: SuperBlock>(ints: &[Ints], acts: [&[BlockQ8K]; 4]) -> [f32; 4] {
 /// parts, then the f32 steps of the tiled kernel (`TILED`: `r = s1 d - s2 dmin` fused,
 /// `acc = fma(r, d_a, acc)`) or of the repacked GEMM (`acc = fma(s_k, d d_a, acc)`,
 /// `mins = fma(m_k, dmin d_a, mins)` per part, `acc - mins` at the end).
-pub fn quad_dots_ref<const N: usize, const TILED: bool, const HAS_MIN: bool>(
+pub fn quad_dots_ref<const N: usize, const TILED: bool, const HAS_MIN: bool, const OFFSET: i32>(
     ints: &[Ints],
     acts: [&[BlockQ8K]; 4],
 ) -> [f32; 4] {
@@ -283,6 +299,14 @@ mod tests {
                 let got = term - min;
                 // dequantize_ref rounds each step to f32: a few ulps of the terms
                 let tol = 1e-6 * (term.abs() + min.abs()) + f64::MIN_POSITIVE;
+                if let Some(o) = W::OFFSET {
+                    let u = ints.q[i] as i32 + o as i32;
+                    assert!(
+                        (0..=129).contains(&u),
+                        "{} weight {i}: q + offset = {u}",
+                        W::NAME
+                    );
+                }
                 assert!(
                     (got - want as f64).abs() <= tol,
                     "{} block {b} weight {i}: {got} vs {want}",
@@ -310,10 +334,10 @@ mod tests {
         let quad: [&[BlockQ8K]; 4] = std::array::from_fn(|t| &act[t * rb..(t + 1) * rb]);
         let bits = |v: [f32; 4]| v.map(f32::to_bits);
         macro_rules! same {
-            ($n:literal, $tiled:literal, $min:literal) => {
+            ($n:literal, $tiled:literal, $min:literal, $off:expr) => {
                 assert_eq!(
-                    bits(quad_dots_ref::<$n, $tiled, $min>(&ints, quad)),
-                    bits(kernel::<$n, $tiled, $min>(&ints, quad)),
+                    bits(quad_dots_ref::<$n, $tiled, $min, 0>(&ints, quad)),
+                    bits(kernel::<$n, $tiled, $min, $off>(&ints, quad)),
                     "{} N={} tiled={} min={}",
                     W::NAME,
                     $n,
@@ -334,10 +358,31 @@ mod tests {
             target_feature = "fma"
         )))]
         use quad_dots_ref as kernel;
-        same!(1, true, true);
-        same!(1, true, false);
-        same!(2, false, true);
-        same!(4, false, true);
+        // every offset a format has (the kernels take offsets out of whole-block sums
+        // only, so the other shapes run without)
+        match W::OFFSET {
+            None => {
+                same!(1, true, true, -1);
+                same!(1, true, false, -1);
+            }
+            Some(0) => {
+                same!(1, true, true, 0);
+                same!(1, true, false, 0);
+            }
+            Some(4) => same!(1, true, false, 4),
+            Some(9) => same!(1, true, false, 9),
+            Some(15) => same!(1, true, false, 15),
+            Some(32) => same!(1, true, false, 32),
+            Some(43) => same!(1, true, false, 43),
+            Some(62) => same!(1, true, false, 62),
+            Some(o) => panic!("{}: offset {o} has no kernel", W::NAME),
+        }
+        same!(2, false, true, -1);
+        same!(4, false, true, -1);
+        if W::OFFSET == Some(0) {
+            same!(2, false, true, 0);
+            same!(4, false, true, 0);
+        }
     }
 
     macro_rules! formats {

@@ -17,17 +17,17 @@ use crate::quant::superblock::Ints;
 /// arithmetic; here the 4 tokens are the 4 lanes of each f32 step, which are lane-wise
 /// the scalar steps, so the results are the same bits.
 #[inline(always)]
-pub fn quad_dots<const N: usize, const TILED: bool, const HAS_MIN: bool>(
+pub fn quad_dots<const N: usize, const TILED: bool, const HAS_MIN: bool, const OFFSET: i32>(
     ints: &[Ints],
     acts: [&[BlockQ8K]; 4],
 ) -> [f32; 4] {
     // SAFETY: this module is compiled only for targets with AVX2 and FMA.
-    unsafe { quad_dots_avx2::<N, TILED, HAS_MIN>(ints, acts) }
+    unsafe { quad_dots_avx2::<N, TILED, HAS_MIN, OFFSET>(ints, acts) }
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn quad_dots_avx2<const N: usize, const TILED: bool, const HAS_MIN: bool>(
+fn quad_dots_avx2<const N: usize, const TILED: bool, const HAS_MIN: bool, const OFFSET: i32>(
     ints: &[Ints],
     acts: [&[BlockQ8K]; 4],
 ) -> [f32; 4] {
@@ -35,7 +35,7 @@ fn quad_dots_avx2<const N: usize, const TILED: bool, const HAS_MIN: bool>(
     for (b, w) in ints.iter().enumerate() {
         let a = acts.map(|a| &a[b]);
         let d_a = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
-        let s = int_sums::<N>(w, a);
+        let s = int_sums::<N, OFFSET>(w, a);
         let m = if HAS_MIN {
             min_sums::<N>(w, a)
         } else {
@@ -63,14 +63,28 @@ fn quad_dots_avx2<const N: usize, const TILED: bool, const HAS_MIN: bool>(
 }
 
 /// `Σ_g scale_g Σ q a` over each of `N` parts of the block, for 4 tokens: part `k`'s
-/// sums in the lanes of element `k`. Each 32 weights are loaded (and their magnitudes
-/// taken) once for the 4 tokens.
+/// sums in the lanes of element `k`. Each 32 weights are loaded once for the 4 tokens.
+/// With `OFFSET >= 0` (see `SuperBlock::OFFSET`; -1 stands for none) the unsigned bytes
+/// `q + OFFSET` multiply the activations directly, and `OFFSET · Σ_g scale_g bsums_g` is
+/// taken off the block total (only whole-block sums, `N = 1`, have offsets); without,
+/// the weights' signs move onto the activations and their magnitudes multiply.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn int_sums<const N: usize>(w: &Ints, a: [&BlockQ8K; 4]) -> [__m128i; N] {
+fn int_sums<const N: usize, const OFFSET: i32>(w: &Ints, a: [&BlockQ8K; 4]) -> [__m128i; N] {
     let per = 8 / N;
     std::array::from_fn(|k| {
         let mut acc = [_mm256_setzero_si256(); 4];
+        if OFFSET > 0 {
+            debug_assert_eq!(N, 1);
+            // SAFETY: 16 i16 each.
+            let scales = unsafe { _mm256_loadu_si256(w.group_scale.as_ptr().cast()) };
+            let scaled = _mm256_mullo_epi16(scales, _mm256_set1_epi16(OFFSET as i16));
+            for (acc, a) in acc.iter_mut().zip(a) {
+                // SAFETY: 16 i16.
+                let bsums = unsafe { _mm256_loadu_si256(a.bsums.as_ptr().cast()) };
+                *acc = _mm256_sub_epi32(*acc, _mm256_madd_epi16(bsums, scaled));
+            }
+        }
         for c in k * per..(k + 1) * per {
             // SAFETY: 32 bytes at 32c of the 256-byte `q` and a 16-lane i16 row; unaligned.
             let (q, s) = unsafe {
@@ -79,12 +93,19 @@ fn int_sums<const N: usize>(w: &Ints, a: [&BlockQ8K; 4]) -> [__m128i; N] {
                     _mm256_loadu_si256(w.scale[c].as_ptr().cast()),
                 )
             };
-            let mag = _mm256_abs_epi8(q);
-            for (acc, a) in acc.iter_mut().zip(a) {
-                // SAFETY: 32 bytes at 32c of the 256-byte `qs`.
-                let x = unsafe { _mm256_loadu_si256(a.qs.as_ptr().add(32 * c).cast()) };
-                let pairs = _mm256_maddubs_epi16(mag, _mm256_sign_epi8(x, q));
-                *acc = madd_add(*acc, pairs, s);
+            // SAFETY: 32 bytes at 32c of the 256-byte `qs`.
+            let x = |a: &BlockQ8K| unsafe { _mm256_loadu_si256(a.qs.as_ptr().add(32 * c).cast()) };
+            if OFFSET >= 0 {
+                let u = _mm256_add_epi8(q, _mm256_set1_epi8(OFFSET as i8));
+                for (acc, a) in acc.iter_mut().zip(a) {
+                    *acc = madd_add(*acc, _mm256_maddubs_epi16(u, x(a)), s);
+                }
+            } else {
+                let mag = _mm256_abs_epi8(q);
+                for (acc, a) in acc.iter_mut().zip(a) {
+                    let pairs = _mm256_maddubs_epi16(mag, _mm256_sign_epi8(x(a), q));
+                    *acc = madd_add(*acc, pairs, s);
+                }
             }
         }
         // the 4 tokens' totals in one vector: pairwise adds, then the two halves
