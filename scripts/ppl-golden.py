@@ -21,6 +21,11 @@ Two modes, both writing JSON under tests/golden/ppl/:
       prompts under 256 tokens, every 4th (and the last 4) up to 1024, every 16th (and
       the last 4) beyond. Writes logits-smollm2-q4_1.json.
 
+  ppl-golden.py llama [same options as ppl]
+      Only llama-perplexity's runs of `ppl`, into $MCC_CACHE/ppl-cache/ (which `ppl`
+      reuses): the long llama.cpp side can run ahead, e.g. under `nice`, while ours is
+      still being worked on. 100K-token runs: --chunks-512 196 --chunks-2048 49.
+
   ppl-golden.py ppl-ub3 [--chunks 2] [--types T ...]
       The same files at -c 512 with 3-token micro-batches on both sides (llama-perplexity
       -ub 3, our -b 3): llama.cpp then runs its row-by-row matmul and one-row attention
@@ -74,6 +79,15 @@ def text_info():
 
 
 def llama_perplexity(model, ctx, chunks):
+    """llama-perplexity's (PPL, error, seconds) on `model`, cached in $MCC_CACHE/ppl-cache
+    by file, size, context, chunks, text and threads: long runs are made once (the
+    `llama` step can make them ahead, in the background) and reused by `ppl`."""
+    key = (f"{model.name}-{model.stat().st_size}-c{ctx}-k{chunks or 'all'}"
+           f"-{text_info()['sha256'][:12]}-t{THREADS}")
+    cached = CACHE / "ppl-cache" / f"{key}.json"
+    if cached.is_file():
+        r = json.loads(cached.read_text())
+        return r["ppl"], r["err"], r["seconds"]
     cmd = [str(llama_bin() / "llama-perplexity"), "-m", str(model), "-f", str(TEXT),
            "-c", str(ctx), "-t", THREADS]
     if chunks:
@@ -84,7 +98,20 @@ def llama_perplexity(model, ctx, chunks):
     m = FINAL.search(text)
     if out.returncode != 0 or not m:
         sys.exit(f"llama-perplexity failed on {model}:\n{text[-3000:]}")
-    return float(m.group(1)), float(m.group(2)), time.time() - t0
+    ppl, err, secs = float(m.group(1)), float(m.group(2)), time.time() - t0
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps({"ppl": ppl, "err": err, "seconds": secs, "cmd": cmd}) + "\n")
+    return ppl, err, secs
+
+
+def cmd_llama(args):
+    """Only llama-perplexity's side of `ppl`, into the cache."""
+    text_info()
+    for ctx in args.ctx:
+        chunks = getattr(args, f"chunks_{ctx}", None)
+        for t in args.types:
+            ppl, err, secs = llama_perplexity(LADDER / f"{STEM}.{t}.gguf", ctx, chunks)
+            print(f"-c {ctx} {t}: llama.cpp {ppl:.4f} +/- {err:.4f} ({secs:.0f} s)", file=sys.stderr)
 
 
 def mcc_table(models, ctx, chunks):
@@ -249,6 +276,12 @@ def main():
     p.add_argument("--chunks-2048", type=int, dest="chunks_2048")
     p.add_argument("--types", nargs="+", default=TYPES)
     p.set_defaults(func=cmd_ppl)
+    p = sub.add_parser("llama")
+    p.add_argument("--ctx", type=int, nargs="+", default=[512, 2048])
+    p.add_argument("--chunks-512", type=int, dest="chunks_512")
+    p.add_argument("--chunks-2048", type=int, dest="chunks_2048")
+    p.add_argument("--types", nargs="+", default=TYPES)
+    p.set_defaults(func=cmd_llama)
     p = sub.add_parser("ppl-ub3")
     p.add_argument("--chunks", type=int, default=2)
     p.add_argument("--types", nargs="+", default=TYPES)
