@@ -337,7 +337,7 @@ use mcc::gpu::sim::{Device, Module};
 
 struct Launch {
     kernel: String,
-    grid: u32,
+    grid: (u32, u32),
     block: u32,
     args: Vec<u64>,
 }
@@ -359,7 +359,7 @@ fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
 
 fn run(s: &mut State, l: &Launch) -> i32 {
     let Some(dev) = s.dev.as_mut() else { return 400 };
-    match dev.launch(&l.kernel, l.grid, l.block, &l.args) {
+    match dev.launch_2d(&l.kernel, l.grid, l.block, &l.args) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("emulated GPU: {e}");
@@ -421,12 +421,12 @@ fn run(s: &mut State, l: &Launch) -> i32 {
         None => 1,
     })
 }
-#[no_mangle] pub unsafe extern "C" fn cuLaunchKernel(f: *mut c_void, gx: u32, _: u32, _: u32, bx: u32, _: u32, _: u32, _: u32, _: *mut c_void, params: *mut *mut c_void, _: *mut *mut c_void) -> i32 {
+#[no_mangle] pub unsafe extern "C" fn cuLaunchKernel(f: *mut c_void, gx: u32, gy: u32, _: u32, bx: u32, _: u32, _: u32, _: u32, _: *mut c_void, params: *mut *mut c_void, _: *mut *mut c_void) -> i32 {
     with(|s| {
         let Some(kernel) = s.functions.get(f as usize - 1).cloned() else { return 400 };
         let n = s.dev.as_ref().and_then(|d| d.param_count(&kernel)).unwrap_or(0);
         let args = (0..n).map(|i| *(*params.add(i)).cast::<u64>()).collect();
-        let l = Launch { kernel, grid: gx, block: bx, args };
+        let l = Launch { kernel, grid: (gx, gy), block: bx, args };
         match s.capture.as_mut() {
             Some(c) => { c.push(l); 0 }
             None => run(s, &l),

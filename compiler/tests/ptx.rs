@@ -515,13 +515,9 @@ mod decode {
                 .collect();
             self.dev.write(self.bufs[&Buf::Params], &bytes);
             for l in plan {
-                let args: Vec<u64> = l
-                    .args
-                    .iter()
-                    .map(|(b, off)| self.bufs[b] + *off as u64)
-                    .collect();
+                let args: Vec<u64> = l.args.iter().map(|b| self.bufs[b]).collect();
                 self.dev
-                    .launch(l.kernel, l.grid, l.block, &args)
+                    .launch_2d(l.kernel, (l.grid, l.grid_y), l.block, &args)
                     .unwrap_or_else(|e| panic!("{params:?}: {e}"));
             }
         }
@@ -579,7 +575,7 @@ mod decode {
             }))
             .collect();
         for l in decode.iter().chain(&prefill) {
-            for &(b, _) in &l.args {
+            for &b in &l.args {
                 if bufs.contains_key(&b) {
                     continue;
                 }

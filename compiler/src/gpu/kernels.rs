@@ -21,6 +21,17 @@ pub fn fill(template: &str, holes: &[(&str, String)]) -> String {
     out
 }
 
+/// Code that moves each `(register, row bytes)` pointer to the row of token `ctaid.y`:
+/// the per-token kernels run a prefill tile as a second grid dimension (decode: 1).
+fn token_rows(rows: &[(&str, u64)]) -> String {
+    let mut out = String::from("\t// Token ctaid.y of a prefill tile: its rows of the per-token buffers.\n");
+    out.push_str("\tmov.u32 %trow, %ctaid.y;\n");
+    for (reg, bytes) in rows {
+        let _ = writeln!(out, "\tmad.wide.u32 {reg}, %trow, {bytes}, {reg};");
+    }
+    out.trim_end().to_string()
+}
+
 /// `ld.global.v4.f32` of the unit's 32 activations into `%x0..%x31` from `%xu`.
 fn load_x() -> String {
     let mut out = String::new();
@@ -211,6 +222,7 @@ pub fn embed(name: &str, t: GgmlType, rows: u64, cols: u64) -> Option<String> {
         ("name", name.to_string()),
         ("rows", rows.to_string()),
         ("store", store.trim_end().to_string()),
+        ("token_rows", token_rows(&[("%pp", 16), ("%yp", 4 * cols)])),
     ]);
     Some(fill(
         include_str!("../../../templates/ptx/embed.ptx"),
@@ -227,6 +239,10 @@ pub fn rmsnorm(n_embd: usize, eps: f32) -> String {
             ("n_embd_f", f32_imm(n_embd as f32)),
             ("eps", format!("{eps:e}")),
             ("eps_f", f32_imm(eps)),
+            (
+                "token_rows",
+                token_rows(&[("%xp", 4 * n_embd as u64), ("%yp", 4 * n_embd as u64)]),
+            ),
         ],
     )
 }
@@ -258,6 +274,15 @@ pub fn rope_kv(s: &AttnShape) -> String {
             ("rope_pairs", (s.rope_dim / 2).to_string()),
             ("kv_dim", (s.n_head_kv * s.head_dim).to_string()),
             ("kv_row_bytes", (2 * s.n_head_kv * s.head_dim).to_string()),
+            (
+                "token_rows",
+                token_rows(&[
+                    ("%qp", 4 * (s.n_head * s.head_dim) as u64),
+                    ("%kp", 4 * (s.n_head_kv * s.head_dim) as u64),
+                    ("%vp", 4 * (s.n_head_kv * s.head_dim) as u64),
+                    ("%pp", 16),
+                ]),
+            ),
         ],
     )
 }
@@ -313,6 +338,15 @@ pub fn attention(s: &AttnShape) -> String {
             ("kv_row_bytes", (2 * s.n_head_kv * s.head_dim).to_string()),
             ("reduce_max", cta_reduce("%m", "max.f32", n_warps)),
             ("reduce_sum", cta_reduce("%sum", "add.rn.f32", n_warps)),
+            (
+                "token_rows",
+                token_rows(&[
+                    ("%qp", 4 * (s.n_head * s.head_dim) as u64),
+                    ("%op", 4 * (s.n_head * s.head_dim) as u64),
+                    ("%sp", 4 * (s.n_head * s.n_ctx) as u64),
+                    ("%pp", 16),
+                ]),
+            ),
         ],
     )
 }
@@ -321,7 +355,13 @@ pub fn attention(s: &AttnShape) -> String {
 pub fn swiglu(n_ff: usize) -> String {
     fill(
         include_str!("../../../templates/ptx/swiglu.ptx"),
-        &[("n_ff", n_ff.to_string())],
+        &[
+            ("n_ff", n_ff.to_string()),
+            (
+                "token_rows",
+                token_rows(&[("%gp", 4 * n_ff as u64), ("%upp", 4 * n_ff as u64)]),
+            ),
+        ],
     )
 }
 
@@ -346,6 +386,10 @@ pub fn argmax(n_vocab: usize) -> String {
         &[
             ("n_vocab", n_vocab.to_string()),
             ("warp_reduce", reduce.trim_end().to_string()),
+            (
+                "token_rows",
+                token_rows(&[("%lp", 4 * n_vocab as u64), ("%pp", 16)]),
+            ),
         ],
     )
 }

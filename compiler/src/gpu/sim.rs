@@ -50,6 +50,7 @@ enum Operand {
 enum Special {
     TidX,
     CtaidX,
+    CtaidY,
 }
 
 #[derive(Clone, Debug)]
@@ -466,6 +467,8 @@ impl Module {
                     Operand::Special(Special::TidX)
                 } else if a == "%ctaid.x" {
                     Operand::Special(Special::CtaidX)
+                } else if a == "%ctaid.y" {
+                    Operand::Special(Special::CtaidY)
                 } else if a.starts_with('%') {
                     Operand::Reg(reg(&a))
                 } else if let Some(v) = parse_imm(&a) {
@@ -606,6 +609,17 @@ impl Device {
         block: u32,
         args: &[u64],
     ) -> Result<(), SimError> {
+        self.launch_2d(kernel, (grid, 1), block, args)
+    }
+
+    /// Runs `kernel` over a `grid.0 x grid.1` grid of CTAs of `block` threads.
+    pub fn launch_2d(
+        &mut self,
+        kernel: &str,
+        (grid, grid_y): (u32, u32),
+        block: u32,
+        args: &[u64],
+    ) -> Result<(), SimError> {
         let entry = self
             .module
             .entries
@@ -633,7 +647,7 @@ impl Device {
             shared_at.insert(name.clone(), shared_len as u64);
             shared_len += bytes;
         }
-        for cta in 0..grid {
+        for cta in (0..grid_y).flat_map(|y| (0..grid).map(move |x| (x, y))) {
             let mut shared = vec![0u8; shared_len];
             let mut threads: Vec<Thread> = (0..block)
                 .map(|_| Thread {
@@ -665,7 +679,7 @@ impl Device {
                 if live.iter().all(|&t| threads[t].status == Status::Barrier) {
                     if live.len() != block as usize {
                         return Err(fail(format!(
-                            "CTA {cta}: bar.sync after {} threads exited",
+                            "CTA {cta:?}: bar.sync after {} threads exited",
                             block as usize - live.len()
                         )));
                     }
@@ -713,7 +727,7 @@ impl Device {
                 }
                 if !progressed {
                     return Err(fail(format!(
-                        "CTA {cta}: threads wait forever (a barrier or shuffle not all reach)"
+                        "CTA {cta:?}: threads wait forever (a barrier or shuffle not all reach)"
                     )));
                 }
             }
@@ -727,7 +741,7 @@ impl Device {
         entry: &Entry,
         t: &mut Thread,
         tid: u32,
-        cta: u32,
+        cta: (u32, u32),
         args: &[u64],
         shared_at: &HashMap<String, u64>,
         shared: &mut [u8],
@@ -750,7 +764,8 @@ impl Device {
                 Operand::Reg(r) => t.regs[*r],
                 Operand::Imm(v) => *v,
                 Operand::Special(Special::TidX) => tid as u64,
-                Operand::Special(Special::CtaidX) => cta as u64,
+                Operand::Special(Special::CtaidX) => cta.0 as u64,
+                Operand::Special(Special::CtaidY) => cta.1 as u64,
                 Operand::Sym(s) => match (shared_at.get(s), globals.get(s)) {
                     (Some(&a), _) => a,
                     (None, Some(&a)) => a,

@@ -392,12 +392,12 @@ impl Driver {
         })
     }
 
-    /// Launches `f` on `stream` with `args` (each a 64-bit value: pointers or u32s
-    /// widened are not mixed: every kernel of the ABI takes only u64 parameters).
+    /// Launches `f` over a `grid x grid_y` grid on `stream` with `args` (every kernel of
+    /// the ABI takes only u64 parameters).
     pub fn launch(
         &self,
         f: Handle,
-        grid: u32,
+        (grid, grid_y): (u32, u32),
         block: u32,
         stream: Handle,
         args: &[u64],
@@ -413,7 +413,7 @@ impl Driver {
             (self.f.cuLaunchKernel)(
                 f,
                 grid,
-                1,
+                grid_y,
                 1,
                 block,
                 1,

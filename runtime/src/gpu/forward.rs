@@ -169,7 +169,7 @@ impl GpuCtx {
             .iter()
             .chain(&self.prefill)
             .flat_map(|l| &l.args)
-            .filter_map(|(b, _)| match b {
+            .filter_map(|b| match b {
                 Buf::Weight(off) => Some(*off),
                 _ => None,
             })
@@ -209,7 +209,7 @@ impl GpuCtx {
             .plan
             .iter()
             .chain(&self.prefill)
-            .flat_map(|l| l.args.iter().map(|&(b, _)| b))
+            .flat_map(|l| l.args.iter().copied())
             .filter(|b| !matches!(b, Buf::Weight(_)))
             .collect();
         names.push(Buf::X);
@@ -236,13 +236,10 @@ impl GpuCtx {
     /// `params`).
     fn launch_all(&self, plan: &[Launch]) -> Result<(), GpuError> {
         for l in plan {
-            let args: Vec<u64> = l
-                .args
-                .iter()
-                .map(|&(b, off)| self.ptr(b) + off as u64)
-                .collect();
+            let args: Vec<u64> = l.args.iter().map(|&b| self.ptr(b)).collect();
             let f = self.kernels[l.kernel];
-            self.drv.launch(f, l.grid, l.block, self.stream, &args)?;
+            self.drv
+                .launch(f, (l.grid, l.grid_y), l.block, self.stream, &args)?;
         }
         Ok(())
     }

@@ -51,11 +51,12 @@ impl Buf {
         self.row_bytes(cfg, n_ctx) * if self.per_token() { PREFILL_TILE } else { 1 }
     }
 
-    /// Whether the buffer has one row per token of a prefill tile.
+    /// Whether the buffer has one row per token of a prefill tile (the attention
+    /// scores too: the tile's tokens are attended to at the same time).
     pub fn per_token(self) -> bool {
         !matches!(
             self,
-            Buf::Weight(_) | Buf::Scores | Buf::Rope | Buf::KCache(_) | Buf::VCache(_)
+            Buf::Weight(_) | Buf::Rope | Buf::KCache(_) | Buf::VCache(_)
         )
     }
 
@@ -77,14 +78,17 @@ impl Buf {
     }
 }
 
-/// One kernel launch: `grid` CTAs of `block` threads; its 64-bit parameters are the
-/// addresses of the buffers plus the byte offsets (a token's row in a prefill tile).
+/// One kernel launch: `grid x grid_y` CTAs of `block` threads; its 64-bit parameters
+/// are the buffers' addresses. The per-token kernels take the token of a prefill tile
+/// from `ctaid.y` (`grid_y` is the tile's size, 1 in a decode step) and find its rows
+/// themselves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Launch {
     pub kernel: &'static str,
     pub grid: u32,
+    pub grid_y: u32,
     pub block: u32,
-    pub args: Vec<(Buf, usize)>,
+    pub args: Vec<Buf>,
 }
 
 /// Threads of an attention CTA: at least 128, and one per head dimension (the
@@ -103,38 +107,27 @@ pub fn decode_plan(model: &GpuModel, cfg: &Config, n_gpu: usize) -> Vec<Launch> 
 
 /// The prefill step of [`PREFILL_TILE`] tokens (row `t` of every per-token buffer and of
 /// `params` is token `t`): the matrices run as one matmul per tile, the embedding,
-/// norms, RoPE, attention and SwiGLU once per token, in token order (token `t` attends
-/// to positions up to its own, so causality holds although all K and V of the tile are
-/// in the cache first). Per token the arithmetic is the decode step's.
+/// norms, RoPE, attention, SwiGLU and argmax as one launch each with the tile's tokens
+/// along the grid's y (token `t` attends to positions up to its own, so causality holds
+/// although all K and V of the tile are in the cache first). Per token the arithmetic
+/// is the decode step's, so the logits are too.
 pub fn prefill_plan(model: &GpuModel, cfg: &Config, n_gpu: usize) -> Vec<Launch> {
     step_plan(model, cfg, n_gpu, Some(PREFILL_TILE))
 }
 
 fn step_plan(model: &GpuModel, cfg: &Config, n_gpu: usize, tile: Option<usize>) -> Vec<Launch> {
-    let tokens = tile.unwrap_or(1);
+    let tokens = tile.unwrap_or(1) as u32;
     let mut plan = Vec::new();
-    // A per-token kernel: once per token, on the token's rows of the per-token buffers.
+    // A per-token kernel: one launch, the tile's tokens along the grid's y.
     let per_token =
         |plan: &mut Vec<Launch>, kernel: &'static str, grid: usize, block: u32, args: &[Buf]| {
-            for t in 0..tokens {
-                let args = args
-                    .iter()
-                    .map(|&b| {
-                        let off = if b.per_token() {
-                            t * b.row_bytes(cfg, 0)
-                        } else {
-                            0
-                        };
-                        (b, off)
-                    })
-                    .collect();
-                plan.push(Launch {
-                    kernel,
-                    grid: grid as u32,
-                    block,
-                    args,
-                });
-            }
+            plan.push(Launch {
+                kernel,
+                grid: grid as u32,
+                grid_y: tokens,
+                block,
+                args: args.to_vec(),
+            })
         };
     let w = |t: &GpuTensor| Buf::Weight(t.offset);
     // A matrix: its matvec in a decode step, its matmul over the whole tile in prefill.
@@ -142,8 +135,9 @@ fn step_plan(model: &GpuModel, cfg: &Config, n_gpu: usize, tile: Option<usize>) 
         plan.push(Launch {
             kernel: if tile.is_some() { t.prefill } else { t.kernel },
             grid: t.rows.div_ceil(4) as u32,
+            grid_y: 1,
             block: 128,
-            args: vec![(w(t), 0), (x, 0), (y, 0)],
+            args: vec![w(t), x, y],
         })
     };
     let p = &mut plan;
