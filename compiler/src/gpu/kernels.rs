@@ -24,7 +24,8 @@ pub fn fill(template: &str, holes: &[(&str, String)]) -> String {
 /// Code that moves each `(register, row bytes)` pointer to the row of token `ctaid.y`:
 /// the per-token kernels run a prefill tile as a second grid dimension (decode: 1).
 fn token_rows(rows: &[(&str, u64)]) -> String {
-    let mut out = String::from("\t// Token ctaid.y of a prefill tile: its rows of the per-token buffers.\n");
+    let mut out =
+        String::from("\t// Token ctaid.y of a prefill tile: its rows of the per-token buffers.\n");
     out.push_str("\tmov.u32 %trow, %ctaid.y;\n");
     for (reg, bytes) in rows {
         let _ = writeln!(out, "\tmad.wide.u32 {reg}, %trow, {bytes}, {reg};");
@@ -316,11 +317,61 @@ fn cta_reduce(reg: &str, op: &str, n_warps: usize) -> String {
     out
 }
 
-/// Attention of one token over the f16 cache.
+/// Attention of one token over the f16 cache (`head_dim` a multiple of 8, at most 256).
 pub fn attention(s: &AttnShape) -> String {
     let threads = attention_threads(s.head_dim);
     let n_warps = threads / 32;
     let scale = 1.0f32 / (s.head_dim as f32).sqrt();
+    let dims_per_lane = s.head_dim.div_ceil(32);
+    // Step 2: 8 dimensions per iteration, a 16-byte load of the key row.
+    let mut dot = String::from("\tld.global.v4.b32 {%kw0, %kw1, %kw2, %kw3}, [%ea];\n");
+    for k in 0..4 {
+        let _ = writeln!(
+            dot,
+            "\tmov.b32 {{%h0, %h1}}, %kw{k};\n\tcvt.f32.f16 %kx{}, %h0;\n\tcvt.f32.f16 %kx{}, %h1;",
+            2 * k,
+            2 * k + 1
+        );
+    }
+    dot.push_str("\tld.shared.v4.f32 {%qx0, %qx1, %qx2, %qx3}, [%sa];\n");
+    dot.push_str("\tld.shared.v4.f32 {%qx4, %qx5, %qx6, %qx7}, [%sa+16];\n");
+    for k in 0..8 {
+        let _ = writeln!(dot, "\tfma.rn.f32 %s, %qx{k}, %kx{k}, %s;");
+    }
+    // Step 4: lane l holds dimensions l + 32 k; the last group may be partial.
+    let mut mix = String::new();
+    let mut mix_step = String::new();
+    let mut mix_store = String::new();
+    for k in 0..dims_per_lane {
+        let partial = 32 * (k + 1) > s.head_dim;
+        let guard = if partial {
+            format!("@%g{k} ")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(mix, "\tmov.f32 %a{k}, 0f00000000;");
+        if partial {
+            let _ = writeln!(mix, "\tsetp.lt.u32 %g{k}, %lane, {};", s.head_dim - 32 * k);
+        }
+        let _ = writeln!(
+            mix_step,
+            "\t{guard}ld.global.b16 %h0, [%row+{}];\n\t{guard}cvt.f32.f16 %v, %h0;\n\t{guard}fma.rn.f32 %a{k}, %s, %v, %a{k};",
+            64 * k
+        );
+        let _ = writeln!(
+            mix_store,
+            "\t{guard}st.shared.f32 [%sa+{}], %a{k};",
+            128 * k
+        );
+    }
+    let mut mix_sum = String::from("\tld.shared.f32 %acc, [%sa];\n");
+    for w in 1..n_warps {
+        let _ = writeln!(
+            mix_sum,
+            "\tld.shared.f32 %v, [%sa+{}];\n\tadd.rn.f32 %acc, %acc, %v;",
+            4 * w * s.head_dim
+        );
+    }
     fill(
         include_str!("../../../templates/ptx/attention.ptx"),
         &[
@@ -336,6 +387,13 @@ pub fn attention(s: &AttnShape) -> String {
             ("head_bytes_f16", (2 * s.head_dim).to_string()),
             ("score_row_bytes", (4 * s.n_ctx).to_string()),
             ("kv_row_bytes", (2 * s.n_head_kv * s.head_dim).to_string()),
+            ("dims_per_lane", dims_per_lane.to_string()),
+            ("part_len", (n_warps * s.head_dim).to_string()),
+            ("dot", dot.trim_end().to_string()),
+            ("mix", mix.trim_end().to_string()),
+            ("mix_step", mix_step.trim_end().to_string()),
+            ("mix_store", mix_store.trim_end().to_string()),
+            ("mix_sum", mix_sum.trim_end().to_string()),
             ("reduce_max", cta_reduce("%m", "max.f32", n_warps)),
             ("reduce_sum", cta_reduce("%sum", "add.rn.f32", n_warps)),
             (

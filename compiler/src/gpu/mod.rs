@@ -137,11 +137,18 @@ pub fn check(desc: &ModelDesc, plan: &Plan) -> Result<(), GpuError> {
             });
         }
     }
-    if !desc.head_dim.is_multiple_of(2) || desc.head_dim > 1024 {
+    if !desc.head_dim.is_multiple_of(8) || desc.head_dim > 256 {
         return Err(GpuError::Shape {
             what: "the head width",
             found: desc.head_dim,
-            needed: "an even number up to 1024",
+            needed: "a multiple of 8 up to 256",
+        });
+    }
+    if !desc.rope_dim.is_multiple_of(2) {
+        return Err(GpuError::Shape {
+            what: "the RoPE width",
+            found: desc.rope_dim,
+            needed: "an even number",
         });
     }
     if !desc.n_embd.is_multiple_of(32) {
