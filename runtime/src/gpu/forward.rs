@@ -1,22 +1,22 @@
-//! The forward pass on the GPU: weights uploaded once, one CUDA graph per decode step.
+//! The forward pass on the GPU: weights uploaded once, the decode step and the prefill
+//! tile captured as CUDA graphs.
 //!
 //! Device memory: the weights the offloaded part reads (one allocation, each tensor
-//! 256-byte aligned), the activations (`x`, `xn`, `q`, `k`, `v`, `att`, `gate`, `up`,
-//! `logits`), the attention scores (`n_head x` compiled context, the row stride the
-//! attention kernel has as an immediate), the RoPE `(cos, sin)` table the CPU path uses,
-//! a 16-byte `params` block `{token, pos, argmax, 0}` and an f16 K and V cache per
-//! offloaded layer (`n_ctx x kv_dim`).
+//! 256-byte aligned); the activations (`x`, `xn`, `q`, `k`, `v`, `att`, `gate`, `up`,
+//! `logits`, the attention scores and `params` `{token, pos, argmax, 0}`), each with a
+//! row per token of a prefill tile (a decode step uses row 0); the RoPE `(cos, sin)`
+//! table the CPU path uses; an f16 K and V cache per offloaded layer
+//! (`n_ctx x kv_dim`). [`super::plan`] names the buffers each launch reads.
 //!
 //! A decode step is: copy `params` in, launch the graph (embed, per layer rmsnorm /
-//! q,k,v / rope_kv / attention / o (+= x) / rmsnorm / gate, up / swiglu / down (+= x),
-//! then rmsnorm / output / argmax), copy the logits (or, with a CPU tail, the hidden
-//! state) out, all on one stream. The kernel launch sequence is captured once into a
-//! graph, so a step costs one graph launch instead of ~15 launches per layer; if the
-//! driver refuses the capture, the same launches run directly.
+//! q, k, v / rope_kv / attention / o (+= x) / rmsnorm / gate, up / swiglu / down
+//! (+= x), then rmsnorm / output / argmax), copy the logits (or only the argmax, or
+//! with a CPU tail the hidden state) out, all on one stream. If the driver refuses a
+//! capture, the same launches run directly.
 //!
-//! A prompt runs in tiles of [`PREFILL_TILE`] tokens through a second graph (the
-//! matrices as matmuls over the tile, the rest per token), and its last partial tile
-//! as decode steps.
+//! A prompt runs in tiles of [`PREFILL_TILE`] tokens through the second graph (the
+//! matrices as matmuls over the tile, the other kernels with the tile along the grid's
+//! y), and its last partial tile as decode steps.
 
 use std::collections::HashMap;
 
@@ -412,8 +412,9 @@ impl GpuCtx {
         Ok(&self.logits[..n_out * n_vocab])
     }
 
-    /// One greedy decode step on the device: the argmax comes back (4 bytes), not the
-    /// logits. All layers must be on the GPU.
+    /// One greedy decode step: with every layer on the GPU the argmax is taken there
+    /// and only it comes back (4 bytes); with a CPU tail the logits come back and the
+    /// argmax is taken on the host.
     pub fn decode_greedy<M: Model>(&mut self, token: u32, pos: usize) -> Result<u32, GpuError> {
         if self.tail.is_some() {
             let logits = self.eval::<M>(&[token], pos, 0)?;
