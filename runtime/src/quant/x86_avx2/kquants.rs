@@ -220,6 +220,23 @@ fn scaled_dot32(q: __m256i, a: __m256i, scale: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), scale)
 }
 
+/// `acc + scaled_dot32(q, a, scale)`: with AVX512-VNNI the `madd` and the add are one
+/// `vpdpwssd`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn scaled_dot32_acc(acc: __m256i, q: __m256i, a: __m256i, scale: __m256i) -> __m256i {
+    let pairs = _mm256_maddubs_epi16(q, a);
+    #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
+    {
+        // SAFETY: the build enables AVX512-VNNI and AVX512-VL (cfg above).
+        unsafe { _mm256_dpwssd_epi32(acc, pairs, scale) }
+    }
+    #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
+    {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale))
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Q4_K
 // ---------------------------------------------------------------------------------------
@@ -299,8 +316,8 @@ fn dot_q4_k(row: &[BlockQ4K], act: &[BlockQ8K]) -> f32 {
             let a_hi = load32(at32(&a.qs, 64 * c + 32));
             let s_lo = _mm256_shuffle_epi8(scales16, spread[2 * c]);
             let s_hi = _mm256_shuffle_epi8(scales16, spread[2 * c + 1]);
-            sum_lo = _mm256_add_epi32(sum_lo, scaled_dot32(q_lo, a_lo, s_lo));
-            sum_hi = _mm256_add_epi32(sum_hi, scaled_dot32(q_hi, a_hi, s_hi));
+            sum_lo = scaled_dot32_acc(sum_lo, q_lo, a_lo, s_lo);
+            sum_hi = scaled_dot32_acc(sum_hi, q_hi, a_hi, s_hi);
         }
         let (isum, imin) = two_totals(
             fold_i32x8(_mm256_add_epi32(sum_lo, sum_hi)),
@@ -404,7 +421,7 @@ fn dot_q6_k(row: &[BlockQ6K], act: &[BlockQ8K]) -> f32 {
             for (k, &q) in quants.iter().enumerate() {
                 let av = load32(at32(&a.qs, 128 * h + 32 * k));
                 let scale = _mm256_shuffle_epi8(half_scales, shuffles[k]);
-                sumi = _mm256_add_epi32(sumi, scaled_dot32(q, av, scale));
+                sumi = scaled_dot32_acc(sumi, q, av, scale);
             }
         }
         acc = scale_acc(acc, d, _mm256_sub_epi32(sumi, offset));
@@ -603,7 +620,7 @@ fn dot_q2_k(row: &[BlockQ2K], act: &[BlockQ8K]) -> f32 {
                 bits = _mm256_srli_epi16::<2>(bits);
                 let av = load32(at32(&a.qs, 128 * h + 32 * k));
                 let scale = _mm256_shuffle_epi8(half_scales, *shuffle);
-                sumi = _mm256_add_epi32(sumi, scaled_dot32(q, av, scale));
+                sumi = scaled_dot32_acc(sumi, q, av, scale);
             }
         }
         if block_totals {
