@@ -20,8 +20,6 @@
 //! `Σ (2s + 1) Σ grid * q8` and `Σ (2s + 1) * ±1 * Σ q8` in integers and applies
 //! `d * d_a * (sum + shift_sum / 8)` per super-block.
 
-use std::ops::Range;
-
 use half::f16;
 
 use super::iq_grids::IQ1S_GRID;
@@ -86,21 +84,7 @@ impl WeightType for IQ1_M {
     type Block = BlockIQ1M;
     type Act = Q8_K;
 
-    #[inline(always)]
-    fn batched(n_tokens: usize) -> bool {
-        superblock::batched::<Self>(n_tokens)
-    }
-
-    fn batch_row_dots(
-        row: &[Self::Block],
-        act: &[BlockQ8K],
-        act_row: usize,
-        tokens: Range<usize>,
-        n_tokens: usize,
-        out: &mut [f32],
-    ) {
-        superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
-    }
+    superblock::weight_type_batches!();
 
     fn dequantize_ref(blocks: &[BlockIQ1M], out: &mut [f32]) {
         debug_assert_eq!(out.len(), blocks.len() * QK_K);

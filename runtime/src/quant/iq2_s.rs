@@ -18,8 +18,6 @@
 //! sign_g(j)`. The dot product with Q8_K sums `(2s + 1) * Σ grid * sign * q8` in
 //! integers per super-block and applies `d_w * d_a / 8` at the end.
 
-use std::ops::Range;
-
 use half::f16;
 
 use super::iq_grids::IQ2S_GRID;
@@ -78,21 +76,7 @@ impl WeightType for IQ2_S {
     type Block = BlockIQ2S;
     type Act = Q8_K;
 
-    #[inline(always)]
-    fn batched(n_tokens: usize) -> bool {
-        superblock::batched::<Self>(n_tokens)
-    }
-
-    fn batch_row_dots(
-        row: &[Self::Block],
-        act: &[BlockQ8K],
-        act_row: usize,
-        tokens: Range<usize>,
-        n_tokens: usize,
-        out: &mut [f32],
-    ) {
-        superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
-    }
+    superblock::weight_type_batches!();
 
     fn dequantize_ref(blocks: &[BlockIQ2S], out: &mut [f32]) {
         debug_assert_eq!(out.len(), blocks.len() * QK_K);

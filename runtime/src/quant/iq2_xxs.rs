@@ -16,8 +16,6 @@
 //! The dot product with Q8_K keeps `Σ (2s + 1) * Σ grid * sign * q8` in integers per
 //! super-block and applies `d_w * d_a / 8` at the end (`(0.5 + s) / 4 = (2s + 1) / 8`).
 
-use std::ops::Range;
-
 use half::f16;
 
 use super::iq_grids::{IQ2XXS_GRID, KSIGNS_IQ2XS};
@@ -74,21 +72,7 @@ impl WeightType for IQ2_XXS {
     type Block = BlockIQ2XXS;
     type Act = Q8_K;
 
-    #[inline(always)]
-    fn batched(n_tokens: usize) -> bool {
-        superblock::batched::<Self>(n_tokens)
-    }
-
-    fn batch_row_dots(
-        row: &[Self::Block],
-        act: &[BlockQ8K],
-        act_row: usize,
-        tokens: Range<usize>,
-        n_tokens: usize,
-        out: &mut [f32],
-    ) {
-        superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
-    }
+    superblock::weight_type_batches!();
 
     fn dequantize_ref(blocks: &[BlockIQ2XXS], out: &mut [f32]) {
         debug_assert_eq!(out.len(), blocks.len() * QK_K);

@@ -17,8 +17,6 @@
 //! The dot product with Q8_K sums `(2s + 1) * Σ grid * sign * q8` in integers per
 //! super-block and applies `d_w * d_a / 4` at the end.
 
-use std::ops::Range;
-
 use half::f16;
 
 use super::iq_grids::{IQ3XXS_GRID, KSIGNS_IQ2XS};
@@ -70,21 +68,7 @@ impl WeightType for IQ3_XXS {
     type Block = BlockIQ3XXS;
     type Act = Q8_K;
 
-    #[inline(always)]
-    fn batched(n_tokens: usize) -> bool {
-        superblock::batched::<Self>(n_tokens)
-    }
-
-    fn batch_row_dots(
-        row: &[Self::Block],
-        act: &[BlockQ8K],
-        act_row: usize,
-        tokens: Range<usize>,
-        n_tokens: usize,
-        out: &mut [f32],
-    ) {
-        superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
-    }
+    superblock::weight_type_batches!();
 
     fn dequantize_ref(blocks: &[BlockIQ3XXS], out: &mut [f32]) {
         debug_assert_eq!(out.len(), blocks.len() * QK_K);

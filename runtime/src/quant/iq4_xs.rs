@@ -17,8 +17,6 @@
 //! whole super-block in integers and adds `(d_w * d_a) * sum` in f32 (as ggml's x86
 //! path does; its portable path applies the scale per sub-block pair in f32 instead).
 
-use std::ops::Range;
-
 use half::f16;
 
 use super::iq4_nl::levels_dot;
@@ -71,21 +69,7 @@ impl WeightType for IQ4_XS {
     type Block = BlockIQ4XS;
     type Act = Q8_K;
 
-    #[inline(always)]
-    fn batched(n_tokens: usize) -> bool {
-        superblock::batched::<Self>(n_tokens)
-    }
-
-    fn batch_row_dots(
-        row: &[Self::Block],
-        act: &[BlockQ8K],
-        act_row: usize,
-        tokens: Range<usize>,
-        n_tokens: usize,
-        out: &mut [f32],
-    ) {
-        superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
-    }
+    superblock::weight_type_batches!();
 
     fn dequantize_ref(blocks: &[BlockIQ4XS], out: &mut [f32]) {
         debug_assert_eq!(out.len(), blocks.len() * QK_K);

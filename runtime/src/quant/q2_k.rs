@@ -16,8 +16,6 @@
 //! Dot product with Q8_K (`x = d_a * a`), in integers per block:
 //! `Σ y x = d_a d Σ_g sc[g] Σ q a  -  d_a dmin Σ_g m[g] bsums[g]`.
 
-use std::ops::Range;
-
 use half::f16;
 
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
@@ -85,21 +83,7 @@ impl WeightType for Q2_K {
     type Block = BlockQ2K;
     type Act = Q8_K;
 
-    #[inline(always)]
-    fn batched(n_tokens: usize) -> bool {
-        superblock::batched::<Self>(n_tokens)
-    }
-
-    fn batch_row_dots(
-        row: &[Self::Block],
-        act: &[BlockQ8K],
-        act_row: usize,
-        tokens: Range<usize>,
-        n_tokens: usize,
-        out: &mut [f32],
-    ) {
-        superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
-    }
+    superblock::weight_type_batches!();
 
     fn dequantize_ref(blocks: &[BlockQ2K], out: &mut [f32]) {
         debug_assert_eq!(out.len(), blocks.len() * QK_K);

@@ -17,8 +17,6 @@
 //! `Σ y x = d_a d Σ_j sc[j] Σ q a  -  d_a dmin Σ_j m[j] Σ a`, where the last sums are the
 //! Q8_K `bsums` (two groups of 16 per sub-block).
 
-use std::ops::Range;
-
 use half::f16;
 
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
@@ -128,21 +126,7 @@ impl WeightType for Q4_K {
     type Block = BlockQ4K;
     type Act = Q8_K;
 
-    #[inline(always)]
-    fn batched(n_tokens: usize) -> bool {
-        superblock::batched::<Self>(n_tokens)
-    }
-
-    fn batch_row_dots(
-        row: &[Self::Block],
-        act: &[BlockQ8K],
-        act_row: usize,
-        tokens: Range<usize>,
-        n_tokens: usize,
-        out: &mut [f32],
-    ) {
-        superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
-    }
+    superblock::weight_type_batches!();
 
     fn dequantize_ref(blocks: &[BlockQ4K], out: &mut [f32]) {
         debug_assert_eq!(out.len(), blocks.len() * QK_K);

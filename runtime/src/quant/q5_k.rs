@@ -17,8 +17,6 @@
 //! Dot product with Q8_K (`x = d_a * a`), in integers per block:
 //! `Σ y x = d_a d Σ_j sc[j] Σ q a  -  d_a dmin Σ_j m[j] Σ a` (the last sums from `bsums`).
 
-use std::ops::Range;
-
 use half::f16;
 
 use super::q4_k::{min_sum_of, unpack_scales_mins};
@@ -88,21 +86,7 @@ impl WeightType for Q5_K {
     type Block = BlockQ5K;
     type Act = Q8_K;
 
-    #[inline(always)]
-    fn batched(n_tokens: usize) -> bool {
-        superblock::batched::<Self>(n_tokens)
-    }
-
-    fn batch_row_dots(
-        row: &[Self::Block],
-        act: &[BlockQ8K],
-        act_row: usize,
-        tokens: Range<usize>,
-        n_tokens: usize,
-        out: &mut [f32],
-    ) {
-        superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
-    }
+    superblock::weight_type_batches!();
 
     fn dequantize_ref(blocks: &[BlockQ5K], out: &mut [f32]) {
         debug_assert_eq!(out.len(), blocks.len() * QK_K);

@@ -118,6 +118,30 @@ pub trait SuperBlock: WeightType<Act = Q8_K> {
     fn ints(block: &Self::Block, out: &mut Ints);
 }
 
+/// The [`WeightType`] methods of a [`SuperBlock`] format (inside its `impl WeightType`):
+/// its batches go through [`row_dots`] whenever [`batched`] says llama.cpp would take
+/// its batch kernels.
+macro_rules! weight_type_batches {
+    () => {
+        #[inline(always)]
+        fn batched(n_tokens: usize) -> bool {
+            $crate::quant::superblock::batched::<Self>(n_tokens)
+        }
+
+        fn batch_row_dots(
+            row: &[Self::Block],
+            act: &[$crate::quant::q8_k::BlockQ8K],
+            act_row: usize,
+            tokens: std::ops::Range<usize>,
+            n_tokens: usize,
+            out: &mut [f32],
+        ) {
+            $crate::quant::superblock::row_dots::<Self>(row, act, act_row, tokens, n_tokens, out)
+        }
+    };
+}
+pub(crate) use weight_type_batches;
+
 /// Whether a batch of `n_tokens` goes through [`row_dots`] for format `W`.
 pub const fn batched<W: SuperBlock>(n_tokens: usize) -> bool {
     if !cfg!(all(target_arch = "x86_64", target_feature = "avx2")) {
