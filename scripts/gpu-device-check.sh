@@ -111,7 +111,18 @@ import cupy as cp
 base = pathlib.Path(sys.argv[1])
 k = base / "kernels"
 m = json.load(open(k / "manifest.json"))
-mod = cp.RawModule(path=str(base / "all_types.ptx"))
+def load_module(path):
+    # RawModule loads PTX files through cuModuleLoad; the lower-level Module is the
+    # fallback (cuModuleLoadData on the NUL-terminated text).
+    try:
+        return cp.RawModule(path=str(path))
+    except Exception as e:
+        print(f"RawModule({path.name}) failed ({e}); loading with cupy.cuda.function.Module")
+        m = cp.cuda.function.Module()
+        m.load(path.read_bytes() + b"\0")
+        return m
+
+mod = load_module(base / "all_types.ptx")
 x = cp.asarray(np.fromfile(k / "x.f32", np.float32))
 y0 = np.fromfile(k / "y0.f32", np.float32)
 params = cp.asarray(np.array([m["token"], 0, 0, 0], np.uint32))
@@ -197,7 +208,12 @@ import cupy as cp
 
 base = pathlib.Path(sys.argv[1])
 ptx = (base / "minitron.ptx").read_text()
-mod = cp.RawModule(path=str(base / "minitron.ptx"))
+try:
+    mod = cp.RawModule(path=str(base / "minitron.ptx"))
+except Exception as e:
+    print(f"RawModule(minitron.ptx) failed ({e}); loading with cupy.cuda.function.Module")
+    mod = cp.cuda.function.Module()
+    mod.load((base / "minitron.ptx").read_bytes() + b"\0")
 kernels = re.findall(r"\.visible \.entry (mva?_(q\d_k)_(\d+)x(\d+))\(", ptx)
 bpb = {"q4_k": 144, "q6_k": 210}
 def shape(name):
