@@ -336,7 +336,7 @@ mod decode {
     use mcc::describe::{describe, ModelDesc};
     use mcc::gguf::{GgmlType, GgufFile};
     use mcc::gpu::sim::{Device, Module};
-    use mcc::gpu::{emit_ptx, kernel_of, output_kernel, prefill_kernel_of};
+    use mcc::gpu::{emit_ptx, gate_up_of, kernel_of, output_kernel, prefill_kernel_of};
     use mcc::plan::{plan, Plan, PlannedTensor};
     use mcc_runtime::gpu::plan::{
         decode_plan, prefill_plan, rope_table, Buf, Launch, PREFILL_TILE,
@@ -364,6 +364,7 @@ mod decode {
         let layers: Vec<GpuLayer> = (0..desc.n_layer)
             .map(|l| {
                 let r = |role: &str| by(&format!("blk.{l}.{role}.weight"));
+                let (gate_up, gate_up_prefill) = gate_up_of(p, l);
                 GpuLayer {
                     attn_norm: r("attn_norm"),
                     attn_q: r("attn_q"),
@@ -374,6 +375,8 @@ mod decode {
                     ffn_gate: r("ffn_gate"),
                     ffn_up: r("ffn_up"),
                     ffn_down: r("ffn_down"),
+                    gate_up: Box::leak(gate_up.into_boxed_str()),
+                    gate_up_prefill: Box::leak(gate_up_prefill.into_boxed_str()),
                 }
             })
             .collect();

@@ -207,6 +207,143 @@ pub fn matmul(name: &str, t: GgmlType, rows: u64, cols: u64, accumulate: bool) -
     ))
 }
 
+/// Renames a unit program's registers for a kernel that holds two of them: `%u3`,
+/// `%f3`, `%a3`, `%b3`, `%h3`, `%p3` become `%gu3`, ... with prefix `g`, and `%sub`,
+/// `%bp` become `%subg`, `%bpg`.
+fn rename_registers(code: &str, prefix: char) -> String {
+    let bytes = code.as_bytes();
+    let mut out = String::with_capacity(code.len() + code.len() / 8);
+    let word_end = |i: usize| i >= bytes.len() || !bytes[i].is_ascii_alphanumeric();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let rest = &code[i + 1..];
+            if rest.starts_with("sub") && word_end(i + 4) {
+                out.push_str("%sub");
+                out.push(prefix);
+                i += 4;
+                continue;
+            }
+            if rest.starts_with("bp") && word_end(i + 3) {
+                out.push_str("%bp");
+                out.push(prefix);
+                i += 3;
+                continue;
+            }
+            if i + 2 < bytes.len()
+                && b"ufabhp".contains(&bytes[i + 1])
+                && bytes[i + 2].is_ascii_digit()
+            {
+                out.push('%');
+                out.push(prefix);
+                i += 1;
+                continue;
+            }
+        }
+        out.push(bytes[i] as char);
+        i += 1;
+    }
+    out
+}
+
+/// The fused feed-forward input: `y = silu(W_gate x) * (W_up x)` for `tokens` tokens
+/// (1: decode; [`PREFILL_TILE`]: prefill, X and Y one row per token), one warp per row
+/// of both matrices, so the up projection and SwiGLU need no buffer or launch of their
+/// own. Each dot is the matvec's (same programs, same order) and the SwiGLU is the
+/// `swiglu` formula, so the results equal the three separate steps bit for bit.
+pub fn gate_up(
+    name: &str,
+    (tg, tv): (GgmlType, GgmlType),
+    rows: u64,
+    cols: u64,
+    tokens: usize,
+) -> Option<String> {
+    let (gg, gv) = (geometry(tg)?, geometry(tv)?);
+    let (ug, uv) = (unit(tg)?, unit(tv)?);
+    let (pg, pv) = (ug.dot_plan(), uv.dot_plan());
+    let mut regs = String::new();
+    for (prefix, n) in [('g', ug.nodes.len()), ('v', uv.nodes.len())] {
+        let n = n.max(1);
+        let _ = writeln!(
+            regs,
+            "\t.reg .pred %{prefix}p<{n}>;\n\t.reg .b32 %{prefix}u<{n}>;\n\t.reg .f32 %{prefix}f<{n}>;\n\t.reg .b64 %{prefix}a<{n}>;\n\t.reg .b64 %{prefix}b<{n}>;\n\t.reg .b16 %{prefix}h<{n}>;"
+        );
+    }
+    let mut unit_code = rename_registers(&ug.to_ptx("\t", &ug.dot_roots(&pg)), 'g');
+    unit_code.push_str(&rename_registers(&uv.to_ptx("\t", &uv.dot_roots(&pv)), 'v'));
+    let (mut zero, mut dots, mut reduce, mut store) =
+        (String::new(), String::new(), String::new(), String::new());
+    for tok in 0..tokens {
+        let _ = writeln!(
+            zero,
+            "\tmov.f32 %accg{tok}, 0f00000000;\n\tmov.f32 %accv{tok}, 0f00000000;"
+        );
+        for k in 0..8 {
+            let _ = writeln!(
+                dots,
+                "\tld.global.v4.f32 {{%x{}, %x{}, %x{}, %x{}}}, [%xu+{}];",
+                4 * k,
+                4 * k + 1,
+                4 * k + 2,
+                4 * k + 3,
+                tok as u64 * 4 * cols + 16 * k
+            );
+        }
+        dots.push_str(&rename_registers(
+            &dot(&ug, &pg, &format!("%ACCG{tok}")),
+            'g',
+        ));
+        dots.push_str(&rename_registers(
+            &dot(&uv, &pv, &format!("%ACCV{tok}")),
+            'v',
+        ));
+        for acc in [format!("%accg{tok}"), format!("%accv{tok}")] {
+            for off in [16, 8, 4, 2, 1] {
+                let _ = writeln!(
+                    reduce,
+                    "\tshfl.sync.bfly.b32 %other, {acc}, {off}, 31, 0xffffffff;\n\tadd.rn.f32 {acc}, {acc}, %other;"
+                );
+            }
+        }
+        // silu(g) * u = g / (1 + exp(-g)) * u, exp(-g) = 2^(-g log2 e)
+        let _ = writeln!(
+            store,
+            "\tmul.rn.f32 %e, %accg{tok}, 0fBFB8AA3B;\n\tex2.approx.f32 %e, %e;\n\tadd.rn.f32 %e, %e, 0f3F800000;\n\tdiv.rn.f32 %other, %accg{tok}, %e;\n\tmul.rn.f32 %other, %other, %accv{tok};\n\tst.global.f32 [%yp+{}], %other;",
+            tok as u64 * 4 * rows
+        );
+    }
+    // The accumulators were kept out of the renaming.
+    let dots = dots.replace("%ACCG", "%accg").replace("%ACCV", "%accv");
+    let doc = format!(
+        "y = silu(W_gate x) * (W_up x) for {tokens} token(s): {rows} x {cols}, gate {}, up {}.",
+        tg.name(),
+        tv.name()
+    );
+    let row_bytes = |t: GgmlType| (cols / t.block_elems() * t.block_bytes()).to_string();
+    Some(fill(
+        include_str!("../../../templates/ptx/gate_up.ptx"),
+        &[
+            ("doc", doc),
+            ("name", name.to_string()),
+            ("regs", regs.trim_end().to_string()),
+            ("tokens", tokens.to_string()),
+            ("rows", rows.to_string()),
+            ("units", (cols / 32).to_string()),
+            ("row_bytes_g", row_bytes(tg)),
+            ("row_bytes_v", row_bytes(tv)),
+            ("units_per_block_g", gg.units_per_block.to_string()),
+            ("units_per_block_v", gv.units_per_block.to_string()),
+            ("block_bytes_g", gg.block_bytes.to_string()),
+            ("block_bytes_v", gv.block_bytes.to_string()),
+            ("zero", zero.trim_end().to_string()),
+            ("unit_code", unit_code.trim_end().to_string()),
+            ("dots", dots.trim_end().to_string()),
+            ("reduce", reduce.trim_end().to_string()),
+            ("store", store.trim_end().to_string()),
+        ],
+    ))
+}
+
 /// `y = dequantize(W[token])` for the `rows x cols` embedding table of type `t`.
 pub fn embed(name: &str, t: GgmlType, rows: u64, cols: u64) -> Option<String> {
     let (u, _, mut holes) = unit_holes(t, cols, false)?;

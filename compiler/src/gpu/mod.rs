@@ -78,6 +78,24 @@ pub fn matmul_name(t: GgmlType, rows: u64, cols: u64, accumulate: bool) -> Strin
     )
 }
 
+/// Names of the fused gate/up/SwiGLU kernels (decode, prefill) for gate type `tg` and
+/// up type `tv`, `rows x cols` each: `mvg_q4_k_q4_k_9216x3072`, `mmg_...`.
+pub fn gate_up_names(tg: GgmlType, tv: GgmlType, rows: u64, cols: u64) -> (String, String) {
+    let types = format!(
+        "{}_{}_{rows}x{cols}",
+        tg.name().to_ascii_lowercase(),
+        tv.name().to_ascii_lowercase()
+    );
+    (format!("mvg_{types}"), format!("mmg_{types}"))
+}
+
+/// The fused gate/up kernels of layer `l` (decode, prefill).
+pub fn gate_up_of(plan: &Plan, l: usize) -> (String, String) {
+    let g = plan.get(&format!("blk.{l}.ffn_gate.weight"));
+    let v = plan.get(&format!("blk.{l}.ffn_up.weight"));
+    gate_up_names(g.ggml_type, v.ggml_type, g.rows, g.cols)
+}
+
 /// Name of the embedding-lookup kernel for a table of type `t`.
 pub fn embed_name(t: GgmlType) -> String {
     format!("embed_{}", t.name().to_ascii_lowercase())
@@ -170,7 +188,16 @@ pub fn emit_ptx(
 ) -> Result<String, GpuError> {
     check(desc, plan)?;
     let mut mv = BTreeSet::new();
+    let mut fused = BTreeSet::new();
+    for l in 0..desc.n_layer {
+        let g = plan.get(&format!("blk.{l}.ffn_gate.weight"));
+        let v = plan.get(&format!("blk.{l}.ffn_up.weight"));
+        fused.insert((g.ggml_type, v.ggml_type, g.rows, g.cols));
+    }
     for t in matrices(plan) {
+        if matches!(role_of(&t.name), "ffn_gate" | "ffn_up") {
+            continue;
+        }
         mv.insert(Matvec {
             ty: t.ggml_type,
             rows: t.rows,
@@ -188,7 +215,13 @@ pub fn emit_ptx(
     let embd = plan.get("token_embd.weight");
 
     let mut tables = BTreeSet::new();
-    for t in mv.iter().map(|m| m.ty).chain([embd.ggml_type]) {
+    let fused_types = fused.iter().flat_map(|&(g, v, _, _)| [g, v]);
+    for t in mv
+        .iter()
+        .map(|m| m.ty)
+        .chain([embd.ggml_type])
+        .chain(fused_types)
+    {
         tables.extend(dequant::unit(t).map(|u| u.tables()).unwrap_or_default());
     }
     let tables: Vec<_> = tables.into_iter().collect();
@@ -196,6 +229,7 @@ pub fn emit_ptx(
         .iter()
         .map(|m| m.ty.name())
         .chain([embd.ggml_type.name()])
+        .chain(fused.iter().flat_map(|&(g, v, _, _)| [g.name(), v.name()]))
         .collect();
     let summary = format!(
         "{}: {} layers, {} hidden, {} heads ({} KV) of {}, FFN {}, vocab {}, context {}; types {}.",
@@ -245,6 +279,14 @@ pub fn emit_ptx(
                 .ok_or_else(|| missing(m.ty))?,
         );
     }
+    for &(g, v, rows, cols) in &fused {
+        let (decode, prefill) = gate_up_names(g, v, rows, cols);
+        ptx.push_str(&kernels::gate_up(&decode, (g, v), rows, cols, 1).ok_or_else(|| missing(g))?);
+        ptx.push_str(
+            &kernels::gate_up(&prefill, (g, v), rows, cols, kernels::PREFILL_TILE)
+                .ok_or_else(|| missing(g))?,
+        );
+    }
     let shape = kernels::AttnShape {
         n_head: desc.n_head,
         n_head_kv: desc.n_head_kv,
@@ -255,7 +297,6 @@ pub fn emit_ptx(
     ptx.push_str(&kernels::rmsnorm(desc.n_embd, desc.rms_eps));
     ptx.push_str(&kernels::rope_kv(&shape));
     ptx.push_str(&kernels::attention(&shape));
-    ptx.push_str(&kernels::swiglu(desc.n_ff));
     ptx.push_str(&kernels::argmax(desc.n_vocab));
     Ok(ptx)
 }
@@ -335,7 +376,8 @@ pub fn emit_gpu_rs(desc: &ModelDesc, plan: &Plan, source: &str) -> String {
             "ffn_down",
         ]
         .map(field);
-        quote!(GpuLayer { #(#fields),* })
+        let (decode, prefill) = gate_up_of(plan, l);
+        quote!(GpuLayer { #(#fields,)* gate_up: #decode, gate_up_prefill: #prefill })
     });
     let norm = gpu_tensor(plan.get("output_norm.weight"), "rmsnorm", "");
     let (out, out_kernel, out_prefill) = output_kernel(desc, plan);

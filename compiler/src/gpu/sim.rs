@@ -1171,6 +1171,65 @@ mod tests {
         }
     }
 
+    /// The fused gate/up/SwiGLU kernel equals two matvecs and the swiglu kernel bit for
+    /// bit, for mixed type pairs, in decode (1 token) and prefill (a tile) form.
+    #[test]
+    fn fused_gate_up_equals_the_separate_steps() {
+        let (rows, cols) = (6usize, 512usize);
+        let pairs = [
+            (GgmlType::Q4_K, GgmlType::Q4_K),
+            (GgmlType::Q4_K, GgmlType::Q6_K),
+            (GgmlType::Q8_0, GgmlType::IQ4_NL),
+            (GgmlType::F16, GgmlType::F32),
+            (GgmlType::IQ2_XXS, GgmlType::Q5_0),
+        ];
+        for (tg, tv) in pairs {
+            let (ng, nv) = (
+                tg.name().to_ascii_lowercase(),
+                tv.name().to_ascii_lowercase(),
+            );
+            let mut tables = dequant::unit(tg).unwrap().tables();
+            tables.extend(dequant::unit(tv).unwrap().tables());
+            tables.sort();
+            tables.dedup();
+            let mut ptx = dequant::tables_ptx(&tables);
+            ptx += &kernels::matvec("mv_g", tg, rows as u64, cols as u64, false).unwrap();
+            ptx += &kernels::matvec("mv_v", tv, rows as u64, cols as u64, false).unwrap();
+            ptx += &kernels::swiglu(rows);
+            let tile = kernels::PREFILL_TILE;
+            ptx += &kernels::gate_up("gu1", (tg, tv), rows as u64, cols as u64, 1).unwrap();
+            ptx += &kernels::gate_up("gut", (tg, tv), rows as u64, cols as u64, tile).unwrap();
+            let mut dev = Device::new(Module::parse(&ptx).unwrap());
+            let (bg, _) = weights(tg, rows, cols, 5);
+            let (bv, _) = weights(tv, rows, cols, 6);
+            let (wg, wv) = (dev.alloc(bg.len()), dev.alloc(bv.len()));
+            dev.write(wg, &bg);
+            dev.write(wv, &bv);
+            let xs: Vec<f32> = (0..tile * cols)
+                .map(|i| ((i * 29 % 61) as f32 - 30.0) / 40.0)
+                .collect();
+            let (xp, gp, vp) = (
+                dev.alloc(4 * cols),
+                dev.alloc(4 * rows),
+                dev.alloc(4 * rows),
+            );
+            let mut want = Vec::new();
+            for t in 0..tile {
+                dev.write_f32(xp, &xs[t * cols..(t + 1) * cols]);
+                dev.launch("mv_g", 2, 128, &[wg, xp, gp]).unwrap();
+                dev.launch("mv_v", 2, 128, &[wv, xp, vp]).unwrap();
+                dev.launch("swiglu", 1, 256, &[gp, vp]).unwrap();
+                want.extend(dev.read_f32(gp, rows));
+            }
+            let (xsp, yp) = (dev.alloc(4 * tile * cols), dev.alloc(4 * tile * rows));
+            dev.write_f32(xsp, &xs);
+            dev.launch("gut", 2, 128, &[wg, wv, xsp, yp]).unwrap();
+            assert_eq!(dev.read_f32(yp, tile * rows), want, "{ng}/{nv} tile");
+            dev.launch("gu1", 2, 128, &[wg, wv, xsp, yp]).unwrap();
+            assert_eq!(dev.read_f32(yp, rows), want[..rows], "{ng}/{nv} one token");
+        }
+    }
+
     #[test]
     fn unknown_instructions_and_hangs_are_errors() {
         let ptx = ".visible .entry k(\n.param .u64 a\n)\n{\n\tfoo.bar %r1, %r2;\n\tret;\n}\n";

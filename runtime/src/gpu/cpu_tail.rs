@@ -378,6 +378,8 @@ mod tests {
         ffn_gate: NONE,
         ffn_up: NONE,
         ffn_down: NONE,
+        gate_up: "",
+        gate_up_prefill: "",
     };
     static TOY_GPU: GpuModel = GpuModel {
         ptx: "",

@@ -2,15 +2,15 @@
 //! tile captured as CUDA graphs.
 //!
 //! Device memory: the weights the offloaded part reads (one allocation, each tensor
-//! 256-byte aligned); the activations (`x`, `xn`, `q`, `k`, `v`, `att`, `gate`, `up`,
+//! 256-byte aligned); the activations (`x`, `xn`, `q`, `k`, `v`, `att`, `gate`,
 //! `logits`, the attention scores and `params` `{token, pos, argmax, 0}`), each with a
 //! row per token of a prefill tile (a decode step uses row 0); the RoPE `(cos, sin)`
 //! table the CPU path uses; an f16 K and V cache per offloaded layer
 //! (`n_ctx x kv_dim`). [`super::plan`] names the buffers each launch reads.
 //!
 //! A decode step is: copy `params` in, launch the graph (embed, per layer rmsnorm /
-//! q, k, v / rope_kv / attention / o (+= x) / rmsnorm / gate, up / swiglu / down
-//! (+= x), then rmsnorm / output / argmax), copy the logits (or only the argmax, or
+//! q, k, v / rope_kv / attention / o (+= x) / rmsnorm / gate-up-SwiGLU / down (+= x),
+//! then rmsnorm / output / argmax), copy the logits (or only the argmax, or
 //! with a CPU tail the hidden state) out, all on one stream. If the driver refuses a
 //! capture, the same launches run directly.
 //!

@@ -52,6 +52,9 @@ pub struct GpuLayer {
     pub ffn_gate: GpuTensor,
     pub ffn_up: GpuTensor,
     pub ffn_down: GpuTensor,
+    /// The fused `silu(W_gate x) * (W_up x)` kernels: decode, prefill.
+    pub gate_up: &'static str,
+    pub gate_up_prefill: &'static str,
 }
 
 /// What `mcc build --gpu` emits for the runtime (`src/gpu.rs` of the crate).

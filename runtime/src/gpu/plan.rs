@@ -23,9 +23,8 @@ pub enum Buf {
     V,
     /// Attention output, `n_head * head_dim` f32.
     Att,
-    /// Feed-forward gate and up projections, `n_ff` f32 each.
+    /// Feed-forward hidden state `silu(W_gate xn) * (W_up xn)`, `n_ff` f32.
     Gate,
-    Up,
     /// `n_vocab` f32.
     Logits,
     /// Attention scores, `n_head x` compiled context f32 (the kernel's row stride).
@@ -68,7 +67,7 @@ impl Buf {
             Buf::X | Buf::Xn => cfg.n_embd * f,
             Buf::Q | Buf::Att => cfg.q_dim() * f,
             Buf::K | Buf::V => cfg.kv_dim() * f,
-            Buf::Gate | Buf::Up => cfg.n_ff * f,
+            Buf::Gate => cfg.n_ff * f,
             Buf::Logits => cfg.n_vocab * f,
             Buf::Scores => cfg.n_head * cfg.n_ctx * f,
             Buf::Rope => n_ctx * cfg.rope_dim / 2 * 2 * f,
@@ -185,15 +184,18 @@ fn step_plan(model: &GpuModel, cfg: &Config, n_gpu: usize, tile: Option<usize>) 
         );
         matrix(p, &t.attn_output, Buf::Att, Buf::X);
         per_token(p, "rmsnorm", 1, 256, &[Buf::X, w(&t.ffn_norm), Buf::Xn]);
-        matrix(p, &t.ffn_gate, Buf::Xn, Buf::Gate);
-        matrix(p, &t.ffn_up, Buf::Xn, Buf::Up);
-        per_token(
-            p,
-            "swiglu",
-            cfg.n_ff.div_ceil(256),
-            256,
-            &[Buf::Gate, Buf::Up],
-        );
+        // gate = silu(W_gate xn) * (W_up xn), one fused launch
+        p.push(Launch {
+            kernel: if tile.is_some() {
+                t.gate_up_prefill
+            } else {
+                t.gate_up
+            },
+            grid: t.ffn_gate.rows.div_ceil(4) as u32,
+            grid_y: 1,
+            block: 128,
+            args: vec![w(&t.ffn_gate), w(&t.ffn_up), Buf::Xn, Buf::Gate],
+        });
         matrix(p, &t.ffn_down, Buf::Gate, Buf::X);
     }
     if n_gpu >= cfg.n_layer {
