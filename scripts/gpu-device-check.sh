@@ -214,47 +214,49 @@ except Exception as e:
     print(f"RawModule(minitron.ptx) failed ({e}); loading with cupy.cuda.function.Module")
     mod = cp.cuda.function.Module()
     mod.load((base / "minitron.ptx").read_bytes() + b"\0")
-kernels = re.findall(r"\.visible \.entry (mva?_(q\d_k)_(\d+)x(\d+))\(", ptx)
 bpb = {"q4_k": 144, "q6_k": 210}
-def shape(name):
-    for k, t, r, c in kernels:
-        if k == name:
-            return t, int(r), int(c)
-    raise KeyError(name)
 n_layer, n_embd, q_dim, kv, n_ff = 32, 3072, 4096, 1024, 9216
 def more_bits(i, n):  # llama.cpp's Q4_K_M rule for attn_v / ffn_down
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+# (decode kernel, prefill kernel, weights as (type, rows, cols), input, output)
+def mat(t, r, c, src, dst, acc=False):
+    pre = "mva" if acc else "mv"
+    return (f"{pre}_{t}_{r}x{c}", f"{pre.replace('mv', 'mm')}_{t}_{r}x{c}", [(t, r, c)], src, dst)
 plan = []
 for l in range(n_layer):
     v = "q6_k" if more_bits(l, n_layer) else "q4_k"
-    plan += [(f"mv_q4_k_{q_dim}x{n_embd}", "xn", "q"), (f"mv_q4_k_{kv}x{n_embd}", "xn", "k"),
-             (f"mv_{v}_{kv}x{n_embd}", "xn", "v"), (f"mva_q4_k_{n_embd}x{q_dim}", "att", "x"),
-             (f"mv_q4_k_{n_ff}x{n_embd}", "xn", "gate"), (f"mv_q4_k_{n_ff}x{n_embd}", "xn", "up"),
-             (f"mva_{v}_{n_embd}x{n_ff}", "gate", "x")]
-out_name = [k for k, t, r, c in kernels if k.startswith("mv_q6_k_") and int(c) == n_embd and int(r) > n_ff][0]
-plan.append((out_name, "xn", "logits"))
-n_vocab = shape(out_name)[1]  # rows of the output matrix
+    plan += [mat("q4_k", q_dim, n_embd, "xn", "q"), mat("q4_k", kv, n_embd, "xn", "k"),
+             mat(v, kv, n_embd, "xn", "v"), mat("q4_k", n_embd, q_dim, "att", "x", True),
+             (f"mvg_q4_k_q4_k_{n_ff}x{n_embd}", f"mmg_q4_k_q4_k_{n_ff}x{n_embd}",
+              [("q4_k", n_ff, n_embd), ("q4_k", n_ff, n_embd)], "xn", "gate"),
+             mat(v, n_embd, n_ff, "gate", "x", True)]
+out = re.findall(r"\.visible \.entry mv_q6_k_(\d+)x" + str(n_embd) + r"\(", ptx)
+n_vocab = max(int(r) for r in out)  # rows of the output matrix
+plan.append(mat("q6_k", n_vocab, n_embd, "xn", "logits"))
 TILE = 8  # tokens per prefill matmul (runtime PREFILL_TILE)
 acts = {a: cp.zeros(TILE * n, cp.float32) for a, n in
         [("x", n_embd), ("xn", n_embd), ("att", q_dim), ("q", q_dim), ("k", kv), ("v", kv),
-         ("gate", n_ff), ("up", n_ff), ("logits", n_vocab)]}
+         ("gate", n_ff), ("logits", n_vocab)]}
 acts["xn"][:] = cp.random.standard_normal(TILE * n_embd, dtype=cp.float32)
 launches, mm_launches, total = [], [], 0
-for name, src, dst in plan:
-    t, r, c = shape(name)
-    nbytes = r * (c // 256) * bpb[t]
-    w = cp.random.randint(0, 256, nbytes, dtype=cp.uint8)
-    launches.append((mod.get_function(name), (r + 3) // 4, w, acts[src], acts[dst], nbytes))
-    mm = name.replace("mva_", "mma_", 1) if name.startswith("mva_") else name.replace("mv_", "mm_", 1)
-    mm_launches.append((mod.get_function(mm), (r + 3) // 4, w, acts[src], acts[dst], nbytes))
+for decode, prefill, ws, src, dst in plan:
+    bufs, nbytes = [], 0
+    for t, r, c in ws:
+        n = r * (c // 256) * bpb[t]
+        bufs.append(cp.random.randint(0, 256, n, dtype=cp.uint8))
+        nbytes += n
+    grid = (ws[0][1] + 3) // 4
+    args = (*bufs, acts[src], acts[dst])
+    launches.append((decode, mod.get_function(decode), grid, args, nbytes))
+    mm_launches.append((prefill, mod.get_function(prefill), grid, args, nbytes))
     total += nbytes
 stream = cp.cuda.Stream(non_blocking=True)
 def graph_of(items, reps=1):
     with stream:
         stream.begin_capture()
         for _ in range(reps):
-            for f, grid, w, x, y, _ in items:
-                f((grid,), (128,), (w, x, y))
+            for _, f, grid, args, _ in items:
+                f((grid,), (128,), args)
         return stream.end_capture()
 def timed(g, n):
     for _ in range(3):
@@ -268,14 +270,15 @@ def timed(g, n):
     return cp.cuda.get_elapsed_time(e0, e1) / 1e3 / n
 per_token = timed(graph_of(launches), 20)
 gbs = total / per_token / 1e9
-print(f"Minitron Q4_K_M decode matvecs: {total / 2**30:.2f} GiB of weights, {len(launches)} kernels per token")
+print(f"Minitron Q4_K_M decode matrices: {total / 2**30:.2f} GiB of weights, {len(launches)} kernels per token")
 print(f"  {per_token * 1e3:.3f} ms per token = {1 / per_token:.1f} tok/s upper bound, {gbs:.0f} GB/s = {gbs / 4800:.1%} of 4.8 TB/s")
 per_tile = timed(graph_of(mm_launches), 10)
 print(f"  prefill matmuls ({TILE} tokens per weight pass): {per_tile * 1e3:.3f} ms per tile = {TILE / per_tile:.0f} tok/s upper bound")
-for name in dict.fromkeys(n for n, _, _ in plan):
-    item = next(i for i, (n, _, _) in zip(launches, plan) if n == name)
-    t = timed(graph_of([item], reps=20), 5) / 20
-    print(f"  {name:24} {item[5] / 2**20:8.1f} MiB  {t * 1e6:8.1f} us  {item[5] / t / 1e9:6.0f} GB/s")
+for items in (launches, mm_launches):
+    for name in dict.fromkeys(i[0] for i in items):
+        item = next(i for i in items if i[0] == name)
+        t = timed(graph_of([item], reps=20), 5) / 20
+        print(f"  {name:30} {item[4] / 2**20:8.1f} MiB  {t * 1e6:8.1f} us  {item[4] / t / 1e9:6.0f} GB/s")
 PY
     timeout 180 python3 "$TMP/bandwidth.py" "$OUT" || echo "bandwidth check failed or timed out"
 }
