@@ -19,9 +19,10 @@
 #   1. per quant type: the kernels' largest error against the reference;
 #   2. per model: GPU logits against the CPU path of the same binary (--gpu-layers 0),
 #      the split path (--gpu-layers 1) too, greedy text GPU vs CPU, and bench pp512/tg128;
-#   3. the Minitron decode matvec chain (all 32 layers' 7 matrices and the output, as one
-#      CUDA graph over random weights of the real sizes): time per token, GB/s and the
-#      fraction of the H200's 4.8 TB/s, and the same per kernel.
+#   3. the Minitron decode matrix chain (all 32 layers' 6 matrix kernels, gate and up
+#      fused, and the output, as one CUDA graph over random weights of the real sizes):
+#      time per token, GB/s and the fraction of the H200's 4.8 TB/s, the same for the
+#      prefill matmuls, and per kernel.
 # The full SmolLM2 (98 MB) and Minitron (2.7 GB) binaries cannot travel; 2 and 3 stand
 # in for them (docs/gpu.md).
 set -euo pipefail
