@@ -16,6 +16,10 @@
 //! Arithmetic: integer nodes are 32-bit with wrap-around, float nodes are f32 with
 //! round-to-nearest and no contraction (`mul.rn` / `add.rn` / `sub.rn` in PTX), so the
 //! interpreter and the GPU agree bit for bit.
+//!
+//! Cost: bytes of word-aligned blocks are read as u32 words and taken apart with
+//! bit-field extracts, and a kernel's dot product uses the affine form of a unit
+//! ([`Unit::dot_plan`]) where the format has one.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

@@ -8,9 +8,14 @@
 //! of its token table. The dequantization itself comes from [`dequant`], whose
 //! programs the tests interpret against the runtime's reference for every format.
 //!
-//! Prefill gets a matmul kernel per matvec kernel (`mm_*` / `mma_*`), which dequantizes
-//! each weight once for a tile of [`kernels::PREFILL_TILE`] tokens with the same unit
-//! programs; norms, RoPE and attention run per token inside the prefill graph.
+//! The feed-forward input is one fused kernel per (gate type, up type) that writes
+//! `silu(W_gate x) * (W_up x)`. Prefill gets a matmul kernel per matvec kernel
+//! (`mm_*` / `mma_*` / `mmg_*`), which dequantizes each weight once for a tile of
+//! [`kernels::PREFILL_TILE`] tokens with the same unit programs; the other kernels take
+//! the tile's tokens along the grid's y.
+//!
+//! [`sim`] interprets the emitted PTX, so the tests run every kernel, and the runtime's
+//! whole launch plan, without a GPU.
 //!
 //! This module must not change what a build without `--gpu` emits.
 

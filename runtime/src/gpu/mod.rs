@@ -3,7 +3,7 @@
 //! The emitted crate embeds the model's PTX (`model.ptx`) and a [`GpuModel`] table (per
 //! tensor: its place in the weight blob and the kernel that reads it). At start-up the
 //! CLI registers both ([`set_request`]); the first [`open`] loads the CUDA driver with
-//! `dlopen` ([`driver`]), JIT-compiles the PTX, uploads the weights once and captures
+//! `dlopen` (the private `driver` module), JIT-compiles the PTX, uploads the weights once and captures
 //! the decode step as a CUDA graph ([`GpuCtx`]). When anything of that fails (no
 //! libcuda, no device, a JIT error, too little memory) [`open`] prints exactly one line,
 //! `mcc: no CUDA device (REASON); running on the CPU`, and the CPU path runs instead.
