@@ -3,10 +3,11 @@
 //! The emitted crate embeds the model's PTX (`model.ptx`) and a [`GpuModel`] table (per
 //! tensor: its place in the weight blob and the kernel that reads it). At start-up the
 //! CLI registers both ([`set_request`]); the first [`open`] loads the CUDA driver with
-//! `dlopen` (the private `driver` module), JIT-compiles the PTX, uploads the weights once and captures
-//! the decode step as a CUDA graph ([`GpuCtx`]). When anything of that fails (no
-//! libcuda, no device, a JIT error, too little memory) [`open`] prints exactly one line,
-//! `mcc: no CUDA device (REASON); running on the CPU`, and the CPU path runs instead.
+//! `dlopen` (the private `driver` module), JIT-compiles the PTX, uploads the weights
+//! once and captures the decode step and the prefill tile as CUDA graphs ([`GpuCtx`]).
+//! When anything of that fails (no libcuda, no device, a JIT error, too little memory)
+//! [`open`] prints exactly one line, `mcc: no CUDA device (REASON); running on the
+//! CPU`, and the CPU path runs instead.
 //!
 //! `--gpu-layers N` offloads layers `0..N`; the rest, the final norm and the output
 //! matrix then run on the CPU ([`CpuTail`]) on the hidden state copied back per token.
