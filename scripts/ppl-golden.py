@@ -136,7 +136,7 @@ def cmd_ppl(args):
     missing = [m for m in models if not m.is_file()]
     if missing:
         sys.exit("missing (run scripts/make-models.sh): " + ", ".join(map(str, missing)))
-    path = OUT / "smollm2-ladder.json"
+    path = OUT / args.out
     golden = json.loads(path.read_text()) if path.is_file() else {}
     golden.update({"text": info, "model": STEM, "threads": int(THREADS)})
     runs = {r["ctx"]: r for r in golden.get("runs", [])}
@@ -158,9 +158,12 @@ def cmd_ppl(args):
                 "rel_diff": (mine - ppl) / ppl,
             })
             print(f"-c {ctx} {t}: llama.cpp {ppl:.4f} mcc {mine:.4f}", file=sys.stderr)
+        # rows of other types from an earlier run with the same chunks stay
+        kept = [r for r in runs.get(ctx, {}).get("rows", [])
+                if runs[ctx].get("chunks") == chunks and r["quant"] not in args.types]
         runs[ctx] = {"ctx": ctx, "chunks": chunks, "tokens_scored_per_chunk": ctx // 2,
                      "seconds": {"mcc_incl_builds": round(ours_s), "llama_cpp": round(llama_s)},
-                     "rows": rows}
+                     "rows": kept + rows}
         golden["runs"] = [runs[c] for c in sorted(runs)]
         OUT.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(golden, indent=1) + "\n")
@@ -271,6 +274,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("ppl")
+    p.add_argument("--out", default="smollm2-ladder.json",
+                   help="file under tests/golden/ppl (100K-token runs: smollm2-ladder-100k.json)")
     p.add_argument("--ctx", type=int, nargs="+", default=[512, 2048])
     p.add_argument("--chunks-512", type=int, dest="chunks_512")
     p.add_argument("--chunks-2048", type=int, dest="chunks_2048")
