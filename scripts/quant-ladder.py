@@ -292,7 +292,7 @@ def bench(types):
         for _ in range(3):
             err = subprocess.run([str(exe), "-p", "Once upon a time", "-n", "128", "--temp", "0",
                                   "-t", THREADS], check=True, capture_output=True).stderr.decode()
-            m = re.search(r"^eval time .*/\s*(\d+) runs .*\(\s*([\d.]+) tokens per second\)", err, re.M)
+            m = re.search(r"^eval time .*/\s*(\d+) runs .*?([\d.]+) tokens per second\)", err, re.M)
             runs.append(int(m.group(1)))
             ours.append(float(m.group(2)))
         out = subprocess.run([str(bench_exe), "-m", str(model_path(t)), "-p", "0", "-n", "128",
