@@ -117,7 +117,7 @@ pub(super) fn hsum_f32x8(v: __m256) -> f32 {
 /// Sum of the 8 i32 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-pub(super) fn hsum_i32x8(v: __m256i) -> i32 {
+fn hsum_i32x8(v: __m256i) -> i32 {
     let quad = _mm_add_epi32(_mm256_extracti128_si256::<1>(v), _mm256_castsi256_si128(v));
     let pair = _mm_add_epi32(quad, _mm_unpackhi_epi64(quad, quad));
     _mm_cvtsi128_si32(_mm_add_epi32(pair, _mm_shuffle_epi32::<0b01>(pair)))

@@ -32,7 +32,7 @@ use crate::quant::q5_0::BlockQ5_0;
 use crate::quant::q8_0::BlockQ8_0;
 use crate::quant::q8_1::BlockQ8_1;
 
-use super::legacy::{hsum_f32x8, hsum_i32x8, load32, q5_high_bits, unpack_nibbles};
+use super::legacy::{hsum_f32x8, load32, q5_high_bits, unpack_nibbles};
 use crate::quant::TILE;
 
 /// Four f16 values as four f32 lanes (exact conversions, as `f16::to_f32`).
@@ -458,7 +458,10 @@ fn dot_block_fma<W: LegacyBlock>(row: &[W], act: &[BlockQ8_0]) -> f32 {
         }
     }
     for (w, a) in row[4 * quads..].iter().zip(&act[4 * quads..]) {
-        let sumi = hsum_i32x8(lanes(w, a));
+        let l = lanes(w, a);
+        let quad = _mm_add_epi32(_mm256_castsi256_si128(l), _mm256_extracti128_si256::<1>(l));
+        let pair = _mm_add_epi32(quad, _mm_unpackhi_epi64(quad, quad));
+        let sumi = _mm_cvtsi128_si32(_mm_add_epi32(pair, _mm_shuffle_epi32::<0b01>(pair)));
         acc = (sumi as f32).mul_add(w.d().to_f32() * a.d.to_f32(), acc);
     }
     acc
