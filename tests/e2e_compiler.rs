@@ -123,7 +123,12 @@ fn warm_rebuilds_reuse_the_assembled_weights() {
     mcc::build::run(&a).unwrap();
     let object = weights_object(name);
     let object_time = mtime(&object);
-    let target_exe = mcc::build::target_dir("native").join("release").join(name);
+    let crate_dir = std::fs::canonicalize(a.generated_dir.as_ref().unwrap())
+        .unwrap()
+        .join(name);
+    let target_exe = mcc::build::target_dir("native")
+        .join("release")
+        .join(mcc::build::exe_name(name, &crate_dir));
     let linked = mtime(&target_exe);
 
     // Same model, same options: nothing to do for cargo, not even a link.
@@ -140,6 +145,34 @@ fn warm_rebuilds_reuse_the_assembled_weights() {
     assert_ne!(mtime(&target_exe), linked);
     let info = String::from_utf8_lossy(&run(&exe, &["info"]).stdout).into_owned();
     assert!(info.contains("256 tokens compiled in"), "{info}");
+    remove_artifacts(name, "native");
+}
+
+/// Two crates of one name in different generated directories (a test's and a
+/// benchmark's, say) each install their own executable, also when one is rebuilt warm
+/// after the other: cargo's output used to be shared by name, and the rebuild installed
+/// the other crate's binary.
+#[test]
+fn crates_of_one_name_in_two_directories_keep_their_own_binaries() {
+    let gguf = tiny_gguf();
+    let name = "e2e_same_name";
+    let mut a = args(&gguf, name);
+    a.generated_dir = Some(scratch_dir().join("generated-a"));
+    a.ctx = Some(128);
+    let mut b = args(&gguf, name);
+    b.generated_dir = Some(scratch_dir().join("generated-b"));
+    b.output = Some(scratch_dir().join("e2e_same_name_b"));
+    b.ctx = Some(256);
+    let info = |exe: &Path| String::from_utf8_lossy(&run(exe, &["info"]).stdout).into_owned();
+    mcc::build::run(&a).unwrap();
+    mcc::build::run(&b).unwrap();
+    mcc::build::run(&a).unwrap();
+    let (ia, ib) = (
+        info(a.output.as_ref().unwrap()),
+        info(b.output.as_ref().unwrap()),
+    );
+    assert!(ia.contains("128 tokens compiled in"), "{ia}");
+    assert!(ib.contains("256 tokens compiled in"), "{ib}");
     remove_artifacts(name, "native");
 }
 

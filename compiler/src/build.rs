@@ -47,9 +47,10 @@ pub struct Args {
     /// the current directory].
     #[arg(short = 'o', long = "output", value_name = "PATH")]
     pub output: Option<PathBuf>,
-    /// Name of the emitted crate and of the executable cargo builds [default: the
-    /// output's file name]. The crate is written to <generated-dir>/NAME; non-ASCII
-    /// letters, digits, `-` and `_` become `_`.
+    /// Name of the emitted crate [default: the output's file name]. The crate is
+    /// written to <generated-dir>/NAME; characters other than ASCII letters, digits, `-`
+    /// and `_` become `_`. Cargo's executable is NAME-<12 hex digits of the crate
+    /// directory>, so that crates of one name in different directories never share it.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
     /// KV-cache length compiled into the binary, in tokens: the most prompt + generated
@@ -65,7 +66,8 @@ pub struct Args {
     #[arg(long = "target-cpu", value_name = "CPU", default_value = "native")]
     pub target_cpu: String,
     /// Write the crate into <generated-dir>/NAME and stop: no cargo, no executable. The
-    /// crate builds later with `cargo build --release` in that directory.
+    /// crate builds later with `cargo build --release` in that directory (the executable
+    /// is target/release/NAME-<hash>, see --name).
     #[arg(long = "emit-only")]
     pub emit_only: bool,
     /// Parallel jobs for cargo (passed as `cargo build -j N`) [default: cargo's, one per
@@ -123,6 +125,20 @@ fn crate_name(raw: &str) -> Result<String> {
         bail!("cannot make a crate name from {raw:?}: give --name with a name that starts with a letter");
     }
     Ok(name)
+}
+
+/// The executable name cargo builds for the crate `name` emitted into `crate_dir` (an
+/// absolute path): `NAME-` and 12 hex digits of an FNV-1a hash of the directory. Cargo
+/// keeps a binary's compiled output under the binary's name alone (`deps/NAME-<hash of
+/// name and options>`), so two crates named alike in different directories (a test's
+/// `smollm2` and a benchmark's) shared one output while each still counted as fresh, and
+/// a build could install the other crate's executable.
+pub fn exe_name(name: &str, crate_dir: &Path) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in crate_dir.as_os_str().as_encoded_bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{name}-{:012x}", h >> 16)
 }
 
 /// A `--target-cpu` value that is safe to put in a directory name and a rustc flag.
@@ -189,9 +205,22 @@ pub fn run_with(args: &Args, gpu: &crate::gpu::GpuArgs) -> Result<()> {
         Some(Toolchain::find()?)
     };
 
+    let generated = args
+        .generated_dir
+        .clone()
+        .or_else(|| std::env::var_os("MCC_GENERATED_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| source_root().join("generated"));
+    std::fs::create_dir_all(&generated)
+        .with_context(|| format!("{}: cannot create directory", generated.display()))?;
+    let crate_dir = std::fs::canonicalize(&generated)
+        .with_context(|| format!("{}: cannot resolve", generated.display()))?
+        .join(&name);
+    let exe_name = exe_name(&name, &crate_dir);
+
     let plan = plan(&desc, &gguf);
     let opts = EmitOptions {
         name: name.clone(),
+        exe_name: exe_name.clone(),
         n_ctx,
         target_cpu: args.target_cpu.clone(),
         gguf_path: gguf_path.clone(),
@@ -201,12 +230,6 @@ pub fn run_with(args: &Args, gpu: &crate::gpu::GpuArgs) -> Result<()> {
     if gpu.gpu {
         crate::gpu::add_to_crate(&mut files, &desc, &plan, &opts)?;
     }
-    let generated = args
-        .generated_dir
-        .clone()
-        .or_else(|| std::env::var_os("MCC_GENERATED_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| source_root().join("generated"));
-    let crate_dir = generated.join(&name);
     install_signal_handler();
     write_crate_atomically(&crate_dir, &files)?;
     eprintln!(
@@ -220,7 +243,13 @@ pub fn run_with(args: &Args, gpu: &crate::gpu::GpuArgs) -> Result<()> {
         return Ok(());
     };
 
-    let exe = cargo_build(&toolchain, &crate_dir, &name, &args.target_cpu, args.jobs)?;
+    let exe = cargo_build(
+        &toolchain,
+        &crate_dir,
+        &exe_name,
+        &args.target_cpu,
+        args.jobs,
+    )?;
     install_atomically(&exe, &output)?;
     eprintln!("mcc: wrote {} in {:.1?}", output.display(), t0.elapsed());
     Ok(())

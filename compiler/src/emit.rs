@@ -19,8 +19,14 @@ use crate::plan::{Plan, PlannedTensor};
 /// What the emitted crate needs besides the model itself.
 #[derive(Clone, Debug)]
 pub struct EmitOptions {
-    /// Crate and executable name.
+    /// Crate (package) name.
     pub name: String,
+    /// Name of the executable cargo builds. `mcc build` makes it unique per crate
+    /// directory ([`crate::build::exe_name`]): cargo keeps a binary's compiled output
+    /// under its name alone in the shared target directory, so two crates of one name
+    /// in different directories would otherwise overwrite each other's binary while
+    /// both still counted as fresh.
+    pub exe_name: String,
     /// KV-cache length compiled in.
     pub n_ctx: usize,
     /// `-C target-cpu` the binary is built for (recorded in `info`).
@@ -76,6 +82,7 @@ pub fn emit_crate(
         let mut out = template
             .replace("{{mcc_version}}", env!("CARGO_PKG_VERSION"))
             .replace("{{name}}", &opts.name)
+            .replace("{{exe_name}}", &opts.exe_name)
             .replace("{{source}}", &source)
             .replace("{{gguf}}", GGUF_LINK);
         for (k, v) in extra {

@@ -89,6 +89,7 @@ fn emit_gpu(gguf: &Path, name: &str) -> Vec<EmittedFile> {
     let desc = describe(&g).unwrap();
     let opts = EmitOptions {
         name: name.into(),
+        exe_name: mcc::build::exe_name(name, Path::new("/generated").join(name).as_path()),
         n_ctx: desc.n_ctx_train.min(4096),
         target_cpu: "native".into(),
         gguf_path: gguf.to_path_buf(),
@@ -233,6 +234,7 @@ fn builds_without_gpu_are_unchanged() {
     let desc = describe(&g).unwrap();
     let opts = EmitOptions {
         name: "tiny".into(),
+        exe_name: mcc::build::exe_name("tiny", Path::new("/generated/tiny")),
         n_ctx: 64,
         target_cpu: "native".into(),
         gguf_path: gguf.clone(),

@@ -29,6 +29,7 @@ fn emit(gguf: &Path, name: &str) -> Vec<EmittedFile> {
     let desc = describe(&g).unwrap();
     let opts = EmitOptions {
         name: name.into(),
+        exe_name: mcc::build::exe_name(name, Path::new("/generated").join(name).as_path()),
         n_ctx: desc.n_ctx_train.min(4096),
         target_cpu: "native".into(),
         gguf_path: gguf.to_path_buf(),
