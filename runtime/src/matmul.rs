@@ -72,15 +72,10 @@ pub fn matvec<W: WeightType>(pool: &Pool, w: &[W::Block], act: &[ActBlock<W>], o
     });
 }
 
-/// `out[r] = w row r · act` for the rows of `w` (`out.len()` of them), one `vec_dot`
-/// per row. (A 4-row × 1-token variant of the tile kernels, which loads each activation
-/// block once for 4 rows, measured 30% slower on SmolLM2 decode: the per-block scale
-/// set-up it adds costs more than the loads it saves.)
+/// `out[r] = w row r · act` for the rows of `w` (`out.len()` of them): the format's
+/// [`WeightType::vec_dot_rows`], one `vec_dot` per row or several rows side by side.
 fn matvec_rows<W: WeightType>(w: &[W::Block], act: &[ActBlock<W>], out: &mut [f32]) {
-    let rb = act.len();
-    for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
-        *o = W::vec_dot(row, act);
-    }
+    W::vec_dot_rows(w, act, out)
 }
 
 /// Two matvecs in one dispatch of the pool: `out_a = A · act_a` and `out_b = B · act_b`

@@ -77,6 +77,18 @@ pub trait WeightType: Copy + Send + Sync + 'static {
         Self::vec_dot_ref(row, act)
     }
 
+    /// The dots of consecutive rows with one token's activations: `w` holds `out.len()`
+    /// rows of `act.len()` blocks, and `out[r]` must be `vec_dot(row r, act)` bit for
+    /// bit. The decode matvec calls this. Formats whose dot is one long dependency chain
+    /// (Q4_0, IQ4_NL: one FMA per block) override it to run several rows' chains side by
+    /// side; this default takes the rows one by one.
+    #[inline(always)]
+    fn vec_dot_rows(w: &[Self::Block], act: &[ActBlock<Self>], out: &mut [f32]) {
+        for (o, row) in out.iter_mut().zip(w.chunks_exact(act.len())) {
+            *o = Self::vec_dot(row, act);
+        }
+    }
+
     /// The dots of [`TILE`] consecutive rows with [`TILE`] activation rows: `w` holds the
     /// rows one after another (`w.len() / TILE` blocks each), token `t`'s blocks start at
     /// `act[t * stride]`, and `out[r][t]` must be `vec_dot(row r, token t)` bit for bit.

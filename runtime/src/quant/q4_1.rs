@@ -91,6 +91,17 @@ impl WeightType for Q4_1 {
         target_feature = "f16c"
     ))]
     #[inline(always)]
+    fn vec_dot_rows(w: &[BlockQ4_1], act: &[BlockQ8_1], out: &mut [f32]) {
+        super::x86_avx2::tiles::rows_q4_1_q8_1(w, act, out)
+    }
+
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    #[inline(always)]
     fn vec_dot_tile(
         w: &[BlockQ4_1],
         act: &[BlockQ8_1],

@@ -97,6 +97,17 @@ impl WeightType for Q5_0 {
         target_feature = "f16c"
     ))]
     #[inline(always)]
+    fn vec_dot_rows(w: &[BlockQ5_0], act: &[BlockQ8_0], out: &mut [f32]) {
+        super::x86_avx2::tiles::rows_q5_0_q8_0(w, act, out)
+    }
+
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    #[inline(always)]
     fn vec_dot_tile(
         w: &[BlockQ5_0],
         act: &[BlockQ8_0],

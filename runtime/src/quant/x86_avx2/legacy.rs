@@ -40,10 +40,13 @@ pub(super) fn load32<T: Copy>(bytes: &[T; 32]) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 pub(super) fn unpack_nibbles(qs: &[u8; 16]) -> __m256i {
+    // The 16 bytes in both halves (a broadcast load, no shuffle µop), the upper half
+    // shifted right by 4 per 32-bit lane: each byte then holds its own high nibble in
+    // its low 4 bits (the neighbour's bits land above them and are masked off).
     // SAFETY: 16 readable bytes; the load is unaligned.
-    let packed = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
-    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed);
-    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+    let both = unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(qs.as_ptr().cast())) };
+    let shifted = _mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F))
 }
 
 /// Bit 4 of the 32 five-bit quants: byte `i` is `0x10` where bit `i` of `qh` is set.
