@@ -149,30 +149,45 @@ fn warm_rebuilds_reuse_the_assembled_weights() {
 }
 
 /// Two crates of one name in different generated directories (a test's and a
-/// benchmark's, say) each install their own executable, also when one is rebuilt warm
-/// after the other: cargo's output used to be shared by name, and the rebuild installed
-/// the other crate's binary.
+/// benchmark's, say), made from different models, each keep their own weights and code,
+/// also when one is rebuilt warm after the other: cargo keyed the assembled weights and
+/// the compiled binary by package name only, and such a rebuild installed the other
+/// crate's model.
 #[test]
-fn crates_of_one_name_in_two_directories_keep_their_own_binaries() {
-    let gguf = tiny_gguf();
+fn crates_of_one_name_in_two_directories_keep_their_own_models() {
+    let gguf_a = tiny_gguf();
+    let gguf_b = scratch_dir().join("e2e-compiler-tiny-seed7.gguf");
+    let mut cfg = SynthConfig::tiny();
+    cfg.seed = 7;
+    let w = llama_writer(&cfg, toy_vocab(cfg.n_vocab).unwrap(), cfg.n_vocab).unwrap();
+    w.write(&gguf_b, WriteMode::Full).unwrap();
     let name = "e2e_same_name";
-    let mut a = args(&gguf, name);
+    let mut a = args(&gguf_a, name);
     a.generated_dir = Some(scratch_dir().join("generated-a"));
     a.ctx = Some(128);
-    let mut b = args(&gguf, name);
+    let mut b = args(&gguf_b, name);
     b.generated_dir = Some(scratch_dir().join("generated-b"));
     b.output = Some(scratch_dir().join("e2e_same_name_b"));
     b.ctx = Some(256);
-    let info = |exe: &Path| String::from_utf8_lossy(&run(exe, &["info"]).stdout).into_owned();
+    let out = |exe: &Path, what: &[&str]| {
+        let o = run(exe, what);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let text = |exe: &Path| out(exe, &["-p", "the", "-n", "8", "--temp", "0", "-t", "1"]);
     mcc::build::run(&a).unwrap();
+    let first = text(a.output.as_ref().unwrap());
     mcc::build::run(&b).unwrap();
     mcc::build::run(&a).unwrap();
-    let (ia, ib) = (
-        info(a.output.as_ref().unwrap()),
-        info(b.output.as_ref().unwrap()),
+    let (exe_a, exe_b) = (a.output.as_ref().unwrap(), b.output.as_ref().unwrap());
+    assert_eq!(text(exe_a), first, "A's rebuild runs another model");
+    assert_ne!(
+        text(exe_b),
+        first,
+        "the two seeds should give different models"
     );
-    assert!(ia.contains("128 tokens compiled in"), "{ia}");
-    assert!(ib.contains("256 tokens compiled in"), "{ib}");
+    assert!(out(exe_a, &["info"]).contains("128 tokens compiled in"));
+    assert!(out(exe_b, &["info"]).contains("256 tokens compiled in"));
     remove_artifacts(name, "native");
 }
 

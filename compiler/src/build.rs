@@ -49,8 +49,9 @@ pub struct Args {
     pub output: Option<PathBuf>,
     /// Name of the emitted crate [default: the output's file name]. The crate is
     /// written to <generated-dir>/NAME; characters other than ASCII letters, digits, `-`
-    /// and `_` become `_`. Cargo's executable is NAME-<12 hex digits of the crate
-    /// directory>, so that crates of one name in different directories never share it.
+    /// and `_` become `_`. Cargo's package and executable are NAME-<12 hex digits of the
+    /// crate directory>, so that crates of one name in different directories never
+    /// share cargo's outputs.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
     /// KV-cache length compiled into the binary, in tokens: the most prompt + generated
@@ -127,12 +128,14 @@ fn crate_name(raw: &str) -> Result<String> {
     Ok(name)
 }
 
-/// The executable name cargo builds for the crate `name` emitted into `crate_dir` (an
-/// absolute path): `NAME-` and 12 hex digits of an FNV-1a hash of the directory. Cargo
-/// keeps a binary's compiled output under the binary's name alone (`deps/NAME-<hash of
-/// name and options>`), so two crates named alike in different directories (a test's
-/// `smollm2` and a benchmark's) shared one output while each still counted as fresh, and
-/// a build could install the other crate's executable.
+/// The cargo package (and executable) name of the crate `name` emitted into `crate_dir`
+/// (an absolute path): `NAME-` and 12 hex digits of an FNV-1a hash of the directory.
+/// Cargo keys a package's build-script output (`build/NAME-<hash>/out`, where the weights
+/// object is assembled) and a binary's compiled output (`deps/NAME-<hash>`) by package
+/// name and options, not by the crate's location: every emitted crate is a workspace of
+/// its own. Two crates of one name in different directories (a test's `smollm2` and a
+/// benchmark's) therefore shared both while each still counted as fresh, and a build
+/// could install the other crate's weights and code.
 pub fn exe_name(name: &str, crate_dir: &Path) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in crate_dir.as_os_str().as_encoded_bytes() {

@@ -19,13 +19,14 @@ use crate::plan::{Plan, PlannedTensor};
 /// What the emitted crate needs besides the model itself.
 #[derive(Clone, Debug)]
 pub struct EmitOptions {
-    /// Crate (package) name.
+    /// Crate directory name.
     pub name: String,
-    /// Name of the executable cargo builds. `mcc build` makes it unique per crate
-    /// directory ([`crate::build::exe_name`]): cargo keeps a binary's compiled output
-    /// under its name alone in the shared target directory, so two crates of one name
-    /// in different directories would otherwise overwrite each other's binary while
-    /// both still counted as fresh.
+    /// Cargo package (and executable) name. `mcc build` makes it unique per crate
+    /// directory ([`crate::build::exe_name`]): cargo keys a package's build-script
+    /// output and a binary's compiled output by the package name and options, not by
+    /// where the crate is, so two crates of one name in different directories would
+    /// otherwise share their assembled weights and executable while both still counted
+    /// as fresh.
     pub exe_name: String,
     /// KV-cache length compiled in.
     pub n_ctx: usize,
