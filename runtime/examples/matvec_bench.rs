@@ -1,5 +1,6 @@
 //! Decode-path kernel throughput: `matmul::matvec` (one token, the kernels a generated
-//! model calls for every weight matrix) for each of the 22 weight types, in GB/s of
+//! model calls for every weight matrix) for each of the 22 weight types and the
+//! compiler's 8-row-interleaved Q4_K (`Q4_KX8`), in GB/s of
 //! weight bytes read, at Minitron's shapes (3072→9216 FFN gate/up, 9216→3072 FFN down,
 //! 3072→128256 output), on 1 and 2 threads of `pool::Pool`, next to the machine's read
 //! bandwidth measured in the same process, and the fraction of it each kernel reaches.
@@ -24,7 +25,7 @@
 //! end.
 //!
 //! Run: `cargo run --release -p mcc-runtime --example matvec_bench -- [FLAGS]`
-//!   --types Q4_0,IQ4_NL,...   weight types (default: all 22)
+//!   --types Q4_0,IQ4_NL,...   weight types (default: all 23)
 //!   --shapes 3072x9216,...    IN x OUT (default: 3072x9216,9216x3072,3072x128256)
 //!   --threads 1,2             pool sizes (default: 1,2)
 //!   --quick                   128 MiB rings, 80 ms per figure (a ~30 s smoke run)
@@ -55,6 +56,7 @@ use mcc_runtime::quant::q3_k::{BlockQ3K, Q3_K};
 use mcc_runtime::quant::q4_0::{BlockQ4_0, Q4_0};
 use mcc_runtime::quant::q4_1::{BlockQ4_1, Q4_1};
 use mcc_runtime::quant::q4_k::{BlockQ4K, Q4_K};
+use mcc_runtime::quant::q4_k_x8::{BlockQ4KX8, Q4_KX8};
 use mcc_runtime::quant::q5_0::{BlockQ5_0, Q5_0};
 use mcc_runtime::quant::q5_1::{BlockQ5_1, Q5_1};
 use mcc_runtime::quant::q5_k::{BlockQ5K, Q5_K};
@@ -63,9 +65,10 @@ use mcc_runtime::quant::q8_0::{BlockQ8_0, Q8_0};
 use mcc_runtime::quant::{ActBlock, ActType, WeightType};
 
 /// Every weight type a model may hold, in the order of the table.
-const TYPES: [&str; 22] = [
-    "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
-    "Q6_K", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL", "IQ4_XS",
+const TYPES: [&str; 23] = [
+    "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q4_KX8",
+    "Q5_K", "Q6_K", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL",
+    "IQ4_XS",
 ];
 /// Minitron's decode matrices, (input width, output rows).
 const SHAPES: [(usize, usize); 3] = [(3072, 9216), (9216, 3072), (3072, 128256)];
@@ -176,6 +179,9 @@ enum Fill {
     /// IQ1_M: the f16 super-block scale lives in the top nibbles of the four u16 scale
     /// words starting at this byte offset.
     ScaleNibbles(usize),
+    /// Q4_KX8: the 16 f16 `d` / `dmin` get sane values and the unpacked scales and
+    /// minimums 6 bits, as 8 interleaved Q4_K rows have.
+    Q4KX8,
 }
 
 /// A sane f16 block scale: random sign and mantissa, exponent 2^-10 .. 2^-5.
@@ -216,6 +222,18 @@ fn random_blocks<W: WeightType>(rng: &mut Rng, n: usize, fill: &Fill) -> Vec<W::
             for block in bytes.chunks_exact_mut(size) {
                 for &at in offsets {
                     block[at..at + 2].copy_from_slice(&sane_scale(rng.next()).to_le_bytes());
+                }
+            }
+        }
+        Fill::Q4KX8 => {
+            let (d, dmin) = (offset_of!(BlockQ4KX8, d), offset_of!(BlockQ4KX8, dmin));
+            let (sc, qs) = (offset_of!(BlockQ4KX8, scales), offset_of!(BlockQ4KX8, qs));
+            for block in bytes.chunks_exact_mut(size) {
+                for at in (d..d + 16).chain(dmin..dmin + 16).step_by(2) {
+                    block[at..at + 2].copy_from_slice(&sane_scale(rng.next()).to_le_bytes());
+                }
+                for b in &mut block[sc..qs] {
+                    *b &= 63;
                 }
             }
         }
@@ -331,7 +349,7 @@ fn bench<W: WeightType>(opts: &Opts, pools: &[Pool], read_buf: &[u64], fill: &Fi
             results.push(None);
             continue;
         }
-        let per_matrix = rows * cols / W::BLOCK_ELEMS;
+        let per_matrix = rows / W::ROW_GROUP * cols / W::BLOCK_ELEMS;
         let matrix_bytes = per_matrix * size_of::<W::Block>();
         let copies = if opts.hot {
             1
@@ -420,6 +438,7 @@ fn bench_type(name: &str, opts: &Opts, pools: &[Pool], read_buf: &[u64]) -> Figu
             read_buf,
             &scales(&[offset_of!(BlockQ4K, d), offset_of!(BlockQ4K, dmin)]),
         ),
+        "Q4_KX8" => bench::<Q4_KX8>(opts, pools, read_buf, &Fill::Q4KX8),
         "Q5_K" => bench::<Q5_K>(
             opts,
             pools,

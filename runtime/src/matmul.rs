@@ -42,11 +42,34 @@ fn row_blocks<W: WeightType>(act_blocks: usize) -> usize {
     cols / W::BLOCK_ELEMS
 }
 
-/// Rows per chunk for a matrix of `rows` rows of `row_bytes` bytes on `n_threads` threads.
-fn rows_per_chunk(rows: usize, row_bytes: usize, n_threads: usize) -> usize {
+/// Rows per chunk for a matrix of `rows` rows of `row_bytes` bytes on `n_threads` threads:
+/// whole row groups of `W`.
+fn rows_per_chunk<W: WeightType>(rows: usize, row_bytes: usize, n_threads: usize) -> usize {
     let balanced = rows.div_ceil(n_threads * CHUNKS_PER_THREAD);
     let min_rows = MIN_CHUNK_BYTES.div_ceil(row_bytes.max(1));
-    balanced.max(min_rows).max(1)
+    balanced.max(min_rows).max(1).next_multiple_of(W::ROW_GROUP)
+}
+
+/// Blocks of `rows` rows of `rb` blocks each (`rows` a whole number of row groups).
+fn blocks_of_rows<W: WeightType>(rows: usize, rb: usize) -> usize {
+    debug_assert!(rows.is_multiple_of(W::ROW_GROUP));
+    rows / W::ROW_GROUP * rb
+}
+
+/// Checks that `w` holds `rows` rows of `rb` blocks for a `what` of format `W`.
+fn check_weights<W: WeightType>(what: &str, w_len: usize, rows: usize, rb: usize) {
+    assert!(
+        rows.is_multiple_of(W::ROW_GROUP),
+        "{} {what}: {rows} rows is not a whole number of groups of {}",
+        W::NAME,
+        W::ROW_GROUP
+    );
+    assert_eq!(
+        w_len,
+        blocks_of_rows::<W>(rows, rb),
+        "{} {what}: {w_len} weight blocks for {rows} rows of {rb}",
+        W::NAME,
+    );
 }
 
 /// `W (rows × cols) @ x -> out (rows)`. `w` holds `rows` rows of blocks, `act` is `x`
@@ -54,21 +77,16 @@ fn rows_per_chunk(rows: usize, row_bytes: usize, n_threads: usize) -> usize {
 pub fn matvec<W: WeightType>(pool: &Pool, w: &[W::Block], act: &[ActBlock<W>], out: &mut [f32]) {
     let rows = out.len();
     let rb = row_blocks::<W>(act.len());
-    assert_eq!(
-        w.len(),
-        rows * rb,
-        "{} matvec: {} weight blocks for {rows} rows of {rb}",
-        W::NAME,
-        w.len()
-    );
+    check_weights::<W>("matvec", w.len(), rows, rb);
     if rb == 0 {
         out.fill(0.0);
         return;
     }
-    let row_bytes = rb * size_of::<W::Block>();
-    let chunk = rows_per_chunk(rows, row_bytes, pool.n_threads());
+    let row_bytes = rb * size_of::<W::Block>() / W::ROW_GROUP;
+    let chunk = rows_per_chunk::<W>(rows, row_bytes, pool.n_threads());
     pool.for_each_chunk(out, chunk, |start, out| {
-        matvec_rows::<W>(&w[start * rb..(start + out.len()) * rb], act, out)
+        let blocks = blocks_of_rows::<W>(start, rb)..blocks_of_rows::<W>(start + out.len(), rb);
+        matvec_rows::<W>(&w[blocks], act, out)
     });
 }
 
@@ -89,26 +107,16 @@ pub fn matvec2<A: WeightType, B: WeightType>(
     (w_b, act_b, out_b): (&[B::Block], &[ActBlock<B>], &mut [f32]),
 ) {
     let (rb_a, rb_b) = (row_blocks::<A>(act_a.len()), row_blocks::<B>(act_b.len()));
-    assert_eq!(
-        w_a.len(),
-        out_a.len() * rb_a,
-        "{} matvec2: weight blocks",
-        A::NAME
-    );
-    assert_eq!(
-        w_b.len(),
-        out_b.len() * rb_b,
-        "{} matvec2: weight blocks",
-        B::NAME
-    );
+    check_weights::<A>("matvec2", w_a.len(), out_a.len(), rb_a);
+    check_weights::<B>("matvec2", w_b.len(), out_b.len(), rb_b);
     if rb_a == 0 || rb_b == 0 || pool.n_threads() == 1 {
         matvec::<A>(pool, w_a, act_a, out_a);
         matvec::<B>(pool, w_b, act_b, out_b);
         return;
     }
     let n = pool.n_threads();
-    let chunk_a = rows_per_chunk(out_a.len(), rb_a * size_of::<A::Block>(), n);
-    let chunk_b = rows_per_chunk(out_b.len(), rb_b * size_of::<B::Block>(), n);
+    let chunk_a = rows_per_chunk::<A>(out_a.len(), rb_a * size_of::<A::Block>() / A::ROW_GROUP, n);
+    let chunk_b = rows_per_chunk::<B>(out_b.len(), rb_b * size_of::<B::Block>() / B::ROW_GROUP, n);
     let (rows_a, rows_b) = (out_a.len(), out_b.len());
     let (n_a, n_b) = (rows_a.div_ceil(chunk_a), rows_b.div_ceil(chunk_b));
     let (base_a, base_b) = (SyncPtr(out_a.as_mut_ptr()), SyncPtr(out_b.as_mut_ptr()));
@@ -123,13 +131,15 @@ pub fn matvec2<A: WeightType, B: WeightType>(
             // SAFETY: chunk `c` is claimed by this thread alone (fetch_add); chunks are
             // disjoint row ranges inside `out_a`, borrowed mutably for the whole call.
             let out = unsafe { base_a.slice(r.clone()) };
-            matvec_rows::<A>(&w_a[r.start * rb_a..r.end * rb_a], act_a, out);
+            let blocks = blocks_of_rows::<A>(r.start, rb_a)..blocks_of_rows::<A>(r.end, rb_a);
+            matvec_rows::<A>(&w_a[blocks], act_a, out);
         } else {
             let c = c - n_a;
             let r = c * chunk_b..((c + 1) * chunk_b).min(rows_b);
             // SAFETY: as above, for `out_b`.
             let out = unsafe { base_b.slice(r.clone()) };
-            matvec_rows::<B>(&w_b[r.start * rb_b..r.end * rb_b], act_b, out);
+            let blocks = blocks_of_rows::<B>(r.start, rb_b)..blocks_of_rows::<B>(r.end, rb_b);
+            matvec_rows::<B>(&w_b[blocks], act_b, out);
         }
     });
 }
@@ -184,23 +194,20 @@ pub fn matmul<W: WeightType>(
     let act_row = act.len() / n_tokens;
     let rows = out.len() / n_tokens;
     let rb = row_blocks::<W>(act_row);
-    assert_eq!(
-        w.len(),
-        rows * rb,
-        "{} matmul: {} weight blocks for {rows} rows of {rb}",
-        W::NAME,
-        w.len()
-    );
+    check_weights::<W>("matmul", w.len(), rows, rb);
     if rb == 0 {
         out.fill(0.0);
         return;
+    }
+    if W::ROW_GROUP > 1 {
+        return matmul_grouped::<W>(pool, w, act, n_tokens, out);
     }
     let row_bytes = rb * size_of::<W::Block>();
     if W::batched(n_tokens) {
         return matmul_batched::<W>(pool, w, act, n_tokens, out);
     }
     // whole tiles of rows per chunk, so that only the last chunk has a ragged end
-    let chunk = rows_per_chunk(rows, row_bytes, pool.n_threads())
+    let chunk = rows_per_chunk::<W>(rows, row_bytes, pool.n_threads())
         .min((MATMUL_TASK_BYTES / row_bytes).max(1))
         .next_multiple_of(TILE);
     let n_chunks = rows.div_ceil(chunk);
@@ -267,7 +274,7 @@ fn matmul_batched<W: WeightType>(
     let rows = out.len() / n_tokens;
     let rb = w.len() / rows;
     let row_bytes = rb * size_of::<W::Block>();
-    let chunk = rows_per_chunk(rows, row_bytes, pool.n_threads())
+    let chunk = rows_per_chunk::<W>(rows, row_bytes, pool.n_threads())
         .min((MATMUL_TASK_BYTES / row_bytes).max(1));
     let n_chunks = rows.div_ceil(chunk);
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -290,6 +297,55 @@ fn matmul_batched<W: WeightType>(
                         // (fetch_add), so (t, r) for r in the chunk is written by no
                         // other thread.
                         unsafe { out.write(t * rows + r, v) };
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// [`matmul`] for the row-interleaved formats (`ROW_GROUP > 1`): as [`matmul_batched`],
+/// with groups of rows in place of rows; [`WeightType::group_batch_dots`] gives each
+/// group's dots with up to [`BATCH_TOKENS`] tokens, exactly what the format's rows give
+/// in their one-row-per-block form.
+fn matmul_grouped<W: WeightType>(
+    pool: &Pool,
+    w: &[W::Block],
+    act: &[ActBlock<W>],
+    n_tokens: usize,
+    out: &mut [f32],
+) {
+    let g = W::ROW_GROUP;
+    let act_row = act.len() / n_tokens;
+    let rows = out.len() / n_tokens;
+    let groups = rows / g;
+    let rb = w.len() / groups;
+    let group_bytes = rb * size_of::<W::Block>();
+    let chunk = (rows_per_chunk::<W>(rows, group_bytes / g, pool.n_threads()) / g)
+        .min((MATMUL_TASK_BYTES / group_bytes).max(1));
+    let n_chunks = groups.div_ceil(chunk);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let out = DisjointOut::new(out);
+    pool.run(&|_, _| {
+        let mut dots = vec![0f32; g * BATCH_TOKENS];
+        loop {
+            let c = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if c >= n_chunks {
+                break;
+            }
+            for t0 in (0..n_tokens).step_by(BATCH_TOKENS) {
+                let tokens = t0..(t0 + BATCH_TOKENS).min(n_tokens);
+                for grp in c * chunk..((c + 1) * chunk).min(groups) {
+                    let dots = &mut dots[..g * tokens.len()];
+                    let blocks = &w[grp * rb..(grp + 1) * rb];
+                    W::group_batch_dots(blocks, act, act_row, tokens.clone(), n_tokens, dots);
+                    for (r, row_dots) in dots.chunks_exact(tokens.len()).enumerate() {
+                        for (t, &v) in tokens.clone().zip(row_dots) {
+                            // SAFETY: group chunk `c` is claimed by this thread alone
+                            // (fetch_add), so (t, r) for the chunk's rows is written by
+                            // no other thread.
+                            unsafe { out.write(t * rows + grp * g + r, v) };
+                        }
                     }
                 }
             }

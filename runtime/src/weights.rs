@@ -13,7 +13,8 @@ use crate::quant::{blocks_of, WeightType};
 pub const TENSOR_ALIGN: usize = 64;
 
 /// A `ROWS x COLS` tensor of type `W` at byte `offset` of the weight blob, stored as
-/// rows of `COLS / W::BLOCK_ELEMS` blocks (ggml's layout: dims `[COLS, ROWS]`).
+/// rows of `COLS / W::BLOCK_ELEMS` blocks (ggml's layout: dims `[COLS, ROWS]`), or for a
+/// row-interleaved type as `ROWS / W::ROW_GROUP` groups of that many blocks.
 /// Vectors (norm weights, rope factors) are `ROWS = 1`.
 pub struct Weight<W: WeightType, const ROWS: usize, const COLS: usize> {
     offset: usize,
@@ -26,13 +27,13 @@ pub trait Tensor: Sync {
     type W: WeightType;
     const ROWS: usize;
     const COLS: usize;
-    /// The tensor's blocks, row-major.
+    /// The tensor's blocks, row-major (group-major for a row-interleaved type).
     fn blocks<'a>(&self, blob: &'a [u8]) -> &'a [<Self::W as WeightType>::Block];
 }
 
 impl<W: WeightType, const ROWS: usize, const COLS: usize> Weight<W, ROWS, COLS> {
     /// Bytes the tensor occupies in the blob.
-    pub const BYTES: usize = ROWS * (COLS / W::BLOCK_ELEMS) * size_of::<W::Block>();
+    pub const BYTES: usize = ROWS / W::ROW_GROUP * (COLS / W::BLOCK_ELEMS) * size_of::<W::Block>();
 
     /// Declares the tensor at `offset`. Evaluated at compile time in the emitted code, so
     /// a shape that is not whole blocks or a misaligned offset fails the build.
@@ -40,6 +41,10 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Weight<W, ROWS, COLS> 
         assert!(
             COLS.is_multiple_of(W::BLOCK_ELEMS),
             "row length is not a whole number of blocks"
+        );
+        assert!(
+            ROWS.is_multiple_of(W::ROW_GROUP),
+            "row count is not a whole number of row groups"
         );
         assert!(
             offset.is_multiple_of(TENSOR_ALIGN),

@@ -31,6 +31,7 @@ pub mod q3_k;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;
+pub mod q4_k_x8;
 pub mod q5_0;
 pub mod q5_1;
 pub mod q5_k;
@@ -56,8 +57,15 @@ pub trait WeightType: Copy + Send + Sync + 'static {
     const NAME: &'static str;
     /// ggml's type id in GGUF tensor infos.
     const GGML_ID: u32;
-    /// Weights per block.
+    /// Columns per block: a block covers `ROW_GROUP` rows × `BLOCK_ELEMS` columns.
     const BLOCK_ELEMS: usize;
+    /// Rows stored together: a tensor is `ROWS / ROW_GROUP` groups, each a run of
+    /// `COLS / BLOCK_ELEMS` blocks. 1 for every ggml format (a block is a piece of one
+    /// row); the row-interleaved formats the compiler repacks weights into set it higher,
+    /// and then have no one-row dot: `matvec` takes [`Self::vec_dot_rows`] and `matmul`
+    /// [`Self::group_batch_dots`] for them, never `vec_dot`, `vec_dot_tile` or
+    /// `batch_row_dots`.
+    const ROW_GROUP: usize = 1;
     /// One block as stored; its size is ggml's bytes per block.
     type Block: Copy + Send + Sync + 'static;
     /// The activation format a row of this type is dotted with.
@@ -78,8 +86,8 @@ pub trait WeightType: Copy + Send + Sync + 'static {
     }
 
     /// The dots of consecutive rows with one token's activations: `w` holds `out.len()`
-    /// rows of `act.len()` blocks, and `out[r]` must be `vec_dot(row r, act)` bit for
-    /// bit. The decode matvec calls this. Formats whose dot is one long dependency chain
+    /// rows of `act.len()` blocks (`out.len() / ROW_GROUP` groups, for a grouped
+    /// format), and `out[r]` must be `vec_dot(row r, act)` bit for bit. The decode matvec calls this. Formats whose dot is one long dependency chain
     /// (Q4_0, IQ4_NL: one FMA per block) override it to run several rows' chains side by
     /// side; this default takes the rows one by one.
     #[inline(always)]
@@ -110,6 +118,28 @@ pub trait WeightType: Copy + Send + Sync + 'static {
         }
     }
 
+    /// The dots of the `ROW_GROUP` rows of one group (`group`: its run of blocks) with
+    /// tokens `tokens` of an `n_tokens` batch, each exactly what [`crate::matmul::matmul`]
+    /// gives for that row and batch: token `t`'s activations start at `act[t * act_row]`,
+    /// row `r`'s result for it goes to `out[r * tokens.len() + t - tokens.start]`.
+    /// `matmul` calls this for the formats with `ROW_GROUP > 1` only; they override it.
+    fn group_batch_dots(
+        group: &[Self::Block],
+        act: &[ActBlock<Self>],
+        act_row: usize,
+        tokens: std::ops::Range<usize>,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        let rb = group.len() / Self::ROW_GROUP;
+        for (row, out) in group
+            .chunks_exact(rb)
+            .zip(out.chunks_exact_mut(tokens.len()))
+        {
+            batch_dots_of_row::<Self>(row, act, act_row, tokens.clone(), n_tokens, out);
+        }
+    }
+
     /// Whether llama.cpp's CPU backend computes a batch of `n_tokens` tokens with other
     /// arithmetic than its one-token dot (the K-quant and IQ formats, see
     /// [`superblock`]); [`crate::matmul::matmul`] then takes [`Self::batch_row_dots`]
@@ -132,6 +162,28 @@ pub trait WeightType: Copy + Send + Sync + 'static {
     ) {
         for (o, t) in out.iter_mut().zip(tokens) {
             *o = Self::vec_dot(row, &act[t * act_row..(t + 1) * act_row]);
+        }
+    }
+}
+
+/// The dots of one row of a one-row-per-block format `W` with tokens `tokens` of an
+/// `n_tokens` batch, as [`crate::matmul::matmul`] computes them: llama.cpp's batch
+/// arithmetic where `W::batched(n_tokens)`, `vec_dot` otherwise (which the tile kernels
+/// equal bit for bit). Token `t`'s result goes to `out[t - tokens.start]`.
+pub fn batch_dots_of_row<W: WeightType>(
+    row: &[W::Block],
+    act: &[ActBlock<W>],
+    act_row: usize,
+    tokens: std::ops::Range<usize>,
+    n_tokens: usize,
+    out: &mut [f32],
+) {
+    debug_assert_eq!(W::ROW_GROUP, 1);
+    if W::batched(n_tokens) {
+        W::batch_row_dots(row, act, act_row, tokens, n_tokens, out);
+    } else {
+        for (o, t) in out.iter_mut().zip(tokens) {
+            *o = W::vec_dot(row, &act[t * act_row..t * act_row + row.len()]);
         }
     }
 }

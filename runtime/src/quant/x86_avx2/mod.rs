@@ -5,5 +5,7 @@
 pub mod iquants;
 pub mod kquants;
 pub mod legacy;
+#[cfg(target_feature = "f16c")]
+pub mod q4_k_x8;
 pub mod superblock;
 pub mod tiles;

@@ -1,0 +1,433 @@
+//! Q4_KX8: Q4_K weights with 8 rows interleaved, the layout the compiler repacks Q4_K
+//! matmul weights into so that the decode matvec keeps one row per vector lane.
+//!
+//! Not a ggml type: the bytes are those of 8 Q4_K rows, rearranged at compile time (and
+//! put back by [`unpack`] for the prompt-batch path). One block covers one 256-column
+//! super-block of 8 consecutive rows (1184 bytes, 4.625 bits per weight):
+//!
+//! ```text
+//! d       [f16; 8]    d of rows 0..8 (one load and one conversion give 8 lanes)
+//! dmin    [f16; 8]    dmin of rows 0..8
+//! scales  [u8; 64]    scales[8j + r] = sc[j] of row r (sub-block j = 0..8), unpacked
+//! mins    [u8; 64]    mins[16p + 2r + e] = m[2p + e] of row r (p = 0..4, e = 0..2)
+//! qs      [u8; 1024]  qs[256c + 32k + 4r + i] = Q4_K byte 32c + 4k + i of row r
+//!                     (c = 0..4, k = 0..8, i = 0..4)
+//! ```
+//!
+//! So 32 consecutive bytes of `qs` hold, for each of the 8 rows, 4 bytes: 4 weights of
+//! sub-block `2c` (low nibbles, positions `4k..4k + 4`) and the same positions of
+//! sub-block `2c + 1` (high nibbles). Dotted with the 4 activation bytes of those
+//! positions, broadcast, each row's products land in its own 32-bit lane; the sub-block
+//! scales multiply lane-wise, and the super-block's integer totals come out with one row
+//! per lane, no horizontal sums.
+//!
+//! The arithmetic per row is Q4_K's (see [`super::q4_k::vec_dot_q4_k_q8_k_ref`]): exact
+//! integer totals per super-block, then `sum = fma(isum, d d_a, sum)` and
+//! `mins = fma(imin, dmin d_a, mins)`, so every row's result equals Q4_K's `vec_dot` of
+//! the row to the bit.
+
+use half::f16;
+
+use super::q4_k::{unpack_scales_mins, BlockQ4K, Q4_K};
+use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::{batch_dots_of_row, WeightType};
+
+/// Rows per group.
+pub const ROWS: usize = 8;
+
+/// One super-block (256 columns) of 8 interleaved Q4_K rows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ4KX8 {
+    pub d: [f16; ROWS],
+    pub dmin: [f16; ROWS],
+    pub scales: [u8; 8 * ROWS],
+    pub mins: [u8; 8 * ROWS],
+    pub qs: [u8; QK_K / 2 * ROWS],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ4KX8>() == 1184);
+
+/// An all-zero Q4_K block, to size buffers with.
+const ZERO_Q4K: BlockQ4K = BlockQ4K {
+    d: f16::ZERO,
+    dmin: f16::ZERO,
+    scales: [0; 12],
+    qs: [0; QK_K / 2],
+};
+
+/// 8-row-interleaved Q4_K weights, dotted with Q8_K activations.
+#[derive(Clone, Copy, Debug, Default)]
+#[allow(non_camel_case_types)]
+pub struct Q4_KX8;
+
+/// Index in [`BlockQ4KX8::qs`] of byte `byte` (0..128) of row `r`'s Q4_K quants.
+#[inline(always)]
+const fn qs_index(r: usize, byte: usize) -> usize {
+    let (c, k, i) = (byte / 32, byte % 32 / 4, byte % 4);
+    256 * c + 32 * k + 4 * r + i
+}
+
+/// Packs 8 six-bit scales and minimums into Q4_K's 12 bytes: the inverse of
+/// [`unpack_scales_mins`] (every bit of the 12 bytes is used, so the packing is unique).
+fn pack_scales_mins(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
+    let mut p = [0u8; 12];
+    for j in 0..4 {
+        p[j] = (sc[j] & 63) | ((sc[j + 4] >> 4) << 6);
+        p[j + 4] = (m[j] & 63) | ((m[j + 4] >> 4) << 6);
+        p[j + 8] = (sc[j + 4] & 15) | ((m[j + 4] & 15) << 4);
+    }
+    p
+}
+
+/// Interleaves super-block `k` of 8 rows: `rows[r]` is row `r`'s block.
+pub fn interleave(rows: [&BlockQ4K; ROWS]) -> BlockQ4KX8 {
+    let mut out = BlockQ4KX8 {
+        d: [f16::ZERO; ROWS],
+        dmin: [f16::ZERO; ROWS],
+        scales: [0; 8 * ROWS],
+        mins: [0; 8 * ROWS],
+        qs: [0; QK_K / 2 * ROWS],
+    };
+    for (r, b) in rows.iter().enumerate() {
+        out.d[r] = b.d;
+        out.dmin[r] = b.dmin;
+        let (sc, m) = unpack_scales_mins(&b.scales);
+        for j in 0..8 {
+            out.scales[8 * j + r] = sc[j];
+            out.mins[16 * (j / 2) + 2 * r + j % 2] = m[j];
+        }
+        for (byte, &q) in b.qs.iter().enumerate() {
+            out.qs[qs_index(r, byte)] = q;
+        }
+    }
+    out
+}
+
+/// The 8 Q4_K blocks an interleaved block was made of, bit for bit.
+pub fn unpack(b: &BlockQ4KX8) -> [BlockQ4K; ROWS] {
+    std::array::from_fn(|r| {
+        let sc = std::array::from_fn(|j| b.scales[8 * j + r]);
+        let m = std::array::from_fn(|j| b.mins[16 * (j / 2) + 2 * r + j % 2]);
+        BlockQ4K {
+            d: b.d[r],
+            dmin: b.dmin[r],
+            scales: pack_scales_mins(&sc, &m),
+            qs: std::array::from_fn(|byte| b.qs[qs_index(r, byte)]),
+        }
+    })
+}
+
+/// Repacks one group of 8 Q4_K rows (`rows`: row 0's `rb` blocks, then row 1's, ...)
+/// into `out` (`rb` interleaved blocks).
+pub fn interleave_group(rows: &[BlockQ4K], out: &mut [BlockQ4KX8]) {
+    let rb = out.len();
+    assert_eq!(
+        rows.len(),
+        ROWS * rb,
+        "Q4_KX8: {} blocks for 8 rows of {rb}",
+        rows.len()
+    );
+    for (k, o) in out.iter_mut().enumerate() {
+        *o = interleave(std::array::from_fn(|r| &rows[r * rb + k]));
+    }
+}
+
+/// The Q4_K rows of one group (`group`: its `rb` interleaved blocks) into `rows`
+/// (`8 * rb` blocks, row-major): the inverse of [`interleave_group`].
+pub fn unpack_group(group: &[BlockQ4KX8], rows: &mut [BlockQ4K]) {
+    let rb = group.len();
+    assert_eq!(
+        rows.len(),
+        ROWS * rb,
+        "Q4_KX8: {} blocks for 8 rows of {rb}",
+        rows.len()
+    );
+    for (k, b) in group.iter().enumerate() {
+        for (r, plain) in unpack(b).into_iter().enumerate() {
+            rows[r * rb + k] = plain;
+        }
+    }
+}
+
+/// The bytes of interleaved blocks, as the weight blob stores them.
+pub fn as_bytes(blocks: &[BlockQ4KX8]) -> &[u8] {
+    // SAFETY: `BlockQ4KX8` is `#[repr(C)]` of f16 and u8 arrays with no padding (its size
+    // is asserted to be the sum of its fields'), so every byte is initialized.
+    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), std::mem::size_of_val(blocks)) }
+}
+
+/// Scalar reference of the 8-row dot: `out[r]` = row `r` of the group `w` (its
+/// interleaved blocks) · `act`, read straight from the interleaved layout.
+pub fn vec_dot_q4_kx8_q8_k_ref(w: &[BlockQ4KX8], act: &[BlockQ8K], out: &mut [f32; ROWS]) {
+    debug_assert_eq!(w.len(), act.len());
+    let (mut sum, mut min_sum) = ([0f32; ROWS], [0f32; ROWS]);
+    for (b, a) in w.iter().zip(act) {
+        for r in 0..ROWS {
+            let mut isum = 0i32;
+            for j in 0..8 {
+                // sub-block j: low nibbles of bytes 32 (j / 2) + l when j is even, high
+                // nibbles when odd; activations 32 j + l
+                let mut dot = 0i32;
+                for l in 0..32 {
+                    let byte = b.qs[qs_index(r, 32 * (j / 2) + l)];
+                    let q = if j % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+                    dot += q as i32 * a.qs[32 * j + l] as i32;
+                }
+                isum += b.scales[8 * j + r] as i32 * dot;
+            }
+            let imin: i32 = (0..8)
+                .map(|j| {
+                    let s = a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32;
+                    b.mins[16 * (j / 2) + 2 * r + j % 2] as i32 * s
+                })
+                .sum();
+            sum[r] = (isum as f32).mul_add(b.d[r].to_f32() * a.d, sum[r]);
+            min_sum[r] = (imin as f32).mul_add(b.dmin[r].to_f32() * a.d, min_sum[r]);
+        }
+    }
+    for r in 0..ROWS {
+        out[r] = sum[r] - min_sum[r];
+    }
+}
+
+thread_local! {
+    /// The Q4_K rows of the group [`Q4_KX8::group_batch_dots`] works on.
+    static PLAIN: std::cell::RefCell<Vec<BlockQ4K>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl WeightType for Q4_KX8 {
+    const NAME: &'static str = "Q4_KX8";
+    /// Not a ggml type: no GGUF holds it (an id no ggml type uses).
+    const GGML_ID: u32 = u32::MAX;
+    const BLOCK_ELEMS: usize = QK_K;
+    const ROW_GROUP: usize = ROWS;
+    type Block = BlockQ4KX8;
+    type Act = Q8_K;
+
+    /// `blocks` is one group's run of blocks; `out` gets its 8 rows, row-major.
+    fn dequantize_ref(blocks: &[BlockQ4KX8], out: &mut [f32]) {
+        let rb = blocks.len();
+        assert_eq!(out.len(), ROWS * rb * QK_K);
+        let mut rows = vec![ZERO_Q4K; ROWS * rb];
+        unpack_group(blocks, &mut rows);
+        Q4_K::dequantize_ref(&rows, out);
+    }
+
+    fn vec_dot_ref(_row: &[BlockQ4KX8], _act: &[BlockQ8K]) -> f32 {
+        unreachable!("Q4_KX8 has no one-row dot: matvec takes vec_dot_rows")
+    }
+
+    fn vec_dot_rows(w: &[BlockQ4KX8], act: &[BlockQ8K], out: &mut [f32]) {
+        let rb = act.len();
+        assert_eq!(
+            w.len() * ROWS,
+            out.len() * rb,
+            "Q4_KX8: {} blocks for {} rows of {rb}",
+            w.len(),
+            out.len()
+        );
+        for (group, out) in w.chunks_exact(rb).zip(out.chunks_exact_mut(ROWS)) {
+            let out: &mut [f32; ROWS] = out.try_into().expect("8 rows");
+            #[cfg(all(
+                target_arch = "x86_64",
+                target_feature = "avx2",
+                target_feature = "fma",
+                target_feature = "f16c"
+            ))]
+            super::x86_avx2::q4_k_x8::vec_dot_q4_kx8_q8_k(group, act, out);
+            #[cfg(not(all(
+                target_arch = "x86_64",
+                target_feature = "avx2",
+                target_feature = "fma",
+                target_feature = "f16c"
+            )))]
+            vec_dot_q4_kx8_q8_k_ref(group, act, out);
+        }
+    }
+
+    /// Puts the group's rows back into Q4_K blocks and takes Q4_K's batch path for each:
+    /// the results are Q4_K's by construction.
+    fn group_batch_dots(
+        group: &[BlockQ4KX8],
+        act: &[BlockQ8K],
+        act_row: usize,
+        tokens: std::ops::Range<usize>,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        let rb = group.len();
+        PLAIN.with_borrow_mut(|plain| {
+            plain.resize(ROWS * rb, ZERO_Q4K);
+            unpack_group(group, plain);
+            for (row, out) in plain
+                .chunks_exact(rb)
+                .zip(out.chunks_exact_mut(tokens.len()))
+            {
+                batch_dots_of_row::<Q4_K>(row, act, act_row, tokens.clone(), n_tokens, out);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matmul::{matmul, matvec, quantize_act};
+    use crate::pool::Pool;
+    use crate::quant::testing;
+
+    /// A random Q4_K matrix of `rows` × `cols`: random quant and scale bytes, sane f16
+    /// `d` / `dmin` in ±[2^-10, 2^-4) (the golden blocks mixed in, so real blocks too).
+    fn q4_k_matrix(rows: usize, cols: usize, seed: u64) -> Vec<BlockQ4K> {
+        let golden = testing::golden::<Q4_K>().0;
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let half = |v: u64| {
+            let sign = if v & 1 == 1 { -1.0 } else { 1.0 };
+            let mag = 2f32.powi(-10 - (v >> 1) as i32 % 6) * (1.0 + (v >> 8) as f32 / 16.0 % 1.0);
+            f16::from_f32(sign * mag)
+        };
+        (0..rows * cols / QK_K)
+            .map(|i| {
+                if i % 5 == 3 {
+                    return golden[i % golden.len()];
+                }
+                let mut b = BlockQ4K {
+                    d: half(next()),
+                    dmin: half(next()),
+                    scales: [0; 12],
+                    qs: [0; 128],
+                };
+                for s in b.scales.iter_mut() {
+                    *s = next() as u8;
+                }
+                for q in b.qs.iter_mut() {
+                    *q = next() as u8;
+                }
+                b
+            })
+            .collect()
+    }
+
+    fn repack(plain: &[BlockQ4K], rows: usize) -> Vec<BlockQ4KX8> {
+        let rb = plain.len() / rows;
+        let mut out = vec![interleave([&plain[0]; ROWS]); plain.len() / ROWS];
+        for (src, dst) in plain.chunks_exact(ROWS * rb).zip(out.chunks_exact_mut(rb)) {
+            interleave_group(src, dst);
+        }
+        out
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn scales_pack_is_the_inverse_of_unpack() {
+        for b in q4_k_matrix(8, 256 * 8, 1) {
+            let (sc, m) = unpack_scales_mins(&b.scales);
+            assert_eq!(pack_scales_mins(&sc, &m), b.scales);
+        }
+    }
+
+    #[test]
+    fn interleave_round_trips() {
+        let (rows, cols) = (16, 1024);
+        let plain = q4_k_matrix(rows, cols, 2);
+        let packed = repack(&plain, rows);
+        let rb = cols / QK_K;
+        let mut back = vec![ZERO_Q4K; plain.len()];
+        for (src, dst) in packed
+            .chunks_exact(rb)
+            .zip(back.chunks_exact_mut(ROWS * rb))
+        {
+            unpack_group(src, dst);
+        }
+        let raw = |b: &[BlockQ4K]| {
+            b.iter()
+                .flat_map(|b| {
+                    let mut v = vec![b.d.to_bits() as u8, (b.d.to_bits() >> 8) as u8];
+                    v.extend([b.dmin.to_bits() as u8, (b.dmin.to_bits() >> 8) as u8]);
+                    v.extend(b.scales);
+                    v.extend(b.qs);
+                    v
+                })
+                .collect::<Vec<u8>>()
+        };
+        assert_eq!(raw(&back), raw(&plain));
+        // dequantized groups are the Q4_K rows' values
+        let mut want = vec![0f32; rows * cols];
+        Q4_K::dequantize_ref(&plain, &mut want);
+        let mut got = vec![0f32; rows * cols];
+        for (g, out) in packed
+            .chunks_exact(rb)
+            .zip(got.chunks_exact_mut(ROWS * cols))
+        {
+            Q4_KX8::dequantize_ref(g, out);
+        }
+        assert_eq!(bits(&got), bits(&want));
+    }
+
+    /// matvec of the interleaved matrix equals Q4_K's `vec_dot` of every row, bit for
+    /// bit, in the SIMD kernel and the scalar reference, on 1 and 2 threads.
+    #[test]
+    fn matvec_equals_q4_k_rows_bit_for_bit() {
+        for (i, &(rows, cols)) in [(8, 256), (16, 512), (24, 3072), (64, 2304), (40, 9216)]
+            .iter()
+            .enumerate()
+        {
+            let plain = q4_k_matrix(rows, cols, 10 + i as u64);
+            let packed = repack(&plain, rows);
+            let x = testing::activations(cols, i as u64);
+            let mut act = Vec::new();
+            quantize_act::<Q8_K>(&x, cols, &mut act);
+            let rb = cols / QK_K;
+            let want: Vec<f32> = plain
+                .chunks_exact(rb)
+                .map(|row| Q4_K::vec_dot(row, &act))
+                .collect();
+            let mut reference = vec![f32::NAN; rows];
+            for (g, out) in packed
+                .chunks_exact(rb)
+                .zip(reference.chunks_exact_mut(ROWS))
+            {
+                vec_dot_q4_kx8_q8_k_ref(g, &act, out.try_into().unwrap());
+            }
+            assert_eq!(bits(&reference), bits(&want), "reference {rows}x{cols}");
+            for threads in [1, 2] {
+                let pool = Pool::new(threads);
+                let mut got = vec![f32::NAN; rows];
+                matvec::<Q4_KX8>(&pool, &packed, &act, &mut got);
+                assert_eq!(bits(&got), bits(&want), "{rows}x{cols}, {threads} threads");
+            }
+        }
+    }
+
+    /// Prompt batches of the interleaved matrix equal Q4_K's, bit for bit, whatever path
+    /// Q4_K's batch size takes.
+    #[test]
+    fn matmul_equals_q4_k_bit_for_bit() {
+        let (rows, cols) = (48, 768);
+        let plain = q4_k_matrix(rows, cols, 7);
+        let packed = repack(&plain, rows);
+        for n in [2, 3, 4, 5, 8, 19, 64, 67] {
+            let x = testing::activations(n * cols, n as u64);
+            let mut act = Vec::new();
+            quantize_act::<Q8_K>(&x, cols, &mut act);
+            for threads in [1, 2] {
+                let pool = Pool::new(threads);
+                let mut want = vec![f32::NAN; n * rows];
+                matmul::<Q4_K>(&pool, &plain, &act, n, &mut want);
+                let mut got = vec![f32::NAN; n * rows];
+                matmul::<Q4_KX8>(&pool, &packed, &act, n, &mut got);
+                assert_eq!(bits(&got), bits(&want), "n={n}, {threads} threads");
+            }
+        }
+    }
+}
