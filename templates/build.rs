@@ -6,7 +6,7 @@
 fn main() {
     println!("cargo:rerun-if-changed=weights.S");
     // Cargo follows the link: a rewritten GGUF re-assembles the blob, anything else not.
-    println!("cargo:rerun-if-changed={{gguf}}");
+    println!("cargo:rerun-if-changed={{gguf}}");{{rerun_repacked}}
     let objects = cc::Build::new().file("weights.S").compile_intermediates();
     for object in objects {
         println!("cargo:rustc-link-arg-bins={}", object.display());

@@ -26,9 +26,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::describe::describe;
-use crate::emit::{emit_crate, Contents, EmitOptions, EmittedFile};
+use crate::emit::{emit_crate, Contents, EmitOptions, EmittedFile, RepackedTensor, GGUF_LINK};
 use crate::gguf::GgufFile;
-use crate::plan::plan;
+use crate::plan::plan_for;
 
 /// `mcc build MODEL.gguf -o NAME`: compile a GGUF model into a standalone executable.
 #[derive(clap::Args, Debug, Clone)]
@@ -220,7 +220,8 @@ pub fn run_with(args: &Args, gpu: &crate::gpu::GpuArgs) -> Result<()> {
         .join(&name);
     let exe_name = exe_name(&name, &crate_dir);
 
-    let plan = plan(&desc, &gguf);
+    // GPU kernels read plain ggml blocks: no repacking for them.
+    let plan = plan_for(&desc, &gguf, !gpu.gpu);
     let opts = EmitOptions {
         name: name.clone(),
         exe_name: exe_name.clone(),
@@ -441,6 +442,10 @@ fn write_crate_atomically(dir: &Path, files: &[EmittedFile]) -> Result<()> {
                     .with_context(|| format!("{}: cannot create symlink", path.display()))?;
                 continue;
             }
+            Contents::Repacked(tensors) => {
+                write_repacked(&tmp.0, dir, &file.path, tensors)?;
+                continue;
+            }
         };
         std::fs::write(&path, bytes)
             .with_context(|| format!("{}: cannot write", path.display()))?;
@@ -474,6 +479,98 @@ fn write_crate_atomically(dir: &Path, files: &[EmittedFile]) -> Result<()> {
     tmp.rename_to(dir)
         .with_context(|| format!("{}: cannot move into place", dir.display()))?;
     drop(old);
+    Ok(())
+}
+
+/// Version of the repacked file's layout, in its stamp: a new layout rewrites the file.
+const REPACK_VERSION: u32 = 1;
+
+/// Writes `name` (the repacked tensors, [`Contents::Repacked`]) into the crate being
+/// assembled in `tmp`, from the GGUF its [`GGUF_LINK`] points to, and next to it
+/// `name.stamp`: what the file was made from (layout version, the GGUF's path, size and
+/// modification time, the tensors). When the previous crate in `dir` has the same stamp
+/// and a file of the right length, that file is hard-linked instead: a warm rebuild
+/// neither rewrites gigabytes nor changes the file's time, so cargo does not re-assemble
+/// the blob. Otherwise the tensors are streamed from the memory-mapped GGUF through the
+/// runtime's repacking, one group of rows at a time.
+fn write_repacked(tmp: &Path, dir: &Path, name: &str, tensors: &[RepackedTensor]) -> Result<()> {
+    let gguf = tmp.join(GGUF_LINK);
+    let target = std::fs::read_link(&gguf)
+        .with_context(|| format!("{}: cannot read link", gguf.display()))?;
+    let meta =
+        std::fs::metadata(&gguf).with_context(|| format!("{}: cannot open", target.display()))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let mut stamp = format!(
+        "mcc repacked tensors, layout {REPACK_VERSION}\nfrom {} ({} bytes, modified {mtime} ns)\n",
+        target.display(),
+        meta.len()
+    );
+    for t in tensors {
+        stamp += &format!(
+            "{} Q4_K [{}, {}] at {} -> Q4_KX8 at {} ({} bytes)\n",
+            t.name, t.cols, t.rows, t.file_offset, t.offset, t.n_bytes
+        );
+    }
+    let len: u64 = tensors.iter().map(|t| t.n_bytes).sum();
+    let (path, stamp_path) = (tmp.join(name), tmp.join(format!("{name}.stamp")));
+    let (old, old_stamp) = (dir.join(name), dir.join(format!("{name}.stamp")));
+    let reusable = std::fs::read_to_string(&old_stamp).is_ok_and(|s| s == stamp)
+        && std::fs::metadata(&old).is_ok_and(|m| m.len() == len);
+    if reusable
+        && std::fs::hard_link(&old, &path).is_ok()
+        && std::fs::hard_link(&old_stamp, &stamp_path).is_ok()
+    {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&stamp_path);
+
+    let file =
+        std::fs::File::open(&gguf).with_context(|| format!("{}: cannot open", target.display()))?;
+    // SAFETY: the mapping is read-only; mcc reads GGUFs that nothing writes meanwhile (the
+    // same assumption as `GgufFile::open`).
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .with_context(|| format!("{}: cannot map", target.display()))?;
+    let out = std::fs::File::create(&path)
+        .with_context(|| format!("{}: cannot create", path.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(8 << 20, out);
+    let mut written = 0u64;
+    for t in tensors {
+        assert_eq!(
+            t.offset, written,
+            "{}: repacked tensors are laid out in order",
+            t.name
+        );
+        let src_len = t.rows * (t.cols / 256) * 144;
+        let src = usize::try_from(t.file_offset)
+            .ok()
+            .zip(usize::try_from(t.file_offset + src_len).ok())
+            .and_then(|(start, end)| map.get(start..end))
+            .with_context(|| {
+                format!(
+                    "{}: tensor {} (bytes {}..{}) lies outside the file",
+                    target.display(),
+                    t.name,
+                    t.file_offset,
+                    t.file_offset + src_len
+                )
+            })?;
+        mcc_runtime::quant::q4_k_x8::repack_q4_k_bytes(src, t.cols as usize, |bytes| {
+            std::io::Write::write_all(&mut out, bytes)
+        })
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+        written += t.n_bytes;
+    }
+    assert_eq!(written, len, "repacked sizes add up");
+    out.into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    std::fs::write(&stamp_path, stamp)
+        .with_context(|| format!("{}: cannot write", stamp_path.display()))?;
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use quote::{format_ident, quote};
 
 use crate::describe::ModelDesc;
 use crate::gguf::GgmlType;
-use crate::plan::{Plan, PlannedTensor};
+use crate::plan::{Layout, Plan, PlannedTensor};
 
 /// What the emitted crate needs besides the model itself.
 #[derive(Clone, Debug)]
@@ -44,6 +44,10 @@ pub struct EmitOptions {
 /// the runtime's in Cargo.toml), so the sources depend only on the model and options.
 pub const GGUF_LINK: &str = "model.gguf";
 
+/// Name of the file, in the crate root, that holds the repacked tensors ([`Layout`]);
+/// `weights.S` reads it with `.incbin` too.
+pub const REPACKED_FILE: &str = "repacked.bin";
+
 /// One entry of the emitted crate, by path relative to the crate root.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EmittedFile {
@@ -59,6 +63,22 @@ pub enum Contents {
     Data(Vec<u8>),
     /// A symlink to this target (the GGUF).
     Symlink(PathBuf),
+    /// Tensors to repack from the GGUF (reached through [`GGUF_LINK`], which comes
+    /// earlier in the crate) into one file; written by the build, streamed, never held
+    /// in memory whole.
+    Repacked(Vec<RepackedTensor>),
+}
+
+/// One tensor of [`Contents::Repacked`]: Q4_K rows at `file_offset` of the GGUF,
+/// written as `Q4_KX8` at `offset` of the file (`n_bytes` long).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepackedTensor {
+    pub name: String,
+    pub file_offset: u64,
+    pub rows: u64,
+    pub cols: u64,
+    pub offset: u64,
+    pub n_bytes: u64,
 }
 
 impl EmittedFile {
@@ -71,7 +91,8 @@ impl EmittedFile {
 }
 
 /// Every file of the emitted crate, sources first, in a fixed order: Cargo.toml,
-/// build.rs, weights.S, src/main.rs, src/model.rs, tokenizer.bin, model.gguf.
+/// build.rs, weights.S, src/main.rs, src/model.rs, tokenizer.bin, model.gguf, and
+/// repacked.bin when the plan repacks tensors.
 pub fn emit_crate(
     desc: &ModelDesc,
     plan: &Plan,
@@ -94,7 +115,36 @@ pub fn emit_crate(
     let runtime = toml_escape(&opts.runtime_path.display().to_string());
     let incbins = emit_incbins(plan);
     let blob_len = plan.blob_len.to_string();
-    vec![
+    let repacked: Vec<RepackedTensor> = plan
+        .tensors
+        .iter()
+        .filter_map(|t| match t.layout {
+            Layout::Gguf => None,
+            Layout::Q4KX8 { offset } => Some(RepackedTensor {
+                name: t.name.clone(),
+                file_offset: t.file_offset,
+                rows: t.rows,
+                cols: t.cols,
+                offset,
+                n_bytes: t.n_bytes,
+            }),
+        })
+        .collect();
+    let (sources, rerun) = if repacked.is_empty() {
+        (
+            format!("{GGUF_LINK} (a symlink to {source})"),
+            String::new(),
+        )
+    } else {
+        (
+            format!(
+                "{GGUF_LINK} (a symlink to {source}) and {REPACKED_FILE} (its Q4_K\n   \
+                 matrices with 8 rows interleaved, Q4_KX8, written by mcc)"
+            ),
+            format!("\n    println!(\"cargo:rerun-if-changed={REPACKED_FILE}\");"),
+        )
+    };
+    let mut files = vec![
         EmittedFile::source(
             "Cargo.toml",
             fill(
@@ -104,13 +154,20 @@ pub fn emit_crate(
         ),
         EmittedFile::source(
             "build.rs",
-            fill(include_str!("../../templates/build.rs"), &[]),
+            fill(
+                include_str!("../../templates/build.rs"),
+                &[("rerun_repacked", rerun)],
+            ),
         ),
         EmittedFile::source(
             "weights.S",
             fill(
                 include_str!("../../templates/weights.S"),
-                &[("tensors", incbins), ("blob_len", blob_len)],
+                &[
+                    ("tensors", incbins),
+                    ("blob_len", blob_len),
+                    ("sources", sources),
+                ],
             ),
         ),
         EmittedFile::source(
@@ -126,7 +183,14 @@ pub fn emit_crate(
             path: GGUF_LINK.into(),
             contents: Contents::Symlink(opts.gguf_path.clone()),
         },
-    ]
+    ];
+    if !repacked.is_empty() {
+        files.push(EmittedFile {
+            path: REPACKED_FILE.into(),
+            contents: Contents::Repacked(repacked),
+        });
+    }
+    files
 }
 
 fn file_name(path: &Path) -> String {
@@ -140,8 +204,8 @@ fn toml_escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
-/// One `.incbin` per tensor from the GGUF link, padded with zeros to the next tensor's
-/// aligned offset.
+/// One `.incbin` per tensor from the GGUF link (from `repacked.bin` for a repacked
+/// one), padded with zeros to the next tensor's aligned offset.
 fn emit_incbins(plan: &Plan) -> String {
     let mut out = String::new();
     let mut at = 0u64;
@@ -153,16 +217,16 @@ fn emit_incbins(plan: &Plan) -> String {
             out,
             "    /* {} {} [{}, {}] at 0x{:x} */",
             t.name,
-            t.ggml_type.name(),
+            t.type_name(),
             t.cols,
             t.rows,
             t.offset
         );
-        let _ = writeln!(
-            out,
-            "    .incbin \"{GGUF_LINK}\", {}, {}",
-            t.file_offset, t.n_bytes
-        );
+        let (file, skip) = match t.layout {
+            Layout::Gguf => (GGUF_LINK, t.file_offset),
+            Layout::Q4KX8 { offset } => (REPACKED_FILE, offset),
+        };
+        let _ = writeln!(out, "    .incbin \"{file}\", {skip}, {}", t.n_bytes);
         at = t.offset + t.n_bytes;
     }
     if plan.blob_len > at {
@@ -255,17 +319,21 @@ fn hex_lit(v: u64) -> Literal {
     format!("0x{grouped}").parse().expect("hex literal")
 }
 
-/// The runtime type of a ggml type: `quant::q4_k::Q4_K`.
-fn type_path(t: GgmlType) -> TokenStream {
-    let module = format_ident!("{}", t.name().to_ascii_lowercase());
-    let ty = format_ident!("{}", t.name());
+/// The path of a runtime weight type from its module and name: `q4_k::Q4_K`.
+fn type_path((module, name): (String, &str)) -> TokenStream {
+    let module = format_ident!("{}", module);
+    let ty = format_ident!("{}", name);
     quote!(#module::#ty)
 }
 
 fn emit_imports(plan: &Plan, uses_tensor_trait: bool) -> TokenStream {
-    let mut types: Vec<GgmlType> = plan.tensors.iter().map(|t| t.ggml_type).collect();
-    types.push(GgmlType::F32);
-    types.sort_by_key(|t| t.name());
+    let mut types: Vec<(String, &str)> = plan
+        .tensors
+        .iter()
+        .map(|t| (t.type_module(), t.type_name()))
+        .collect();
+    types.push(("f32".into(), GgmlType::F32.name()));
+    types.sort_by_key(|t| t.1);
     types.dedup();
     let paths = types.into_iter().map(type_path);
     let weights = if uses_tensor_trait {
@@ -389,13 +457,17 @@ fn shape_of(t: &PlannedTensor) -> (TokenStream, TokenStream) {
 
 fn emit_static(t: &PlannedTensor) -> TokenStream {
     let ident = format_ident!("{}", t.ident);
-    let ty = format_ident!("{}", t.ggml_type.name());
+    let ty = format_ident!("{}", t.type_name());
     let (rows, cols) = shape_of(t);
     let offset = hex_lit(t.offset);
+    let repacked = match t.layout {
+        Layout::Gguf => String::new(),
+        Layout::Q4KX8 { .. } => " (Q4_K, 8 rows interleaved)".into(),
+    };
     let doc = format!(
-        " `{}`: {} [{}, {}], {} bytes.",
+        " `{}`: {}{repacked} [{}, {}], {} bytes.",
         t.name,
-        t.ggml_type.name(),
+        t.type_name(),
         t.cols,
         t.rows,
         t.n_bytes
@@ -449,7 +521,7 @@ fn emit_layer(l: usize, plan: &Plan) -> TokenStream {
     let mix = |roles: &[&str]| {
         roles
             .iter()
-            .map(|r| t(r).ggml_type.name())
+            .map(|r| t(r).type_name())
             .collect::<Vec<_>>()
             .join("/")
     };
@@ -533,7 +605,7 @@ fn emit_model_impl(desc: &ModelDesc, plan: &Plan, opts: &EmitOptions) -> TokenSt
 fn emit_info(desc: &ModelDesc, plan: &Plan, opts: &EmitOptions) -> String {
     let mut mix: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
     for t in &plan.tensors {
-        let e = mix.entry(t.ggml_type.name()).or_default();
+        let e = mix.entry(t.type_name()).or_default();
         e.0 += 1;
         e.1 += t.n_bytes;
     }

@@ -18,7 +18,7 @@ use mcc::emit::{emit_crate, Contents, EmitOptions, EmittedFile};
 use mcc::gguf::writer::{GgufWriter, TensorData, WriteMode};
 use mcc::gguf::{GgmlType, GgufFile, Value};
 use mcc::gpu::{add_to_crate, dequant, kernels};
-use mcc::plan::plan;
+use mcc::plan::plan_for;
 use mcc::synth::{llama_writer, toy_vocab, SynthConfig};
 
 fn cache_dir() -> PathBuf {
@@ -95,7 +95,7 @@ fn emit_gpu(gguf: &Path, name: &str) -> Vec<EmittedFile> {
         gguf_path: gguf.to_path_buf(),
         runtime_path: PathBuf::from("[mcc]/runtime"),
     };
-    let p = plan(&desc, &g);
+    let p = plan_for(&desc, &g, false);
     let mut files = emit_crate(&desc, &p, &opts, desc.tokenizer.to_bytes());
     add_to_crate(&mut files, &desc, &p, &opts).unwrap();
     files
@@ -240,7 +240,7 @@ fn builds_without_gpu_are_unchanged() {
         gguf_path: gguf.clone(),
         runtime_path: PathBuf::from("[mcc]/runtime"),
     };
-    let p = plan(&desc, &g);
+    let p = plan_for(&desc, &g, false);
     let plain = emit_crate(&desc, &p, &opts, desc.tokenizer.to_bytes());
     let mut gpu = plain.clone();
     add_to_crate(&mut gpu, &desc, &p, &opts).unwrap();
@@ -339,7 +339,7 @@ mod decode {
     use mcc::gguf::{GgmlType, GgufFile};
     use mcc::gpu::sim::{Device, Module};
     use mcc::gpu::{emit_ptx, gate_up_of, kernel_of, output_kernel, prefill_kernel_of};
-    use mcc::plan::{plan, Plan, PlannedTensor};
+    use mcc::plan::{plan_for, Plan, PlannedTensor};
     use mcc_runtime::gpu::plan::{
         decode_plan, prefill_plan, rope_table, Buf, Launch, PREFILL_TILE,
     };
@@ -552,7 +552,7 @@ mod decode {
         .unwrap();
         let g = GgufFile::open(&path).unwrap();
         let desc = describe(&g).unwrap();
-        let p = plan(&desc, &g);
+        let p = plan_for(&desc, &g, false);
         let n_ctx = 24;
         let ptx = emit_ptx(&desc, &p, n_ctx, "m.gguf").unwrap();
         let file = std::fs::read(&path).unwrap();

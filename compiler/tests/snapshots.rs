@@ -164,7 +164,7 @@ fn minitron_q4_k_m() {
     let gguf = minitron_q4_k_m_gguf(dir.path());
     let files = emit(&gguf, "minitron");
     // The per-layer mix shows in the layer functions: layer 0 has Q6_K attn_v and
-    // ffn_down, layer 4 has Q4_K everywhere.
+    // ffn_down, layer 4 has Q4_K (as Q4_KX8) everywhere.
     let Contents::Source(model) = &files
         .iter()
         .find(|f| f.path == "src/model.rs")
@@ -174,7 +174,8 @@ fn minitron_q4_k_m() {
         panic!("model.rs is a source")
     };
     assert!(model.contains("pub static BLK0_ATTN_V: Weight<Q6_K,"));
-    assert!(model.contains("pub static BLK4_ATTN_V: Weight<Q4_K,"));
+    // Q4_K matrices are repacked, 8 rows interleaved.
+    assert!(model.contains("pub static BLK4_ATTN_V: Weight<Q4_KX8,"));
     assert!(model.contains("pub static OUTPUT: Weight<Q6_K, N_VOCAB, N_EMBD>"));
     assert_sources("minitron", &gguf, &files);
 }

@@ -149,6 +149,18 @@ pub fn check(desc: &ModelDesc, plan: &Plan) -> Result<(), GpuError> {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // The kernels read ggml's blocks: a plan for the GPU repacks nothing (`plan_for`).
+    if let Some(t) = plan
+        .tensors
+        .iter()
+        .find(|t| t.layout != crate::plan::Layout::Gguf)
+    {
+        return Err(GpuError::UnsupportedType {
+            tensor: t.name.clone(),
+            ty: t.type_name(),
+            supported: supported(),
+        });
+    }
     let mut needed: Vec<&PlannedTensor> = matrices(plan).collect();
     needed.push(plan.get("token_embd.weight"));
     for t in needed {

@@ -150,6 +150,52 @@ pub fn unpack_group(group: &[BlockQ4KX8], rows: &mut [BlockQ4K]) {
     }
 }
 
+/// Q4_K bytes per block.
+pub const Q4K_BLOCK_BYTES: usize = std::mem::size_of::<BlockQ4K>();
+
+/// A Q4_K block from its 144 bytes as a GGUF stores them (little-endian f16s).
+fn q4_k_from_bytes(b: &[u8]) -> BlockQ4K {
+    BlockQ4K {
+        d: f16::from_le_bytes([b[0], b[1]]),
+        dmin: f16::from_le_bytes([b[2], b[3]]),
+        scales: b[4..16].try_into().expect("12 bytes"),
+        qs: b[16..Q4K_BLOCK_BYTES].try_into().expect("128 bytes"),
+    }
+}
+
+/// Repacks a tensor's bytes, the way the compiler writes them into the weight blob:
+/// `src` is a Q4_K matrix of `cols` columns as the GGUF stores it (rows of
+/// `cols / 256` blocks, 8 rows at a time: any number of whole groups), and `write` gets
+/// the `Q4_KX8` bytes group by group (one group's worth at a time, so a multi-gigabyte
+/// tensor never sits in memory). Returns `write`'s first error.
+pub fn repack_q4_k_bytes<E>(
+    src: &[u8],
+    cols: usize,
+    mut write: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    assert!(
+        cols.is_multiple_of(QK_K),
+        "Q4_KX8: {cols} columns is not whole blocks"
+    );
+    let rb = cols / QK_K;
+    let group_bytes = ROWS * rb * Q4K_BLOCK_BYTES;
+    assert!(
+        src.len().is_multiple_of(group_bytes),
+        "Q4_KX8: {} bytes is not whole groups of 8 rows of {cols}",
+        src.len()
+    );
+    let mut rows = vec![ZERO_Q4K; ROWS * rb];
+    let mut out = vec![interleave([&ZERO_Q4K; ROWS]); rb];
+    for group in src.chunks_exact(group_bytes) {
+        for (b, bytes) in rows.iter_mut().zip(group.chunks_exact(Q4K_BLOCK_BYTES)) {
+            *b = q4_k_from_bytes(bytes);
+        }
+        interleave_group(&rows, &mut out);
+        write(as_bytes(&out))?;
+    }
+    Ok(())
+}
+
 /// The bytes of interleaved blocks, as the weight blob stores them.
 pub fn as_bytes(blocks: &[BlockQ4KX8]) -> &[u8] {
     // SAFETY: `BlockQ4KX8` is `#[repr(C)]` of f16 and u8 arrays with no padding (its size
@@ -326,6 +372,29 @@ mod tests {
 
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn repacked_bytes_are_the_interleaved_blocks() {
+        let (rows, cols) = (24, 768);
+        let plain = q4_k_matrix(rows, cols, 3);
+        let src: Vec<u8> = plain
+            .iter()
+            .flat_map(|b| {
+                let mut v = b.d.to_le_bytes().to_vec();
+                v.extend(b.dmin.to_le_bytes());
+                v.extend(b.scales);
+                v.extend(b.qs);
+                v
+            })
+            .collect();
+        let mut got = Vec::new();
+        repack_q4_k_bytes::<()>(&src, cols, |bytes| {
+            got.extend_from_slice(bytes);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, as_bytes(&repack(&plain, rows)));
     }
 
     #[test]
