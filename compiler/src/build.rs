@@ -36,6 +36,7 @@ use crate::plan::plan_for;
 Environment:
   MCC_TARGET_DIR     cargo target directory shared by all builds (default: ~/.cache/mcc/target)
   MCC_GENERATED_DIR  where crates are emitted (default: generated/ in the mcc source tree)
+  MCC_NO_REPACK      set: keep every tensor as the GGUF has it (no Q4_KX8; for A/B runs)
   CARGO, CC          the cargo and C compiler to use (default: `cargo` and `cc` on PATH)
 
 Example:
@@ -221,7 +222,8 @@ pub fn run_with(args: &Args, gpu: &crate::gpu::GpuArgs) -> Result<()> {
     let exe_name = exe_name(&name, &crate_dir);
 
     // GPU kernels read plain ggml blocks: no repacking for them.
-    let plan = plan_for(&desc, &gguf, !gpu.gpu);
+    let repack = !gpu.gpu && std::env::var_os("MCC_NO_REPACK").is_none();
+    let plan = plan_for(&desc, &gguf, repack);
     let opts = EmitOptions {
         name: name.clone(),
         exe_name: exe_name.clone(),

@@ -97,8 +97,9 @@ pub fn interleave(rows: [&BlockQ4K; ROWS]) -> BlockQ4KX8 {
             out.scales[8 * j + r] = sc[j];
             out.mins[16 * (j / 2) + 2 * r + j % 2] = m[j];
         }
-        for (byte, &q) in b.qs.iter().enumerate() {
-            out.qs[qs_index(r, byte)] = q;
+        for (at, four) in b.qs.chunks_exact(4).enumerate() {
+            let to = qs_index(r, 4 * at);
+            out.qs[to..to + 4].copy_from_slice(four);
         }
     }
     out
