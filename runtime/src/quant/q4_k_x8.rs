@@ -110,12 +110,17 @@ pub fn unpack(b: &BlockQ4KX8) -> [BlockQ4K; ROWS] {
     std::array::from_fn(|r| {
         let sc = std::array::from_fn(|j| b.scales[8 * j + r]);
         let m = std::array::from_fn(|j| b.mins[16 * (j / 2) + 2 * r + j % 2]);
-        BlockQ4K {
+        let mut plain = BlockQ4K {
             d: b.d[r],
             dmin: b.dmin[r],
             scales: pack_scales_mins(&sc, &m),
-            qs: std::array::from_fn(|byte| b.qs[qs_index(r, byte)]),
+            qs: [0; QK_K / 2],
+        };
+        for (at, four) in plain.qs.chunks_exact_mut(4).enumerate() {
+            let from = qs_index(r, 4 * at);
+            four.copy_from_slice(&b.qs[from..from + 4]);
         }
+        plain
     })
 }
 
@@ -145,8 +150,18 @@ pub fn unpack_group(group: &[BlockQ4KX8], rows: &mut [BlockQ4K]) {
         rows.len()
     );
     for (k, b) in group.iter().enumerate() {
-        for (r, plain) in unpack(b).into_iter().enumerate() {
-            rows[r * rb + k] = plain;
+        for r in 0..ROWS {
+            let plain = &mut rows[r * rb + k];
+            plain.d = b.d[r];
+            plain.dmin = b.dmin[r];
+            let sc = std::array::from_fn(|j| b.scales[8 * j + r]);
+            let m = std::array::from_fn(|j| b.mins[16 * (j / 2) + 2 * r + j % 2]);
+            plain.scales = pack_scales_mins(&sc, &m);
+            // bytes 4i..4i + 4 of the row sit at 32i + 4r (i = 8c + k: qs_index)
+            let (from, to) = (b.qs[4 * r..].chunks(32), plain.qs.chunks_exact_mut(4));
+            for (four, src) in to.zip(from) {
+                four.copy_from_slice(&src[..4]);
+            }
         }
     }
 }
@@ -294,7 +309,8 @@ impl WeightType for Q4_KX8 {
     }
 
     /// Puts the group's rows back into Q4_K blocks and takes Q4_K's batch path for each:
-    /// the results are Q4_K's by construction.
+    /// the results are Q4_K's by construction. Batches that Q4_K computes with its
+    /// one-token dot take the 8-row kernel per token instead (equal to that dot).
     fn group_batch_dots(
         group: &[BlockQ4KX8],
         act: &[BlockQ8K],
@@ -304,6 +320,18 @@ impl WeightType for Q4_KX8 {
         out: &mut [f32],
     ) {
         let rb = group.len();
+        if !Q4_K::batched(n_tokens) {
+            // Q4_K takes its one-token dot for each of these tokens: so can we, 8 rows
+            // at a time and without unpacking
+            let mut dots = [0f32; ROWS];
+            for (i, t) in tokens.clone().enumerate() {
+                Self::vec_dot_rows(group, &act[t * act_row..t * act_row + rb], &mut dots);
+                for (r, &v) in dots.iter().enumerate() {
+                    out[r * tokens.len() + i] = v;
+                }
+            }
+            return;
+        }
         PLAIN.with_borrow_mut(|plain| {
             plain.resize(ROWS * rb, ZERO_Q4K);
             unpack_group(group, plain);
