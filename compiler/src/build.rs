@@ -746,4 +746,76 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from("m")]);
         assert!(lock_cleanup().is_empty());
     }
+
+    /// repacked.bin is the runtime's repacking of the GGUF bytes; a second build with
+    /// the same GGUF reuses the file (same inode and mtime), a changed GGUF rewrites it.
+    #[test]
+    fn repacked_file_is_written_once_and_reused_while_the_gguf_is_unchanged() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("m");
+        let gguf = root.path().join("model.gguf");
+        // 16 rows of 512 columns of Q4_K (2 groups of 8 rows, 2 blocks per row) after a
+        // 100-byte "header"
+        let (rows, cols, at) = (16u64, 512u64, 100u64);
+        let src_len = rows * cols / 256 * 144;
+        let mut bytes: Vec<u8> = (0..at + src_len).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&gguf, &bytes).unwrap();
+        let files = vec![
+            EmittedFile {
+                path: GGUF_LINK.into(),
+                contents: Contents::Symlink(gguf.clone()),
+            },
+            EmittedFile {
+                path: "repacked.bin".into(),
+                contents: Contents::Repacked(vec![RepackedTensor {
+                    name: "blk.0.ffn_down.weight".into(),
+                    file_offset: at,
+                    rows,
+                    cols,
+                    offset: 0,
+                    n_bytes: rows / 8 * cols / 256 * 1184,
+                }]),
+            },
+        ];
+        write_crate_atomically(&dir, &files).unwrap();
+        let mut want = Vec::new();
+        mcc_runtime::quant::q4_k_x8::repack_q4_k_bytes::<()>(
+            &bytes[at as usize..],
+            cols as usize,
+            |b| {
+                want.extend_from_slice(b);
+                Ok(())
+            },
+        )
+        .unwrap();
+        let bin = dir.join("repacked.bin");
+        assert_eq!(std::fs::read(&bin).unwrap(), want);
+        let id = |p: &Path| {
+            let m = std::fs::metadata(p).unwrap();
+            (
+                std::os::unix::fs::MetadataExt::ino(&m),
+                m.modified().unwrap(),
+            )
+        };
+        let first = id(&bin);
+        write_crate_atomically(&dir, &files).unwrap();
+        assert_eq!(
+            id(&bin),
+            first,
+            "rewritten although the GGUF did not change"
+        );
+
+        bytes[at as usize] ^= 0xff;
+        std::fs::write(&gguf, &bytes).unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(10);
+        std::fs::File::options()
+            .write(true)
+            .open(&gguf)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        write_crate_atomically(&dir, &files).unwrap();
+        assert_ne!(id(&bin).0, first.0, "not rewritten after the GGUF changed");
+        assert_ne!(std::fs::read(&bin).unwrap(), want);
+    }
 }
