@@ -8,7 +8,7 @@
 //! number of threads or on the tiling.
 
 use crate::pool::{DisjointOut, Pool};
-use crate::quant::{ActBlock, ActType, WeightType, TILE};
+use crate::quant::{ActBlock, ActType, WeightType, BATCH_TOKENS, TILE};
 
 /// Bytes of weights a thread should get per claimed chunk of rows at least: enough that
 /// claiming (one atomic add) is noise next to streaming the rows.
@@ -21,11 +21,6 @@ const CHUNKS_PER_THREAD: usize = 8;
 /// Tokens whose dots with one weight row are taken while the row is in L1: each row is
 /// read from memory once per `TOKEN_TILE` tokens.
 const TOKEN_TILE: usize = 16;
-
-/// Tokens whose dots with one weight row [`matmul_batched`] takes at once: the row is
-/// unpacked once for them, and their activations (64 × 292 bytes per 256 columns) stay
-/// in L2 while the rows of a task go by.
-const BATCH_TOKENS: usize = 64;
 
 /// Weight bytes of the rows one matmul task covers at most: the rows stay in L2 while the
 /// task walks over the token tiles.
@@ -304,10 +299,10 @@ fn matmul_batched<W: WeightType>(
     });
 }
 
-/// [`matmul`] for the row-interleaved formats (`ROW_GROUP > 1`): as [`matmul_batched`],
-/// with groups of rows in place of rows; [`WeightType::group_batch_dots`] gives each
-/// group's dots with up to [`BATCH_TOKENS`] tokens, exactly what the format's rows give
-/// in their one-row-per-block form.
+/// [`matmul`] for the row-interleaved formats (`ROW_GROUP > 1`): threads take chunks of
+/// whole row groups (at most `MATMUL_TASK_BYTES` of them), and
+/// [`WeightType::groups_batch_dots`] gives a chunk's dots with every token, exactly what
+/// the format's rows give in their one-row-per-block form.
 fn matmul_grouped<W: WeightType>(
     pool: &Pool,
     w: &[W::Block],
@@ -327,26 +322,22 @@ fn matmul_grouped<W: WeightType>(
     let next = std::sync::atomic::AtomicUsize::new(0);
     let out = DisjointOut::new(out);
     pool.run(&|_, _| {
-        let mut dots = vec![0f32; g * BATCH_TOKENS];
+        let mut dots = Vec::new();
         loop {
             let c = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if c >= n_chunks {
                 break;
             }
-            for t0 in (0..n_tokens).step_by(BATCH_TOKENS) {
-                let tokens = t0..(t0 + BATCH_TOKENS).min(n_tokens);
-                for grp in c * chunk..((c + 1) * chunk).min(groups) {
-                    let dots = &mut dots[..g * tokens.len()];
-                    let blocks = &w[grp * rb..(grp + 1) * rb];
-                    W::group_batch_dots(blocks, act, act_row, tokens.clone(), n_tokens, dots);
-                    for (r, row_dots) in dots.chunks_exact(tokens.len()).enumerate() {
-                        for (t, &v) in tokens.clone().zip(row_dots) {
-                            // SAFETY: group chunk `c` is claimed by this thread alone
-                            // (fetch_add), so (t, r) for the chunk's rows is written by
-                            // no other thread.
-                            unsafe { out.write(t * rows + grp * g + r, v) };
-                        }
-                    }
+            let group_range = c * chunk..((c + 1) * chunk).min(groups);
+            let first_row = group_range.start * g;
+            dots.resize(group_range.len() * g * n_tokens, 0f32);
+            let blocks = &w[group_range.start * rb..group_range.end * rb];
+            W::groups_batch_dots(blocks, act, act_row, n_tokens, &mut dots);
+            for (i, row_dots) in dots.chunks_exact(n_tokens).enumerate() {
+                for (t, &v) in row_dots.iter().enumerate() {
+                    // SAFETY: group chunk `c` is claimed by this thread alone (fetch_add),
+                    // so (t, r) for the chunk's rows is written by no other thread.
+                    unsafe { out.write(t * rows + first_row + i, v) };
                 }
             }
         }

@@ -30,7 +30,7 @@ use half::f16;
 
 use super::q4_k::{unpack_scales_mins, BlockQ4K, Q4_K};
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
-use super::{batch_dots_of_row, WeightType};
+use super::{rows_batch_dots, WeightType};
 
 /// Rows per group.
 pub const ROWS: usize = 8;
@@ -254,7 +254,7 @@ pub fn vec_dot_q4_kx8_q8_k_ref(w: &[BlockQ4KX8], act: &[BlockQ8K], out: &mut [f3
 }
 
 thread_local! {
-    /// The Q4_K rows of the group [`Q4_KX8::group_batch_dots`] works on.
+    /// The Q4_K rows of the groups [`Q4_KX8::groups_batch_dots`] works on.
     static PLAIN: std::cell::RefCell<Vec<BlockQ4K>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -308,39 +308,39 @@ impl WeightType for Q4_KX8 {
         }
     }
 
-    /// Puts the group's rows back into Q4_K blocks and takes Q4_K's batch path for each:
-    /// the results are Q4_K's by construction. Batches that Q4_K computes with its
-    /// one-token dot take the 8-row kernel per token instead (equal to that dot).
-    fn group_batch_dots(
-        group: &[BlockQ4KX8],
+    /// Puts the groups' rows back into Q4_K blocks (once, in a per-thread buffer) and
+    /// takes Q4_K's batch path for them: the results are Q4_K's by construction. Batches
+    /// that Q4_K computes with its one-token dot take the 8-row kernel per token instead
+    /// (equal to that dot), without unpacking.
+    fn groups_batch_dots(
+        groups: &[BlockQ4KX8],
         act: &[BlockQ8K],
         act_row: usize,
-        tokens: std::ops::Range<usize>,
         n_tokens: usize,
         out: &mut [f32],
     ) {
-        let rb = group.len();
+        let rb = act_row;
         if !Q4_K::batched(n_tokens) {
-            // Q4_K takes its one-token dot for each of these tokens: so can we, 8 rows
-            // at a time and without unpacking
             let mut dots = [0f32; ROWS];
-            for (i, t) in tokens.clone().enumerate() {
-                Self::vec_dot_rows(group, &act[t * act_row..t * act_row + rb], &mut dots);
-                for (r, &v) in dots.iter().enumerate() {
-                    out[r * tokens.len() + i] = v;
+            for (g, group) in groups.chunks_exact(rb).enumerate() {
+                for t in 0..n_tokens {
+                    Self::vec_dot_rows(group, &act[t * act_row..(t + 1) * act_row], &mut dots);
+                    for (r, &v) in dots.iter().enumerate() {
+                        out[(g * ROWS + r) * n_tokens + t] = v;
+                    }
                 }
             }
             return;
         }
         PLAIN.with_borrow_mut(|plain| {
-            plain.resize(ROWS * rb, ZERO_Q4K);
-            unpack_group(group, plain);
-            for (row, out) in plain
+            plain.resize(ROWS * groups.len(), ZERO_Q4K);
+            for (group, rows) in groups
                 .chunks_exact(rb)
-                .zip(out.chunks_exact_mut(tokens.len()))
+                .zip(plain.chunks_exact_mut(ROWS * rb))
             {
-                batch_dots_of_row::<Q4_K>(row, act, act_row, tokens.clone(), n_tokens, out);
+                unpack_group(group, rows);
             }
+            rows_batch_dots::<Q4_K>(plain, act, act_row, n_tokens, out);
         });
     }
 }
@@ -511,10 +511,15 @@ mod tests {
     /// Q4_K's batch size takes.
     #[test]
     fn matmul_equals_q4_k_bit_for_bit() {
-        let (rows, cols) = (48, 768);
+        check_matmul(48, 768, &[2, 3, 4, 5, 8, 19, 64, 67]);
+        // several chunks per thread, and 3 batches of tokens per chunk
+        check_matmul(512, 3072, &[7, 130]);
+    }
+
+    fn check_matmul(rows: usize, cols: usize, batch_sizes: &[usize]) {
         let plain = q4_k_matrix(rows, cols, 7);
         let packed = repack(&plain, rows);
-        for n in [2, 3, 4, 5, 8, 19, 64, 67] {
+        for &n in batch_sizes {
             let x = testing::activations(n * cols, n as u64);
             let mut act = Vec::new();
             quantize_act::<Q8_K>(&x, cols, &mut act);
