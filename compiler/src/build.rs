@@ -348,6 +348,11 @@ fn lock_cleanup() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
 /// cargo building in the background.
 static CARGO_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
+/// Set by the signal handler before it stops cargo, so that the build thread, which
+/// sees cargo die of that SIGTERM, leaves the exit (status 130, after the clean-up) to
+/// the handler instead of racing it with a "cargo build failed" error.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Installs (once per process) the handler that removes the registered temporary paths
 /// on SIGINT, SIGTERM or SIGHUP and exits with status 130. If the host program already
 /// has a handler, that one stays and temporary files are removed by destructors only.
@@ -355,6 +360,7 @@ fn install_signal_handler() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         let _ = ctrlc::set_handler(|| {
+            INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
             let cargo = CARGO_PID.load(std::sync::atomic::Ordering::SeqCst);
             if cargo != 0 {
                 // SAFETY: kill(2) has no memory effects; at worst the pid has exited.
@@ -630,6 +636,12 @@ fn cargo_build(
     }
     let status = child.wait().context("waiting for cargo")?;
     CARGO_PID.store(0, std::sync::atomic::Ordering::SeqCst);
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        // The signal handler is cleaning up and exits the process with status 130.
+        loop {
+            std::thread::park();
+        }
+    }
     bar.finish_and_clear();
     if !status.success() {
         let tail = log
