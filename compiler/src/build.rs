@@ -756,7 +756,9 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("m")]);
-        assert!(lock_cleanup().is_empty());
+        // none of this test's temporaries is still registered (other tests running in
+        // parallel may have their own in the list)
+        assert!(lock_cleanup().iter().all(|p| !p.starts_with(root.path())));
     }
 
     /// repacked.bin is the runtime's repacking of the GGUF bytes; a second build with
