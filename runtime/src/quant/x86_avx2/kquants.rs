@@ -225,16 +225,7 @@ fn scaled_dot32(q: __m256i, a: __m256i, scale: __m256i) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn scaled_dot32_acc(acc: __m256i, q: __m256i, a: __m256i, scale: __m256i) -> __m256i {
-    let pairs = _mm256_maddubs_epi16(q, a);
-    #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
-    {
-        // SAFETY: the build enables AVX512-VNNI and AVX512-VL (cfg above).
-        unsafe { _mm256_dpwssd_epi32(acc, pairs, scale) }
-    }
-    #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
-    {
-        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale))
-    }
+    super::vnni::dpwssd(acc, _mm256_maddubs_epi16(q, a), scale)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -9,3 +9,4 @@ pub mod legacy;
 pub mod q4_k_x8;
 pub mod superblock;
 pub mod tiles;
+mod vnni;

@@ -22,42 +22,10 @@ use std::arch::x86_64::*;
 use crate::quant::q4_k_x8::{BlockQ4KX8, ROWS};
 use crate::quant::q8_k::BlockQ8K;
 
+use super::vnni::{dpbusd, dpwssd, VNNI};
+
 /// Whether the high nibbles are used in place (16 × the quant); see the module doc.
-const HI_IN_PLACE: bool = cfg!(all(
-    target_feature = "avx512vnni",
-    target_feature = "avx512vl"
-));
-
-/// `acc + Σ_{4 bytes} q · a` per 32-bit lane (q unsigned, a signed).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot4_acc(acc: __m256i, q: __m256i, a: __m256i) -> __m256i {
-    #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
-    {
-        // SAFETY: the build enables AVX512-VNNI and AVX512-VL (cfg above).
-        unsafe { _mm256_dpbusd_epi32(acc, q, a) }
-    }
-    #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
-    {
-        let pairs = _mm256_maddubs_epi16(q, a);
-        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
-    }
-}
-
-/// `acc + Σ_{2 i16} x · y` per 32-bit lane.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot2_i16_acc(acc: __m256i, x: __m256i, y: __m256i) -> __m256i {
-    #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
-    {
-        // SAFETY: the build enables AVX512-VNNI and AVX512-VL (cfg above).
-        unsafe { _mm256_dpwssd_epi32(acc, x, y) }
-    }
-    #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
-    {
-        _mm256_add_epi32(acc, _mm256_madd_epi16(x, y))
-    }
-}
+const HI_IN_PLACE: bool = VNNI;
 
 /// Activation bytes `off..off + 4` in every 32-bit lane.
 #[inline]
@@ -114,8 +82,8 @@ fn dot_q4_kx8(w: &[BlockQ4KX8], act: &[BlockQ8K], out: &mut [f32; ROWS]) {
                     _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low4)
                 };
                 let e = k % 2;
-                dot_lo[e] = dot4_acc(dot_lo[e], q_lo, broadcast4(&a.qs, 64 * c + 4 * k));
-                dot_hi[e] = dot4_acc(dot_hi[e], q_hi, broadcast4(&a.qs, 64 * c + 32 + 4 * k));
+                dot_lo[e] = dpbusd(dot_lo[e], q_lo, broadcast4(&a.qs, 64 * c + 4 * k));
+                dot_hi[e] = dpbusd(dot_hi[e], q_hi, broadcast4(&a.qs, 64 * c + 32 + 4 * k));
             }
             let dot_lo = _mm256_add_epi32(dot_lo[0], dot_lo[1]);
             let dot_hi = _mm256_add_epi32(dot_hi[0], dot_hi[1]);
@@ -145,7 +113,7 @@ fn dot_q4_kx8(w: &[BlockQ4KX8], act: &[BlockQ8K], out: &mut [f32; ROWS]) {
                 let m: &[u8; 16] = b.mins[16 * $p..16 * $p + 16].try_into().expect("16");
                 // SAFETY: 16 readable bytes.
                 let m = unsafe { _mm_loadu_si128(m.as_ptr().cast()) };
-                imin = dot2_i16_acc(imin, _mm256_cvtepu8_epi16(m), pair);
+                imin = dpwssd(imin, _mm256_cvtepu8_epi16(m), pair);
             }};
         }
         min_pair!(0);

@@ -11,6 +11,8 @@ use std::arch::x86_64::*;
 use crate::quant::q8_k::BlockQ8K;
 use crate::quant::superblock::Ints;
 
+use super::vnni::dpwssd;
+
 /// The dots of one row (its blocks in [`Ints`] form) with 4 tokens (`acts[t][b]` is
 /// token `t`'s block `b`), with the f32 steps of the tiled kernel (`TILED`) or of the
 /// repacked GEMM that sums every `256 / N` weights: `quant::superblock` has the
@@ -98,13 +100,13 @@ fn int_sums<const N: usize, const OFFSET: i32>(w: &Ints, a: [&BlockQ8K; 4]) -> [
             if OFFSET >= 0 {
                 let u = _mm256_add_epi8(q, _mm256_set1_epi8(OFFSET as i8));
                 for (acc, a) in acc.iter_mut().zip(a) {
-                    *acc = madd_add(*acc, _mm256_maddubs_epi16(u, x(a)), s);
+                    *acc = dpwssd(*acc, _mm256_maddubs_epi16(u, x(a)), s);
                 }
             } else {
                 let mag = _mm256_abs_epi8(q);
                 for (acc, a) in acc.iter_mut().zip(a) {
                     let pairs = _mm256_maddubs_epi16(mag, _mm256_sign_epi8(x(a), q));
-                    *acc = madd_add(*acc, pairs, s);
+                    *acc = dpwssd(*acc, pairs, s);
                 }
             }
         }
@@ -162,21 +164,5 @@ fn min_sums<const N: usize>(w: &Ints, a: [&BlockQ8K; 4]) -> [__m128i; N] {
                 [_mm_add_epi32(lo, hi); N]
             }
         }
-    }
-}
-
-/// `acc + madd(p, s)`: i16 pairs times i16 multipliers, summed into i32 lanes (one
-/// `vpdpwssd` with AVX512-VNNI).
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn madd_add(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
-    #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
-    {
-        // SAFETY: the build enables AVX512-VNNI and AVX512-VL (cfg above).
-        unsafe { _mm256_dpwssd_epi32(acc, p, s) }
-    }
-    #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
-    {
-        _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
     }
 }

@@ -33,6 +33,7 @@ use crate::quant::q8_0::BlockQ8_0;
 use crate::quant::q8_1::BlockQ8_1;
 
 use super::legacy::{hsum_f32x8, load32, q5_high_bits, unpack_nibbles};
+use super::vnni::{dpbusd, VNNI};
 use crate::quant::TILE;
 
 /// Four f16 values as four f32 lanes (exact conversions, as `f16::to_f32`).
@@ -51,11 +52,6 @@ fn f16x4(v: [f16; 4]) -> __m128 {
         0,
     ))
 }
-
-const VNNI: bool = cfg!(all(
-    target_feature = "avx512vnni",
-    target_feature = "avx512vl"
-));
 
 /// What a token's activation block contributes to every row of a tile: its bytes and,
 /// for signed weights fed as unsigned bytes, the starting value `-bias * Σ a` of each
@@ -96,24 +92,6 @@ impl ActBytes {
             let (abs_w, signed_a) = (_mm256_sign_epi8(w, w), _mm256_sign_epi8(self.a, w));
             _mm256_madd_epi16(_mm256_maddubs_epi16(abs_w, signed_a), _mm256_set1_epi16(1))
         }
-    }
-}
-
-/// `acc + Σ_{j<4} u[4k + j] * s[4k + j]` per i32 lane (u8 × i8).
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
-    #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
-    {
-        // SAFETY: the build enables AVX512-VNNI and AVX512-VL (cfg above).
-        unsafe { _mm256_dpbusd_epi32(acc, u, s) }
-    }
-    #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
-    {
-        _mm256_add_epi32(
-            acc,
-            _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)),
-        )
     }
 }
 
