@@ -81,14 +81,8 @@ pub fn matvec<W: WeightType>(pool: &Pool, w: &[W::Block], act: &[ActBlock<W>], o
     let chunk = rows_per_chunk::<W>(rows, row_bytes, pool.n_threads());
     pool.for_each_chunk(out, chunk, |start, out| {
         let blocks = blocks_of_rows::<W>(start, rb)..blocks_of_rows::<W>(start + out.len(), rb);
-        matvec_rows::<W>(&w[blocks], act, out)
+        W::vec_dot_rows(&w[blocks], act, out)
     });
-}
-
-/// `out[r] = w row r · act` for the rows of `w` (`out.len()` of them): the format's
-/// [`WeightType::vec_dot_rows`], one `vec_dot` per row or several rows side by side.
-fn matvec_rows<W: WeightType>(w: &[W::Block], act: &[ActBlock<W>], out: &mut [f32]) {
-    W::vec_dot_rows(w, act, out)
 }
 
 /// Two matvecs in one dispatch of the pool: `out_a = A · act_a` and `out_b = B · act_b`
@@ -127,14 +121,14 @@ pub fn matvec2<A: WeightType, B: WeightType>(
             // disjoint row ranges inside `out_a`, borrowed mutably for the whole call.
             let out = unsafe { base_a.slice(r.clone()) };
             let blocks = blocks_of_rows::<A>(r.start, rb_a)..blocks_of_rows::<A>(r.end, rb_a);
-            matvec_rows::<A>(&w_a[blocks], act_a, out);
+            A::vec_dot_rows(&w_a[blocks], act_a, out);
         } else {
             let c = c - n_a;
             let r = c * chunk_b..((c + 1) * chunk_b).min(rows_b);
             // SAFETY: as above, for `out_b`.
             let out = unsafe { base_b.slice(r.clone()) };
             let blocks = blocks_of_rows::<B>(r.start, rb_b)..blocks_of_rows::<B>(r.end, rb_b);
-            matvec_rows::<B>(&w_b[blocks], act_b, out);
+            B::vec_dot_rows(&w_b[blocks], act_b, out);
         }
     });
 }
