@@ -7,6 +7,8 @@
 //! a 9 GB F16 file costs a 4 MiB buffer. [`WriteMode::HeaderOnly`] writes the header and
 //! tensor infos and then extends the file to its full length with `set_len` (a sparse
 //! file): the reader accepts it unchanged, codegen can use it, and it costs no disk.
+//! In a full write, tensors that are constant zero (and the alignment padding) are holes
+//! too: the file reads the same and a model of zero layers costs no disk for them.
 //!
 //! The layout matches what the reader expects: header, key/values, tensor infos, zero
 //! padding to the alignment (`general.alignment`, default 32), then each tensor at the
@@ -14,7 +16,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
@@ -300,7 +302,7 @@ impl GgufWriter {
     }
 
     /// Writes the whole file image to any sink (header and, unless `HeaderOnly`, data).
-    fn stream(&self, layout: &Layout, mode: WriteMode, out: &mut dyn Write) -> std::io::Result<()> {
+    fn stream(&self, layout: &Layout, mode: WriteMode, out: &mut dyn Sink) -> std::io::Result<()> {
         out.write_all(&self.header_bytes(layout))?;
         if mode == WriteMode::HeaderOnly {
             return Ok(());
@@ -308,9 +310,12 @@ impl GgufWriter {
         let mut buf = Vec::with_capacity(CHUNK_BYTES);
         let mut pos = 0u64;
         for (t, info) in self.tensors.iter().zip(&layout.tensors) {
-            write_zeros(out, info.offset - pos)?;
+            out.zeros(info.offset - pos)?;
             match &t.data {
                 TensorData::Bytes(b) => out.write_all(b)?,
+                TensorData::Constant(x) if *x == 0.0 && x.is_sign_positive() => {
+                    out.zeros(info.n_bytes)?
+                }
                 TensorData::Constant(x) => {
                     let elem = encode_float(t.ggml_type, *x);
                     stream_elements(out, &mut buf, info.n_elements, elem.len(), |_, dst| {
@@ -361,9 +366,8 @@ impl GgufWriter {
             self.stream(&layout, mode, &mut w).map_err(io)?;
             w.flush().map_err(io)?;
         }
-        if mode == WriteMode::HeaderOnly {
-            tmp.file.set_len(layout.file_len).map_err(io)?;
-        }
+        // A trailing hole (and HeaderOnly's whole data section) has no bytes yet.
+        tmp.file.set_len(layout.file_len).map_err(io)?;
         tmp.persist(path)?;
         Ok(layout)
     }
@@ -372,14 +376,27 @@ impl GgufWriter {
 /// Bytes per generated chunk: big enough to amortise the write call, small enough for L2.
 const CHUNK_BYTES: usize = 4 << 20;
 
-fn write_zeros(out: &mut dyn Write, mut n: u64) -> std::io::Result<()> {
-    const Z: [u8; 256] = [0; 256];
-    while n > 0 {
-        let k = n.min(Z.len() as u64) as usize;
-        out.write_all(&Z[..k])?;
-        n -= k as u64;
+/// Where a file image goes: a `Write` that can also emit a run of zero bytes, as real
+/// zeros in memory and as a hole (a seek past them) in a file.
+trait Sink: Write {
+    fn zeros(&mut self, n: u64) -> std::io::Result<()>;
+}
+
+impl Sink for Vec<u8> {
+    fn zeros(&mut self, n: u64) -> std::io::Result<()> {
+        self.resize(self.len() + n as usize, 0);
+        Ok(())
     }
-    Ok(())
+}
+
+impl Sink for std::io::BufWriter<&File> {
+    fn zeros(&mut self, n: u64) -> std::io::Result<()> {
+        if n > 0 {
+            // Seeking a BufWriter flushes it first; the file's length is set at the end.
+            self.seek(SeekFrom::Current(n as i64))?;
+        }
+        Ok(())
+    }
 }
 
 /// Streams `n` elements of `width` bytes through `buf`, `fill` producing each chunk.
@@ -758,6 +775,41 @@ mod tests {
             use std::os::unix::fs::MetadataExt;
             let blocks = std::fs::metadata(&path).unwrap().blocks();
             assert!(blocks * 512 < 1 << 20, "{blocks} blocks allocated");
+        }
+    }
+
+    #[test]
+    fn zero_tensors_are_holes_in_a_full_write() {
+        let mut w = sample();
+        // 64 MiB of zeros between the sample's tensors and one random tensor after them.
+        w.add_tensor(
+            "zeros",
+            &[1 << 25],
+            GgmlType::F16,
+            TensorData::Constant(0.0),
+        );
+        w.add_tensor(
+            "tail",
+            &[100],
+            GgmlType::F32,
+            TensorData::RandomNormal { seed: 3, std: 1.0 },
+        );
+        w.add_tensor("neg", &[64], GgmlType::F32, TensorData::Constant(-0.0));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("holes.gguf");
+        w.write(&path, WriteMode::Full).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            w.to_bytes(WriteMode::Full).unwrap()
+        );
+        let g = GgufFile::open(&path).unwrap();
+        let neg = g.tensor_data(g.tensor("neg").unwrap());
+        assert!(neg.chunks_exact(4).all(|c| c == (-0f32).to_le_bytes()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let blocks = std::fs::metadata(&path).unwrap().blocks();
+            assert!(blocks * 512 < 8 << 20, "{blocks} blocks allocated");
         }
     }
 
