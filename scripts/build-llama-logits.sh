@@ -8,8 +8,12 @@ BIN=$(bash "$here/../../shared/scripts/llama-ref.sh")
 SRC=$(dirname "$(dirname "$BIN")")
 out="$CACHE/bin/llama_logits"
 mkdir -p "$CACHE/bin"
-if [ ! -x "$out" ] || [ "$here/llama_logits.cpp" -nt "$out" ]; then
+# Rebuilt when the source is newer or the libraries it was linked against (its rpath,
+# recorded beside it) are elsewhere now.
+if [ ! -x "$out" ] || [ "$here/llama_logits.cpp" -nt "$out" ] \
+  || [ "$(cat "$out.lib-dir" 2>/dev/null)" != "$BIN" ]; then
   g++ -O2 -std=c++17 "$here/llama_logits.cpp" -I"$SRC/include" -I"$SRC/ggml/include" \
     -L"$BIN" -Wl,-rpath,"$BIN" -lllama -lggml -lggml-base -o "$out"
+  echo "$BIN" > "$out.lib-dir"
 fi
 echo "$out"

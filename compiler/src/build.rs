@@ -36,7 +36,7 @@ use crate::plan::plan_for;
 Environment:
   MCC_TARGET_DIR     cargo target directory shared by all builds (default: ~/.cache/mcc/target)
   MCC_GENERATED_DIR  where crates are emitted (default: generated/ in the mcc source tree)
-  MCC_NO_REPACK      set: keep every tensor as the GGUF has it (no Q4_KX8; for A/B runs)
+  MCC_NO_REPACK      set: keep every tensor as the GGUF has it (no 8-row interleaving; for A/B runs)
   CARGO, CC          the cargo and C compiler to use (default: `cargo` and `cc` on PATH)
 
 Example:
@@ -491,7 +491,7 @@ fn write_crate_atomically(dir: &Path, files: &[EmittedFile]) -> Result<()> {
 }
 
 /// Version of the repacked file's layout, in its stamp: a new layout rewrites the file.
-const REPACK_VERSION: u32 = 1;
+const REPACK_VERSION: u32 = 2;
 
 /// Writes `name` (the repacked tensors, [`Contents::Repacked`]) into the crate being
 /// assembled in `tmp`, from the GGUF its [`GGUF_LINK`] points to, and next to it
@@ -519,8 +519,15 @@ fn write_repacked(tmp: &Path, dir: &Path, name: &str, tensors: &[RepackedTensor]
     );
     for t in tensors {
         stamp += &format!(
-            "{} Q4_K [{}, {}] at {} -> Q4_KX8 at {} ({} bytes)\n",
-            t.name, t.cols, t.rows, t.file_offset, t.offset, t.n_bytes
+            "{} {} [{}, {}] at {} -> {} at {} ({} bytes)\n",
+            t.name,
+            t.to.source().name(),
+            t.cols,
+            t.rows,
+            t.file_offset,
+            t.to.name(),
+            t.offset,
+            t.n_bytes
         );
     }
     let len: u64 = tensors.iter().map(|t| t.n_bytes).sum();
@@ -553,7 +560,8 @@ fn write_repacked(tmp: &Path, dir: &Path, name: &str, tensors: &[RepackedTensor]
             "{}: repacked tensors are laid out in order",
             t.name
         );
-        let src_len = t.rows * (t.cols / 256) * 144;
+        let src_type = t.to.source();
+        let src_len = t.rows * (t.cols / src_type.block_elems()) * src_type.block_bytes();
         let src = usize::try_from(t.file_offset)
             .ok()
             .zip(usize::try_from(t.file_offset + src_len).ok())
@@ -567,7 +575,7 @@ fn write_repacked(tmp: &Path, dir: &Path, name: &str, tensors: &[RepackedTensor]
                     t.file_offset + src_len
                 )
             })?;
-        mcc_runtime::quant::q4_k_x8::repack_q4_k_bytes(src, t.cols as usize, |bytes| {
+        t.to.repack(src, t.cols, |bytes| {
             std::io::Write::write_all(&mut out, bytes)
         })
         .with_context(|| format!("{}: cannot write", path.display()))?;
@@ -783,6 +791,7 @@ mod tests {
                 path: "repacked.bin".into(),
                 contents: Contents::Repacked(vec![RepackedTensor {
                     name: "blk.0.ffn_down.weight".into(),
+                    to: crate::plan::Repack::Q4KX8,
                     file_offset: at,
                     rows,
                     cols,

@@ -14,7 +14,7 @@ use quote::{format_ident, quote};
 
 use crate::describe::ModelDesc;
 use crate::gguf::GgmlType;
-use crate::plan::{Layout, Plan, PlannedTensor};
+use crate::plan::{Layout, Plan, PlannedTensor, Repack};
 
 /// What the emitted crate needs besides the model itself.
 #[derive(Clone, Debug)]
@@ -69,11 +69,12 @@ pub enum Contents {
     Repacked(Vec<RepackedTensor>),
 }
 
-/// One tensor of [`Contents::Repacked`]: Q4_K rows at `file_offset` of the GGUF,
-/// written as `Q4_KX8` at `offset` of the file (`n_bytes` long).
+/// One tensor of [`Contents::Repacked`]: rows at `file_offset` of the GGUF, written as
+/// `to` at `offset` of the file (`n_bytes` long).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RepackedTensor {
     pub name: String,
+    pub to: Repack,
     pub file_offset: u64,
     pub rows: u64,
     pub cols: u64,
@@ -120,8 +121,9 @@ pub fn emit_crate(
         .iter()
         .filter_map(|t| match t.layout {
             Layout::Gguf => None,
-            Layout::Q4KX8 { offset } => Some(RepackedTensor {
+            Layout::Repacked { to, offset } => Some(RepackedTensor {
                 name: t.name.clone(),
+                to,
                 file_offset: t.file_offset,
                 rows: t.rows,
                 cols: t.cols,
@@ -138,8 +140,8 @@ pub fn emit_crate(
     } else {
         (
             format!(
-                "{GGUF_LINK} (a symlink to {source}) and {REPACKED_FILE} (its Q4_K\n   \
-                 matrices with 8 rows interleaved, Q4_KX8, written by mcc)"
+                "{GGUF_LINK} (a symlink to {source}) and {REPACKED_FILE} (matrices\n   \
+                 with 8 rows interleaved, written by mcc)"
             ),
             format!("\n    println!(\"cargo:rerun-if-changed={REPACKED_FILE}\");"),
         )
@@ -224,7 +226,7 @@ fn emit_incbins(plan: &Plan) -> String {
         );
         let (file, skip) = match t.layout {
             Layout::Gguf => (GGUF_LINK, t.file_offset),
-            Layout::Q4KX8 { offset } => (REPACKED_FILE, offset),
+            Layout::Repacked { offset, .. } => (REPACKED_FILE, offset),
         };
         let _ = writeln!(out, "    .incbin \"{file}\", {skip}, {}", t.n_bytes);
         at = t.offset + t.n_bytes;
@@ -462,7 +464,7 @@ fn emit_static(t: &PlannedTensor) -> TokenStream {
     let offset = hex_lit(t.offset);
     let repacked = match t.layout {
         Layout::Gguf => String::new(),
-        Layout::Q4KX8 { .. } => " (Q4_K, 8 rows interleaved)".into(),
+        Layout::Repacked { to, .. } => format!(" ({}, 8 rows interleaved)", to.source().name()),
     };
     let doc = format!(
         " `{}`: {}{repacked} [{}, {}], {} bytes.",

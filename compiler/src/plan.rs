@@ -5,12 +5,12 @@
 //! repacking a tensor's bytes are exactly its GGUF bytes, so the emitted `weights.S`
 //! pulls them straight from the GGUF with `.incbin file, skip, count`.
 //!
-//! For the CPU, Q4_K matrices that only ever multiply (the projections, and `output`
-//! when it is its own tensor; never the token embedding, whose rows are looked up) are
-//! repacked into the runtime's 8-row-interleaved `Q4_KX8`, whose decode kernel keeps one
-//! row per vector lane. Their bytes come from `repacked.bin`, which the build writes
-//! into the crate ([`Layout::Q4KX8`]). GPU builds keep every tensor as the GGUF has it:
-//! their kernels read plain ggml blocks.
+//! For the CPU, Q4_K, Q4_0 and IQ4_NL matrices that only ever multiply (the
+//! projections, and `output` when it is its own tensor; never the token embedding, whose
+//! rows are looked up) are repacked into the runtime's 8-row-interleaved formats
+//! ([`Repack`]), whose kernels keep one row per vector lane. Their bytes come from
+//! `repacked.bin`, which the build writes into the crate ([`Layout::Repacked`]). GPU
+//! builds keep every tensor as the GGUF has it: their kernels read plain ggml blocks.
 
 use crate::describe::ModelDesc;
 use crate::gguf::{GgmlType, GgufFile};
@@ -42,17 +42,94 @@ pub struct PlannedTensor {
 pub enum Layout {
     /// The GGUF's bytes as they are.
     Gguf,
-    /// Q4_K rows repacked 8 at a time into `Q4_KX8` blocks, at byte `offset` of
+    /// The GGUF's rows repacked 8 at a time into `to`, at byte `offset` of
     /// `repacked.bin`.
-    Q4KX8 { offset: u64 },
+    Repacked { to: Repack, offset: u64 },
+}
+
+/// A runtime format with 8 rows interleaved that the CPU build repacks the matrices of
+/// one ggml type into (see the runtime's `quant::q4_k_x8` and `quant::q4_x8`): every
+/// row's dot is bit for bit the plain format's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Repack {
+    Q4KX8,
+    Q4_0X8,
+    IQ4NLX8,
+}
+
+impl Repack {
+    /// Rows per group of every interleaved format.
+    pub const ROWS: u64 = 8;
+
+    /// The interleaved format of a ggml type, if it has one.
+    pub fn of(t: GgmlType) -> Option<Repack> {
+        match t {
+            GgmlType::Q4_K => Some(Repack::Q4KX8),
+            GgmlType::Q4_0 => Some(Repack::Q4_0X8),
+            GgmlType::IQ4_NL => Some(Repack::IQ4NLX8),
+            _ => None,
+        }
+    }
+
+    /// The plain ggml type it is made from.
+    pub fn source(self) -> GgmlType {
+        match self {
+            Repack::Q4KX8 => GgmlType::Q4_K,
+            Repack::Q4_0X8 => GgmlType::Q4_0,
+            Repack::IQ4NLX8 => GgmlType::IQ4_NL,
+        }
+    }
+
+    /// The runtime weight type's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Repack::Q4KX8 => "Q4_KX8",
+            Repack::Q4_0X8 => "Q4_0X8",
+            Repack::IQ4NLX8 => "IQ4_NLX8",
+        }
+    }
+
+    /// The runtime module that defines it.
+    pub fn module(self) -> &'static str {
+        match self {
+            Repack::Q4KX8 => "q4_k_x8",
+            Repack::Q4_0X8 | Repack::IQ4NLX8 => "q4_x8",
+        }
+    }
+
+    /// Bytes of a `rows` × `cols` matrix: a block covers 8 rows of the source's block
+    /// width.
+    pub fn n_bytes(self, rows: u64, cols: u64) -> u64 {
+        let src = self.source();
+        let block = match self {
+            Repack::Q4KX8 => 1184,
+            Repack::Q4_0X8 | Repack::IQ4NLX8 => Self::ROWS * src.block_bytes(),
+        };
+        rows / Self::ROWS * (cols / src.block_elems()) * block
+    }
+
+    /// Repacks the GGUF bytes of a matrix of `cols` columns (whole groups of 8 rows),
+    /// handing the result to `write` group by group; returns `write`'s first error.
+    pub fn repack<E>(
+        self,
+        src: &[u8],
+        cols: u64,
+        write: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        use mcc_runtime::quant::{q4_k_x8, q4_x8};
+        match self {
+            Repack::Q4KX8 => q4_k_x8::repack_q4_k_bytes(src, cols as usize, write),
+            Repack::Q4_0X8 | Repack::IQ4NLX8 => q4_x8::repack_bytes(src, cols as usize, write),
+        }
+    }
 }
 
 impl PlannedTensor {
-    /// The runtime weight type's name: ggml's, or `Q4_KX8` for a repacked tensor.
+    /// The runtime weight type's name: ggml's, or the interleaved format's.
     pub fn type_name(&self) -> &'static str {
         match self.layout {
             Layout::Gguf => self.ggml_type.name(),
-            Layout::Q4KX8 { .. } => "Q4_KX8",
+            Layout::Repacked { to, .. } => to.name(),
         }
     }
 
@@ -60,7 +137,7 @@ impl PlannedTensor {
     pub fn type_module(&self) -> String {
         match self.layout {
             Layout::Gguf => self.ggml_type.name().to_ascii_lowercase(),
-            Layout::Q4KX8 { .. } => "q4_k_x8".into(),
+            Layout::Repacked { to, .. } => to.module().into(),
         }
     }
 
@@ -68,31 +145,30 @@ impl PlannedTensor {
     pub fn gguf_bytes(&self) -> u64 {
         match self.layout {
             Layout::Gguf => self.n_bytes,
-            Layout::Q4KX8 { .. } => self.rows * (self.cols / Q4K_ELEMS) * Q4K_BYTES,
+            Layout::Repacked { .. } => {
+                self.rows
+                    * (self.cols / self.ggml_type.block_elems())
+                    * self.ggml_type.block_bytes()
+            }
         }
     }
 }
 
-/// Q4_K: weights and bytes per block.
-const Q4K_ELEMS: u64 = 256;
-const Q4K_BYTES: u64 = 144;
-/// `Q4_KX8`: rows per group and bytes per block (8 rows × 256 columns).
-pub const Q4KX8_ROWS: u64 = 8;
-pub const Q4KX8_BYTES: u64 = 1184;
-
-/// Whether the tensor `name` (of the given type and rows) is repacked to `Q4_KX8` on the
-/// CPU: a Q4_K matrix whose only use is as a matmul weight, in whole groups of 8 rows.
-fn repacks_to_q4kx8(name: &str, ggml_type: GgmlType, rows: u64, cols: u64) -> bool {
+/// What the tensor `name` (of the given type and shape) is repacked into on the CPU, if
+/// anything: a matrix of a type with an interleaved format whose only use is as a matmul
+/// weight, in whole groups of 8 rows.
+fn repack_of(name: &str, ggml_type: GgmlType, rows: u64, cols: u64) -> Option<Repack> {
     let role = name.strip_suffix(".weight").unwrap_or(name);
     let role = role.rsplit('.').next().unwrap_or(role);
     let matmul_only = matches!(
         role,
         "attn_q" | "attn_k" | "attn_v" | "attn_output" | "ffn_gate" | "ffn_up" | "ffn_down"
     ) || name == "output.weight";
-    matmul_only
-        && ggml_type == GgmlType::Q4_K
-        && rows.is_multiple_of(Q4KX8_ROWS)
-        && cols.is_multiple_of(Q4K_ELEMS)
+    Repack::of(ggml_type).filter(|_| {
+        matmul_only
+            && rows.is_multiple_of(Repack::ROWS)
+            && cols.is_multiple_of(ggml_type.block_elems())
+    })
 }
 
 /// The blob layout of a whole model.
@@ -124,14 +200,14 @@ pub fn ident_of(name: &str) -> String {
     base.replace('.', "_").to_ascii_uppercase()
 }
 
-/// Lays out every tensor the forward pass uses, in emission order, for the CPU (Q4_K
-/// matrices repacked).
+/// Lays out every tensor the forward pass uses, in emission order, for the CPU (matrices
+/// repacked where they can be).
 pub fn plan(desc: &ModelDesc, gguf: &GgufFile) -> Plan {
     plan_for(desc, gguf, true)
 }
 
 /// Lays out every tensor the forward pass uses, in emission order; `repack`: whether
-/// Q4_K matrices become `Q4_KX8` (the CPU build; not with GPU kernels).
+/// matrices become their interleaved formats (the CPU build; not with GPU kernels).
 pub fn plan_for(desc: &ModelDesc, gguf: &GgufFile, repack: bool) -> Plan {
     let mut offset = 0u64;
     let mut repacked = 0u64;
@@ -140,14 +216,18 @@ pub fn plan_for(desc: &ModelDesc, gguf: &GgufFile, repack: bool) -> Plan {
         .into_iter()
         .map(|t| {
             let (rows, cols) = (t.n_rows(), t.dims[0]);
-            let (layout, n_bytes) = if repack && repacks_to_q4kx8(&t.name, t.ggml_type, rows, cols)
-            {
-                let n_bytes = rows / Q4KX8_ROWS * (cols / Q4K_ELEMS) * Q4KX8_BYTES;
-                let layout = Layout::Q4KX8 { offset: repacked };
-                repacked += n_bytes;
-                (layout, n_bytes)
-            } else {
-                (Layout::Gguf, t.n_bytes)
+            let to = repack_of(&t.name, t.ggml_type, rows, cols).filter(|_| repack);
+            let (layout, n_bytes) = match to {
+                Some(to) => {
+                    let n_bytes = to.n_bytes(rows, cols);
+                    let layout = Layout::Repacked {
+                        to,
+                        offset: repacked,
+                    };
+                    repacked += n_bytes;
+                    (layout, n_bytes)
+                }
+                None => (Layout::Gguf, t.n_bytes),
             };
             let planned = PlannedTensor {
                 name: t.name.clone(),
@@ -176,20 +256,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_matmul_only_q4_k_matrices_repack() {
+    fn only_matmul_only_matrices_of_interleavable_types_repack() {
         let q4k = GgmlType::Q4_K;
-        assert!(repacks_to_q4kx8("blk.3.ffn_down.weight", q4k, 3072, 9216));
-        assert!(repacks_to_q4kx8("blk.0.attn_k.weight", q4k, 1024, 3072));
-        assert!(repacks_to_q4kx8("output.weight", q4k, 128256, 3072));
-        assert!(!repacks_to_q4kx8("token_embd.weight", q4k, 128256, 3072));
-        assert!(!repacks_to_q4kx8("blk.0.attn_k.weight", q4k, 1020, 3072));
-        assert!(!repacks_to_q4kx8(
-            "blk.0.attn_k.weight",
-            GgmlType::Q6_K,
-            1024,
-            3072
-        ));
-        assert!(!repacks_to_q4kx8("blk.0.attn_norm.weight", q4k, 1, 3072));
+        let x8 = Some(Repack::Q4KX8);
+        assert_eq!(repack_of("blk.3.ffn_down.weight", q4k, 3072, 9216), x8);
+        assert_eq!(repack_of("blk.0.attn_k.weight", q4k, 1024, 3072), x8);
+        assert_eq!(repack_of("output.weight", q4k, 128256, 3072), x8);
+        assert_eq!(repack_of("token_embd.weight", q4k, 128256, 3072), None);
+        assert_eq!(repack_of("blk.0.attn_k.weight", q4k, 1020, 3072), None);
+        assert_eq!(repack_of("blk.0.attn_norm.weight", q4k, 1, 3072), None);
+        let k = "blk.0.attn_k.weight";
+        assert_eq!(repack_of(k, GgmlType::Q6_K, 1024, 3072), None);
+        assert_eq!(repack_of(k, GgmlType::Q4_0, 64, 576), Some(Repack::Q4_0X8));
+        assert_eq!(
+            repack_of(k, GgmlType::IQ4_NL, 64, 576),
+            Some(Repack::IQ4NLX8)
+        );
+        // Q4_0 blocks are 32 wide: 576 columns are whole blocks, not whole Q4_K ones
+        assert_eq!(repack_of(k, q4k, 64, 576), None);
+    }
+
+    #[test]
+    fn repacked_sizes() {
+        // Q4_K: 1184 bytes per 8 rows of 256; Q4_0 / IQ4_NL: 8 × 18 bytes per 8 rows of 32
+        assert_eq!(Repack::Q4KX8.n_bytes(16, 512), 2 * 2 * 1184);
+        assert_eq!(Repack::Q4_0X8.n_bytes(16, 576), 2 * 18 * 144);
+        for r in [Repack::Q4KX8, Repack::Q4_0X8, Repack::IQ4NLX8] {
+            assert_eq!(Repack::of(r.source()), Some(r));
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Decode-path kernel throughput: `matmul::matvec` (one token, the kernels a generated
 //! model calls for every weight matrix) for each of the 22 weight types and the
-//! compiler's 8-row-interleaved Q4_K (`Q4_KX8`), in GB/s of
+//! compiler's 8-row-interleaved Q4_K, Q4_0 and IQ4_NL (`Q4_KX8`, `Q4_0X8`, `IQ4_NLX8`),
+//! in GB/s of
 //! weight bytes read, at Minitron's shapes (3072→9216 FFN gate/up, 9216→3072 FFN down,
 //! 3072→128256 output), on 1 and 2 threads of `pool::Pool`, next to the machine's read
 //! bandwidth measured in the same process, and the fraction of it each kernel reaches.
@@ -25,7 +26,7 @@
 //! end.
 //!
 //! Run: `cargo run --release -p mcc-runtime --example matvec_bench -- [FLAGS]`
-//!   --types Q4_0,IQ4_NL,...   weight types (default: all 23)
+//!   --types Q4_0,IQ4_NL,...   weight types (default: all 25)
 //!   --shapes 3072x9216,...    IN x OUT (default: 3072x9216,9216x3072,3072x128256)
 //!   --threads 1,2             pool sizes (default: 1,2)
 //!   --quick                   128 MiB rings, 80 ms per figure (a ~30 s smoke run)
@@ -57,6 +58,7 @@ use mcc_runtime::quant::q4_0::{BlockQ4_0, Q4_0};
 use mcc_runtime::quant::q4_1::{BlockQ4_1, Q4_1};
 use mcc_runtime::quant::q4_k::{BlockQ4K, Q4_K};
 use mcc_runtime::quant::q4_k_x8::{BlockQ4KX8, Q4_KX8};
+use mcc_runtime::quant::q4_x8::{BlockX8, IQ4_NLX8, Q4_0X8};
 use mcc_runtime::quant::q5_0::{BlockQ5_0, Q5_0};
 use mcc_runtime::quant::q5_1::{BlockQ5_1, Q5_1};
 use mcc_runtime::quant::q5_k::{BlockQ5K, Q5_K};
@@ -65,10 +67,10 @@ use mcc_runtime::quant::q8_0::{BlockQ8_0, Q8_0};
 use mcc_runtime::quant::{ActBlock, ActType, WeightType};
 
 /// Every weight type a model may hold, in the order of the table.
-const TYPES: [&str; 23] = [
-    "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q4_KX8",
-    "Q5_K", "Q6_K", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL",
-    "IQ4_XS",
+const TYPES: [&str; 25] = [
+    "F32", "F16", "BF16", "Q4_0", "Q4_0X8", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
+    "Q4_KX8", "Q5_K", "Q6_K", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
+    "IQ4_NL", "IQ4_NLX8", "IQ4_XS",
 ];
 /// Minitron's decode matrices, (input width, output rows).
 const SHAPES: [(usize, usize); 3] = [(3072, 9216), (9216, 3072), (3072, 128256)];
@@ -390,6 +392,7 @@ fn bench<W: WeightType>(opts: &Opts, pools: &[Pool], read_buf: &[u64], fill: &Fi
 /// Dispatches a type name to its monomorphised benchmark, with its block filler.
 fn bench_type(name: &str, opts: &Opts, pools: &[Pool], read_buf: &[u64]) -> Figures {
     let scales = |v: &[usize]| Fill::Scales(v.to_vec());
+    let x8_scales = Fill::Scales((0..8).map(|r| offset_of!(BlockX8, d) + 2 * r).collect());
     match name {
         "F32" => bench::<F32>(opts, pools, read_buf, &Fill::F32),
         "F16" => bench::<F16>(
@@ -439,6 +442,8 @@ fn bench_type(name: &str, opts: &Opts, pools: &[Pool], read_buf: &[u64]) -> Figu
             &scales(&[offset_of!(BlockQ4K, d), offset_of!(BlockQ4K, dmin)]),
         ),
         "Q4_KX8" => bench::<Q4_KX8>(opts, pools, read_buf, &Fill::Q4KX8),
+        "Q4_0X8" => bench::<Q4_0X8>(opts, pools, read_buf, &x8_scales),
+        "IQ4_NLX8" => bench::<IQ4_NLX8>(opts, pools, read_buf, &x8_scales),
         "Q5_K" => bench::<Q5_K>(
             opts,
             pools,

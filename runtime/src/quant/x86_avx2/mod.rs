@@ -7,6 +7,7 @@ pub mod kquants;
 pub mod legacy;
 #[cfg(target_feature = "f16c")]
 pub mod q4_k_x8;
+pub mod q4_x8;
 pub mod superblock;
 pub mod tiles;
 mod vnni;
