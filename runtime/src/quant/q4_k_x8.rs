@@ -30,7 +30,7 @@ use half::f16;
 
 use super::q4_k::{unpack_scales_mins, BlockQ4K, Q4_K};
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
-use super::{rows_batch_dots, WeightType};
+use super::{WeightType, BATCH_TOKENS};
 
 /// Rows per group.
 pub const ROWS: usize = 8;
@@ -253,9 +253,35 @@ pub fn vec_dot_q4_kx8_q8_k_ref(w: &[BlockQ4KX8], act: &[BlockQ8K], out: &mut [f3
     }
 }
 
-thread_local! {
-    /// The Q4_K rows of the groups [`Q4_KX8::groups_batch_dots`] works on.
-    static PLAIN: std::cell::RefCell<Vec<BlockQ4K>> = const { std::cell::RefCell::new(Vec::new()) };
+/// Q4_K's batch path for the rows of `groups`, put back into Q4_K blocks (in a
+/// per-thread buffer): [`Q4_KX8::groups_batch_dots`] where it has no GEMM kernel.
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+)))]
+fn plain_batch_dots(
+    groups: &[BlockQ4KX8],
+    act: &[BlockQ8K],
+    act_row: usize,
+    n_tokens: usize,
+    out: &mut [f32],
+) {
+    thread_local! {
+        static PLAIN: std::cell::RefCell<Vec<BlockQ4K>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    PLAIN.with_borrow_mut(|plain| {
+        plain.resize(ROWS * groups.len(), ZERO_Q4K);
+        for (group, rows) in groups
+            .chunks_exact(act_row)
+            .zip(plain.chunks_exact_mut(ROWS * act_row))
+        {
+            unpack_group(group, rows);
+        }
+        super::rows_batch_dots::<Q4_K>(plain, act, act_row, n_tokens, out);
+    });
 }
 
 impl WeightType for Q4_KX8 {
@@ -308,10 +334,10 @@ impl WeightType for Q4_KX8 {
         }
     }
 
-    /// Puts the groups' rows back into Q4_K blocks (once, in a per-thread buffer) and
-    /// takes Q4_K's batch path for them: the results are Q4_K's by construction. Batches
-    /// that Q4_K computes with its one-token dot take the 8-row kernel per token instead
-    /// (equal to that dot), without unpacking.
+    /// Q4_K's batch arithmetic (llama.cpp's repacked GEMM for whole groups of 4 tokens,
+    /// `vec_dot` for the rest; see [`super::superblock`]) straight from the interleaved
+    /// blocks on x86: 8 rows × 4 tokens per kernel call. Elsewhere the groups' rows are
+    /// put back into Q4_K blocks (a per-thread buffer) for Q4_K's batch path.
     fn groups_batch_dots(
         groups: &[BlockQ4KX8],
         act: &[BlockQ8K],
@@ -320,28 +346,52 @@ impl WeightType for Q4_KX8 {
         out: &mut [f32],
     ) {
         let rb = act_row;
-        if !Q4_K::batched(n_tokens) {
-            let mut dots = [0f32; ROWS];
+        let gemm_end = if Q4_K::batched(n_tokens) {
+            n_tokens - n_tokens % 4
+        } else {
+            0
+        };
+        #[cfg(not(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        )))]
+        if gemm_end > 0 {
+            return plain_batch_dots(groups, act, act_row, n_tokens, out);
+        }
+        let token = |t: usize| &act[t * act_row..(t + 1) * act_row];
+        // Tokens in batches of BATCH_TOKENS, each over all the groups: the batch's
+        // activations stay in L2 while the weights go by (a group's are in L1).
+        for t_start in (0..n_tokens).step_by(BATCH_TOKENS) {
+            let tokens = t_start..(t_start + BATCH_TOKENS).min(n_tokens);
             for (g, group) in groups.chunks_exact(rb).enumerate() {
-                for t in 0..n_tokens {
-                    Self::vec_dot_rows(group, &act[t * act_row..(t + 1) * act_row], &mut dots);
+                let out = &mut out[g * ROWS * n_tokens..(g + 1) * ROWS * n_tokens];
+                let quads = tokens.start..tokens.end.min(gemm_end);
+                #[cfg(all(
+                    target_arch = "x86_64",
+                    target_feature = "avx2",
+                    target_feature = "fma",
+                    target_feature = "f16c"
+                ))]
+                for t0 in quads.clone().step_by(4) {
+                    let acts = std::array::from_fn(|i| token(t0 + i));
+                    let dots = super::x86_avx2::q4_k_x8::gemm_q4_kx8_q8_k(group, acts);
+                    for (i, d) in dots.iter().enumerate() {
+                        for (r, &v) in d.iter().enumerate() {
+                            out[r * n_tokens + t0 + i] = v;
+                        }
+                    }
+                }
+                let mut dots = [0f32; ROWS];
+                for t in quads.end.max(tokens.start)..tokens.end {
+                    Self::vec_dot_rows(group, token(t), &mut dots);
                     for (r, &v) in dots.iter().enumerate() {
-                        out[(g * ROWS + r) * n_tokens + t] = v;
+                        out[r * n_tokens + t] = v;
                     }
                 }
             }
-            return;
         }
-        PLAIN.with_borrow_mut(|plain| {
-            plain.resize(ROWS * groups.len(), ZERO_Q4K);
-            for (group, rows) in groups
-                .chunks_exact(rb)
-                .zip(plain.chunks_exact_mut(ROWS * rb))
-            {
-                unpack_group(group, rows);
-            }
-            rows_batch_dots::<Q4_K>(plain, act, act_row, n_tokens, out);
-        });
     }
 }
 

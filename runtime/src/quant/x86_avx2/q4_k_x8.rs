@@ -1,5 +1,7 @@
 //! AVX2 + FMA + F16C kernel of the 8-row-interleaved Q4_K dot ([`crate::quant::q4_k_x8`]):
-//! one group of 8 rows times one token, one row per 32-bit lane throughout.
+//! one group of 8 rows times one token (`vec_dot`'s rounding) or four tokens (the
+//! rounding of llama.cpp's repacked Q4_K GEMM, which prompt batches take), one row per
+//! 32-bit lane throughout.
 //!
 //! Per super-block, each 32-byte load of quants holds 4 bytes of every row; the 4
 //! activation bytes they multiply are broadcast to all lanes, and a dot of 4 u8 × i8
@@ -13,8 +15,7 @@
 //!
 //! With VNNI the high nibbles are not shifted down: `bits & 0xf0` is 16 times the quant,
 //! and `vpdpbusd` does not saturate, so those sums are exactly 16 times the wanted ones;
-//! the high sub-blocks' scaled sums go to their own accumulator, divided by 16 (an exact
-//! shift) once per super-block. `maddubs` saturates its i16 pairs (2 · 240 · 127 does not
+//! the high sub-block's scaled sum is divided by 16 (an exact shift). `maddubs` saturates its i16 pairs (2 · 240 · 127 does not
 //! fit), so without VNNI the high nibbles are shifted.
 
 use std::arch::x86_64::*;
@@ -54,22 +55,71 @@ pub fn vec_dot_q4_kx8_q8_k(w: &[BlockQ4KX8], act: &[BlockQ8K], out: &mut [f32; R
         act.len()
     );
     // SAFETY: this module is compiled only with AVX2, FMA and F16C enabled.
-    unsafe { dot_q4_kx8(w, act, out) }
+    [*out] = unsafe { dot_q4_kx8::<1, false>(w, [act]) };
 }
 
+/// Group of 8 rows · 4 tokens with the f32 steps of llama.cpp's repacked Q4_K GEMM
+/// (`quant::superblock`, `Batched::Repacked { step: 64 }`): per 64 weights
+/// `acc = fma(s, d d_a, acc)` and `mins = fma(m, dmin d_a, mins)`, then `acc - mins`.
+/// `out[t][r]` is row `r` · token `t`, bit for bit `superblock::quad_dots_ref::<4, false,
+/// true, 0>` of the row.
+pub fn gemm_q4_kx8_q8_k(w: &[BlockQ4KX8], acts: [&[BlockQ8K]; 4]) -> [[f32; ROWS]; 4] {
+    for a in acts {
+        assert_eq!(
+            w.len(),
+            a.len(),
+            "Q4_KX8 GEMM: {} weight blocks, {} activation blocks",
+            w.len(),
+            a.len()
+        );
+    }
+    // SAFETY: this module is compiled only with AVX2, FMA and F16C enabled.
+    unsafe { dot_q4_kx8::<4, true>(w, acts) }
+}
+
+/// The dots of 8 rows with `T` tokens. Per super-block and token, part `c` (sub-blocks
+/// `2c`, `2c + 1`: 64 weights) gives the exact `s_c = Σ scale · Σ q a` and
+/// `m_c = Σ min · Σ a` in each row's lane. `GEMM`: each part is scaled on its own (the
+/// repacked GEMM's rounding); otherwise the parts are added up in integers and the
+/// super-block scaled once (`vec_dot`'s).
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q4_kx8(w: &[BlockQ4KX8], act: &[BlockQ8K], out: &mut [f32; ROWS]) {
+fn dot_q4_kx8<const T: usize, const GEMM: bool>(
+    w: &[BlockQ4KX8],
+    acts: [&[BlockQ8K]; T],
+) -> [[f32; ROWS]; T] {
     let low4 = _mm256_set1_epi8(0x0f);
     let high4 = _mm256_set1_epi8(0xf0u8 as i8);
-    let (mut sum, mut min_sum) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    for (b, a) in w.iter().zip(act) {
-        // sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles), one row per lane
-        let (mut isum_lo, mut isum_hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    let (mut sum, mut min_sum) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
+    for (i, b) in w.iter().enumerate() {
+        let a: [&BlockQ8K; T] = acts.map(|a| &a[i]);
+        // SAFETY: 8 f16 are 16 readable bytes.
+        let (d_w, dmin_w) = unsafe {
+            (
+                _mm256_cvtph_ps(_mm_loadu_si128(b.d.as_ptr().cast())),
+                _mm256_cvtph_ps(_mm_loadu_si128(b.dmin.as_ptr().cast())),
+            )
+        };
+        let d = a.map(|a| _mm256_mul_ps(d_w, _mm256_set1_ps(a.d)));
+        let dmin = a.map(|a| _mm256_mul_ps(dmin_w, _mm256_set1_ps(a.d)));
+        // the activation sums of the 8 sub-blocks as i16, in both 128-bit lanes
+        let sub_sums = a.map(|a| {
+            // SAFETY: 16 i16 are 32 readable bytes.
+            let bsums = unsafe { _mm256_loadu_si256(a.bsums.as_ptr().cast()) };
+            _mm256_broadcastsi128_si256(_mm_hadd_epi16(
+                _mm256_castsi256_si128(bsums),
+                _mm256_extracti128_si256::<1>(bsums),
+            ))
+        });
+        // `vec_dot`: the super-block's integer totals
+        let (mut isum, mut imin) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
         for c in 0..4 {
-            // two chains per sub-block (even and odd k), so that the dot's latency is
-            // not the limit
-            let mut dot_lo = [_mm256_setzero_si256(); 2];
-            let mut dot_hi = [_mm256_setzero_si256(); 2];
+            // sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles), one row per lane;
+            // with one token two chains per sub-block (even and odd k), so that the dot's
+            // latency is not the limit
+            let chains = if T == 1 { 2 } else { 1 };
+            let mut dot_lo = [[_mm256_setzero_si256(); 2]; T];
+            let mut dot_hi = [[_mm256_setzero_si256(); 2]; T];
             for k in 0..8 {
                 let off = 256 * c + 32 * k;
                 let bits: &[u8; 32] = b.qs[off..off + 32].try_into().expect("32 bytes");
@@ -81,59 +131,56 @@ fn dot_q4_kx8(w: &[BlockQ4KX8], act: &[BlockQ8K], out: &mut [f32; ROWS]) {
                 } else {
                     _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low4)
                 };
-                let e = k % 2;
-                dot_lo[e] = dpbusd(dot_lo[e], q_lo, broadcast4(&a.qs, 64 * c + 4 * k));
-                dot_hi[e] = dpbusd(dot_hi[e], q_hi, broadcast4(&a.qs, 64 * c + 32 + 4 * k));
+                let e = k % chains;
+                for t in 0..T {
+                    let lo = broadcast4(&a[t].qs, 64 * c + 4 * k);
+                    let hi = broadcast4(&a[t].qs, 64 * c + 32 + 4 * k);
+                    dot_lo[t][e] = dpbusd(dot_lo[t][e], q_lo, lo);
+                    dot_hi[t][e] = dpbusd(dot_hi[t][e], q_hi, hi);
+                }
             }
-            let dot_lo = _mm256_add_epi32(dot_lo[0], dot_lo[1]);
-            let dot_hi = _mm256_add_epi32(dot_hi[0], dot_hi[1]);
             let sc_lo = u8x8_to_i32(&b.scales[16 * c..]);
             let sc_hi = u8x8_to_i32(&b.scales[16 * c + 8..]);
-            isum_lo = _mm256_add_epi32(isum_lo, _mm256_mullo_epi32(dot_lo, sc_lo));
-            isum_hi = _mm256_add_epi32(isum_hi, _mm256_mullo_epi32(dot_hi, sc_hi));
+            let m: &[u8; 16] = b.mins[16 * c..16 * c + 16].try_into().expect("16 bytes");
+            // SAFETY: 16 readable bytes.
+            let m = _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(m.as_ptr().cast()) });
+            for t in 0..T {
+                let lo = _mm256_add_epi32(dot_lo[t][0], dot_lo[t][1]);
+                let hi = _mm256_add_epi32(dot_hi[t][0], dot_hi[t][1]);
+                let mut hi = _mm256_mullo_epi32(hi, sc_hi);
+                if HI_IN_PLACE {
+                    // 16 × the products, exactly: an exact shift back
+                    hi = _mm256_srai_epi32::<4>(hi);
+                }
+                let s = _mm256_add_epi32(_mm256_mullo_epi32(lo, sc_lo), hi);
+                // minimums of sub-blocks 2c, 2c + 1 (i16 pairs) · their activation sums
+                let pair = match c {
+                    0 => _mm256_shuffle_epi32::<0x00>(sub_sums[t]),
+                    1 => _mm256_shuffle_epi32::<0x55>(sub_sums[t]),
+                    2 => _mm256_shuffle_epi32::<0xaa>(sub_sums[t]),
+                    _ => _mm256_shuffle_epi32::<0xff>(sub_sums[t]),
+                };
+                if GEMM {
+                    let mc = dpwssd(_mm256_setzero_si256(), m, pair);
+                    sum[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d[t], sum[t]);
+                    min_sum[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mc), dmin[t], min_sum[t]);
+                } else {
+                    isum[t] = _mm256_add_epi32(isum[t], s);
+                    imin[t] = dpwssd(imin[t], m, pair);
+                }
+            }
         }
-        let isum = if HI_IN_PLACE {
-            _mm256_add_epi32(isum_lo, _mm256_srai_epi32::<4>(isum_hi))
-        } else {
-            _mm256_add_epi32(isum_lo, isum_hi)
-        };
-
-        // the activation sums of the 8 sub-blocks as i16, in both 128-bit lanes
-        // SAFETY: 16 i16 are 32 readable bytes.
-        let bsums = unsafe { _mm256_loadu_si256(a.bsums.as_ptr().cast()) };
-        let sub_sums = _mm_hadd_epi16(
-            _mm256_castsi256_si128(bsums),
-            _mm256_extracti128_si256::<1>(bsums),
-        );
-        let sub_sums = _mm256_broadcastsi128_si256(sub_sums);
-        let mut imin = _mm256_setzero_si256();
-        macro_rules! min_pair {
-            ($p:literal) => {{
-                let pair = _mm256_shuffle_epi32::<{ $p * 0x55 }>(sub_sums);
-                let m: &[u8; 16] = b.mins[16 * $p..16 * $p + 16].try_into().expect("16");
-                // SAFETY: 16 readable bytes.
-                let m = unsafe { _mm_loadu_si128(m.as_ptr().cast()) };
-                imin = dpwssd(imin, _mm256_cvtepu8_epi16(m), pair);
-            }};
+        if !GEMM {
+            for t in 0..T {
+                sum[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), d[t], sum[t]);
+                min_sum[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(imin[t]), dmin[t], min_sum[t]);
+            }
         }
-        min_pair!(0);
-        min_pair!(1);
-        min_pair!(2);
-        min_pair!(3);
-
-        // SAFETY: 8 f16 are 16 readable bytes.
-        let (d, dmin) = unsafe {
-            (
-                _mm_loadu_si128(b.d.as_ptr().cast()),
-                _mm_loadu_si128(b.dmin.as_ptr().cast()),
-            )
-        };
-        let d_a = _mm256_set1_ps(a.d);
-        let d = _mm256_mul_ps(_mm256_cvtph_ps(d), d_a);
-        let dmin = _mm256_mul_ps(_mm256_cvtph_ps(dmin), d_a);
-        sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), d, sum);
-        min_sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(imin), dmin, min_sum);
     }
-    // SAFETY: `out` is 8 writable f32.
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_sub_ps(sum, min_sum)) };
+    std::array::from_fn(|t| {
+        let mut out = [0f32; ROWS];
+        // SAFETY: 8 writable f32.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_sub_ps(sum[t], min_sum[t])) };
+        out
+    })
 }
