@@ -327,12 +327,11 @@ fn matmul_grouped<W: WeightType>(
             dots.resize(group_range.len() * g * n_tokens, 0f32);
             let blocks = &w[group_range.start * rb..group_range.end * rb];
             W::groups_batch_dots(blocks, act, act_row, n_tokens, &mut dots);
-            for (i, row_dots) in dots.chunks_exact(n_tokens).enumerate() {
-                for (t, &v) in row_dots.iter().enumerate() {
-                    // SAFETY: group chunk `c` is claimed by this thread alone (fetch_add),
-                    // so (t, r) for the chunk's rows is written by no other thread.
-                    unsafe { out.write(t * rows + first_row + i, v) };
-                }
+            let n = group_range.len() * g;
+            for (t, token_dots) in dots.chunks_exact(n).enumerate() {
+                // SAFETY: group chunk `c` is claimed by this thread alone (fetch_add), so
+                // the chunk's rows of every token are written by no other thread.
+                unsafe { out.write_slice(t * rows + first_row, token_dots) };
             }
         }
     });

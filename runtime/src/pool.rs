@@ -340,6 +340,23 @@ impl<'a> DisjointOut<'a> {
         // SAFETY: in bounds (checked); exclusive per the caller's contract.
         unsafe { self.ptr.get().add(i).write(v) }
     }
+
+    /// Writes `out[at..at + src.len()] = src`.
+    ///
+    /// # Safety
+    /// No other thread may access those indices while the buffer is shared.
+    #[inline(always)]
+    pub(crate) unsafe fn write_slice(&self, at: usize, src: &[f32]) {
+        assert!(
+            at <= self.len && src.len() <= self.len - at,
+            "DisjointOut: {} values at {at} out of {}",
+            src.len(),
+            self.len
+        );
+        // SAFETY: in bounds (checked); exclusive per the caller's contract; `src` is a
+        // different buffer (it is borrowed while `out` is written through the pointer).
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.get().add(at), src.len()) }
+    }
 }
 
 #[cfg(test)]

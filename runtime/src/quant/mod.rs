@@ -123,9 +123,10 @@ pub trait WeightType: Copy + Send + Sync + 'static {
     /// `act_row` activation blocks' width each) with all `n_tokens` tokens of a batch,
     /// each exactly what [`crate::matmul::matmul`] gives for that row and batch: token
     /// `t`'s activations start at `act[t * act_row]`, and row `i` (counted from the first
-    /// group's first row) gets its result for token `t` in `out[i * n_tokens + t]`.
-    /// `matmul` calls this for the formats with `ROW_GROUP > 1` only, with the groups of
-    /// one task (a few hundred KiB of weights); they override it.
+    /// group's first row, of `n_rows`) gets its result for token `t` in
+    /// `out[t * n_rows + i]` (token-major, as the matmul's output). `matmul` calls this
+    /// for the formats with `ROW_GROUP > 1` only, with the groups of one task (a few
+    /// hundred KiB of weights); they override it.
     fn groups_batch_dots(
         groups: &[Self::Block],
         act: &[ActBlock<Self>],
@@ -133,7 +134,9 @@ pub trait WeightType: Copy + Send + Sync + 'static {
         n_tokens: usize,
         out: &mut [f32],
     ) {
-        rows_batch_dots::<Self>(groups, act, act_row, n_tokens, out);
+        let mut by_row = vec![0f32; out.len()];
+        rows_batch_dots::<Self>(groups, act, act_row, n_tokens, &mut by_row);
+        transpose_into(&by_row, n_tokens, out);
     }
 
     /// Whether llama.cpp's CPU backend computes a batch of `n_tokens` tokens with other
@@ -206,6 +209,18 @@ pub fn rows_batch_dots<W: WeightType>(
         for (row, out) in rows.chunks_exact(rb).zip(out.chunks_exact_mut(n_tokens)) {
             let out = &mut out[tokens.clone()];
             batch_dots_of_row::<W>(row, act, act_row, tokens.clone(), n_tokens, out);
+        }
+    }
+}
+
+/// `src` (rows of `n_tokens` values) into `out` token-major: `out[t * rows + i] =
+/// src[i * n_tokens + t]`.
+pub fn transpose_into(src: &[f32], n_tokens: usize, out: &mut [f32]) {
+    assert_eq!(src.len(), out.len(), "transpose: lengths");
+    let rows = src.len() / n_tokens.max(1);
+    for (i, row) in src.chunks_exact(n_tokens).enumerate() {
+        for (t, &v) in row.iter().enumerate() {
+            out[t * rows + i] = v;
         }
     }
 }

@@ -280,7 +280,9 @@ fn plain_batch_dots(
         {
             unpack_group(group, rows);
         }
-        super::rows_batch_dots::<Q4_K>(plain, act, act_row, n_tokens, out);
+        let mut by_row = vec![0f32; out.len()];
+        super::rows_batch_dots::<Q4_K>(plain, act, act_row, n_tokens, &mut by_row);
+        super::transpose_into(&by_row, n_tokens, out);
     });
 }
 
@@ -361,12 +363,15 @@ impl WeightType for Q4_KX8 {
             return plain_batch_dots(groups, act, act_row, n_tokens, out);
         }
         let token = |t: usize| &act[t * act_row..(t + 1) * act_row];
+        let n_rows = groups.len() / rb * ROWS;
+        let mut put = |t: usize, g: usize, dots: &[f32; ROWS]| {
+            out[t * n_rows + g * ROWS..][..ROWS].copy_from_slice(dots);
+        };
         // Tokens in batches of BATCH_TOKENS, each over all the groups: the batch's
         // activations stay in L2 while the weights go by (a group's are in L1).
         for t_start in (0..n_tokens).step_by(BATCH_TOKENS) {
             let tokens = t_start..(t_start + BATCH_TOKENS).min(n_tokens);
             for (g, group) in groups.chunks_exact(rb).enumerate() {
-                let out = &mut out[g * ROWS * n_tokens..(g + 1) * ROWS * n_tokens];
                 let quads = tokens.start..tokens.end.min(gemm_end);
                 #[cfg(all(
                     target_arch = "x86_64",
@@ -378,17 +383,13 @@ impl WeightType for Q4_KX8 {
                     let acts = std::array::from_fn(|i| token(t0 + i));
                     let dots = super::x86_avx2::q4_k_x8::gemm_q4_kx8_q8_k(group, acts);
                     for (i, d) in dots.iter().enumerate() {
-                        for (r, &v) in d.iter().enumerate() {
-                            out[r * n_tokens + t0 + i] = v;
-                        }
+                        put(t0 + i, g, d);
                     }
                 }
                 let mut dots = [0f32; ROWS];
                 for t in quads.end.max(tokens.start)..tokens.end {
                     Self::vec_dot_rows(group, token(t), &mut dots);
-                    for (r, &v) in dots.iter().enumerate() {
-                        out[r * n_tokens + t] = v;
-                    }
+                    put(t, g, &dots);
                 }
             }
         }

@@ -200,7 +200,7 @@ pub fn vec_dot_x8_ref<P: Nibbles>(w: &[BlockX8], act: &[BlockQ8_0], out: &mut [f
 }
 
 /// Rows of `rb` blocks in each of `groups` (consecutive groups) times tokens `t` of
-/// `act` (`act_row` blocks each): `out[(8 g + r) * n_tokens + t]`.
+/// `act` (`act_row` blocks each): `out[t * n_rows + 8 g + r]`.
 fn groups_dots<P: Nibbles>(
     groups: &[BlockX8],
     act: &[BlockQ8_0],
@@ -222,12 +222,12 @@ fn groups_dots<P: Nibbles>(
         target_feature = "f16c"
     )))]
     for (g, group) in groups.chunks_exact(act_row).enumerate() {
-        let mut dots = [0f32; ROWS];
+        let n_rows = groups.len() / act_row * ROWS;
         for t in 0..n_tokens {
-            vec_dot_x8_ref::<P>(group, &act[t * act_row..(t + 1) * act_row], &mut dots);
-            for (r, &v) in dots.iter().enumerate() {
-                out[(g * ROWS + r) * n_tokens + t] = v;
-            }
+            let dots: &mut [f32; ROWS] = (&mut out[t * n_rows + g * ROWS..][..ROWS])
+                .try_into()
+                .expect("8 rows");
+            vec_dot_x8_ref::<P>(group, &act[t * act_row..(t + 1) * act_row], dots);
         }
     }
 }

@@ -74,26 +74,25 @@ pub fn groups_dots<P: Nibbles>(
                 .iter()
                 .map(|a| -b * a.qs.iter().map(|&q| q as i32).sum::<i32>()),
         );
+        let n_rows = groups.len() / act_row * ROWS;
+        let mut put = |t: usize, g: usize, dots: &[f32; ROWS]| {
+            out[t * n_rows + g * ROWS..][..ROWS].copy_from_slice(dots);
+        };
         for (g, group) in groups.chunks_exact(act_row).enumerate() {
-            let out = &mut out[g * ROWS * n_tokens..(g + 1) * ROWS * n_tokens];
             let mut t = 0;
             while t + 4 <= n_tokens {
                 let tokens: [usize; 4] = std::array::from_fn(|i| t + i);
                 // SAFETY: this module is compiled only with AVX2, FMA and F16C enabled.
                 let sums = unsafe { dot::<P, 4>(group, act, start, act_row, tokens) };
                 for (i, s) in sums.iter().enumerate() {
-                    for (r, &v) in s.iter().enumerate() {
-                        out[r * n_tokens + t + i] = v;
-                    }
+                    put(t + i, g, s);
                 }
                 t += 4;
             }
             for t in t..n_tokens {
                 // SAFETY: as above.
                 let [s] = unsafe { dot::<P, 1>(group, act, start, act_row, [t]) };
-                for (r, &v) in s.iter().enumerate() {
-                    out[r * n_tokens + t] = v;
-                }
+                put(t, g, &s);
             }
         }
     });
