@@ -41,6 +41,7 @@ pub mod q8_0;
 pub mod q8_1;
 pub mod q8_k;
 pub mod superblock;
+pub mod x8;
 
 #[cfg(all(
     target_arch = "x86_64",

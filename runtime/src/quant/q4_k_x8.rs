@@ -30,10 +30,9 @@ use half::f16;
 
 use super::q4_k::{unpack_scales_mins, BlockQ4K, Q4_K};
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
-use super::{WeightType, BATCH_TOKENS};
+use super::{x8, WeightType, BATCH_TOKENS};
 
-/// Rows per group.
-pub const ROWS: usize = 8;
+pub use super::x8::ROWS;
 
 /// One super-block (256 columns) of 8 interleaved Q4_K rows.
 #[repr(C)]
@@ -181,43 +180,29 @@ fn q4_k_from_bytes(b: &[u8]) -> BlockQ4K {
 
 /// Repacks a tensor's bytes, the way the compiler writes them into the weight blob:
 /// `src` is a Q4_K matrix of `cols` columns as the GGUF stores it (rows of
-/// `cols / 256` blocks, 8 rows at a time: any number of whole groups), and `write` gets
-/// the `Q4_KX8` bytes group by group (one group's worth at a time, so a multi-gigabyte
-/// tensor never sits in memory). Returns `write`'s first error.
+/// `cols / 256` blocks, any number of whole groups of 8 rows), and `write` gets the
+/// `Q4_KX8` bytes group by group. Returns `write`'s first error.
 pub fn repack_q4_k_bytes<E>(
     src: &[u8],
     cols: usize,
-    mut write: impl FnMut(&[u8]) -> Result<(), E>,
+    write: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<(), E> {
-    assert!(
-        cols.is_multiple_of(QK_K),
-        "Q4_KX8: {cols} columns is not whole blocks"
-    );
-    let rb = cols / QK_K;
-    let group_bytes = ROWS * rb * Q4K_BLOCK_BYTES;
-    assert!(
-        src.len().is_multiple_of(group_bytes),
-        "Q4_KX8: {} bytes is not whole groups of 8 rows of {cols}",
-        src.len()
-    );
-    let mut rows = vec![ZERO_Q4K; ROWS * rb];
-    let mut out = vec![interleave([&ZERO_Q4K; ROWS]); rb];
-    for group in src.chunks_exact(group_bytes) {
-        for (b, bytes) in rows.iter_mut().zip(group.chunks_exact(Q4K_BLOCK_BYTES)) {
-            *b = q4_k_from_bytes(bytes);
-        }
-        interleave_group(&rows, &mut out);
-        write(as_bytes(&out))?;
-    }
-    Ok(())
+    let shape = (QK_K, Q4K_BLOCK_BYTES);
+    x8::repack_matrix(
+        "Q4_KX8",
+        src,
+        cols,
+        shape,
+        |rows| {
+            let blocks = rows.map(q4_k_from_bytes);
+            interleave(std::array::from_fn(|r| &blocks[r]))
+        },
+        write,
+    )
 }
 
-/// The bytes of interleaved blocks, as the weight blob stores them.
-pub fn as_bytes(blocks: &[BlockQ4KX8]) -> &[u8] {
-    // SAFETY: `BlockQ4KX8` is `#[repr(C)]` of f16 and u8 arrays with no padding (its size
-    // is asserted to be the sum of its fields'), so every byte is initialized.
-    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), std::mem::size_of_val(blocks)) }
-}
+// SAFETY: `#[repr(C)]` of f16 and u8 arrays, its size asserted to be theirs.
+unsafe impl x8::PlainBytes for BlockQ4KX8 {}
 
 /// Scalar reference of the 8-row dot: `out[r]` = row `r` of the group `w` (its
 /// interleaved blocks) · `act`, read straight from the interleaved layout.
@@ -474,7 +459,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!(got, as_bytes(&repack(&plain, rows)));
+        assert_eq!(got, x8::as_bytes(&repack(&plain, rows)));
     }
 
     #[test]

@@ -28,10 +28,9 @@ use super::iq4_nl::{BlockIQ4NL, IQ4_NL};
 use super::iq_grids::KVALUES_IQ4NL;
 use super::q4_0::{BlockQ4_0, Q4_0};
 use super::q8_0::{BlockQ8_0, Q8_0};
-use super::WeightType;
+use super::{x8, WeightType};
 
-/// Rows per group.
-pub const ROWS: usize = 8;
+pub use super::x8::ROWS;
 /// Columns per block.
 pub const QK: usize = 32;
 /// Bytes of one plain block (f16 scale, 16 bytes of nibbles).
@@ -141,44 +140,25 @@ pub fn row_of(b: &BlockX8, r: usize) -> (f16, [u8; QK / 2]) {
 pub fn repack_bytes<E>(
     src: &[u8],
     cols: usize,
-    mut write: impl FnMut(&[u8]) -> Result<(), E>,
+    write: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<(), E> {
-    assert!(
-        cols.is_multiple_of(QK),
-        "4-bit X8: {cols} columns is not whole blocks"
-    );
-    let rb = cols / QK;
-    let row_bytes = rb * PLAIN_BLOCK_BYTES;
-    assert!(
-        src.len().is_multiple_of(ROWS * row_bytes),
-        "4-bit X8: {} bytes is not whole groups of 8 rows of {cols}",
-        src.len()
-    );
     let plain = |b: &[u8]| {
-        (
-            f16::from_le_bytes([b[0], b[1]]),
-            b[2..18].try_into().unwrap(),
-        )
+        let qs: [u8; QK / 2] = b[2..PLAIN_BLOCK_BYTES].try_into().expect("16 bytes");
+        (f16::from_le_bytes([b[0], b[1]]), qs)
     };
-    let mut out = vec![interleave([(f16::ZERO, [0; 16]); ROWS]); rb];
-    for group in src.chunks_exact(ROWS * row_bytes) {
-        for (k, o) in out.iter_mut().enumerate() {
-            *o = interleave(std::array::from_fn(|r| {
-                let at = r * row_bytes + k * PLAIN_BLOCK_BYTES;
-                plain(&group[at..at + PLAIN_BLOCK_BYTES])
-            }));
-        }
-        write(as_bytes(&out))?;
-    }
-    Ok(())
+    let shape = (QK, PLAIN_BLOCK_BYTES);
+    x8::repack_matrix(
+        "4-bit X8",
+        src,
+        cols,
+        shape,
+        |rows| interleave(rows.map(plain)),
+        write,
+    )
 }
 
-/// The bytes of interleaved blocks, as the weight blob stores them.
-pub fn as_bytes(blocks: &[BlockX8]) -> &[u8] {
-    // SAFETY: `BlockX8` is `#[repr(C)]` of f16 and u8 arrays with no padding (its size is
-    // asserted to be the sum of its fields'), so every byte is initialized.
-    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), std::mem::size_of_val(blocks)) }
-}
+// SAFETY: `#[repr(C)]` of f16 and u8 arrays, its size asserted to be theirs.
+unsafe impl x8::PlainBytes for BlockX8 {}
 
 /// Scalar reference of the 8-row dot: `out[r]` = row `r` of the group `w` · `act`, read
 /// straight from the interleaved layout.

@@ -23,18 +23,10 @@ use std::arch::x86_64::*;
 use crate::quant::q4_k_x8::{BlockQ4KX8, ROWS};
 use crate::quant::q8_k::BlockQ8K;
 
-use super::vnni::{dpbusd, dpwssd, VNNI};
+use super::vnni::{broadcast4, dpbusd, dpwssd, VNNI};
 
 /// Whether the high nibbles are used in place (16 × the quant); see the module doc.
 const HI_IN_PLACE: bool = VNNI;
-
-/// Activation bytes `off..off + 4` in every 32-bit lane.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn broadcast4(qs: &[i8; 256], off: usize) -> __m256i {
-    let bytes: [i8; 4] = qs[off..off + 4].try_into().expect("4 bytes");
-    _mm256_set1_epi32(i32::from_le_bytes(bytes.map(|b| b as u8)))
-}
 
 /// 8 bytes zero-extended to 8 i32 lanes.
 #[inline]

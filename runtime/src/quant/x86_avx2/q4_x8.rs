@@ -27,7 +27,7 @@ use crate::quant::iq_grids::KVALUES_IQ4NL;
 use crate::quant::q4_x8::{BlockX8, Nibbles, ROWS};
 use crate::quant::q8_0::BlockQ8_0;
 
-use super::vnni::{dpbusd, VNNI};
+use super::vnni::{broadcast4, dpbusd, VNNI};
 
 /// The offset `B` of the unsigned weight bytes (see the module doc).
 const fn offset<P: Nibbles>() -> i32 {
@@ -96,14 +96,6 @@ pub fn groups_dots<P: Nibbles>(
             }
         }
     });
-}
-
-/// Activation bytes `off..off + 4` in every 32-bit lane.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn broadcast4(qs: &[i8; 32], off: usize) -> __m256i {
-    let bytes: [i8; 4] = qs[off..off + 4].try_into().expect("4 bytes");
-    _mm256_set1_epi32(i32::from_le_bytes(bytes.map(|b| b as u8)))
 }
 
 /// `acc` plus the lane-wise dot of weight bytes `w` (offset levels, or signed levels for

@@ -1,7 +1,8 @@
 //! The two integer multiply-accumulates every kernel of this module builds on, each one
 //! instruction with AVX512-VNNI (+VL, on 256-bit vectors) and the AVX2 pair that computes
 //! the same lanes without it. Both are exact (no saturation in either form for the
-//! operands the kernels pass; see each function).
+//! operands the kernels pass; see each function). Also the broadcast of 4 activation
+//! bytes that the row-interleaved kernels multiply every row's 4 weight bytes with.
 
 use std::arch::x86_64::*;
 
@@ -44,4 +45,12 @@ pub(super) fn dpwssd(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
     {
         _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
     }
+}
+
+/// Activation bytes `off..off + 4` in every 32-bit lane.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn broadcast4(qs: &[i8], off: usize) -> __m256i {
+    let bytes: [i8; 4] = qs[off..off + 4].try_into().expect("4 bytes");
+    _mm256_set1_epi32(i32::from_le_bytes(bytes.map(|b| b as u8)))
 }

@@ -1,0 +1,59 @@
+//! What the 8-row-interleaved formats (`Q4_KX8`, `Q4_0X8`, `IQ4_NLX8`) share: the group
+//! size and the compile-time repacking of a GGUF matrix into groups of interleaved
+//! blocks, streamed one group at a time so that a multi-gigabyte tensor never sits in
+//! memory.
+
+/// Rows per group.
+pub const ROWS: usize = 8;
+
+/// A block type whose bytes are all fields (`#[repr(C)]`, no padding), so that a slice
+/// of blocks can be written out as bytes.
+///
+/// # Safety
+/// Implementors must be `#[repr(C)]` with no padding bytes.
+pub unsafe trait PlainBytes: Copy {}
+
+/// The bytes of blocks, as the weight blob stores them.
+pub fn as_bytes<B: PlainBytes>(blocks: &[B]) -> &[u8] {
+    // SAFETY: `B` has no padding (the trait's contract), so every byte is initialized.
+    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), std::mem::size_of_val(blocks)) }
+}
+
+/// Repacks a matrix of `cols` columns as a GGUF stores it (`src`: rows of
+/// `cols / block_elems` blocks of `block_bytes` bytes, any number of whole groups of 8
+/// rows) into interleaved blocks: `interleave` makes block `k` of a group from the bytes
+/// of block `k` of its 8 rows, and `write` gets each group's blocks as bytes. Returns
+/// `write`'s first error. `name` is the interleaved format's, for the panics on a
+/// malformed matrix (the compiler checks shapes before it repacks).
+pub fn repack_matrix<B: PlainBytes, E>(
+    name: &str,
+    src: &[u8],
+    cols: usize,
+    (block_elems, block_bytes): (usize, usize),
+    interleave: impl Fn([&[u8]; ROWS]) -> B,
+    mut write: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    assert!(
+        cols.is_multiple_of(block_elems),
+        "{name}: {cols} columns is not whole blocks"
+    );
+    let rb = cols / block_elems;
+    let row_bytes = rb * block_bytes;
+    assert!(
+        row_bytes > 0 && src.len().is_multiple_of(ROWS * row_bytes),
+        "{name}: {} bytes is not whole groups of 8 rows of {cols}",
+        src.len()
+    );
+    let mut out = Vec::with_capacity(rb);
+    for group in src.chunks_exact(ROWS * row_bytes) {
+        out.clear();
+        out.extend((0..rb).map(|k| {
+            interleave(std::array::from_fn(|r| {
+                let at = r * row_bytes + k * block_bytes;
+                &group[at..at + block_bytes]
+            }))
+        }));
+        write(as_bytes(&out))?;
+    }
+    Ok(())
+}
