@@ -20,17 +20,7 @@
 use half::f16;
 use thiserror::Error;
 
-#[cfg(all(
-    target_arch = "x86_64",
-    any(
-        target_feature = "avx512f",
-        all(
-            target_feature = "avx2",
-            target_feature = "fma",
-            target_feature = "f16c"
-        )
-    )
-))]
+#[cfg(any(all(target_arch = "x86_64", target_feature = "avx512f"), x86_simd))]
 mod x86;
 
 mod tiled;
@@ -44,12 +34,7 @@ pub use tiled::{attend_rows_tiled, attend_rows_tiled_flavor, TiledScratch, TILE_
 /// the width of its f16 dot-product accumulators. 0 means ggml runs its scalar code.
 pub const SIMD_WIDTH: usize = if cfg!(all(target_arch = "x86_64", target_feature = "avx512f")) {
     16
-} else if cfg!(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-)) {
+} else if cfg!(x86_simd) {
     8
 } else {
     0
@@ -75,11 +60,7 @@ pub const EXP_FLAVOR: ExpFlavor = if cfg!(all(
     target_feature = "avx512dq"
 )) {
     ExpFlavor::Avx512
-} else if cfg!(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-)) {
+} else if cfg!(x86_simd) {
     ExpFlavor::Avx2
 } else {
     ExpFlavor::Libm
@@ -382,27 +363,11 @@ pub fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
     {
         x86::dot_f16_w16(a, b)
     }
-    #[cfg(all(
-        target_arch = "x86_64",
-        not(target_feature = "avx512f"),
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(all(x86_simd, not(target_feature = "avx512f")))]
     {
         x86::dot_f16_w8(a, b)
     }
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        any(
-            target_feature = "avx512f",
-            all(
-                target_feature = "avx2",
-                target_feature = "fma",
-                target_feature = "f16c"
-            )
-        )
-    )))]
+    #[cfg(not(any(all(target_arch = "x86_64", target_feature = "avx512f"), x86_simd)))]
     {
         dot_f16_ref(a, b, SIMD_WIDTH)
     }

@@ -195,12 +195,7 @@ fn dot_f16_simd_matches_reference_bitwise() {
             dot_f16_ref(&a, &b, SIMD_WIDTH).to_bits(),
             "n {n}"
         );
-        #[cfg(all(
-            target_arch = "x86_64",
-            target_feature = "avx2",
-            target_feature = "fma",
-            target_feature = "f16c"
-        ))]
+        #[cfg(x86_simd)]
         assert_eq!(
             x86::dot_f16_w8(&a, &b).to_bits(),
             dot_f16_ref(&a, &b, 8).to_bits(),

@@ -48,11 +48,7 @@ pub(super) fn dot_f16_w16(a: &[f16], b: &[f16]) -> f32 {
 }
 
 /// [`super::dot_f16_ref`] with 8 lanes: four `__m256` accumulators over blocks of 32.
-#[cfg(all(
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
+#[cfg(x86_simd)]
 #[allow(dead_code)] // used on AVX2 targets without AVX-512, tested everywhere
 #[inline]
 pub(super) fn dot_f16_w8(a: &[f16], b: &[f16]) -> f32 {

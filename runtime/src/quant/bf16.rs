@@ -56,11 +56,7 @@ impl WeightType for BF16 {
         vec_dot_bf16_bf16_ref(row, act)
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot(row: &[bf16], act: &[bf16]) -> f32 {
         super::x86_avx2::legacy::vec_dot_bf16_bf16(row, act)

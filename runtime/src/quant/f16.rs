@@ -62,12 +62,7 @@ impl WeightType for F16 {
         vec_dot_f16_f16_ref(row, act)
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot(row: &[f16], act: &[f16]) -> f32 {
         super::x86_avx2::legacy::vec_dot_f16_f16(row, act)

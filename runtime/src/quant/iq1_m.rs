@@ -125,11 +125,7 @@ impl WeightType for IQ1_M {
         sum
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot(row: &[BlockIQ1M], act: &[BlockQ8K]) -> f32 {
         super::x86_avx2::iquants::vec_dot_iq1_m_q8_k(row, act)

@@ -111,11 +111,7 @@ impl WeightType for IQ2_S {
         0.125 * sum
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot(row: &[BlockIQ2S], act: &[BlockQ8K]) -> f32 {
         super::x86_avx2::iquants::vec_dot_iq2_s_q8_k(row, act)

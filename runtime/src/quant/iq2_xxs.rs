@@ -108,11 +108,7 @@ impl WeightType for IQ2_XXS {
         0.125 * sum
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot(row: &[BlockIQ2XXS], act: &[BlockQ8K]) -> f32 {
         super::x86_avx2::iquants::vec_dot_iq2_xxs_q8_k(row, act)

@@ -112,11 +112,7 @@ impl WeightType for IQ3_S {
         sum
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot(row: &[BlockIQ3S], act: &[BlockQ8K]) -> f32 {
         super::x86_avx2::iquants::vec_dot_iq3_s_q8_k(row, act)

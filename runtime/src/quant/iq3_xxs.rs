@@ -113,11 +113,7 @@ impl WeightType for IQ3_XXS {
         0.25 * sum
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot(row: &[BlockIQ3XXS], act: &[BlockQ8K]) -> f32 {
         super::x86_avx2::iquants::vec_dot_iq3_xxs_q8_k(row, act)

@@ -82,34 +82,19 @@ impl WeightType for IQ4_NL {
         sum
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot(row: &[BlockIQ4NL], act: &[BlockQ8_0]) -> f32 {
         super::x86_avx2::tiles::vec_dot_iq4_nl_q8_0(row, act)
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot_rows(w: &[BlockIQ4NL], act: &[BlockQ8_0], out: &mut [f32]) {
         super::x86_avx2::tiles::rows_iq4_nl_q8_0(w, act, out)
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot_tile(
         w: &[BlockIQ4NL],

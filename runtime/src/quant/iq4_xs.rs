@@ -100,11 +100,7 @@ impl WeightType for IQ4_XS {
         sum
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot(row: &[BlockIQ4XS], act: &[BlockQ8K]) -> f32 {
         super::x86_avx2::iquants::vec_dot_iq4_xs_q8_k(row, act)

@@ -76,11 +76,7 @@ pub fn check_ggml_dot<W: WeightType>(rel_limit: f64) {
             .map(|(&x, &y)| (x as f64 * y as f64).abs())
             .sum();
         let fast = W::vec_dot(&row, act);
-        if cfg!(all(
-            target_arch = "x86_64",
-            target_feature = "avx2",
-            target_feature = "fma"
-        )) {
+        if cfg!(x86_simd) {
             assert_eq!(
                 fast.to_bits(),
                 want.to_bits(),

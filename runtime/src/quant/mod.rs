@@ -43,11 +43,7 @@ pub mod q8_k;
 pub mod superblock;
 pub mod x8;
 
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
+#[cfg(x86_simd)]
 pub mod x86_avx2;
 
 #[cfg(test)]

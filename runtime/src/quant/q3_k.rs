@@ -140,11 +140,7 @@ impl WeightType for Q3_K {
         vec_dot_q3_k_q8_k_ref(row, act)
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot(row: &[BlockQ3K], act: &[BlockQ8K]) -> f32 {
         super::x86_avx2::kquants::vec_dot_q3_k_q8_k(row, act)

@@ -74,33 +74,19 @@ impl WeightType for Q4_1 {
         vec_dot_q4_1_q8_1_ref(row, act)
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot(row: &[BlockQ4_1], act: &[BlockQ8_1]) -> f32 {
         super::x86_avx2::legacy::vec_dot_q4_1_q8_1(row, act)
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot_rows(w: &[BlockQ4_1], act: &[BlockQ8_1], out: &mut [f32]) {
         super::x86_avx2::tiles::rows_q4_1_q8_1(w, act, out)
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot_tile(
         w: &[BlockQ4_1],

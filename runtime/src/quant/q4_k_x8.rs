@@ -240,12 +240,7 @@ pub fn vec_dot_q4_kx8_q8_k_ref(w: &[BlockQ4KX8], act: &[BlockQ8K], out: &mut [f3
 
 /// Q4_K's batch path for the rows of `groups`, put back into Q4_K blocks (in a
 /// per-thread buffer): [`Q4_KX8::groups_batch_dots`] where it has no GEMM kernel.
-#[cfg(not(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-)))]
+#[cfg(not(x86_simd))]
 fn plain_batch_dots(
     groups: &[BlockQ4KX8],
     act: &[BlockQ8K],
@@ -304,19 +299,9 @@ impl WeightType for Q4_KX8 {
         );
         for (group, out) in w.chunks_exact(rb).zip(out.chunks_exact_mut(ROWS)) {
             let out: &mut [f32; ROWS] = out.try_into().expect("8 rows");
-            #[cfg(all(
-                target_arch = "x86_64",
-                target_feature = "avx2",
-                target_feature = "fma",
-                target_feature = "f16c"
-            ))]
+            #[cfg(x86_simd)]
             super::x86_avx2::q4_k_x8::vec_dot_q4_kx8_q8_k(group, act, out);
-            #[cfg(not(all(
-                target_arch = "x86_64",
-                target_feature = "avx2",
-                target_feature = "fma",
-                target_feature = "f16c"
-            )))]
+            #[cfg(not(x86_simd))]
             vec_dot_q4_kx8_q8_k_ref(group, act, out);
         }
     }
@@ -338,12 +323,7 @@ impl WeightType for Q4_KX8 {
         } else {
             0
         };
-        #[cfg(not(all(
-            target_arch = "x86_64",
-            target_feature = "avx2",
-            target_feature = "fma",
-            target_feature = "f16c"
-        )))]
+        #[cfg(not(x86_simd))]
         if gemm_end > 0 {
             return plain_batch_dots(groups, act, act_row, n_tokens, out);
         }
@@ -358,12 +338,7 @@ impl WeightType for Q4_KX8 {
             let tokens = t_start..(t_start + BATCH_TOKENS).min(n_tokens);
             for (g, group) in groups.chunks_exact(rb).enumerate() {
                 let quads = tokens.start..tokens.end.min(gemm_end);
-                #[cfg(all(
-                    target_arch = "x86_64",
-                    target_feature = "avx2",
-                    target_feature = "fma",
-                    target_feature = "f16c"
-                ))]
+                #[cfg(x86_simd)]
                 for t0 in quads.clone().step_by(4) {
                     let acts = std::array::from_fn(|i| token(t0 + i));
                     let dots = super::x86_avx2::q4_k_x8::gemm_q4_kx8_q8_k(group, acts);

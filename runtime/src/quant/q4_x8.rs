@@ -188,19 +188,9 @@ fn groups_dots<P: Nibbles>(
     n_tokens: usize,
     out: &mut [f32],
 ) {
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(x86_simd)]
     super::x86_avx2::q4_x8::groups_dots::<P>(groups, act, act_row, n_tokens, out);
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    )))]
+    #[cfg(not(x86_simd))]
     for (g, group) in groups.chunks_exact(act_row).enumerate() {
         let n_rows = groups.len() / act_row * ROWS;
         for t in 0..n_tokens {

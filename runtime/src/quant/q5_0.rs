@@ -80,33 +80,19 @@ impl WeightType for Q5_0 {
         vec_dot_q5_0_q8_0_ref(row, act)
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot(row: &[BlockQ5_0], act: &[BlockQ8_0]) -> f32 {
         super::x86_avx2::legacy::vec_dot_q5_0_q8_0(row, act)
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot_rows(w: &[BlockQ5_0], act: &[BlockQ8_0], out: &mut [f32]) {
         super::x86_avx2::tiles::rows_q5_0_q8_0(w, act, out)
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot_tile(
         w: &[BlockQ5_0],

@@ -71,11 +71,7 @@ impl WeightType for Q5_1 {
         vec_dot_q5_1_q8_1_ref(row, act)
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot(row: &[BlockQ5_1], act: &[BlockQ8_1]) -> f32 {
         super::x86_avx2::legacy::vec_dot_q5_1_q8_1(row, act)

@@ -71,11 +71,7 @@ impl ActType for Q8_0 {
         dequantize(blocks, out);
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn quantize(x: &[f32], out: &mut [BlockQ8_0]) {
         super::x86_avx2::legacy::quantize_q8_0(x, out)
@@ -128,33 +124,19 @@ impl WeightType for Q8_0 {
         vec_dot_q8_0_q8_0_ref(row, act)
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot(row: &[BlockQ8_0], act: &[BlockQ8_0]) -> f32 {
         super::x86_avx2::legacy::vec_dot_q8_0_q8_0(row, act)
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot_rows(w: &[BlockQ8_0], act: &[BlockQ8_0], out: &mut [f32]) {
         super::x86_avx2::tiles::rows_q8_0_q8_0(w, act, out)
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn vec_dot_tile(
         w: &[BlockQ8_0],

@@ -57,11 +57,7 @@ impl ActType for Q8_1 {
         }
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn quantize(x: &[f32], out: &mut [BlockQ8_1]) {
         super::x86_avx2::legacy::quantize_q8_1(x, out)

@@ -105,11 +105,7 @@ impl ActType for Q8_K {
         }
     }
 
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
+    #[cfg(x86_simd)]
     #[inline(always)]
     fn quantize(x: &[f32], out: &mut [BlockQ8K]) {
         super::x86_avx2::kquants::quantize_q8_k(x, out)

@@ -211,17 +211,9 @@ thread_local! {
 /// The dots of a row (unpacked) with 4 tokens, by the kernel `W::BATCHED` names.
 #[inline(always)]
 fn quad_dots<W: SuperBlock>(ints: &[Ints], acts: [&[BlockQ8K]; 4]) -> [f32; 4] {
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
+    #[cfg(x86_simd)]
     use super::x86_avx2::superblock::quad_dots as kernel;
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    )))]
+    #[cfg(not(x86_simd))]
     use quad_dots_ref as kernel;
     // The format's offset as a const parameter of the kernel (-1: none).
     match (W::BATCHED, W::HAS_MIN, W::OFFSET) {
@@ -370,17 +362,9 @@ mod tests {
                 )
             };
         }
-        #[cfg(all(
-            target_arch = "x86_64",
-            target_feature = "avx2",
-            target_feature = "fma"
-        ))]
+        #[cfg(x86_simd)]
         use crate::quant::x86_avx2::superblock::quad_dots as kernel;
-        #[cfg(not(all(
-            target_arch = "x86_64",
-            target_feature = "avx2",
-            target_feature = "fma"
-        )))]
+        #[cfg(not(x86_simd))]
         use quad_dots_ref as kernel;
         // every offset a format has (the kernels take offsets out of whole-block sums
         // only, so the other shapes run without)
