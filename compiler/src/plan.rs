@@ -5,7 +5,7 @@
 //! repacking a tensor's bytes are exactly its GGUF bytes, so the emitted `weights.S`
 //! pulls them straight from the GGUF with `.incbin file, skip, count`.
 //!
-//! For the CPU, Q4_K, Q4_0 and IQ4_NL matrices that only ever multiply (the
+//! For the CPU, Q4_K, Q4_0, IQ4_NL and IQ4_XS matrices that only ever multiply (the
 //! projections, and `output` when it is its own tensor; never the token embedding, whose
 //! rows are looked up) are repacked into the runtime's 8-row-interleaved formats
 //! ([`Repack`]), whose kernels keep one row per vector lane. Their bytes come from
@@ -48,13 +48,14 @@ pub enum Layout {
 }
 
 /// A runtime format with 8 rows interleaved that the CPU build repacks the matrices of
-/// one ggml type into (see the runtime's `quant::q4_k_x8` and `quant::q4_x8`): every
-/// row's dot is bit for bit the plain format's.
+/// one ggml type into (see the runtime's `quant::q4_k_x8`, `quant::q4_x8` and
+/// `quant::iq4_xs_x8`): every row's dot is bit for bit the plain format's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Repack {
     Q4KX8,
     Q4_0X8,
     IQ4NLX8,
+    IQ4XSX8,
 }
 
 impl Repack {
@@ -67,6 +68,7 @@ impl Repack {
             GgmlType::Q4_K => Some(Repack::Q4KX8),
             GgmlType::Q4_0 => Some(Repack::Q4_0X8),
             GgmlType::IQ4_NL => Some(Repack::IQ4NLX8),
+            GgmlType::IQ4_XS => Some(Repack::IQ4XSX8),
             _ => None,
         }
     }
@@ -77,6 +79,7 @@ impl Repack {
             Repack::Q4KX8 => GgmlType::Q4_K,
             Repack::Q4_0X8 => GgmlType::Q4_0,
             Repack::IQ4NLX8 => GgmlType::IQ4_NL,
+            Repack::IQ4XSX8 => GgmlType::IQ4_XS,
         }
     }
 
@@ -86,6 +89,7 @@ impl Repack {
             Repack::Q4KX8 => "Q4_KX8",
             Repack::Q4_0X8 => "Q4_0X8",
             Repack::IQ4NLX8 => "IQ4_NLX8",
+            Repack::IQ4XSX8 => "IQ4_XSX8",
         }
     }
 
@@ -94,6 +98,7 @@ impl Repack {
         match self {
             Repack::Q4KX8 => "q4_k_x8",
             Repack::Q4_0X8 | Repack::IQ4NLX8 => "q4_x8",
+            Repack::IQ4XSX8 => "iq4_xs_x8",
         }
     }
 
@@ -104,6 +109,8 @@ impl Repack {
         let block = match self {
             Repack::Q4KX8 => 1184,
             Repack::Q4_0X8 | Repack::IQ4NLX8 => Self::ROWS * src.block_bytes(),
+            // 8 rows' f16 d and unpacked i8 sub-block scales, then their quants
+            Repack::IQ4XSX8 => 1104,
         };
         rows / Self::ROWS * (cols / src.block_elems()) * block
     }
@@ -116,10 +123,11 @@ impl Repack {
         cols: u64,
         write: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        use mcc_runtime::quant::{q4_k_x8, q4_x8};
+        use mcc_runtime::quant::{iq4_xs_x8, q4_k_x8, q4_x8};
         match self {
             Repack::Q4KX8 => q4_k_x8::repack_q4_k_bytes(src, cols as usize, write),
             Repack::Q4_0X8 | Repack::IQ4NLX8 => q4_x8::repack_bytes(src, cols as usize, write),
+            Repack::IQ4XSX8 => iq4_xs_x8::repack_iq4_xs_bytes(src, cols as usize, write),
         }
     }
 }
@@ -272,16 +280,32 @@ mod tests {
             repack_of(k, GgmlType::IQ4_NL, 64, 576),
             Some(Repack::IQ4NLX8)
         );
+        assert_eq!(
+            repack_of(k, GgmlType::IQ4_XS, 1024, 3072),
+            Some(Repack::IQ4XSX8)
+        );
+        assert_eq!(
+            repack_of("token_embd.weight", GgmlType::IQ4_XS, 1024, 3072),
+            None
+        );
         // Q4_0 blocks are 32 wide: 576 columns are whole blocks, not whole Q4_K ones
         assert_eq!(repack_of(k, q4k, 64, 576), None);
+        assert_eq!(repack_of(k, GgmlType::IQ4_XS, 64, 576), None);
     }
 
     #[test]
     fn repacked_sizes() {
-        // Q4_K: 1184 bytes per 8 rows of 256; Q4_0 / IQ4_NL: 8 × 18 bytes per 8 rows of 32
+        // Q4_K: 1184 bytes per 8 rows of 256; Q4_0 / IQ4_NL: 8 × 18 bytes per 8 rows of 32;
+        // IQ4_XS: 1104 bytes per 8 rows of 256
         assert_eq!(Repack::Q4KX8.n_bytes(16, 512), 2 * 2 * 1184);
         assert_eq!(Repack::Q4_0X8.n_bytes(16, 576), 2 * 18 * 144);
-        for r in [Repack::Q4KX8, Repack::Q4_0X8, Repack::IQ4NLX8] {
+        assert_eq!(Repack::IQ4XSX8.n_bytes(16, 512), 2 * 2 * 1104);
+        for r in [
+            Repack::Q4KX8,
+            Repack::Q4_0X8,
+            Repack::IQ4NLX8,
+            Repack::IQ4XSX8,
+        ] {
             assert_eq!(Repack::of(r.source()), Some(r));
         }
     }

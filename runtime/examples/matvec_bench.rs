@@ -1,7 +1,7 @@
 //! Decode-path kernel throughput: `matmul::matvec` (one token, the kernels a generated
 //! model calls for every weight matrix) for each of the 22 weight types and the
-//! compiler's 8-row-interleaved Q4_K, Q4_0 and IQ4_NL (`Q4_KX8`, `Q4_0X8`, `IQ4_NLX8`),
-//! in GB/s of
+//! compiler's 8-row-interleaved Q4_K, Q4_0, IQ4_NL and IQ4_XS (`Q4_KX8`, `Q4_0X8`,
+//! `IQ4_NLX8`, `IQ4_XSX8`), in GB/s of
 //! weight bytes read, at Minitron's shapes (3072→9216 FFN gate/up, 9216→3072 FFN down,
 //! 3072→128256 output), on 1 and 2 threads of `pool::Pool`, next to the machine's read
 //! bandwidth measured in the same process, and the fraction of it each kernel reaches.
@@ -26,7 +26,7 @@
 //! end.
 //!
 //! Run: `cargo run --release -p mcc-runtime --example matvec_bench -- [FLAGS]`
-//!   --types Q4_0,IQ4_NL,...   weight types (default: all 25)
+//!   --types Q4_0,IQ4_NL,...   weight types (default: all 26)
 //!   --shapes 3072x9216,...    IN x OUT (default: 3072x9216,9216x3072,3072x128256)
 //!   --threads 1,2             pool sizes (default: 1,2)
 //!   --quick                   128 MiB rings, 80 ms per figure (a ~30 s smoke run)
@@ -52,6 +52,7 @@ use mcc_runtime::quant::iq3_s::{BlockIQ3S, IQ3_S};
 use mcc_runtime::quant::iq3_xxs::{BlockIQ3XXS, IQ3_XXS};
 use mcc_runtime::quant::iq4_nl::{BlockIQ4NL, IQ4_NL};
 use mcc_runtime::quant::iq4_xs::{BlockIQ4XS, IQ4_XS};
+use mcc_runtime::quant::iq4_xs_x8::{BlockIQ4XSX8, IQ4_XSX8};
 use mcc_runtime::quant::q2_k::{BlockQ2K, Q2_K};
 use mcc_runtime::quant::q3_k::{BlockQ3K, Q3_K};
 use mcc_runtime::quant::q4_0::{BlockQ4_0, Q4_0};
@@ -67,10 +68,10 @@ use mcc_runtime::quant::q8_0::{BlockQ8_0, Q8_0};
 use mcc_runtime::quant::{ActBlock, ActType, WeightType};
 
 /// Every weight type a model may hold, in the order of the table.
-const TYPES: [&str; 25] = [
+const TYPES: [&str; 26] = [
     "F32", "F16", "BF16", "Q4_0", "Q4_0X8", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
     "Q4_KX8", "Q5_K", "Q6_K", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
-    "IQ4_NL", "IQ4_NLX8", "IQ4_XS",
+    "IQ4_NL", "IQ4_NLX8", "IQ4_XS", "IQ4_XSX8",
 ];
 /// Minitron's decode matrices, (input width, output rows).
 const SHAPES: [(usize, usize); 3] = [(3072, 9216), (9216, 3072), (3072, 128256)];
@@ -184,6 +185,9 @@ enum Fill {
     /// Q4_KX8: the 16 f16 `d` / `dmin` get sane values and the unpacked scales and
     /// minimums 6 bits, as 8 interleaved Q4_K rows have.
     Q4KX8,
+    /// IQ4_XSX8: the 8 f16 `d` get sane values and the unpacked sub-block scales the
+    /// range of `ls - 32` (-32..=31), as 8 interleaved IQ4_XS rows have.
+    IQ4XSX8,
 }
 
 /// A sane f16 block scale: random sign and mantissa, exponent 2^-10 .. 2^-5.
@@ -236,6 +240,21 @@ fn random_blocks<W: WeightType>(rng: &mut Rng, n: usize, fill: &Fill) -> Vec<W::
                 }
                 for b in &mut block[sc..qs] {
                     *b &= 63;
+                }
+            }
+        }
+        Fill::IQ4XSX8 => {
+            let d = offset_of!(BlockIQ4XSX8, d);
+            let (sc, qs) = (
+                offset_of!(BlockIQ4XSX8, scales),
+                offset_of!(BlockIQ4XSX8, qs),
+            );
+            for block in bytes.chunks_exact_mut(size) {
+                for at in (d..d + 16).step_by(2) {
+                    block[at..at + 2].copy_from_slice(&sane_scale(rng.next()).to_le_bytes());
+                }
+                for b in &mut block[sc..qs] {
+                    *b = (*b & 63).wrapping_sub(32);
                 }
             }
         }
@@ -475,6 +494,7 @@ fn bench_type(name: &str, opts: &Opts, pools: &[Pool], read_buf: &[u64]) -> Figu
         "IQ3_S" => bench::<IQ3_S>(opts, pools, read_buf, &scales(&[offset_of!(BlockIQ3S, d)])),
         "IQ4_NL" => bench::<IQ4_NL>(opts, pools, read_buf, &scales(&[offset_of!(BlockIQ4NL, d)])),
         "IQ4_XS" => bench::<IQ4_XS>(opts, pools, read_buf, &scales(&[offset_of!(BlockIQ4XS, d)])),
+        "IQ4_XSX8" => bench::<IQ4_XSX8>(opts, pools, read_buf, &Fill::IQ4XSX8),
         other => unreachable!("{other} is not in TYPES"),
     }
 }

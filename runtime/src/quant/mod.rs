@@ -23,6 +23,7 @@ pub mod iq3_s;
 pub mod iq3_xxs;
 pub mod iq4_nl;
 pub mod iq4_xs;
+pub mod iq4_xs_x8;
 #[cfg(test)]
 mod iq_golden_dot;
 pub mod iq_grids;

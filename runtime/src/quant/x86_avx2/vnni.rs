@@ -47,10 +47,12 @@ pub(super) fn dpwssd(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
     }
 }
 
-/// Activation bytes `off..off + 4` in every 32-bit lane.
+/// Bytes `off..off + 4` of `bytes` (i8 or u8) in every 32-bit lane.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-pub(super) fn broadcast4(qs: &[i8], off: usize) -> __m256i {
-    let bytes: [i8; 4] = qs[off..off + 4].try_into().expect("4 bytes");
-    _mm256_set1_epi32(i32::from_le_bytes(bytes.map(|b| b as u8)))
+pub(super) fn broadcast4<B: Copy>(bytes: &[B], off: usize) -> __m256i {
+    const { assert!(size_of::<B>() == 1, "broadcast4 takes bytes") };
+    let four = &bytes[off..off + 4];
+    // SAFETY: 4 readable one-byte elements (bounds-checked above); unaligned read.
+    _mm256_set1_epi32(unsafe { four.as_ptr().cast::<i32>().read_unaligned() })
 }
