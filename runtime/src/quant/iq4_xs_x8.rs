@@ -122,36 +122,10 @@ pub fn row_of(b: &BlockIQ4XSX8, r: usize) -> BlockIQ4XS {
     plain
 }
 
-/// Repacks one group of 8 IQ4_XS rows (`rows`: row 0's `rb` blocks, then row 1's, ...)
-/// into `out` (`rb` interleaved blocks).
-pub fn interleave_group(rows: &[BlockIQ4XS], out: &mut [BlockIQ4XSX8]) {
-    let rb = out.len();
-    assert_eq!(
-        rows.len(),
-        ROWS * rb,
-        "IQ4_XSX8: {} blocks for 8 rows of {rb}",
-        rows.len()
-    );
-    for (k, o) in out.iter_mut().enumerate() {
-        *o = interleave(std::array::from_fn(|r| &rows[r * rb + k]));
-    }
-}
-
 /// The IQ4_XS rows of one group (`group`: its `rb` interleaved blocks) into `rows`
-/// (`8 * rb` blocks, row-major): the inverse of [`interleave_group`].
+/// (`8 * rb` blocks, row-major).
 pub fn unpack_group(group: &[BlockIQ4XSX8], rows: &mut [BlockIQ4XS]) {
-    let rb = group.len();
-    assert_eq!(
-        rows.len(),
-        ROWS * rb,
-        "IQ4_XSX8: {} blocks for 8 rows of {rb}",
-        rows.len()
-    );
-    for (k, b) in group.iter().enumerate() {
-        for r in 0..ROWS {
-            rows[r * rb + k] = row_of(b, r);
-        }
-    }
+    x8::unpack_group(group, rows, row_of)
 }
 
 /// IQ4_XS bytes per block.
@@ -395,7 +369,7 @@ mod tests {
         let rb = plain.len() / rows;
         let mut out = vec![ZERO_X8; plain.len() / ROWS];
         for (src, dst) in plain.chunks_exact(ROWS * rb).zip(out.chunks_exact_mut(rb)) {
-            interleave_group(src, dst);
+            x8::interleave_group(src, dst, interleave);
         }
         out
     }

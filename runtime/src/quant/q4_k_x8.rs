@@ -2,7 +2,7 @@
 //! matmul weights into so that the decode matvec keeps one row per vector lane.
 //!
 //! Not a ggml type: the bytes are those of 8 Q4_K rows, rearranged at compile time (and
-//! put back by [`unpack`] for the prompt-batch path). One block covers one 256-column
+//! put back by [`row_of`] where a plain Q4_K row is needed). One block covers one 256-column
 //! super-block of 8 consecutive rows (1184 bytes, 4.625 bits per weight):
 //!
 //! ```text
@@ -104,65 +104,28 @@ pub fn interleave(rows: [&BlockQ4K; ROWS]) -> BlockQ4KX8 {
     out
 }
 
-/// The 8 Q4_K blocks an interleaved block was made of, bit for bit.
-pub fn unpack(b: &BlockQ4KX8) -> [BlockQ4K; ROWS] {
-    std::array::from_fn(|r| {
-        let sc = std::array::from_fn(|j| b.scales[8 * j + r]);
-        let m = std::array::from_fn(|j| b.mins[16 * (j / 2) + 2 * r + j % 2]);
-        let mut plain = BlockQ4K {
-            d: b.d[r],
-            dmin: b.dmin[r],
-            scales: pack_scales_mins(&sc, &m),
-            qs: [0; QK_K / 2],
-        };
-        for (at, four) in plain.qs.chunks_exact_mut(4).enumerate() {
-            let from = qs_index(r, 4 * at);
-            four.copy_from_slice(&b.qs[from..from + 4]);
-        }
-        plain
-    })
-}
-
-/// Repacks one group of 8 Q4_K rows (`rows`: row 0's `rb` blocks, then row 1's, ...)
-/// into `out` (`rb` interleaved blocks).
-pub fn interleave_group(rows: &[BlockQ4K], out: &mut [BlockQ4KX8]) {
-    let rb = out.len();
-    assert_eq!(
-        rows.len(),
-        ROWS * rb,
-        "Q4_KX8: {} blocks for 8 rows of {rb}",
-        rows.len()
-    );
-    for (k, o) in out.iter_mut().enumerate() {
-        *o = interleave(std::array::from_fn(|r| &rows[r * rb + k]));
+/// Row `r`'s Q4_K block of an interleaved block, bit for bit: the inverse of
+/// [`interleave`].
+pub fn row_of(b: &BlockQ4KX8, r: usize) -> BlockQ4K {
+    let sc = std::array::from_fn(|j| b.scales[8 * j + r]);
+    let m = std::array::from_fn(|j| b.mins[16 * (j / 2) + 2 * r + j % 2]);
+    let mut plain = BlockQ4K {
+        d: b.d[r],
+        dmin: b.dmin[r],
+        scales: pack_scales_mins(&sc, &m),
+        qs: [0; QK_K / 2],
+    };
+    for (at, four) in plain.qs.chunks_exact_mut(4).enumerate() {
+        let from = qs_index(r, 4 * at);
+        four.copy_from_slice(&b.qs[from..from + 4]);
     }
+    plain
 }
 
 /// The Q4_K rows of one group (`group`: its `rb` interleaved blocks) into `rows`
-/// (`8 * rb` blocks, row-major): the inverse of [`interleave_group`].
+/// (`8 * rb` blocks, row-major).
 pub fn unpack_group(group: &[BlockQ4KX8], rows: &mut [BlockQ4K]) {
-    let rb = group.len();
-    assert_eq!(
-        rows.len(),
-        ROWS * rb,
-        "Q4_KX8: {} blocks for 8 rows of {rb}",
-        rows.len()
-    );
-    for (k, b) in group.iter().enumerate() {
-        for r in 0..ROWS {
-            let plain = &mut rows[r * rb + k];
-            plain.d = b.d[r];
-            plain.dmin = b.dmin[r];
-            let sc = std::array::from_fn(|j| b.scales[8 * j + r]);
-            let m = std::array::from_fn(|j| b.mins[16 * (j / 2) + 2 * r + j % 2]);
-            plain.scales = pack_scales_mins(&sc, &m);
-            // bytes 4i..4i + 4 of the row sit at 32i + 4r (i = 8c + k: qs_index)
-            let (from, to) = (b.qs[4 * r..].chunks(32), plain.qs.chunks_exact_mut(4));
-            for (four, src) in to.zip(from) {
-                four.copy_from_slice(&src[..4]);
-            }
-        }
-    }
+    x8::unpack_group(group, rows, row_of)
 }
 
 /// Q4_K bytes per block.
@@ -405,7 +368,7 @@ mod tests {
         let rb = plain.len() / rows;
         let mut out = vec![interleave([&plain[0]; ROWS]); plain.len() / ROWS];
         for (src, dst) in plain.chunks_exact(ROWS * rb).zip(out.chunks_exact_mut(rb)) {
-            interleave_group(src, dst);
+            x8::interleave_group(src, dst, interleave);
         }
         out
     }

@@ -19,6 +19,39 @@ pub fn as_bytes<B: PlainBytes>(blocks: &[B]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), std::mem::size_of_val(blocks)) }
 }
 
+/// Interleaves one group: `rows` holds 8 rows of `out.len()` plain blocks, row after row,
+/// and block `k` of `out` is `interleave` of block `k` of the 8 rows.
+pub fn interleave_group<P, B>(rows: &[P], out: &mut [B], interleave: impl Fn([&P; ROWS]) -> B) {
+    let rb = out.len();
+    assert_eq!(
+        rows.len(),
+        ROWS * rb,
+        "interleave: {} blocks for 8 rows of {rb}",
+        rows.len()
+    );
+    for (k, o) in out.iter_mut().enumerate() {
+        *o = interleave(std::array::from_fn(|r| &rows[r * rb + k]));
+    }
+}
+
+/// The plain rows of one group (`group`: its interleaved blocks) into `rows` (8 rows of
+/// `group.len()` blocks, row after row); `row_of(b, r)` is row `r`'s block of `b`. The
+/// inverse of [`interleave_group`].
+pub fn unpack_group<P, B>(group: &[B], rows: &mut [P], row_of: impl Fn(&B, usize) -> P) {
+    let rb = group.len();
+    assert_eq!(
+        rows.len(),
+        ROWS * rb,
+        "unpack: {} blocks for 8 rows of {rb}",
+        rows.len()
+    );
+    for (k, b) in group.iter().enumerate() {
+        for r in 0..ROWS {
+            rows[r * rb + k] = row_of(b, r);
+        }
+    }
+}
+
 /// Repacks a matrix of `cols` columns as a GGUF stores it (`src`: rows of
 /// `cols / block_elems` blocks of `block_bytes` bytes, any number of whole groups of 8
 /// rows) into interleaved blocks: `interleave` makes block `k` of a group from the bytes
