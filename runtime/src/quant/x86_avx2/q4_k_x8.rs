@@ -92,19 +92,43 @@ fn dot_q4_kx8<const T: usize, const GEMM: bool>(
                 _mm256_cvtph_ps(_mm_loadu_si128(b.dmin.as_ptr().cast())),
             )
         };
-        let d = a.map(|a| _mm256_mul_ps(d_w, _mm256_set1_ps(a.d)));
-        let dmin = a.map(|a| _mm256_mul_ps(dmin_w, _mm256_set1_ps(a.d)));
-        // the activation sums of the 8 sub-blocks as i16, in both 128-bit lanes
-        let sub_sums = a.map(|a| {
+        // The minimum terms first (their own f32 chain, so the order against the sums
+        // does not matter), so that only the sums' registers live through the quants.
+        for t in 0..T {
+            let dmin = _mm256_mul_ps(dmin_w, _mm256_set1_ps(a[t].d));
+            // the activation sums of the 8 sub-blocks as i16, in both 128-bit lanes
             // SAFETY: 16 i16 are 32 readable bytes.
-            let bsums = unsafe { _mm256_loadu_si256(a.bsums.as_ptr().cast()) };
-            _mm256_broadcastsi128_si256(_mm_hadd_epi16(
+            let bsums = unsafe { _mm256_loadu_si256(a[t].bsums.as_ptr().cast()) };
+            let sub_sums = _mm256_broadcastsi128_si256(_mm_hadd_epi16(
                 _mm256_castsi256_si128(bsums),
                 _mm256_extracti128_si256::<1>(bsums),
-            ))
-        });
-        // `vec_dot`: the super-block's integer totals
-        let (mut isum, mut imin) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
+            ));
+            let mut imin = _mm256_setzero_si256();
+            for c in 0..4 {
+                // minimums of sub-blocks 2c, 2c + 1 (i16 pairs) · their activation sums
+                let m: &[u8; 16] = b.mins[16 * c..16 * c + 16].try_into().expect("16 bytes");
+                // SAFETY: 16 readable bytes.
+                let m = _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(m.as_ptr().cast()) });
+                let pair = match c {
+                    0 => _mm256_shuffle_epi32::<0x00>(sub_sums),
+                    1 => _mm256_shuffle_epi32::<0x55>(sub_sums),
+                    2 => _mm256_shuffle_epi32::<0xaa>(sub_sums),
+                    _ => _mm256_shuffle_epi32::<0xff>(sub_sums),
+                };
+                if GEMM {
+                    let mc = _mm256_cvtepi32_ps(dpwssd(_mm256_setzero_si256(), m, pair));
+                    min_sum[t] = _mm256_fmadd_ps(mc, dmin, min_sum[t]);
+                } else {
+                    imin = dpwssd(imin, m, pair);
+                }
+            }
+            if !GEMM {
+                min_sum[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(imin), dmin, min_sum[t]);
+            }
+        }
+        let d = a.map(|a| _mm256_mul_ps(d_w, _mm256_set1_ps(a.d)));
+        // `vec_dot`: the super-block's integer total
+        let mut isum = [_mm256_setzero_si256(); T];
         for c in 0..4 {
             // sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles), one row per lane;
             // with one token two chains per sub-block (even and odd k), so that the dot's
@@ -133,9 +157,6 @@ fn dot_q4_kx8<const T: usize, const GEMM: bool>(
             }
             let sc_lo = u8x8_to_i32(&b.scales[16 * c..]);
             let sc_hi = u8x8_to_i32(&b.scales[16 * c + 8..]);
-            let m: &[u8; 16] = b.mins[16 * c..16 * c + 16].try_into().expect("16 bytes");
-            // SAFETY: 16 readable bytes.
-            let m = _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(m.as_ptr().cast()) });
             for t in 0..T {
                 let lo = _mm256_add_epi32(dot_lo[t][0], dot_lo[t][1]);
                 let hi = _mm256_add_epi32(dot_hi[t][0], dot_hi[t][1]);
@@ -145,27 +166,16 @@ fn dot_q4_kx8<const T: usize, const GEMM: bool>(
                     hi = _mm256_srai_epi32::<4>(hi);
                 }
                 let s = _mm256_add_epi32(_mm256_mullo_epi32(lo, sc_lo), hi);
-                // minimums of sub-blocks 2c, 2c + 1 (i16 pairs) · their activation sums
-                let pair = match c {
-                    0 => _mm256_shuffle_epi32::<0x00>(sub_sums[t]),
-                    1 => _mm256_shuffle_epi32::<0x55>(sub_sums[t]),
-                    2 => _mm256_shuffle_epi32::<0xaa>(sub_sums[t]),
-                    _ => _mm256_shuffle_epi32::<0xff>(sub_sums[t]),
-                };
                 if GEMM {
-                    let mc = dpwssd(_mm256_setzero_si256(), m, pair);
                     sum[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d[t], sum[t]);
-                    min_sum[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mc), dmin[t], min_sum[t]);
                 } else {
                     isum[t] = _mm256_add_epi32(isum[t], s);
-                    imin[t] = dpwssd(imin[t], m, pair);
                 }
             }
         }
         if !GEMM {
             for t in 0..T {
                 sum[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), d[t], sum[t]);
-                min_sum[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(imin[t]), dmin[t], min_sum[t]);
             }
         }
     }
