@@ -178,7 +178,7 @@ fn announce(line: &str) {
 }
 
 #[test]
-#[ignore = "needs the 28 ladder models (scripts/make-models.sh, llama.cpp's llama-quantize) and ~1 min per model (all 28 identical at fd139e7, docs/quant-ladder.md); run by scripts/test-full.sh"]
+#[ignore = "needs the 28 ladder models (scripts/make-models.sh, llama.cpp's llama-quantize) and ~1 min per model (all 28 identical at 4829eb4, docs/quant-ladder.md); run by scripts/test-full.sh"]
 fn ladder_models_match_llama_cpp_greedy() {
     let all = goldens();
     assert!(!all.is_empty(), "tests/golden/ladder/ holds no goldens");
