@@ -321,35 +321,12 @@ mod tests {
     /// A random IQ4_XS matrix of `rows` × `cols`: random quant and scale bytes, sane f16
     /// `d` in ±[2^-10, 2^-4) (the golden blocks mixed in, so real blocks too).
     fn iq4_xs_matrix(rows: usize, cols: usize, seed: u64) -> Vec<BlockIQ4XS> {
-        let golden = testing::golden::<IQ4_XS>().0;
-        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        (0..rows * cols / QK_K)
-            .map(|i| {
-                if i % 5 == 3 {
-                    return golden[i % golden.len()];
-                }
-                let v = next();
-                let sign = if v & 1 == 1 { -1.0 } else { 1.0 };
-                let mag =
-                    2f32.powi(-10 - (v >> 1) as i32 % 6) * (1.0 + (v >> 8) as f32 / 16.0 % 1.0);
-                let mut b = BlockIQ4XS {
-                    d: f16::from_f32(sign * mag),
-                    scales_h: next() as u16,
-                    scales_l: (next() as u32).to_le_bytes(),
-                    qs: [0; QK_K / 2],
-                };
-                for q in b.qs.iter_mut() {
-                    *q = next() as u8;
-                }
-                b
-            })
-            .collect()
+        testing::random_blocks::<IQ4_XS>(rows * cols / QK_K, seed, |next| BlockIQ4XS {
+            d: testing::sane_f16(next()),
+            scales_h: next() as u16,
+            scales_l: (next() as u32).to_le_bytes(),
+            qs: std::array::from_fn(|_| next() as u8),
+        })
     }
 
     fn to_bytes(plain: &[BlockIQ4XS]) -> Vec<u8> {

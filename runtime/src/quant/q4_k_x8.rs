@@ -329,39 +329,12 @@ mod tests {
     /// A random Q4_K matrix of `rows` × `cols`: random quant and scale bytes, sane f16
     /// `d` / `dmin` in ±[2^-10, 2^-4) (the golden blocks mixed in, so real blocks too).
     fn q4_k_matrix(rows: usize, cols: usize, seed: u64) -> Vec<BlockQ4K> {
-        let golden = testing::golden::<Q4_K>().0;
-        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let half = |v: u64| {
-            let sign = if v & 1 == 1 { -1.0 } else { 1.0 };
-            let mag = 2f32.powi(-10 - (v >> 1) as i32 % 6) * (1.0 + (v >> 8) as f32 / 16.0 % 1.0);
-            f16::from_f32(sign * mag)
-        };
-        (0..rows * cols / QK_K)
-            .map(|i| {
-                if i % 5 == 3 {
-                    return golden[i % golden.len()];
-                }
-                let mut b = BlockQ4K {
-                    d: half(next()),
-                    dmin: half(next()),
-                    scales: [0; 12],
-                    qs: [0; 128],
-                };
-                for s in b.scales.iter_mut() {
-                    *s = next() as u8;
-                }
-                for q in b.qs.iter_mut() {
-                    *q = next() as u8;
-                }
-                b
-            })
-            .collect()
+        testing::random_blocks::<Q4_K>(rows * cols / QK_K, seed, |next| BlockQ4K {
+            d: testing::sane_f16(next()),
+            dmin: testing::sane_f16(next()),
+            scales: std::array::from_fn(|_| next() as u8),
+            qs: std::array::from_fn(|_| next() as u8),
+        })
     }
 
     fn repack(plain: &[BlockQ4K], rows: usize) -> Vec<BlockQ4KX8> {

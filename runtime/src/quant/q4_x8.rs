@@ -271,27 +271,12 @@ mod tests {
     /// A random matrix of `rows` × `cols` of `P`: random nibbles, f16 scales of either
     /// sign in ±[2^-10, 2^-4) (the golden blocks mixed in, so real blocks too).
     fn matrix<P: Nibbles>(rows: usize, cols: usize, seed: u64) -> Vec<P::Block> {
-        let golden = testing::golden::<P>().0;
-        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        (0..rows * cols / QK)
-            .map(|i| {
-                if i % 5 == 3 {
-                    return golden[i % golden.len()];
-                }
-                let v = next();
-                let sign = if v & 1 == 1 { -1.0 } else { 1.0 };
-                let mag =
-                    2f32.powi(-10 - (v >> 1) as i32 % 6) * (1.0 + (v >> 8) as f32 / 16.0 % 1.0);
-                let qs = std::array::from_fn(|_| next() as u8);
-                P::block(f16::from_f32(sign * mag), qs)
-            })
-            .collect()
+        testing::random_blocks::<P>(rows * cols / QK, seed, |next| {
+            P::block(
+                testing::sane_f16(next()),
+                std::array::from_fn(|_| next() as u8),
+            )
+        })
     }
 
     fn to_bytes<P: Nibbles>(plain: &[P::Block]) -> Vec<u8> {

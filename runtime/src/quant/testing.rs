@@ -328,3 +328,37 @@ pub fn batch_golden<W: WeightType>() -> BatchGolden<W> {
         batches,
     }
 }
+
+/// `n` blocks of `W` for the interleaved formats' tests: every fifth a golden block
+/// (real data), the others `make(rand)` with `rand` a seeded random source; take scales
+/// from [`sane_f16`] so that no lane computes with NaN, infinities or subnormals.
+pub fn random_blocks<W: WeightType>(
+    n: usize,
+    seed: u64,
+    mut make: impl FnMut(&mut dyn FnMut() -> u64) -> W::Block,
+) -> Vec<W::Block> {
+    let golden = golden::<W>().0;
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..n)
+        .map(|i| {
+            if i % 5 == 3 {
+                golden[i % golden.len()]
+            } else {
+                make(&mut next)
+            }
+        })
+        .collect()
+}
+
+/// A block scale from random bits: either sign, magnitude in [2^-10, 2^-4).
+pub fn sane_f16(v: u64) -> half::f16 {
+    let sign = if v & 1 == 1 { -1.0 } else { 1.0 };
+    let mag = 2f32.powi(-10 - (v >> 1) as i32 % 6) * (1.0 + (v >> 8) as f32 / 16.0 % 1.0);
+    half::f16::from_f32(sign * mag)
+}

@@ -19,6 +19,29 @@ pub fn as_bytes<B: PlainBytes>(blocks: &[B]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), std::mem::size_of_val(blocks)) }
 }
 
+/// Checks the operands of a kernel over whole groups: `groups` holds groups of 8 rows of
+/// `act_row` blocks each, `act` at least `n_tokens` tokens of `act_row` activation
+/// blocks, and `out` one value per row and token. Returns the number of rows.
+pub fn check_groups(
+    name: &str,
+    groups: usize,
+    act: usize,
+    act_row: usize,
+    n_tokens: usize,
+    out: usize,
+) -> usize {
+    let n_rows = groups / act_row.max(1) * ROWS;
+    assert!(
+        act_row > 0
+            && groups.is_multiple_of(act_row)
+            && act >= n_tokens * act_row
+            && out == n_rows * n_tokens,
+        "{name}: {groups} blocks of groups, {act} activation blocks of {act_row} for \
+         {n_tokens} tokens, {out} outputs"
+    );
+    n_rows
+}
+
 /// Interleaves one group: `rows` holds 8 rows of `out.len()` plain blocks, row after row,
 /// and block `k` of `out` is `interleave` of block `k` of the 8 rows.
 pub fn interleave_group<P, B>(rows: &[P], out: &mut [B], interleave: impl Fn([&P; ROWS]) -> B) {

@@ -37,6 +37,7 @@ use std::arch::x86_64::*;
 use crate::quant::iq4_xs_x8::{BlockIQ4XSX8, ROWS};
 use crate::quant::iq_grids::KVALUES_IQ4NL;
 use crate::quant::q8_k::{BlockQ8K, QK_K};
+use crate::quant::x8;
 
 use super::vnni::{broadcast4, dpbusd, VNNI};
 
@@ -80,18 +81,14 @@ pub fn groups_dots(
     n_tokens: usize,
     out: &mut [f32],
 ) {
-    assert!(
-        act_row > 0
-            && groups.len().is_multiple_of(act_row)
-            && act.len() >= n_tokens * act_row
-            && out.len() == groups.len() / act_row * ROWS * n_tokens,
-        "IQ4_XSX8: {} blocks of groups, {} activation blocks of {act_row} for {n_tokens} \
-         tokens, {} outputs",
+    let n_rows = x8::check_groups(
+        "IQ4_XSX8",
         groups.len(),
         act.len(),
-        out.len()
+        act_row,
+        n_tokens,
+        out.len(),
     );
-    let n_rows = groups.len() / act_row * ROWS;
     for (g, group) in groups.chunks_exact(act_row).enumerate() {
         for t in 0..n_tokens {
             // SAFETY: this module is compiled only with AVX2, FMA and F16C enabled.

@@ -26,6 +26,7 @@ use std::cell::RefCell;
 use crate::quant::iq_grids::KVALUES_IQ4NL;
 use crate::quant::q4_x8::{BlockX8, Nibbles, ROWS};
 use crate::quant::q8_0::BlockQ8_0;
+use crate::quant::x8;
 
 use super::vnni::{broadcast4, dpbusd, VNNI};
 
@@ -45,7 +46,7 @@ thread_local! {
 
 /// Rows of the consecutive 8-row `groups` (`act_row` blocks each) times tokens
 /// `0..n_tokens` of `act` (token `t`'s blocks at `act[t * act_row..]`): row `i`'s dot
-/// with token `t` goes to `out[i * n_tokens + t]`, bit for bit
+/// with token `t` goes to `out[t * n_rows + i]`, bit for bit
 /// [`crate::quant::q4_x8::vec_dot_x8_ref`].
 pub fn groups_dots<P: Nibbles>(
     groups: &[BlockX8],
@@ -54,17 +55,13 @@ pub fn groups_dots<P: Nibbles>(
     n_tokens: usize,
     out: &mut [f32],
 ) {
-    assert!(
-        act_row > 0
-            && groups.len().is_multiple_of(act_row)
-            && act.len() >= n_tokens * act_row
-            && out.len() == groups.len() / act_row * ROWS * n_tokens,
-        "{}: {} blocks of groups, {} activation blocks of {act_row} for {n_tokens} tokens, \
-         {} outputs",
+    let n_rows = x8::check_groups(
         P::X8_NAME,
         groups.len(),
         act.len(),
-        out.len()
+        act_row,
+        n_tokens,
+        out.len(),
     );
     START.with_borrow_mut(|start| {
         let b = offset::<P>();
@@ -74,7 +71,6 @@ pub fn groups_dots<P: Nibbles>(
                 .iter()
                 .map(|a| -b * a.qs.iter().map(|&q| q as i32).sum::<i32>()),
         );
-        let n_rows = groups.len() / act_row * ROWS;
         let mut put = |t: usize, g: usize, dots: &[f32; ROWS]| {
             out[t * n_rows + g * ROWS..][..ROWS].copy_from_slice(dots);
         };
