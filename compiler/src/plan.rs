@@ -123,10 +123,11 @@ impl Repack {
         cols: u64,
         write: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        use mcc_runtime::quant::{iq4_xs_x8, q4_k_x8, q4_x8};
+        use mcc_runtime::quant::{iq4_nl::IQ4_NL, iq4_xs_x8, q4_0::Q4_0, q4_k_x8, q4_x8};
         match self {
             Repack::Q4KX8 => q4_k_x8::repack_q4_k_bytes(src, cols as usize, write),
-            Repack::Q4_0X8 | Repack::IQ4NLX8 => q4_x8::repack_bytes(src, cols as usize, write),
+            Repack::Q4_0X8 => q4_x8::repack_bytes::<Q4_0, _>(src, cols as usize, write),
+            Repack::IQ4NLX8 => q4_x8::repack_bytes::<IQ4_NL, _>(src, cols as usize, write),
             Repack::IQ4XSX8 => iq4_xs_x8::repack_iq4_xs_bytes(src, cols as usize, write),
         }
     }

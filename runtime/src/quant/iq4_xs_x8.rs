@@ -128,19 +128,6 @@ pub fn unpack_group(group: &[BlockIQ4XSX8], rows: &mut [BlockIQ4XS]) {
     x8::unpack_group(group, rows, row_of)
 }
 
-/// IQ4_XS bytes per block.
-pub const IQ4XS_BLOCK_BYTES: usize = std::mem::size_of::<BlockIQ4XS>();
-
-/// An IQ4_XS block from its 136 bytes as a GGUF stores them (little-endian).
-fn iq4_xs_from_bytes(b: &[u8]) -> BlockIQ4XS {
-    BlockIQ4XS {
-        d: f16::from_le_bytes([b[0], b[1]]),
-        scales_h: u16::from_le_bytes([b[2], b[3]]),
-        scales_l: b[4..8].try_into().expect("4 bytes"),
-        qs: b[8..IQ4XS_BLOCK_BYTES].try_into().expect("128 bytes"),
-    }
-}
-
 /// Repacks a tensor's bytes, the way the compiler writes them into the weight blob:
 /// `src` is an IQ4_XS matrix of `cols` columns as the GGUF stores it (rows of
 /// `cols / 256` blocks, any number of whole groups of 8 rows), and `write` gets the
@@ -150,18 +137,7 @@ pub fn repack_iq4_xs_bytes<E>(
     cols: usize,
     write: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<(), E> {
-    let shape = (QK_K, IQ4XS_BLOCK_BYTES);
-    x8::repack_matrix(
-        "IQ4_XSX8",
-        src,
-        cols,
-        shape,
-        |rows| {
-            let blocks = rows.map(iq4_xs_from_bytes);
-            interleave(std::array::from_fn(|r| &blocks[r]))
-        },
-        write,
-    )
+    x8::repack_matrix::<IQ4_XS, _, _>("IQ4_XSX8", src, cols, interleave, write)
 }
 
 // SAFETY: `#[repr(C)]` of f16, i8 and u8 arrays, its size asserted to be theirs.
@@ -360,7 +336,7 @@ mod tests {
         let (rows, cols) = (24, 768);
         let plain = iq4_xs_matrix(rows, cols, 3);
         let src = to_bytes(&plain);
-        assert_eq!(src.len(), rows * cols / QK_K * IQ4XS_BLOCK_BYTES);
+        assert_eq!(src.len(), rows * cols / QK_K * size_of::<BlockIQ4XS>());
         let mut got = Vec::new();
         repack_iq4_xs_bytes::<()>(&src, cols, |bytes| {
             got.extend_from_slice(bytes);

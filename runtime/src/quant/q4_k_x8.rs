@@ -128,19 +128,6 @@ pub fn unpack_group(group: &[BlockQ4KX8], rows: &mut [BlockQ4K]) {
     x8::unpack_group(group, rows, row_of)
 }
 
-/// Q4_K bytes per block.
-pub const Q4K_BLOCK_BYTES: usize = std::mem::size_of::<BlockQ4K>();
-
-/// A Q4_K block from its 144 bytes as a GGUF stores them (little-endian f16s).
-fn q4_k_from_bytes(b: &[u8]) -> BlockQ4K {
-    BlockQ4K {
-        d: f16::from_le_bytes([b[0], b[1]]),
-        dmin: f16::from_le_bytes([b[2], b[3]]),
-        scales: b[4..16].try_into().expect("12 bytes"),
-        qs: b[16..Q4K_BLOCK_BYTES].try_into().expect("128 bytes"),
-    }
-}
-
 /// Repacks a tensor's bytes, the way the compiler writes them into the weight blob:
 /// `src` is a Q4_K matrix of `cols` columns as the GGUF stores it (rows of
 /// `cols / 256` blocks, any number of whole groups of 8 rows), and `write` gets the
@@ -150,18 +137,7 @@ pub fn repack_q4_k_bytes<E>(
     cols: usize,
     write: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<(), E> {
-    let shape = (QK_K, Q4K_BLOCK_BYTES);
-    x8::repack_matrix(
-        "Q4_KX8",
-        src,
-        cols,
-        shape,
-        |rows| {
-            let blocks = rows.map(q4_k_from_bytes);
-            interleave(std::array::from_fn(|r| &blocks[r]))
-        },
-        write,
-    )
+    x8::repack_matrix::<Q4_K, _, _>("Q4_KX8", src, cols, interleave, write)
 }
 
 // SAFETY: `#[repr(C)]` of f16 and u8 arrays, its size asserted to be theirs.

@@ -134,27 +134,16 @@ pub fn row_of(b: &BlockX8, r: usize) -> (f16, [u8; QK / 2]) {
 }
 
 /// Repacks a tensor's bytes, the way the compiler writes them into the weight blob:
-/// `src` is a matrix of `cols` columns of 18-byte blocks (Q4_0 or IQ4_NL) as the GGUF
-/// stores it (any number of whole groups of 8 rows), and `write` gets the interleaved
-/// bytes group by group. Returns `write`'s first error.
-pub fn repack_bytes<E>(
+/// `src` is a `P` matrix (Q4_0 or IQ4_NL) of `cols` columns as the GGUF stores it (any
+/// number of whole groups of 8 rows), and `write` gets the interleaved bytes group by
+/// group. Returns `write`'s first error.
+pub fn repack_bytes<P: Nibbles, E>(
     src: &[u8],
     cols: usize,
     write: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<(), E> {
-    let plain = |b: &[u8]| {
-        let qs: [u8; QK / 2] = b[2..PLAIN_BLOCK_BYTES].try_into().expect("16 bytes");
-        (f16::from_le_bytes([b[0], b[1]]), qs)
-    };
-    let shape = (QK, PLAIN_BLOCK_BYTES);
-    x8::repack_matrix(
-        "4-bit X8",
-        src,
-        cols,
-        shape,
-        |rows| interleave(rows.map(plain)),
-        write,
-    )
+    let rows = |rows: [&P::Block; ROWS]| interleave(rows.map(P::parts));
+    x8::repack_matrix::<P, _, _>(P::X8_NAME, src, cols, rows, write)
 }
 
 // SAFETY: `#[repr(C)]` of f16 and u8 arrays, its size asserted to be theirs.
@@ -293,7 +282,7 @@ mod tests {
 
     fn repack<P: Nibbles>(plain: &[P::Block], cols: usize) -> Vec<BlockX8> {
         let mut bytes = Vec::new();
-        repack_bytes::<()>(&to_bytes::<P>(plain), cols, |b| {
+        repack_bytes::<P, ()>(&to_bytes::<P>(plain), cols, |b| {
             bytes.extend_from_slice(b);
             Ok(())
         })

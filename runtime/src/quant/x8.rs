@@ -3,6 +3,8 @@
 //! blocks, streamed one group at a time so that a multi-gigabyte tensor never sits in
 //! memory.
 
+use super::WeightType;
+
 /// Rows per group.
 pub const ROWS: usize = 8;
 
@@ -75,40 +77,44 @@ pub fn unpack_group<P, B>(group: &[B], rows: &mut [P], row_of: impl Fn(&B, usize
     }
 }
 
-/// Repacks a matrix of `cols` columns as a GGUF stores it (`src`: rows of
-/// `cols / block_elems` blocks of `block_bytes` bytes, any number of whole groups of 8
-/// rows) into interleaved blocks: `interleave` makes block `k` of a group from the bytes
-/// of block `k` of its 8 rows, and `write` gets each group's blocks as bytes. Returns
-/// `write`'s first error. `name` is the interleaved format's, for the panics on a
-/// malformed matrix (the compiler checks shapes before it repacks).
-pub fn repack_matrix<B: PlainBytes, E>(
+/// Repacks a matrix of `cols` columns of plain `P` blocks as a GGUF stores it (`src`,
+/// any number of whole groups of 8 rows) into interleaved blocks: `interleave` makes
+/// block `k` of a group from block `k` of its 8 rows, and `write` gets each group's
+/// blocks as bytes. Returns `write`'s first error. Each group's bytes are copied into an
+/// aligned buffer of blocks first, so `src` may sit at any offset of a mapped file.
+/// `name` is the interleaved format's, for the panics on a malformed matrix (the
+/// compiler checks shapes before it repacks).
+pub fn repack_matrix<P: WeightType, B: PlainBytes, E>(
     name: &str,
     src: &[u8],
     cols: usize,
-    (block_elems, block_bytes): (usize, usize),
-    interleave: impl Fn([&[u8]; ROWS]) -> B,
+    interleave: impl Fn([&P::Block; ROWS]) -> B,
     mut write: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<(), E> {
     assert!(
-        cols.is_multiple_of(block_elems),
+        cols.is_multiple_of(P::BLOCK_ELEMS),
         "{name}: {cols} columns is not whole blocks"
     );
-    let rb = cols / block_elems;
-    let row_bytes = rb * block_bytes;
+    let rb = cols / P::BLOCK_ELEMS;
+    let group_bytes = ROWS * rb * size_of::<P::Block>();
     assert!(
-        row_bytes > 0 && src.len().is_multiple_of(ROWS * row_bytes),
+        group_bytes > 0 && src.len().is_multiple_of(group_bytes),
         "{name}: {} bytes is not whole groups of 8 rows of {cols}",
         src.len()
     );
+    let mut rows: Vec<P::Block> = Vec::with_capacity(ROWS * rb);
     let mut out = Vec::with_capacity(rb);
-    for group in src.chunks_exact(ROWS * row_bytes) {
+    for group in src.chunks_exact(group_bytes) {
+        // SAFETY: the capacity is ROWS * rb blocks, exactly `group_bytes`, all written by
+        // the copy before `set_len`; every block type is a `#[repr(C)]` struct of
+        // integers and f16 for which any bits are a valid value (as `blocks_of` relies
+        // on), and the GGUF's little-endian bytes are this (x86-64 / aarch64) host's.
+        unsafe {
+            std::ptr::copy_nonoverlapping(group.as_ptr(), rows.as_mut_ptr().cast(), group_bytes);
+            rows.set_len(ROWS * rb);
+        }
         out.clear();
-        out.extend((0..rb).map(|k| {
-            interleave(std::array::from_fn(|r| {
-                let at = r * row_bytes + k * block_bytes;
-                &group[at..at + block_bytes]
-            }))
-        }));
+        out.extend((0..rb).map(|k| interleave(std::array::from_fn(|r| &rows[r * rb + k]))));
         write(as_bytes(&out))?;
     }
     Ok(())
