@@ -32,13 +32,16 @@
 //!   --quick                   128 MiB rings, 80 ms per figure (a ~30 s smoke run)
 //!   --hot                     one matrix instead of a ring: in-cache kernel speed for
 //!                             the shapes that fit in L3
+//!   --tokens N                prompt batches instead: `matmul` of one matrix with N
+//!                             tokens, in GMAC/s (multiply-adds per second; the
+//!                             prefill kernels are compute-bound, so no %read)
 
 use std::hint::black_box;
 use std::mem::offset_of;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use mcc_runtime::matmul::{matvec, quantize_act};
+use mcc_runtime::matmul::{matmul, matvec, quantize_act};
 use mcc_runtime::pool::Pool;
 use mcc_runtime::quant::bf16::BF16;
 use mcc_runtime::quant::f16::F16;
@@ -84,10 +87,11 @@ struct Opts {
     ring_bytes: usize,
     budget: Duration,
     hot: bool,
+    tokens: usize,
 }
 
 const USAGE: &str = "usage: matvec_bench [--types T,...] [--shapes INxOUT,...] [--threads N,...] \
-                     [--quick] [--hot]";
+                     [--quick] [--hot] [--tokens N]";
 
 fn parse_args(args: &[String]) -> Result<Opts, String> {
     let mut opts = Opts {
@@ -97,6 +101,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         ring_bytes: 256 << 20,
         budget: Duration::from_millis(300),
         hot: false,
+        tokens: 1,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -149,6 +154,14 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
                 opts.budget = Duration::from_millis(80);
             }
             "--hot" => opts.hot = true,
+            "--tokens" => {
+                let v: Vec<&str> = value()?.collect();
+                opts.tokens = match v[..] {
+                    [n] => n.parse().ok().filter(|&n| (1..=4096).contains(&n)),
+                    _ => None,
+                }
+                .ok_or_else(|| format!("--tokens: {v:?} is not one number 1..4096"))?;
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -358,8 +371,8 @@ fn read_bandwidth(pools: &[Pool], buf: &[u64], budget: Duration) -> Vec<f64> {
 }
 
 /// Per shape: the MB of one matrix and, on each pool, the GB/s of `W`'s matvec and the
-/// read GB/s measured alongside; `None` where the shape's input width is not a whole
-/// number of blocks.
+/// read GB/s measured alongside (with `--tokens`: the GMAC/s of the batch and no read
+/// figure, NaN); `None` where the shape's input width is not a whole number of blocks.
 type Figures = Vec<Option<(f64, Vec<(f64, f64)>)>>;
 
 fn bench<W: WeightType>(opts: &Opts, pools: &[Pool], read_buf: &[u64], fill: &Fill) -> Figures {
@@ -372,21 +385,34 @@ fn bench<W: WeightType>(opts: &Opts, pools: &[Pool], read_buf: &[u64], fill: &Fi
         }
         let per_matrix = rows / W::ROW_GROUP * cols / W::BLOCK_ELEMS;
         let matrix_bytes = per_matrix * size_of::<W::Block>();
-        let copies = if opts.hot {
+        let copies = if opts.hot || opts.tokens > 1 {
             1
         } else {
             opts.ring_bytes.div_ceil(matrix_bytes)
         };
         let ring = random_blocks::<W>(&mut rng, per_matrix * copies, fill);
-        let x: Vec<f32> = (0..cols)
+        let x: Vec<f32> = (0..cols * opts.tokens)
             .map(|_| (rng.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
             .collect();
         let mut act: Vec<ActBlock<W>> = Vec::new();
         quantize_act::<W::Act>(&x, cols, &mut act);
-        let mut out = vec![0f32; rows];
+        let mut out = vec![0f32; rows * opts.tokens];
         let figures = pools
             .iter()
             .map(|pool| {
+                if opts.tokens > 1 {
+                    let secs = best_pass(opts.budget, || {
+                        matmul::<W>(
+                            pool,
+                            black_box(&ring),
+                            black_box(&act),
+                            opts.tokens,
+                            &mut out,
+                        )
+                    });
+                    let macs = (rows * cols * opts.tokens) as f64;
+                    return (macs / secs / 1e9, f64::NAN);
+                }
                 let (secs, read_secs) = best_pair(
                     opts.budget,
                     || {
@@ -531,7 +557,13 @@ fn main() -> ExitCode {
         opts.shapes.len(),
         opts.threads,
         opts.ring_bytes >> 20,
-        if opts.hot { " (--hot: one matrix)" } else { "" },
+        if opts.tokens > 1 {
+            format!(" (--tokens {}: one matrix, prompt batches)", opts.tokens)
+        } else if opts.hot {
+            " (--hot: one matrix)".into()
+        } else {
+            String::new()
+        },
         opts.budget.as_millis(),
         load_average()
     );
@@ -540,7 +572,11 @@ fn main() -> ExitCode {
 
     let mut header = format!("{:8} {:>13} {:>8}", "type", "shape", "MB");
     for &n in &opts.threads {
-        header += &format!(" {:>9} {:>6} {:>6}", format!("{n}t GB/s"), "read", "%read");
+        header += &if opts.tokens > 1 {
+            format!(" {:>11}", format!("{n}t GMAC/s"))
+        } else {
+            format!(" {:>9} {:>6} {:>6}", format!("{n}t GB/s"), "read", "%read")
+        };
     }
     let mut lines = Vec::new();
     let mut rows = Vec::new();
@@ -558,8 +594,12 @@ fn main() -> ExitCode {
                 continue;
             };
             let mut line = format!("{ty:8} {shape:>13} {mb:8.1}");
-            for (gbs, bw) in figures {
-                line += &format!(" {gbs:9.2} {bw:6.1} {:5.0}%", 100.0 * gbs / bw);
+            for (v, bw) in figures {
+                line += &if bw.is_nan() {
+                    format!(" {v:11.1}")
+                } else {
+                    format!(" {v:9.2} {bw:6.1} {:5.0}%", 100.0 * v / bw)
+                };
             }
             lines.push(line);
         }
