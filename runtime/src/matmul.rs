@@ -24,7 +24,7 @@ const TOKEN_TILE: usize = 16;
 
 /// Weight bytes of the rows one matmul task covers at most: the rows stay in L2 while the
 /// task walks over the token tiles.
-const MATMUL_TASK_BYTES: usize = 256 << 10;
+pub(crate) const MATMUL_TASK_BYTES: usize = 256 << 10;
 
 /// Weight blocks per row for a row of activations of `act_blocks` blocks.
 fn row_blocks<W: WeightType>(act_blocks: usize) -> usize {
@@ -39,7 +39,11 @@ fn row_blocks<W: WeightType>(act_blocks: usize) -> usize {
 
 /// Rows per chunk for a matrix of `rows` rows of `row_bytes` bytes on `n_threads` threads:
 /// whole row groups of `W`.
-fn rows_per_chunk<W: WeightType>(rows: usize, row_bytes: usize, n_threads: usize) -> usize {
+pub(crate) fn rows_per_chunk<W: WeightType>(
+    rows: usize,
+    row_bytes: usize,
+    n_threads: usize,
+) -> usize {
     let balanced = rows.div_ceil(n_threads * CHUNKS_PER_THREAD);
     let min_rows = MIN_CHUNK_BYTES.div_ceil(row_bytes.max(1));
     balanced.max(min_rows).max(1).next_multiple_of(W::ROW_GROUP)
@@ -190,6 +194,9 @@ pub fn matmul<W: WeightType>(
     }
     if W::ROW_GROUP > 1 {
         return matmul_grouped::<W>(pool, w, act, n_tokens, out);
+    }
+    if let Some(gemm) = W::GEMM {
+        return gemm(pool, w, act, n_tokens, out);
     }
     let row_bytes = rb * size_of::<W::Block>();
     if W::batched(n_tokens) {
@@ -453,6 +460,18 @@ mod tests {
     fn q5_1_and_q8_0() {
         check::<Q5_1>(45, 96, 5, 2f64.powi(-10));
         check::<Q8_0>(64, 512, 33, 1e-5);
+    }
+
+    /// The legacy formats' packed GEMM (`WeightType::GEMM` on x86): row counts that do
+    /// and do not fill quads, token counts that do and do not fill groups of 4, and a
+    /// width (9216) whose packed activations take several token tiles.
+    #[test]
+    fn legacy_gemm_shapes() {
+        for (rows, cols, n_tokens) in [(1, 32, 2), (7, 96, 3), (45, 576, 5), (9, 9216, 37)] {
+            check::<Q8_0>(rows, cols, n_tokens, 1e-5);
+            check::<Q5_0>(rows, cols, n_tokens, 1e-5);
+            check::<Q4_1>(rows, cols, n_tokens, 2f64.powi(-10));
+        }
     }
 
     #[test]

@@ -137,6 +137,12 @@ pub trait WeightType: Copy + Send + Sync + 'static {
         transpose_into(&by_row, n_tokens, out);
     }
 
+    /// The format's own `matmul` for prompt batches (2 or more tokens), where it has one
+    /// that is faster than the generic paths by arranging the whole batch first (the
+    /// legacy 8-lane formats, `x86_avx2::gemm`); same contract as
+    /// [`crate::matmul::matmul`], every result bit for bit `vec_dot`.
+    const GEMM: Option<Gemm<Self>> = None;
+
     /// Whether llama.cpp's CPU backend computes a batch of `n_tokens` tokens with other
     /// arithmetic than its one-token dot (the K-quant and IQ formats, see
     /// [`superblock`]); [`crate::matmul::matmul`] then takes [`Self::batch_row_dots`]
@@ -222,6 +228,11 @@ pub fn transpose_into(src: &[f32], n_tokens: usize, out: &mut [f32]) {
         }
     }
 }
+
+/// A whole-batch matmul of weight format `W`: `(pool, weights, activations, n_tokens,
+/// out)` as [`crate::matmul::matmul`] takes them.
+pub type Gemm<W> =
+    fn(&crate::pool::Pool, &[<W as WeightType>::Block], &[ActBlock<W>], usize, &mut [f32]);
 
 /// Rows and tokens of [`WeightType::vec_dot_tile`].
 pub const TILE: usize = 4;

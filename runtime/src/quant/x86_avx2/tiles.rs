@@ -1,24 +1,22 @@
-//! 4 × 4 tile kernels: the dots of 4 consecutive weight rows with 4 activation rows in
-//! one pass over the blocks, for prompt batches.
+//! Multi-row kernels of the legacy formats: 4 rows × 1 token for the decode matvec
+//! (every 32-value format), and 4 rows × 4 tokens for prompt batches of Q4_0 and IQ4_NL
+//! (the 8-lane formats Q8_0, Q5_0 and Q4_1 take `gemm` for batches).
 //!
-//! A tile shares the work that a lone dot repeats: each weight block is loaded and
-//! unpacked once for 4 tokens, each activation block loaded once for 4 rows, and the
-//! f16 scales converted once per block instead of once per (row, token). What stays per
-//! (row, token) is the multiply of the bytes and the float accumulation, and that part
-//! is kept exactly as in the single-row `vec_dot` of the format (`legacy`, `kquants`):
-//! the same integer lanes (integer sums are exact whichever way they are formed), the
-//! same f32 scale product, the same fused multiply-add per block into the same
-//! accumulator shape, and the same horizontal sum at the end. Every element of a tile is
-//! therefore bit for bit its `vec_dot`; the tests check that on every format.
+//! Several rows (and tokens) share the work that a lone dot repeats: each activation
+//! block is loaded once for 4 rows, each weight block unpacked once for 4 tokens, and
+//! the f16 scales converted once per block. What stays per (row, token) is the multiply
+//! of the bytes and the float accumulation, and that part is kept exactly as in the
+//! single-row `vec_dot` of the format (`legacy`): the same integer lanes (integer sums
+//! are exact whichever way they are formed), the same f32 scale product, the same fused
+//! multiply-add per block into the same accumulator shape, and the same horizontal sum
+//! at the end. Every result is therefore bit for bit its `vec_dot`; the tests check that
+//! on every format.
 //!
 //! The integer products: with AVX512-VNNI (`vpdpbusd`, u8 × i8 summed by 4 into i32) a
 //! signed weight `w = u - bias` is fed as the unsigned `u`, and the accumulator starts at
 //! `-bias * Σ a` over each 4-byte group, which the kernel forms once per token and block
 //! (`vpdpbusd` of the bias bytes with the activations). Without VNNI the product is the
 //! `maddubs`/`madd` pair on `u - bias` with the sign trick, as in `legacy`.
-//!
-//! Register use: 16 f32 accumulators of 8 lanes, 4 activation vectors and their
-//! corrections; with AVX-512's 32 vector registers they all stay in registers.
 
 use std::arch::x86_64::*;
 
@@ -57,15 +55,15 @@ fn f16x4(v: [f16; 4]) -> __m128 {
 /// for signed weights fed as unsigned bytes, the starting value `-bias * Σ a` of each
 /// 4-byte group.
 #[derive(Clone, Copy)]
-struct ActBytes {
-    a: __m256i,
-    start: __m256i,
+pub(super) struct ActBytes {
+    pub(super) a: __m256i,
+    pub(super) start: __m256i,
 }
 
 impl ActBytes {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn new(qs: &[i8; 32], bias: u8) -> ActBytes {
+    pub(super) fn new(qs: &[i8; 32], bias: u8) -> ActBytes {
         let a = load32(qs);
         let start = if VNNI && bias != 0 {
             _mm256_sub_epi32(
@@ -82,7 +80,7 @@ impl ActBytes {
     /// and `a` in -128..=127 with `a != -128`): the lanes of the single-row dot.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn dot(self, u: __m256i, bias: u8) -> __m256i {
+    pub(super) fn dot(self, u: __m256i, bias: u8) -> __m256i {
         if VNNI {
             dpbusd(self.start, u, self.a)
         } else if bias == 0 {
@@ -97,7 +95,7 @@ impl ActBytes {
 
 /// A legacy weight block as the tile kernels see it: 32 quants as unsigned bytes `u`
 /// with weight value `d * (u - BIAS)` (plus an offset `m` for Q4_1).
-trait LegacyBlock: Copy {
+pub(super) trait LegacyBlock: Copy {
     const BIAS: u8;
     fn quants(&self) -> __m256i;
     fn d(&self) -> f16;
@@ -187,7 +185,7 @@ static IQ4NL_BIASED: [u8; 16] = {
 };
 
 /// The Q8_0 / Q8_1 activation block fields the kernels read.
-trait ActBlock: Copy {
+pub(super) trait ActBlock: Copy {
     fn qs(&self) -> &[i8; 32];
     fn d(&self) -> f16;
     /// Q8_1's `s` (`d * Σ a`); unused for Q8_0.
@@ -242,78 +240,46 @@ fn tile_shape<W, A, const T: usize>(name: &str, w: &[W], act: &[A], stride: usiz
 }
 
 /// The 8-lane scheme of `legacy` (Q8_0, Q5_0, and Q4_1 with `OFFSETS`) for 4 rows and
-/// `T` tokens (4 for a tile, 1 for the decode matvec): `acc[r][t] += (d_w d_a) * lanes`
-/// per block, `out = hsum(acc)` (+ the Q4_1 offset sum `Σ fma(m_w, s_a)`, a 4-lane
-/// vector per row with a lane per token; with one token, one vector with a lane per row).
+/// one token (the decode matvec): `acc[r] += (d_w d_a) * lanes` per block,
+/// `out[r] = hsum(acc[r])` (+ the Q4_1 offset sum `Σ fma(m_w, s_a)`, a vector with a
+/// lane per row). Prompt batches take `gemm`, which computes the same per (row, token).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn tile_8_lanes<W: LegacyBlock, A: ActBlock, const OFFSETS: bool, const T: usize>(
+fn quad_8_lanes<W: LegacyBlock, A: ActBlock, const OFFSETS: bool>(
     rows: [&[W]; TILE],
     act: &[A],
-    stride: usize,
     offset_of: impl Fn(&W) -> f16,
-    out: &mut [[f32; T]; TILE],
-) {
-    let rb = rows[0].len();
-    let mut acc = [[_mm256_setzero_ps(); T]; TILE];
-    let mut offsets = [_mm_setzero_ps(); TILE];
-    // d_w * d_a per (row, token), stored so that each can be broadcast from memory;
-    // with one token, scales[0][r] for row r
-    let mut scales = [[0f32; TILE]; TILE];
-    for k in 0..rb {
+) -> [f32; TILE] {
+    let mut acc = [_mm256_setzero_ps(); TILE];
+    let mut offsets = _mm_setzero_ps();
+    // d_w * d_a per row, stored so that each can be broadcast from memory
+    let mut scales = [0f32; TILE];
+    for (k, a) in act.iter().enumerate() {
         let blocks: [&W; TILE] = rows.map(|row| &row[k]);
         let d_w = f16x4(blocks.map(|b| b.d()));
-        let bytes: [ActBytes; T] =
-            std::array::from_fn(|t| ActBytes::new(act[t * stride + k].qs(), W::BIAS));
-        if T == 1 {
-            let a = &act[k];
-            let d = _mm_mul_ps(d_w, _mm_set1_ps(a.d().to_f32()));
-            // SAFETY: 4 writable f32.
-            unsafe { _mm_storeu_ps(scales[0].as_mut_ptr(), d) };
-            if OFFSETS {
-                let m = f16x4(blocks.map(&offset_of));
-                offsets[0] = _mm_fmadd_ps(m, _mm_set1_ps(a.s().to_f32()), offsets[0]);
-            }
-        } else {
-            let a: [&A; TILE] = std::array::from_fn(|t| &act[t * stride + k]);
-            let d_a = f16x4(a.map(|a| a.d()));
-            let s_a = f16x4(a.map(|a| a.s()));
-            for (r, s) in scales.iter_mut().enumerate() {
-                let d_r = _mm_permutevar_ps(d_w, _mm_set1_epi32(r as i32));
-                // SAFETY: 4 writable f32.
-                unsafe { _mm_storeu_ps(s.as_mut_ptr(), _mm_mul_ps(d_r, d_a)) };
-                if OFFSETS {
-                    let m = _mm_set1_ps(offset_of(blocks[r]).to_f32());
-                    offsets[r] = _mm_fmadd_ps(m, s_a, offsets[r]);
-                }
-            }
+        let bytes = ActBytes::new(a.qs(), W::BIAS);
+        let d = _mm_mul_ps(d_w, _mm_set1_ps(a.d().to_f32()));
+        // SAFETY: 4 writable f32.
+        unsafe { _mm_storeu_ps(scales.as_mut_ptr(), d) };
+        if OFFSETS {
+            let m = f16x4(blocks.map(&offset_of));
+            offsets = _mm_fmadd_ps(m, _mm_set1_ps(a.s().to_f32()), offsets);
         }
         for r in 0..TILE {
-            let u = blocks[r].quants();
-            for t in 0..T {
-                let scale = if T == 1 { scales[0][r] } else { scales[r][t] };
-                let lanes = bytes[t].dot(u, W::BIAS);
-                acc[r][t] =
-                    _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(lanes), acc[r][t]);
-            }
+            let lanes = bytes.dot(blocks[r].quants(), W::BIAS);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(scales[r]), _mm256_cvtepi32_ps(lanes), acc[r]);
         }
     }
-    let mut off = [[0f32; TILE]; TILE];
-    for (o, v) in off.iter_mut().zip(offsets) {
-        // SAFETY: 4 writable f32.
-        unsafe { _mm_storeu_ps(o.as_mut_ptr(), v) };
-    }
-    for r in 0..TILE {
-        for t in 0..T {
-            let sum = hsum_f32x8(acc[r][t]);
-            let o = if T == 1 { off[0][r] } else { off[r][t] };
-            out[r][t] = if OFFSETS { sum + o } else { sum };
+    let mut off = [0f32; TILE];
+    // SAFETY: 4 writable f32.
+    unsafe { _mm_storeu_ps(off.as_mut_ptr(), offsets) };
+    std::array::from_fn(|r| {
+        let sum = hsum_f32x8(acc[r]);
+        if OFFSETS {
+            sum + off[r]
+        } else {
+            sum
         }
-    }
-}
-
-/// The 4 rows of a tile, one after another in `w`, as slices.
-fn tile_rows<W>(w: &[W], rb: usize) -> [&[W]; TILE] {
-    std::array::from_fn(|r| &w[r * rb..(r + 1) * rb])
+    })
 }
 
 /// `out[r] = dot(row r, act)` for the rows of `w` (`act.len()` blocks each), 4 rows per
@@ -371,57 +337,9 @@ fn rows_8_lanes<W: LegacyBlock, A: ActBlock, const OFFSETS: bool>(
         w,
         act.len(),
         out,
-        |rows| {
-            let mut o = [[0f32; 1]; TILE];
-            tile_8_lanes::<W, A, OFFSETS, 1>(rows, act, 0, offset_of, &mut o);
-            o.map(|[v]| v)
-        },
+        |rows| quad_8_lanes::<W, A, OFFSETS>(rows, act, offset_of),
         |row| one(row, act),
     )
-}
-
-/// Q8_0 rows · Q8_0 activations, 4 × 4: `out[r][t]` is bit for bit
-/// `vec_dot_q8_0_q8_0(row r, token t)`. `w` holds the 4 rows one after another; token
-/// `t`'s blocks start at `act[t * stride]`.
-pub fn tile_q8_0_q8_0(
-    w: &[BlockQ8_0],
-    act: &[BlockQ8_0],
-    stride: usize,
-    out: &mut [[f32; TILE]; TILE],
-) {
-    // SAFETY: this module is only built with AVX2, FMA and F16C enabled.
-    unsafe {
-        let rb = tile_shape::<_, _, TILE>("legacy", w, act, stride);
-        tile_8_lanes::<_, _, false, TILE>(tile_rows(w, rb), act, stride, |_| f16::ZERO, out)
-    }
-}
-
-/// Q5_0 rows · Q8_0 activations, 4 × 4, bit for bit `vec_dot_q5_0_q8_0`.
-pub fn tile_q5_0_q8_0(
-    w: &[BlockQ5_0],
-    act: &[BlockQ8_0],
-    stride: usize,
-    out: &mut [[f32; TILE]; TILE],
-) {
-    // SAFETY: as above.
-    unsafe {
-        let rb = tile_shape::<_, _, TILE>("legacy", w, act, stride);
-        tile_8_lanes::<_, _, false, TILE>(tile_rows(w, rb), act, stride, |_| f16::ZERO, out)
-    }
-}
-
-/// Q4_1 rows · Q8_1 activations, 4 × 4, bit for bit `vec_dot_q4_1_q8_1`.
-pub fn tile_q4_1_q8_1(
-    w: &[BlockQ4_1],
-    act: &[BlockQ8_1],
-    stride: usize,
-    out: &mut [[f32; TILE]; TILE],
-) {
-    // SAFETY: as above.
-    unsafe {
-        let rb = tile_shape::<_, _, TILE>("legacy", w, act, stride);
-        tile_8_lanes::<_, _, true, TILE>(tile_rows(w, rb), act, stride, |b| b.m, out)
-    }
 }
 
 /// Q4_0 rows · Q8_0 activations, 4 × 4, bit for bit `vec_dot_q4_0_q8_0`: each block's
@@ -696,21 +614,6 @@ mod tests {
     #[test]
     fn iq4_nl_rows_are_vec_dots() {
         check_rows::<crate::quant::iq4_nl::IQ4_NL>();
-    }
-
-    #[test]
-    fn q8_0_tile_is_vec_dot() {
-        check::<Q8_0>();
-    }
-
-    #[test]
-    fn q5_0_tile_is_vec_dot() {
-        check::<Q5_0>();
-    }
-
-    #[test]
-    fn q4_1_tile_is_vec_dot() {
-        check::<Q4_1>();
     }
 
     #[test]

@@ -1,0 +1,370 @@
+//! Prompt-batch GEMM for the legacy formats with 8 partial lanes per row (Q8_0, Q5_0 with
+//! Q8_0 activations, Q4_1 with Q8_1): every result bit for bit the format's `vec_dot`.
+//!
+//! llama.cpp's rounding for these formats fixes, per 32-weight block and (row, token),
+//! one integer dot into 8 lanes, one exact convert to f32 and one FMA with the scale
+//! product `d_w · d_a` into 8 f32 lanes (then a horizontal sum). On this core the
+//! integer dot (`vpdpbusd`) and the FMA share the two vector-multiply pipes and the
+//! convert runs beside them, so a (row, token, block) costs one cycle at best. The
+//! tile kernel (`tiles`) paid about twice that, for the work around those two µops:
+//! each token's `-bias · Σ a` start values and f16 scales redone for every 4 rows,
+//! each row's unpacking and scales for every 4 tokens, scale products one by one.
+//!
+//! Here both operands are rearranged first, so the inner loop is only the two µops per
+//! (row, token, block) plus loads:
+//! - the whole batch's activations once per matmul, in groups of [`TILE`] tokens
+//!   ([`PackedAct`]: their bytes, VNNI's start values, their scales as f32);
+//! - each [`TILE`] rows' blocks once per token tile, into an L1 buffer ([`QuadBlock`]:
+//!   unpacked to one unsigned byte per weight, scales as f32 laid out so that two
+//!   multiplies give the 16 scale products of a block).
+//!
+//! Threads take chunks of rows (as the other batch paths: at most `MATMUL_TASK_BYTES`
+//! of weights, so they stay in L2); within a chunk, tokens go in tiles whose packed
+//! activations fit in L2 beside them.
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use half::f16;
+
+use super::legacy::{hsum_f32x8, load32};
+use super::tiles::{ActBlock, ActBytes, LegacyBlock};
+use crate::matmul::{rows_per_chunk, MATMUL_TASK_BYTES};
+use crate::pool::{DisjointOut, Pool};
+use crate::quant::{ActBlock as ActBlockOf, WeightType, TILE};
+
+/// Block `k` of a group of [`TILE`] tokens, as the GEMM reads it.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub struct PackedAct {
+    qs: [[i8; 32]; TILE],
+    /// `-bias · Σ a` over each 4 bytes, per token (see `tiles::ActBytes`).
+    start: [[i32; 8]; TILE],
+    /// The 4 tokens' `d_a`, twice: the right factor of two rows' 8 scale products.
+    d: [f32; 8],
+    /// The same for Q8_1's `s_a`.
+    s: [f32; 8],
+}
+
+impl Default for PackedAct {
+    fn default() -> Self {
+        PackedAct {
+            qs: [[0; 32]; TILE],
+            start: [[0; 8]; TILE],
+            d: [0.0; 8],
+            s: [0.0; 8],
+        }
+    }
+}
+
+/// Block `k` of [`TILE`] weight rows, unpacked.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct QuadBlock {
+    /// Row `r`'s quants as unsigned bytes `u` (weight `d · (u - bias)`).
+    u: [[u8; 32]; TILE],
+    /// `d_w` of row `r` in entries `4r..4r + 4`: times [`PackedAct::d`] these are the
+    /// scale products of (row `r`, token `t`) in entry `4r + t`.
+    d: [f32; 4 * TILE],
+    /// The same for Q4_1's `m`.
+    m: [f32; 4 * TILE],
+}
+
+impl Default for QuadBlock {
+    fn default() -> Self {
+        QuadBlock {
+            u: [[0; 32]; TILE],
+            d: [0.0; 4 * TILE],
+            m: [0.0; 4 * TILE],
+        }
+    }
+}
+
+/// Bytes of packed activations a token tile may take, so that they stay in L2 (1 MiB
+/// on this machine) next to the `MATMUL_TASK_BYTES` of weights of a chunk.
+const ACT_TILE_BYTES: usize = 384 << 10;
+
+thread_local! {
+    /// The packed activations of the matmul this thread runs (reused across calls).
+    static PACKED: RefCell<Vec<PackedAct>> = const { RefCell::new(Vec::new()) };
+    /// The unpacked row quad of this thread.
+    static QUAD: RefCell<Vec<QuadBlock>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Packs block `k` of tokens `tokens` (up to [`TILE`]; missing tokens are zeros, whose
+/// products are zeros) whose blocks start at `act[t * act_row]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pack<A: ActBlock>(
+    act: &[A],
+    act_row: usize,
+    tokens: std::ops::Range<usize>,
+    k: usize,
+    bias: u8,
+) -> PackedAct {
+    let mut p = PackedAct::default();
+    for (i, t) in tokens.enumerate() {
+        let a = &act[t * act_row + k];
+        let bytes = ActBytes::new(a.qs(), bias);
+        p.qs[i] = *a.qs();
+        // SAFETY: 32 writable bytes; unaligned store.
+        unsafe { _mm256_storeu_si256(p.start[i].as_mut_ptr().cast(), bytes.start) };
+        (p.d[i], p.s[i]) = (a.d().to_f32(), a.s().to_f32());
+        (p.d[i + TILE], p.s[i + TILE]) = (p.d[i], p.s[i]);
+    }
+    p
+}
+
+/// Unpacks block `k` of the 4 rows `rows`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn unpack<W: LegacyBlock>(
+    rows: [&[W]; TILE],
+    k: usize,
+    offset_of: impl Fn(&W) -> f16,
+) -> QuadBlock {
+    let mut q = QuadBlock::default();
+    for (r, row) in rows.iter().enumerate() {
+        let b = &row[k];
+        // SAFETY: 32 writable bytes; unaligned store.
+        unsafe { _mm256_storeu_si256(q.u[r].as_mut_ptr().cast(), b.quants()) };
+        q.d[4 * r..4 * r + 4].fill(b.d().to_f32());
+        q.m[4 * r..4 * r + 4].fill(offset_of(b).to_f32());
+    }
+    q
+}
+
+/// The 4 × 4 dots of an unpacked row quad with a packed token group: `out[t][r]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quad_dots<W: LegacyBlock, const OFFSETS: bool>(
+    quad: &[QuadBlock],
+    act: &[PackedAct],
+) -> [[f32; TILE]; TILE] {
+    assert_eq!(quad.len(), act.len(), "legacy GEMM: block counts differ");
+    let mut acc = [[_mm256_setzero_ps(); TILE]; TILE];
+    let mut offsets = [_mm256_setzero_ps(); 2];
+    // The scale products of a run of blocks, computed ahead of the run's dots so that
+    // the dots broadcast them from memory (a load each, folded into the FMA): computed
+    // next to their use, the compiler keeps them in registers and spends a shuffle µop
+    // per (row, token) on the broadcast.
+    #[repr(C, align(32))]
+    struct Scales([[f32; 4 * TILE]; RUN]);
+    const RUN: usize = 16;
+    let mut scales = Scales([[0.0; 4 * TILE]; RUN]);
+    for (quad, act) in quad.chunks(RUN).zip(act.chunks(RUN)) {
+        for ((w, a), s) in quad.iter().zip(act).zip(scales.0.iter_mut()) {
+            // SAFETY: 32-byte loads and stores inside 32-byte aligned fields.
+            unsafe {
+                let d_a = _mm256_load_ps(a.d.as_ptr());
+                for h in 0..2 {
+                    let d_w = _mm256_load_ps(w.d.as_ptr().add(8 * h));
+                    _mm256_store_ps(s.as_mut_ptr().add(8 * h), _mm256_mul_ps(d_w, d_a));
+                }
+            }
+        }
+        for ((w, a), s) in quad.iter().zip(act).zip(scales.0.iter()) {
+            // SAFETY: every load below is of 32 bytes inside a 32-byte aligned field.
+            unsafe {
+                if OFFSETS {
+                    let s_a = _mm256_load_ps(a.s.as_ptr());
+                    for (h, o) in offsets.iter_mut().enumerate() {
+                        *o = _mm256_fmadd_ps(_mm256_load_ps(w.m.as_ptr().add(8 * h)), s_a, *o);
+                    }
+                }
+                let bytes: [ActBytes; TILE] = std::array::from_fn(|t| ActBytes {
+                    a: load32(&a.qs[t]),
+                    start: _mm256_load_si256(a.start[t].as_ptr().cast()),
+                });
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let u = load32(&w.u[r]);
+                    for (t, acc) in acc.iter_mut().enumerate() {
+                        let lanes = _mm256_cvtepi32_ps(bytes[t].dot(u, W::BIAS));
+                        *acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&s[4 * r + t]), lanes, *acc);
+                    }
+                }
+            }
+        }
+    }
+    let mut off = [0f32; 4 * TILE];
+    for (h, o) in offsets.iter().enumerate() {
+        // SAFETY: 8 writable f32; unaligned store.
+        unsafe { _mm256_storeu_ps(off.as_mut_ptr().add(8 * h), *o) };
+    }
+    let mut out = [[0f32; TILE]; TILE];
+    for (r, acc) in acc.iter().enumerate() {
+        for (t, &acc) in acc.iter().enumerate() {
+            let sum = hsum_f32x8(acc);
+            out[t][r] = if OFFSETS { sum + off[4 * r + t] } else { sum };
+        }
+    }
+    out
+}
+
+/// `matmul` of a legacy 8-lane format: `w` holds `rows` rows, `act` `n_tokens` rows of
+/// activations, `out` is token-major (`out[t * rows + r]`), each element bit for bit
+/// `one(row r, token t)` (the format's `vec_dot`), which also takes the rows that do not
+/// fill a quad.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn matmul_8_lanes<W, const OFFSETS: bool>(
+    pool: &Pool,
+    w: &[W::Block],
+    act: &[ActBlockOf<W>],
+    n_tokens: usize,
+    out: &mut [f32],
+    offset_of: impl Fn(&W::Block) -> f16 + Sync,
+    one: impl Fn(&[W::Block], &[ActBlockOf<W>]) -> f32 + Sync,
+) where
+    W: WeightType,
+    W::Block: LegacyBlock,
+    ActBlockOf<W>: ActBlock,
+{
+    assert!(
+        n_tokens > 0 && act.len().is_multiple_of(n_tokens) && out.len().is_multiple_of(n_tokens),
+        "{} GEMM: buffers for {n_tokens} tokens",
+        W::NAME
+    );
+    let rb = act.len() / n_tokens;
+    let rows = out.len() / n_tokens;
+    assert_eq!(w.len(), rows * rb, "{} GEMM: weight blocks", W::NAME);
+    let groups = n_tokens.div_ceil(TILE);
+    PACKED.with_borrow_mut(|packed| {
+        // every element is overwritten below: grow only, no clearing
+        if packed.len() < groups * rb {
+            packed.resize(groups * rb, PackedAct::default());
+        }
+        let packed = &mut packed[..groups * rb];
+        let dst = DisjointOut::new(packed);
+        pool.run(&|i, n| {
+            for g in i * groups / n..(i + 1) * groups / n {
+                let tokens = g * TILE..(g * TILE + TILE).min(n_tokens);
+                for k in 0..rb {
+                    // SAFETY: group `g` is this thread's alone.
+                    unsafe {
+                        dst.write(g * rb + k, pack(act, rb, tokens.clone(), k, W::Block::BIAS))
+                    };
+                }
+            }
+        });
+        let packed: &[PackedAct] = packed;
+        let row_bytes = rb * size_of::<W::Block>();
+        let chunk = rows_per_chunk::<W>(rows, row_bytes, pool.n_threads())
+            .min((MATMUL_TASK_BYTES / row_bytes).max(1))
+            .next_multiple_of(TILE);
+        let n_chunks = rows.div_ceil(chunk);
+        let tile_groups = (ACT_TILE_BYTES / (rb * size_of::<PackedAct>())).max(1);
+        let next = AtomicUsize::new(0);
+        let out = DisjointOut::new(out);
+        pool.run(&|_, _| {
+            QUAD.with_borrow_mut(|quad| {
+                if quad.len() < rb {
+                    quad.resize(rb, QuadBlock::default());
+                }
+                let quad = &mut quad[..rb];
+                loop {
+                    let c = next.fetch_add(1, Ordering::Relaxed);
+                    if c >= n_chunks {
+                        break;
+                    }
+                    let row_range = c * chunk..((c + 1) * chunk).min(rows);
+                    let quads = row_range.len() / TILE;
+                    for g0 in (0..groups).step_by(tile_groups) {
+                        for q in 0..quads {
+                            let r0 = row_range.start + q * TILE;
+                            let rows4: [&[W::Block]; TILE] =
+                                std::array::from_fn(|r| &w[(r0 + r) * rb..][..rb]);
+                            for (k, b) in quad.iter_mut().enumerate() {
+                                *b = unpack(rows4, k, &offset_of);
+                            }
+                            for g in g0..(g0 + tile_groups).min(groups) {
+                                let dots =
+                                    quad_dots::<W::Block, OFFSETS>(quad, &packed[g * rb..][..rb]);
+                                for (dt, d) in dots.iter().enumerate() {
+                                    let t = g * TILE + dt;
+                                    if t < n_tokens {
+                                        // SAFETY: chunk `c` (its rows, every token) is
+                                        // this thread's alone (fetch_add).
+                                        unsafe { out.write_slice(t * rows + r0, d) };
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    for r in row_range.start + quads * TILE..row_range.end {
+                        for t in 0..n_tokens {
+                            let v = one(&w[r * rb..][..rb], &act[t * rb..][..rb]);
+                            // SAFETY: as above.
+                            unsafe { out.write(t * rows + r, v) };
+                        }
+                    }
+                }
+            })
+        });
+    })
+}
+
+/// Q8_0 weights × Q8_0 activations, a whole batch (see the module doc).
+pub fn matmul_q8_0(
+    pool: &Pool,
+    w: &[crate::quant::q8_0::BlockQ8_0],
+    act: &[crate::quant::q8_0::BlockQ8_0],
+    n_tokens: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: this module is only built with AVX2, FMA and F16C enabled.
+    unsafe {
+        matmul_8_lanes::<crate::quant::q8_0::Q8_0, false>(
+            pool,
+            w,
+            act,
+            n_tokens,
+            out,
+            |_| f16::ZERO,
+            super::legacy::vec_dot_q8_0_q8_0,
+        )
+    }
+}
+
+/// Q5_0 weights × Q8_0 activations, a whole batch.
+pub fn matmul_q5_0(
+    pool: &Pool,
+    w: &[crate::quant::q5_0::BlockQ5_0],
+    act: &[crate::quant::q8_0::BlockQ8_0],
+    n_tokens: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: as above.
+    unsafe {
+        matmul_8_lanes::<crate::quant::q5_0::Q5_0, false>(
+            pool,
+            w,
+            act,
+            n_tokens,
+            out,
+            |_| f16::ZERO,
+            super::legacy::vec_dot_q5_0_q8_0,
+        )
+    }
+}
+
+/// Q4_1 weights × Q8_1 activations, a whole batch.
+pub fn matmul_q4_1(
+    pool: &Pool,
+    w: &[crate::quant::q4_1::BlockQ4_1],
+    act: &[crate::quant::q8_1::BlockQ8_1],
+    n_tokens: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: as above.
+    unsafe {
+        matmul_8_lanes::<crate::quant::q4_1::Q4_1, true>(
+            pool,
+            w,
+            act,
+            n_tokens,
+            out,
+            |b| b.m,
+            super::legacy::vec_dot_q4_1_q8_1,
+        )
+    }
+}
