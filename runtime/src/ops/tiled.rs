@@ -167,10 +167,7 @@ pub fn attend_rows_tiled_flavor<'s>(
             let visible = (n_kv_first + r - start).min(TILE_KV);
             row_scores[visible..].fill(f32::NEG_INFINITY);
             let o = &mut out[r * hd..(r + 1) * hd];
-            // `MAX(a, b)` as ggml writes it; the scores are NaN-free.
-            let tile_max = row_scores
-                .iter()
-                .fold(f32::NEG_INFINITY, |m, &s| if m > s { m } else { s });
+            let tile_max = tile_max(row_scores);
             if tile_max == f32::NEG_INFINITY {
                 continue;
             }
@@ -208,13 +205,42 @@ fn load_tile(
     k_t: &mut [f32],
     v: &mut [f32],
 ) {
+    let first = start * kv_stride + kv_off;
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    let transposed = super::x86::load_k_transposed_w16(&k_cache[first..], kv_stride, len, hd, k_t);
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    let transposed = false;
     for j in 0..len {
-        let row = (start + j) * kv_stride + kv_off;
-        for (d, &k) in k_cache[row..row + hd].iter().enumerate() {
-            k_t[d * TILE_KV + j] = k.to_f32();
+        let row = first + j * kv_stride;
+        if !transposed {
+            for (d, &k) in k_cache[row..row + hd].iter().enumerate() {
+                k_t[d * TILE_KV + j] = k.to_f32();
+            }
         }
         super::f16_to_f32(&v_cache[row..row + hd], &mut v[j * hd..(j + 1) * hd]);
     }
+}
+
+/// The largest score of a tile, `MAX(a, b)` as ggml writes it (the scores are NaN-free).
+#[inline]
+fn tile_max(scores: &[f32; TILE_KV]) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    {
+        super::x86::max_w16(scores)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    tile_max_ref(scores)
+}
+
+/// The scalar [`tile_max`], in key order.
+#[cfg_attr(
+    all(target_arch = "x86_64", target_feature = "avx512f"),
+    allow(dead_code)
+)]
+fn tile_max_ref(scores: &[f32; TILE_KV]) -> f32 {
+    scores
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &s| if m > s { m } else { s })
 }
 
 /// `scores[r][j] = fl(fma-chain_d(q_r[d] * k_t[d][j])) * scale` for `rows` query rows
@@ -367,6 +393,38 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The vector K transpose gives the scalar widening of every visible key, for tile
+    /// lengths that do and do not fill 16-key blocks; the vector max is the scalar one.
+    #[test]
+    fn load_tile_and_max_match_scalar() {
+        for hd in [64usize, 80, 128] {
+            let kv_stride = 3 * hd + 8;
+            let n_keys = 70;
+            let cache: Vec<f16> = values(n_keys * kv_stride, 7, 4.0)
+                .into_iter()
+                .map(f16::from_f32)
+                .collect();
+            for (start, len) in [(0usize, 64usize), (3, 17), (64, 6), (5, 1)] {
+                let kv_off = hd + 3;
+                let (mut k_t, mut v) = (vec![f32::NAN; hd * TILE_KV], vec![0f32; TILE_KV * hd]);
+                load_tile(&cache, &cache, kv_stride, kv_off, start, len, hd, &mut k_t, &mut v);
+                for j in 0..len {
+                    for d in 0..hd {
+                        let want = cache[(start + j) * kv_stride + kv_off + d].to_f32();
+                        assert_eq!(k_t[d * TILE_KV + j].to_bits(), want.to_bits(), "k hd {hd}");
+                        assert_eq!(v[j * hd + d].to_bits(), want.to_bits(), "v hd {hd}");
+                    }
+                }
+            }
+        }
+        let mut tile: [f32; TILE_KV] = values(TILE_KV, 9, 30.0).try_into().unwrap();
+        assert_eq!(tile_max(&tile), tile_max_ref(&tile));
+        tile[40] = 31.0;
+        tile[..20].fill(f32::NEG_INFINITY);
+        assert_eq!(tile_max(&tile), 31.0);
+        assert_eq!(tile_max(&[f32::NEG_INFINITY; TILE_KV]), f32::NEG_INFINITY);
     }
 
     #[test]

@@ -345,3 +345,95 @@ pub(super) fn accumulate_v_w16(o: &mut [f32], p: &[f32], v: &[f32], hd: usize) -
     }
     true
 }
+
+/// A 16 × 16 block of f32 transposed in registers: `out[c]` lane `i` is `rows[i]` lane
+/// `c` (pairs of values, then of pairs, then the 128-bit lanes twice).
+#[cfg(target_feature = "avx512f")]
+#[inline(always)]
+unsafe fn transpose_16x16(rows: [__m512; 16]) -> [__m512; 16] {
+    // t[2k], t[2k+1]: rows 2k and 2k+1 interleaved by value
+    let mut t = [_mm512_setzero_ps(); 16];
+    for k in 0..8 {
+        t[2 * k] = _mm512_unpacklo_ps(rows[2 * k], rows[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_ps(rows[2 * k], rows[2 * k + 1]);
+    }
+    // u[4m + c]: column c + 4L of rows 4m..4m+4 in 128-bit lane L
+    let pd = _mm512_castps_pd;
+    let mut u = [_mm512_setzero_ps(); 16];
+    for m in 0..4 {
+        let (a, b, c, d) = (t[4 * m], t[4 * m + 1], t[4 * m + 2], t[4 * m + 3]);
+        u[4 * m] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(a), pd(c)));
+        u[4 * m + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(a), pd(c)));
+        u[4 * m + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(b), pd(d)));
+        u[4 * m + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(b), pd(d)));
+    }
+    let mut out = [_mm512_setzero_ps(); 16];
+    for c in 0..4 {
+        // lanes 0, 2 (even) and 1, 3 (odd) of the row groups 0-1 and 2-3
+        let even_lo = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+        let odd_lo = _mm512_shuffle_f32x4::<0xdd>(u[c], u[4 + c]);
+        let even_hi = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+        let odd_hi = _mm512_shuffle_f32x4::<0xdd>(u[8 + c], u[12 + c]);
+        out[c] = _mm512_shuffle_f32x4::<0x88>(even_lo, even_hi);
+        out[c + 8] = _mm512_shuffle_f32x4::<0xdd>(even_lo, even_hi);
+        out[c + 4] = _mm512_shuffle_f32x4::<0x88>(odd_lo, odd_hi);
+        out[c + 12] = _mm512_shuffle_f32x4::<0xdd>(odd_lo, odd_hi);
+    }
+    out
+}
+
+/// `k_t[d * 64 + j] = f32(k[j][d])` for the `len` keys of a tile (key `j` at
+/// `k_cache[j * kv_stride..][..hd]`), 16 keys × 16 values per register transpose; key
+/// columns from `len` up to the next multiple of 16 get zeros. Returns false (and
+/// does nothing) unless `hd` is a multiple of 16.
+#[cfg(target_feature = "avx512f")]
+pub(super) fn load_k_transposed_w16(
+    k_cache: &[f16],
+    kv_stride: usize,
+    len: usize,
+    hd: usize,
+    k_t: &mut [f32],
+) -> bool {
+    if !hd.is_multiple_of(16) {
+        return false;
+    }
+    assert!(len <= 64 && k_t.len() >= hd * 64);
+    assert!(len == 0 || k_cache.len() >= (len - 1) * kv_stride + hd);
+    for j0 in (0..len).step_by(16) {
+        for d0 in (0..hd).step_by(16) {
+            // SAFETY: key j0 + i < len starts at (j0 + i) * kv_stride and has hd values
+            // (asserted); the stores write k_t[(d0 + c) * 64 + j0..][..16] with
+            // d0 + c < hd and j0 + 16 <= 64.
+            unsafe {
+                let rows: [__m512; 16] = std::array::from_fn(|i| {
+                    if j0 + i < len {
+                        let p = k_cache.as_ptr().add((j0 + i) * kv_stride + d0);
+                        _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                });
+                for (c, col) in transpose_16x16(rows).into_iter().enumerate() {
+                    _mm512_storeu_ps(k_t.as_mut_ptr().add((d0 + c) * 64 + j0), col);
+                }
+            }
+        }
+    }
+    true
+}
+
+/// The largest of 64 NaN-free scores (lane-wise maxima, then a tree). `MAX` over
+/// NaN-free values is the same in any order up to the sign of a zero maximum, which no
+/// later step can see (`s - max` and `expf(m - max)` are the same for ±0).
+#[cfg(target_feature = "avx512f")]
+pub(super) fn max_w16(scores: &[f32; 64]) -> f32 {
+    // SAFETY: four 16-lane loads inside the 64-value array.
+    unsafe {
+        let p = scores.as_ptr();
+        let m = _mm512_max_ps(
+            _mm512_max_ps(_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))),
+            _mm512_max_ps(_mm512_loadu_ps(p.add(32)), _mm512_loadu_ps(p.add(48))),
+        );
+        _mm512_reduce_max_ps(m)
+    }
+}
