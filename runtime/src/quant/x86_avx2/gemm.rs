@@ -150,7 +150,7 @@ fn quad_dots<W: LegacyBlock, const OFFSETS: bool>(
     // per (row, token) on the broadcast.
     #[repr(C, align(32))]
     struct Scales([[f32; 4 * TILE]; RUN]);
-    const RUN: usize = 16;
+    const RUN: usize = 8;
     let mut scales = Scales([[0.0; 4 * TILE]; RUN]);
     for (quad, act) in quad.chunks(RUN).zip(act.chunks(RUN)) {
         for ((w, a), s) in quad.iter().zip(act).zip(scales.0.iter_mut()) {
