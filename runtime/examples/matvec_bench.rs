@@ -1,7 +1,7 @@
 //! Decode-path kernel throughput: `matmul::matvec` (one token, the kernels a generated
 //! model calls for every weight matrix) for each of the 22 weight types and the
-//! compiler's 8-row-interleaved Q4_K, Q4_0, IQ4_NL and IQ4_XS (`Q4_KX8`, `Q4_0X8`,
-//! `IQ4_NLX8`, `IQ4_XSX8`), in GB/s of
+//! compiler's 8-row-interleaved Q4_K, Q4_0, IQ4_NL, IQ4_XS and Q6_K (`Q4_KX8`, `Q4_0X8`,
+//! `IQ4_NLX8`, `IQ4_XSX8`, `Q6_KX8`), in GB/s of
 //! weight bytes read, at Minitron's shapes (3072→9216 FFN gate/up, 9216→3072 FFN down,
 //! 3072→128256 output), on 1 and 2 threads of `pool::Pool`, next to the machine's read
 //! bandwidth measured in the same process, and the fraction of it each kernel reaches.
@@ -26,7 +26,7 @@
 //! end.
 //!
 //! Run: `cargo run --release -p mcc-runtime --example matvec_bench -- [FLAGS]`
-//!   --types Q4_0,IQ4_NL,...   weight types (default: all 26)
+//!   --types Q4_0,IQ4_NL,...   weight types (default: all 27)
 //!   --shapes 3072x9216,...    IN x OUT (default: 3072x9216,9216x3072,3072x128256)
 //!   --threads 1,2             pool sizes (default: 1,2)
 //!   --quick                   128 MiB rings, 80 ms per figure (a ~30 s smoke run)
@@ -67,14 +67,15 @@ use mcc_runtime::quant::q5_0::{BlockQ5_0, Q5_0};
 use mcc_runtime::quant::q5_1::{BlockQ5_1, Q5_1};
 use mcc_runtime::quant::q5_k::{BlockQ5K, Q5_K};
 use mcc_runtime::quant::q6_k::{BlockQ6K, Q6_K};
+use mcc_runtime::quant::q6_k_x8::{BlockQ6KX8, Q6_KX8};
 use mcc_runtime::quant::q8_0::{BlockQ8_0, Q8_0};
 use mcc_runtime::quant::{ActBlock, ActType, WeightType};
 
 /// Every weight type a model may hold, in the order of the table.
-const TYPES: [&str; 26] = [
+const TYPES: [&str; 27] = [
     "F32", "F16", "BF16", "Q4_0", "Q4_0X8", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
-    "Q4_KX8", "Q5_K", "Q6_K", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
-    "IQ4_NL", "IQ4_NLX8", "IQ4_XS", "IQ4_XSX8",
+    "Q4_KX8", "Q5_K", "Q6_K", "Q6_KX8", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS",
+    "IQ3_S", "IQ4_NL", "IQ4_NLX8", "IQ4_XS", "IQ4_XSX8",
 ];
 /// Minitron's decode matrices, (input width, output rows).
 const SHAPES: [(usize, usize); 3] = [(3072, 9216), (9216, 3072), (3072, 128256)];
@@ -496,6 +497,12 @@ fn bench_type(name: &str, opts: &Opts, pools: &[Pool], read_buf: &[u64]) -> Figu
             &scales(&[offset_of!(BlockQ5K, d), offset_of!(BlockQ5K, dmin)]),
         ),
         "Q6_K" => bench::<Q6_K>(opts, pools, read_buf, &scales(&[offset_of!(BlockQ6K, d)])),
+        // the 8 rows' f16 `d`; every scale and quant byte is valid as it comes
+        "Q6_KX8" => {
+            let d = offset_of!(BlockQ6KX8, d);
+            let offsets: Vec<usize> = (d..d + 16).step_by(2).collect();
+            bench::<Q6_KX8>(opts, pools, read_buf, &scales(&offsets))
+        }
         "IQ1_S" => bench::<IQ1_S>(opts, pools, read_buf, &scales(&[offset_of!(BlockIQ1S, d)])),
         "IQ1_M" => bench::<IQ1_M>(
             opts,

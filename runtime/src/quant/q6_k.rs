@@ -44,7 +44,7 @@ pub struct Q6_K;
 
 /// Unpacks the 256 quants of a block in weight order, without the offset (`0..=63`).
 #[inline(always)]
-fn unpack_quants(b: &BlockQ6K) -> [u8; QK_K] {
+pub(crate) fn unpack_quants(b: &BlockQ6K) -> [u8; QK_K] {
     let mut q = [0u8; QK_K];
     for h in 0..2 {
         let (ql, qh) = (&b.ql[64 * h..64 * h + 64], &b.qh[32 * h..32 * h + 32]);
@@ -59,6 +59,23 @@ fn unpack_quants(b: &BlockQ6K) -> [u8; QK_K] {
         }
     }
     q
+}
+
+/// Packs 256 quants (`0..=63`, weight order) into `ql` and `qh`: the inverse of
+/// [`unpack_quants`] (every bit of the two arrays is used, so the packing is unique).
+pub(crate) fn pack_quants(q: &[u8; QK_K]) -> ([u8; QK_K / 2], [u8; QK_K / 4]) {
+    let (mut ql, mut qh) = ([0u8; QK_K / 2], [0u8; QK_K / 4]);
+    for h in 0..2 {
+        for l in 0..32 {
+            for k in 0..4 {
+                let v = q[128 * h + 32 * k + l];
+                debug_assert!(v < 64, "Q6_K: quant {v} out of range");
+                ql[64 * h + l + 32 * (k % 2)] |= (v & 0x0f) << (4 * (k / 2));
+                qh[32 * h + l] |= (v >> 4) << (2 * k);
+            }
+        }
+    }
+    (ql, qh)
 }
 
 /// Scalar reference dot product of a Q6_K row with Q8_K activations.

@@ -11,6 +11,8 @@ pub mod legacy;
 #[cfg(target_feature = "f16c")]
 pub mod q4_k_x8;
 pub mod q4_x8;
+#[cfg(target_feature = "f16c")]
+pub mod q6_k_x8;
 pub mod superblock;
 pub mod tiles;
 mod vnni;
