@@ -5,7 +5,7 @@
 //! repacking a tensor's bytes are exactly its GGUF bytes, so the emitted `weights.S`
 //! pulls them straight from the GGUF with `.incbin file, skip, count`.
 //!
-//! For the CPU, Q4_K, Q4_0, IQ4_NL and IQ4_XS matrices that only ever multiply (the
+//! For the CPU, Q4_K, Q4_0, IQ4_NL, IQ4_XS and Q6_K matrices that only ever multiply (the
 //! projections, and `output` when it is its own tensor; never the token embedding, whose
 //! rows are looked up) are repacked into the runtime's 8-row-interleaved formats
 //! ([`Repack`]), whose kernels keep one row per vector lane. Their bytes come from
@@ -48,14 +48,16 @@ pub enum Layout {
 }
 
 /// A runtime format with 8 rows interleaved that the CPU build repacks the matrices of
-/// one ggml type into (see the runtime's `quant::q4_k_x8`, `quant::q4_x8` and
-/// `quant::iq4_xs_x8`): every row's dot is bit for bit the plain format's.
+/// one ggml type into (see the runtime's `quant::q4_k_x8`, `quant::q4_x8`,
+/// `quant::iq4_xs_x8` and `quant::q6_k_x8`): every row's dot is bit for bit the plain
+/// format's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Repack {
     Q4KX8,
     Q4_0X8,
     IQ4NLX8,
     IQ4XSX8,
+    Q6KX8,
 }
 
 impl Repack {
@@ -69,6 +71,7 @@ impl Repack {
             GgmlType::Q4_0 => Some(Repack::Q4_0X8),
             GgmlType::IQ4_NL => Some(Repack::IQ4NLX8),
             GgmlType::IQ4_XS => Some(Repack::IQ4XSX8),
+            GgmlType::Q6_K => Some(Repack::Q6KX8),
             _ => None,
         }
     }
@@ -80,6 +83,7 @@ impl Repack {
             Repack::Q4_0X8 => GgmlType::Q4_0,
             Repack::IQ4NLX8 => GgmlType::IQ4_NL,
             Repack::IQ4XSX8 => GgmlType::IQ4_XS,
+            Repack::Q6KX8 => GgmlType::Q6_K,
         }
     }
 
@@ -90,6 +94,7 @@ impl Repack {
             Repack::Q4_0X8 => "Q4_0X8",
             Repack::IQ4NLX8 => "IQ4_NLX8",
             Repack::IQ4XSX8 => "IQ4_XSX8",
+            Repack::Q6KX8 => "Q6_KX8",
         }
     }
 
@@ -99,6 +104,7 @@ impl Repack {
             Repack::Q4KX8 => "q4_k_x8",
             Repack::Q4_0X8 | Repack::IQ4NLX8 => "q4_x8",
             Repack::IQ4XSX8 => "iq4_xs_x8",
+            Repack::Q6KX8 => "q6_k_x8",
         }
     }
 
@@ -108,7 +114,8 @@ impl Repack {
         let src = self.source();
         let block = match self {
             Repack::Q4KX8 => 1184,
-            Repack::Q4_0X8 | Repack::IQ4NLX8 => Self::ROWS * src.block_bytes(),
+            // the 8 rows' bytes, rearranged
+            Repack::Q4_0X8 | Repack::IQ4NLX8 | Repack::Q6KX8 => Self::ROWS * src.block_bytes(),
             // 8 rows' f16 d and unpacked i8 sub-block scales, then their quants
             Repack::IQ4XSX8 => 1104,
         };
@@ -123,12 +130,13 @@ impl Repack {
         cols: u64,
         write: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        use mcc_runtime::quant::{iq4_nl::IQ4_NL, iq4_xs_x8, q4_0::Q4_0, q4_k_x8, q4_x8};
+        use mcc_runtime::quant::{iq4_nl::IQ4_NL, iq4_xs_x8, q4_0::Q4_0, q4_k_x8, q4_x8, q6_k_x8};
         match self {
             Repack::Q4KX8 => q4_k_x8::repack_q4_k_bytes(src, cols as usize, write),
             Repack::Q4_0X8 => q4_x8::repack_bytes::<Q4_0, _>(src, cols as usize, write),
             Repack::IQ4NLX8 => q4_x8::repack_bytes::<IQ4_NL, _>(src, cols as usize, write),
             Repack::IQ4XSX8 => iq4_xs_x8::repack_iq4_xs_bytes(src, cols as usize, write),
+            Repack::Q6KX8 => q6_k_x8::repack_q6_k_bytes(src, cols as usize, write),
         }
     }
 }
@@ -275,7 +283,19 @@ mod tests {
         assert_eq!(repack_of("blk.0.attn_k.weight", q4k, 1020, 3072), None);
         assert_eq!(repack_of("blk.0.attn_norm.weight", q4k, 1, 3072), None);
         let k = "blk.0.attn_k.weight";
-        assert_eq!(repack_of(k, GgmlType::Q6_K, 1024, 3072), None);
+        assert_eq!(
+            repack_of(k, GgmlType::Q6_K, 1024, 3072),
+            Some(Repack::Q6KX8)
+        );
+        assert_eq!(
+            repack_of("output.weight", GgmlType::Q6_K, 128256, 3072),
+            Some(Repack::Q6KX8)
+        );
+        assert_eq!(
+            repack_of("token_embd.weight", GgmlType::Q6_K, 128256, 3072),
+            None
+        );
+        assert_eq!(repack_of(k, GgmlType::Q5_K, 1024, 3072), None);
         assert_eq!(repack_of(k, GgmlType::Q4_0, 64, 576), Some(Repack::Q4_0X8));
         assert_eq!(
             repack_of(k, GgmlType::IQ4_NL, 64, 576),
@@ -297,8 +317,9 @@ mod tests {
     #[test]
     fn repacked_sizes() {
         // Q4_K: 1184 bytes per 8 rows of 256; Q4_0 / IQ4_NL: 8 × 18 bytes per 8 rows of 32;
-        // IQ4_XS: 1104 bytes per 8 rows of 256
+        // IQ4_XS: 1104 bytes per 8 rows of 256; Q6_K: 8 × 210 bytes per 8 rows of 256
         assert_eq!(Repack::Q4KX8.n_bytes(16, 512), 2 * 2 * 1184);
+        assert_eq!(Repack::Q6KX8.n_bytes(16, 512), 2 * 2 * 1680);
         assert_eq!(Repack::Q4_0X8.n_bytes(16, 576), 2 * 18 * 144);
         assert_eq!(Repack::IQ4XSX8.n_bytes(16, 512), 2 * 2 * 1104);
         for r in [
@@ -306,6 +327,7 @@ mod tests {
             Repack::Q4_0X8,
             Repack::IQ4NLX8,
             Repack::IQ4XSX8,
+            Repack::Q6KX8,
         ] {
             assert_eq!(Repack::of(r.source()), Some(r));
         }

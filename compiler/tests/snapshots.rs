@@ -164,7 +164,7 @@ fn minitron_q4_k_m() {
     let gguf = minitron_q4_k_m_gguf(dir.path());
     let files = emit(&gguf, "minitron");
     // The per-layer mix shows in the layer functions: layer 0 has Q6_K attn_v and
-    // ffn_down, layer 4 has Q4_K (as Q4_KX8) everywhere.
+    // ffn_down (as Q6_KX8), layer 4 has Q4_K (as Q4_KX8) everywhere.
     let Contents::Source(model) = &files
         .iter()
         .find(|f| f.path == "src/model.rs")
@@ -173,10 +173,10 @@ fn minitron_q4_k_m() {
     else {
         panic!("model.rs is a source")
     };
-    assert!(model.contains("pub static BLK0_ATTN_V: Weight<Q6_K,"));
-    // Q4_K matrices are repacked, 8 rows interleaved.
+    // Q4_K and Q6_K matrices are repacked, 8 rows interleaved.
+    assert!(model.contains("pub static BLK0_ATTN_V: Weight<Q6_KX8,"));
     assert!(model.contains("pub static BLK4_ATTN_V: Weight<Q4_KX8,"));
-    assert!(model.contains("pub static OUTPUT: Weight<Q6_K, N_VOCAB, N_EMBD>"));
+    assert!(model.contains("pub static OUTPUT: Weight<Q6_KX8, N_VOCAB, N_EMBD>"));
     assert_sources("minitron", &gguf, &files);
 }
 
