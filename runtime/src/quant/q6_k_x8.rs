@@ -41,7 +41,7 @@
 //!   [`vec_dot_q6_kx8_q8_k_ref`] is the same arithmetic in scalar code.
 //! - **Batches of 8 or more tokens**: the tiled kernel's, per super-block the exact
 //!   `s1 = Σ_g scale_g (Σ q a - 32 bsums_g)`, `r = s1 · d_w`, `acc = fma(r, d_a, acc)`,
-//!   computed for 8 rows × 4 tokens at a time straight from the interleaved blocks.
+//!   computed for 8 rows × 8 tokens (4 without AVX-512) at a time straight from the interleaved blocks.
 //!
 //! Builds without the kernels (no AVX2, FMA or F16C) put the rows back and take Q6_K's
 //! own paths, so on every build a repacked matrix gives what the plain one would.
@@ -336,7 +336,7 @@ impl WeightType for Q6_KX8 {
 
     /// Batches that Q6_K computes with its one-token dot take the 8-row one-token kernel
     /// per token (equal to that dot). Batches of 8 or more tokens take the tiled
-    /// arithmetic straight from the interleaved blocks on x86 (8 rows × 4 tokens per
+    /// arithmetic straight from the interleaved blocks on x86 (8 rows × 8 or 4 tokens per
     /// kernel call); elsewhere the groups' rows are put back into Q6_K blocks (a
     /// per-thread buffer) for Q6_K's batch path.
     fn groups_batch_dots(
