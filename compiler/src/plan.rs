@@ -173,16 +173,20 @@ impl PlannedTensor {
 
 /// What the tensor `name` (of the given type and shape) is repacked into on the CPU, if
 /// anything: a matrix of a type with an interleaved format whose only use is as a matmul
-/// weight, in whole groups of 8 rows.
+/// weight, in whole groups of 8 rows. A Q6_K `output` stays Q6_K: Q6_KX8 is there for
+/// the prompt batches' GEMM, which `output` never takes (only the last token's logits
+/// are computed), and its one-token kernel is not faster than Q6_K's from memory.
 fn repack_of(name: &str, ggml_type: GgmlType, rows: u64, cols: u64) -> Option<Repack> {
     let role = name.strip_suffix(".weight").unwrap_or(name);
     let role = role.rsplit('.').next().unwrap_or(role);
+    let output = name == "output.weight";
     let matmul_only = matches!(
         role,
         "attn_q" | "attn_k" | "attn_v" | "attn_output" | "ffn_gate" | "ffn_up" | "ffn_down"
-    ) || name == "output.weight";
-    Repack::of(ggml_type).filter(|_| {
+    ) || output;
+    Repack::of(ggml_type).filter(|&to| {
         matmul_only
+            && !(output && to == Repack::Q6KX8)
             && rows.is_multiple_of(Repack::ROWS)
             && cols.is_multiple_of(ggml_type.block_elems())
     })
@@ -289,7 +293,7 @@ mod tests {
         );
         assert_eq!(
             repack_of("output.weight", GgmlType::Q6_K, 128256, 3072),
-            Some(Repack::Q6KX8)
+            None
         );
         assert_eq!(
             repack_of("token_embd.weight", GgmlType::Q6_K, 128256, 3072),
