@@ -409,7 +409,9 @@ mod tests {
             for (start, len) in [(0usize, 64usize), (3, 17), (64, 6), (5, 1)] {
                 let kv_off = hd + 3;
                 let (mut k_t, mut v) = (vec![f32::NAN; hd * TILE_KV], vec![0f32; TILE_KV * hd]);
-                load_tile(&cache, &cache, kv_stride, kv_off, start, len, hd, &mut k_t, &mut v);
+                load_tile(
+                    &cache, &cache, kv_stride, kv_off, start, len, hd, &mut k_t, &mut v,
+                );
                 for j in 0..len {
                     for d in 0..hd {
                         let want = cache[(start + j) * kv_stride + kv_off + d].to_f32();
