@@ -138,7 +138,7 @@ impl ActScratch {
 
     /// Index of the slot holding the current input (`n` rows of `cols`) quantized to `A`,
     /// quantizing it on the first call since [`ActScratch::begin`].
-    fn quantize<A: ActType>(&mut self, input: &[f32], cols: usize) -> usize {
+    fn quantize<A: ActType>(&mut self, pool: &Pool, input: &[f32], cols: usize) -> usize {
         let format = std::any::TypeId::of::<A>();
         let n_blocks = input.len() / A::BLOCK_ELEMS;
         if let Some(i) = self.slots.iter().position(|s| s.live && s.format == format) {
@@ -170,12 +170,16 @@ impl ActScratch {
         }
         let per_row = cols / A::BLOCK_ELEMS;
         let blocks = Self::view_mut::<A>(&mut slot.blocks, n_blocks);
-        for (x, b) in input
-            .chunks_exact(cols)
-            .zip(blocks.chunks_exact_mut(per_row))
-        {
-            A::quantize(x, b);
-        }
+        let rows = per_thread_rows(input.len() / cols, pool);
+        pool.for_each_chunk(blocks, rows * per_row, |start, blocks| {
+            let input = &input[start / per_row * cols..];
+            for (x, b) in input
+                .chunks_exact(cols)
+                .zip(blocks.chunks_exact_mut(per_row))
+            {
+                A::quantize(x, b);
+            }
+        });
         (slot.format, slot.n_blocks, slot.live) = (format, n_blocks, true);
         i
     }
@@ -561,7 +565,18 @@ impl Ctx {
             &mut self.gate,
             &mut self.up,
         );
-        ops::swiglu(&mut self.gate[..n * n_ff], &self.up[..n * n_ff]);
+        let up = &self.up;
+        let rows = per_thread_rows(n, &self.pool);
+        self.pool
+            .for_each_chunk(&mut self.gate[..n * n_ff], rows * n_ff, |start, gate| {
+                // row by row, as ggml's op (a vector body and a scalar tail per row)
+                for (g, u) in gate
+                    .chunks_exact_mut(n_ff)
+                    .zip(up[start..].chunks_exact(n_ff))
+                {
+                    ops::swiglu(g, u);
+                }
+            });
         self.act.begin();
         project(
             &self.pool,
@@ -593,19 +608,39 @@ impl Ctx {
     /// xn = rmsnorm(x) * weight, per token.
     fn rms_norm<N: Tensor<W = F32>>(&mut self, norm: &N) {
         let n_embd = self.cfg.n_embd;
-        let w = norm.blocks(self.blob);
-        for t in 0..self.n() {
-            let r = t * n_embd..(t + 1) * n_embd;
-            ops::rms_norm(&self.x[r.clone()], w, self.cfg.rms_eps, &mut self.xn[r]);
-        }
+        let (w, eps, n) = (norm.blocks(self.blob), self.cfg.rms_eps, self.n());
+        let x = &self.x;
+        let rows = per_thread_rows(n, &self.pool);
+        self.pool
+            .for_each_chunk(&mut self.xn[..n * n_embd], rows * n_embd, |start, xn| {
+                for (o, x) in xn
+                    .chunks_exact_mut(n_embd)
+                    .zip(x[start..].chunks_exact(n_embd))
+                {
+                    ops::rms_norm(x, w, eps, o);
+                }
+            });
     }
 
     fn add_proj(&mut self) {
-        let len = self.n() * self.cfg.n_embd;
-        for (x, p) in self.x[..len].iter_mut().zip(&self.proj[..len]) {
-            *x += p;
-        }
+        let (n, n_embd) = (self.n(), self.cfg.n_embd);
+        let proj = &self.proj;
+        let rows = per_thread_rows(n, &self.pool);
+        self.pool
+            .for_each_chunk(&mut self.x[..n * n_embd], rows * n_embd, |start, x| {
+                for (x, p) in x.iter_mut().zip(&proj[start..]) {
+                    *x += p;
+                }
+            });
     }
+}
+
+/// Rows (tokens) per chunk of a per-token step (norms, SwiGLU, residual adds, activation
+/// quantization) run on `pool`: a few chunks per thread for a batch, so that a thread that
+/// loses its core does not hold the others up; one chunk for a single token, which
+/// `for_each_chunk` then runs on the calling thread.
+fn per_thread_rows(n_rows: usize, pool: &Pool) -> usize {
+    n_rows.div_ceil(4 * pool.n_threads()).max(1)
 }
 
 /// Activation format of tensor `T`'s weights.
@@ -623,7 +658,7 @@ fn project<T: Tensor>(
     n: usize,
     out: &mut [f32],
 ) {
-    let slot = act.quantize::<ActOf<T>>(&input[..n * T::COLS], T::COLS);
+    let slot = act.quantize::<ActOf<T>>(pool, &input[..n * T::COLS], T::COLS);
     let blocks = act.get::<ActOf<T>>(slot);
     let out = &mut out[..n * T::ROWS];
     if n == 1 {
@@ -652,8 +687,8 @@ fn project_pair<A: Tensor, B: Tensor>(
         project(pool, blob, act, w_b, input, n, out_b);
         return;
     }
-    let slot_a = act.quantize::<ActOf<A>>(&input[..A::COLS], A::COLS);
-    let slot_b = act.quantize::<ActOf<B>>(&input[..B::COLS], B::COLS);
+    let slot_a = act.quantize::<ActOf<A>>(pool, &input[..A::COLS], A::COLS);
+    let slot_b = act.quantize::<ActOf<B>>(pool, &input[..B::COLS], B::COLS);
     matmul::matvec2::<A::W, B::W>(
         pool,
         (
@@ -677,19 +712,20 @@ mod tests {
     #[test]
     fn act_scratch_quantizes_each_input_once_per_format() {
         let (x, y) = (vec![1.0f32; 512], vec![-3.0f32; 512]);
+        let pool = Pool::new(2);
         let mut act = ActScratch::default();
         act.begin();
-        let a = act.quantize::<Q8_0>(&x, 256);
-        let k = act.quantize::<Q8_K>(&x, 256);
+        let a = act.quantize::<Q8_0>(&pool, &x, 256);
+        let k = act.quantize::<Q8_K>(&pool, &x, 256);
         assert_ne!(a, k);
         assert_eq!(act.get::<Q8_0>(a).len(), 16);
         assert_eq!(act.get::<Q8_K>(k).len(), 2);
         // Until the next begin, a projection of the same input reuses the blocks as they
         // are: nothing is compared or quantized again.
-        assert_eq!(act.quantize::<Q8_0>(&y, 256), a);
+        assert_eq!(act.quantize::<Q8_0>(&pool, &y, 256), a);
         assert_eq!(act.get::<Q8_0>(a)[0].qs[0], 127);
         act.begin();
-        let a = act.quantize::<Q8_0>(&y, 256);
+        let a = act.quantize::<Q8_0>(&pool, &y, 256);
         assert_eq!(act.get::<Q8_0>(a)[0].qs[0], -127);
         assert_eq!(act.slots.len(), 2, "slots are reused across inputs");
     }

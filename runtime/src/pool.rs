@@ -315,14 +315,14 @@ unsafe impl<T: Send> Send for SyncPtr<T> {}
 /// An output buffer that several threads write at disjoint indices, for strided outputs
 /// such as a token-major matmul result split by rows, which `for_each_chunk` cannot
 /// express as contiguous chunks.
-pub(crate) struct DisjointOut<'a, T = f32> {
-    ptr: SyncPtr<T>,
+pub(crate) struct DisjointOut<'a> {
+    ptr: SyncPtr<f32>,
     len: usize,
-    _borrow: std::marker::PhantomData<&'a mut [T]>,
+    _borrow: std::marker::PhantomData<&'a mut [f32]>,
 }
 
-impl<'a, T: Copy + Send> DisjointOut<'a, T> {
-    pub(crate) fn new(out: &'a mut [T]) -> Self {
+impl<'a> DisjointOut<'a> {
+    pub(crate) fn new(out: &'a mut [f32]) -> Self {
         DisjointOut {
             ptr: SyncPtr(out.as_mut_ptr()),
             len: out.len(),
@@ -335,7 +335,7 @@ impl<'a, T: Copy + Send> DisjointOut<'a, T> {
     /// # Safety
     /// No other thread may access index `i` while the buffer is shared.
     #[inline(always)]
-    pub(crate) unsafe fn write(&self, i: usize, v: T) {
+    pub(crate) unsafe fn write(&self, i: usize, v: f32) {
         assert!(i < self.len, "DisjointOut: index {i} out of {}", self.len);
         // SAFETY: in bounds (checked); exclusive per the caller's contract.
         unsafe { self.ptr.get().add(i).write(v) }
@@ -346,7 +346,7 @@ impl<'a, T: Copy + Send> DisjointOut<'a, T> {
     /// # Safety
     /// No other thread may access those indices while the buffer is shared.
     #[inline(always)]
-    pub(crate) unsafe fn write_slice(&self, at: usize, src: &[T]) {
+    pub(crate) unsafe fn write_slice(&self, at: usize, src: &[f32]) {
         assert!(
             at <= self.len && src.len() <= self.len - at,
             "DisjointOut: {} values at {at} out of {}",

@@ -92,27 +92,33 @@ thread_local! {
     static QUAD: RefCell<Vec<QuadBlock>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Packs block `k` of tokens `tokens` (up to [`TILE`]; missing tokens are zeros, whose
-/// products are zeros) whose blocks start at `act[t * act_row]`.
+/// Packs the blocks of tokens `tokens` (up to [`TILE`]; missing tokens get zeros, whose
+/// products are zeros), token `t`'s blocks starting at `act[t * act_row]`, into `group`
+/// (one [`PackedAct`] per block).
 #[target_feature(enable = "avx2,fma,f16c")]
 fn pack<A: ActBlock>(
     act: &[A],
     act_row: usize,
     tokens: std::ops::Range<usize>,
-    k: usize,
     bias: u8,
-) -> PackedAct {
-    let mut p = PackedAct::default();
-    for (i, t) in tokens.enumerate() {
-        let a = &act[t * act_row + k];
-        let bytes = ActBytes::new(a.qs(), bias);
-        p.qs[i] = *a.qs();
-        // SAFETY: 32 writable bytes; unaligned store.
-        unsafe { _mm256_storeu_si256(p.start[i].as_mut_ptr().cast(), bytes.start) };
-        (p.d[i], p.s[i]) = (a.d().to_f32(), a.s().to_f32());
-        (p.d[i + TILE], p.s[i + TILE]) = (p.d[i], p.s[i]);
+    group: &mut [PackedAct],
+) {
+    let n = tokens.len();
+    for (k, p) in group.iter_mut().enumerate() {
+        for (i, t) in tokens.clone().enumerate() {
+            let a = &act[t * act_row + k];
+            p.qs[i] = *a.qs();
+            let start = ActBytes::new(a.qs(), bias).start;
+            // SAFETY: 32 writable bytes; unaligned store.
+            unsafe { _mm256_storeu_si256(p.start[i].as_mut_ptr().cast(), start) };
+            (p.d[i], p.s[i]) = (a.d().to_f32(), a.s().to_f32());
+            (p.d[i + TILE], p.s[i + TILE]) = (p.d[i], p.s[i]);
+        }
+        for i in n..TILE {
+            (p.qs[i], p.start[i]) = ([0; 32], [0; 8]);
+            (p.d[i], p.s[i], p.d[i + TILE], p.s[i + TILE]) = (0.0, 0.0, 0.0, 0.0);
+        }
     }
-    p
 }
 
 /// Unpacks block `k` of the 4 rows `rows`.
@@ -234,16 +240,12 @@ fn matmul_8_lanes<W, const OFFSETS: bool>(
             packed.resize(groups * rb, PackedAct::default());
         }
         let packed = &mut packed[..groups * rb];
-        let dst = DisjointOut::new(packed);
-        pool.run(&|i, n| {
-            for g in i * groups / n..(i + 1) * groups / n {
+        let groups_per_chunk = groups.div_ceil(4 * pool.n_threads());
+        pool.for_each_chunk(packed, groups_per_chunk * rb, |start, chunk| {
+            for (i, group) in chunk.chunks_exact_mut(rb).enumerate() {
+                let g = start / rb + i;
                 let tokens = g * TILE..(g * TILE + TILE).min(n_tokens);
-                for k in 0..rb {
-                    // SAFETY: group `g` is this thread's alone.
-                    unsafe {
-                        dst.write(g * rb + k, pack(act, rb, tokens.clone(), k, W::Block::BIAS))
-                    };
-                }
+                pack(act, rb, tokens, W::Block::BIAS, group);
             }
         });
         let packed: &[PackedAct] = packed;
