@@ -135,11 +135,16 @@ def greedy_logits_exe():
     src_dir = bin_dir.parent.parent
     src = ROOT / "scripts/llama_greedy_logits.cpp"
     exe = CACHE / "bin/llama_greedy_logits"
-    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+    # the libraries it was linked against (its rpath): rebuilt when they moved
+    lib_dir = CACHE / "bin/llama_greedy_logits.lib-dir"
+    stale = (not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime
+             or not lib_dir.exists() or lib_dir.read_text() != str(bin_dir))
+    if stale:
         exe.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["g++", "-O2", "-std=c++17", str(src), f"-I{src_dir}/include",
                         f"-I{src_dir}/ggml/include", f"-L{bin_dir}", f"-Wl,-rpath,{bin_dir}",
                         "-lllama", "-lggml", "-lggml-base", "-o", str(exe)], check=True)
+        lib_dir.write_text(str(bin_dir))
     return exe
 
 
