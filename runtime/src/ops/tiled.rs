@@ -50,6 +50,8 @@ pub struct TiledScratch {
     out: Vec<f32>,
     max: Vec<f32>,
     sum: Vec<f32>,
+    /// Keys of the current tile each row weighs (0: none, the row is past them).
+    weighted: Vec<usize>,
 }
 
 impl TiledScratch {
@@ -64,6 +66,7 @@ impl TiledScratch {
             out: vec![0.0; max_rows * head_dim],
             max: vec![f32::NEG_INFINITY; max_rows],
             sum: vec![0.0; max_rows],
+            weighted: vec![0; max_rows],
         }
     }
 
@@ -136,6 +139,7 @@ pub fn attend_rows_tiled_flavor<'s>(
         out,
         max,
         sum,
+        weighted,
         ..
     } = scratch;
     let out = &mut out[..n_rows * hd];
@@ -162,11 +166,14 @@ pub fn attend_rows_tiled_flavor<'s>(
             scale,
             &mut scores[..rows * TILE_KV],
         );
+        // Softmax of every row first (its keys' weights, in place of the scores), then V
+        // two rows at a time: each V load serves both, and every row's own chain of
+        // fused steps is unchanged.
         for (r, row_scores) in (first_row..n_rows).zip(scores.chunks_exact_mut(TILE_KV)) {
             let row_scores: &mut [f32; TILE_KV] = row_scores.try_into().expect("tile row");
             let visible = (n_kv_first + r - start).min(TILE_KV);
             row_scores[visible..].fill(f32::NEG_INFINITY);
-            let o = &mut out[r * hd..(r + 1) * hd];
+            weighted[r - first_row] = 0;
             let tile_max = tile_max(row_scores);
             if tile_max == f32::NEG_INFINITY {
                 continue;
@@ -175,13 +182,30 @@ pub fn attend_rows_tiled_flavor<'s>(
             let m_new = m_old.max(tile_max);
             if m_new > m_old {
                 let rescale = (m_old - m_new).exp();
-                o.iter_mut().for_each(|x| *x *= rescale);
+                out[r * hd..(r + 1) * hd]
+                    .iter_mut()
+                    .for_each(|x| *x *= rescale);
                 sum[r] *= rescale;
             }
             max[r] = m_new;
             let total = exp_and_sum(row_scores, m_new, flavor);
             sum[r] = (sum[r] as f64 + total) as f32;
-            accumulate_v(o, &row_scores[..visible], v, hd);
+            weighted[r - first_row] = visible;
+        }
+        let tile_out = &mut out[first_row * hd..n_rows * hd];
+        let mut pairs = tile_out
+            .chunks_exact_mut(2 * hd)
+            .zip(scores.chunks_exact(2 * TILE_KV))
+            .zip(weighted.chunks_exact(2));
+        for ((o, p), n) in &mut pairs {
+            let (o0, o1) = o.split_at_mut(hd);
+            let (p0, p1) = p.split_at(TILE_KV);
+            accumulate_v_pair([o0, o1], [&p0[..n[0]], &p1[..n[1]]], v, hd);
+        }
+        if rows % 2 == 1 {
+            let r = rows - 1;
+            let o = &mut tile_out[r * hd..(r + 1) * hd];
+            accumulate_v(o, &scores[r * TILE_KV..][..weighted[r]], v, hd);
         }
     }
     for (o, &s) in out.chunks_exact_mut(hd).zip(sum.iter()) {
@@ -337,6 +361,25 @@ fn accumulate_v(o: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
     accumulate_v_ref(o, p, v, hd);
 }
 
+/// [`accumulate_v`] for two rows: the keys both see go through one pass (each V row
+/// loaded once for the two), the rest of the longer one alone; each row's steps are the
+/// same as through `accumulate_v`.
+#[inline]
+fn accumulate_v_pair(o: [&mut [f32]; 2], p: [&[f32]; 2], v: &[f32], hd: usize) {
+    let [o0, o1] = o;
+    let common = p[0].len().min(p[1].len());
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    let done = super::x86::accumulate_v2_w16([o0, o1], [&p[0][..common], &p[1][..common]], v, hd);
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    let done = false;
+    let start = if done { common } else { 0 };
+    for (o, p) in [(o0, p[0]), (o1, p[1])] {
+        if p.len() > start {
+            accumulate_v(o, &p[start..], &v[start * hd..], hd);
+        }
+    }
+}
+
 /// The scalar [`accumulate_v`].
 fn accumulate_v_ref(o: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
     for (&pj, v_row) in p.iter().zip(v.chunks_exact(hd)) {
@@ -393,6 +436,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Two rows' V accumulation in one pass is each row's own, bit for bit, for equal
+    /// and unequal key counts (including none) and head sizes with and without a
+    /// vector kernel.
+    #[test]
+    fn accumulate_v_pair_is_two_rows() {
+        for hd in [16usize, 64, 80, 128, 200] {
+            let v = values(TILE_KV * hd, 3, 1.0);
+            for (n0, n1) in [
+                (64usize, 64usize),
+                (17, 40),
+                (40, 17),
+                (0, 9),
+                (5, 0),
+                (1, 1),
+            ] {
+                let (p0, p1) = (values(n0, 4, 1.0), values(n1, 6, 1.0));
+                let (mut a0, mut a1) = (values(hd, 5, 2.0), values(hd, 7, 2.0));
+                let (mut b0, mut b1) = (a0.clone(), a1.clone());
+                accumulate_v_pair([&mut a0, &mut a1], [&p0, &p1], &v, hd);
+                accumulate_v_ref(&mut b0, &p0, &v, hd);
+                accumulate_v_ref(&mut b1, &p1, &v, hd);
+                assert_eq!(
+                    (bits(&a0), bits(&a1)),
+                    (bits(&b0), bits(&b1)),
+                    "hd {hd} keys {n0}/{n1}"
+                );
+            }
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
     }
 
     /// The vector K transpose gives the scalar widening of every visible key, for tile

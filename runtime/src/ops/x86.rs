@@ -310,6 +310,79 @@ unsafe fn accumulate_v_cols<const N: usize>(o: *mut f32, p: &[f32], v: *const f3
     }
 }
 
+/// [`accumulate_v_cols`] for two rows over the same keys: each V load serves both.
+///
+/// # Safety
+/// As [`accumulate_v_cols`], for `o0`, `o1` and `p0.len() == p1.len()` keys.
+#[cfg(target_feature = "avx512f")]
+#[inline(always)]
+unsafe fn accumulate_v2_cols<const N: usize>(
+    o: [*mut f32; 2],
+    p: [&[f32]; 2],
+    v: *const f32,
+    hd: usize,
+) {
+    let mut acc: [[__m512; N]; 2] =
+        o.map(|o| std::array::from_fn(|c| _mm512_loadu_ps(o.add(16 * c))));
+    for (j, (&p0, &p1)) in p[0].iter().zip(p[1]).enumerate() {
+        let (w0, w1) = (_mm512_set1_ps(p0), _mm512_set1_ps(p1));
+        let [acc0, acc1] = &mut acc;
+        for (c, (a0, a1)) in acc0.iter_mut().zip(acc1.iter_mut()).enumerate() {
+            let vj = _mm512_loadu_ps(v.add(j * hd + 16 * c));
+            *a0 = _mm512_fmadd_ps(w0, vj, *a0);
+            *a1 = _mm512_fmadd_ps(w1, vj, *a1);
+        }
+    }
+    for (o, acc) in o.iter().zip(&acc) {
+        for (c, &a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(o.add(16 * c), a);
+        }
+    }
+}
+
+/// [`accumulate_v_w16`] for two rows over the same keys (`p[0].len() == p[1].len()`), in
+/// register blocks of up to 128 values per row. Returns false (and does nothing) where
+/// `accumulate_v_w16` would.
+#[cfg(target_feature = "avx512f")]
+pub(super) fn accumulate_v2_w16(o: [&mut [f32]; 2], p: [&[f32]; 2], v: &[f32], hd: usize) -> bool {
+    let n = p[0].len();
+    if !hd.is_multiple_of(16) || o.iter().any(|o| o.len() != hd) || p[1].len() != n {
+        return false;
+    }
+    if v.len() < n * hd {
+        return false;
+    }
+    let [o0, o1] = o;
+    let mut col = 0;
+    // SAFETY: each block covers columns col..col + 16 N <= hd of both rows and of every
+    // v row (n rows, checked).
+    unsafe {
+        while col < hd {
+            let at = [o0.as_mut_ptr().add(col), o1.as_mut_ptr().add(col)];
+            let v_at = v.as_ptr().add(col);
+            col += match (hd - col) / 16 {
+                n if n >= 8 => {
+                    accumulate_v2_cols::<8>(at, p, v_at, hd);
+                    128
+                }
+                n if n >= 4 => {
+                    accumulate_v2_cols::<4>(at, p, v_at, hd);
+                    64
+                }
+                n if n >= 2 => {
+                    accumulate_v2_cols::<2>(at, p, v_at, hd);
+                    32
+                }
+                _ => {
+                    accumulate_v2_cols::<1>(at, p, v_at, hd);
+                    16
+                }
+            };
+        }
+    }
+    true
+}
+
 /// `o += sum_j p_j * v_j` as sequential fused steps per value (see
 /// `tiled::accumulate_v`), for `hd` a multiple of 16; columns in register blocks of up
 /// to 128 values. Returns false (and does nothing) for other head sizes.

@@ -103,8 +103,11 @@ fn pack<A: ActBlock>(
     bias: u8,
     group: &mut [PackedAct],
 ) {
-    let n = tokens.len();
-    for (k, p) in group.iter_mut().enumerate() {
+    for (k, dst) in group.iter_mut().enumerate() {
+        // built in registers and on the stack, then stored whole: field by field into
+        // the (cold, megabytes) buffer, the small stores waited on their cache lines
+        // and the packing took 12% of SmolLM2 Q8_0 pp512 instead of ~2%
+        let mut p = PackedAct::default();
         for (i, t) in tokens.clone().enumerate() {
             let a = &act[t * act_row + k];
             p.qs[i] = *a.qs();
@@ -114,10 +117,7 @@ fn pack<A: ActBlock>(
             (p.d[i], p.s[i]) = (a.d().to_f32(), a.s().to_f32());
             (p.d[i + TILE], p.s[i + TILE]) = (p.d[i], p.s[i]);
         }
-        for i in n..TILE {
-            (p.qs[i], p.start[i]) = ([0; 32], [0; 8]);
-            (p.d[i], p.s[i], p.d[i + TILE], p.s[i + TILE]) = (0.0, 0.0, 0.0, 0.0);
-        }
+        *dst = p;
     }
 }
 
