@@ -177,34 +177,6 @@ pub fn vec_dot_q4_kx8_q8_k_ref(w: &[BlockQ4KX8], act: &[BlockQ8K], out: &mut [f3
     }
 }
 
-/// Q4_K's batch path for the rows of `groups`, put back into Q4_K blocks (in a
-/// per-thread buffer): [`Q4_KX8::groups_batch_dots`] where it has no GEMM kernel.
-#[cfg(not(x86_simd))]
-fn plain_batch_dots(
-    groups: &[BlockQ4KX8],
-    act: &[BlockQ8K],
-    act_row: usize,
-    n_tokens: usize,
-    out: &mut [f32],
-) {
-    thread_local! {
-        static PLAIN: std::cell::RefCell<Vec<BlockQ4K>> =
-            const { std::cell::RefCell::new(Vec::new()) };
-    }
-    PLAIN.with_borrow_mut(|plain| {
-        plain.resize(ROWS * groups.len(), ZERO_Q4K);
-        for (group, rows) in groups
-            .chunks_exact(act_row)
-            .zip(plain.chunks_exact_mut(ROWS * act_row))
-        {
-            unpack_group(group, rows);
-        }
-        let mut by_row = vec![0f32; out.len()];
-        super::rows_batch_dots::<Q4_K>(plain, act, act_row, n_tokens, &mut by_row);
-        super::transpose_into(&by_row, n_tokens, out);
-    });
-}
-
 impl WeightType for Q4_KX8 {
     const NAME: &'static str = "Q4_KX8";
     /// Not a ggml type: no GGUF holds it (an id no ggml type uses).
@@ -264,7 +236,15 @@ impl WeightType for Q4_KX8 {
         };
         #[cfg(not(x86_simd))]
         if gemm_end > 0 {
-            return plain_batch_dots(groups, act, act_row, n_tokens, out);
+            return x8::plain_batch_dots::<Q4_K, _>(
+                groups,
+                act,
+                act_row,
+                n_tokens,
+                out,
+                ZERO_Q4K,
+                unpack_group,
+            );
         }
         let token = |t: usize| &act[t * act_row..(t + 1) * act_row];
         let n_rows = groups.len() / rb * ROWS;

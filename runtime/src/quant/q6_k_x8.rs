@@ -272,34 +272,6 @@ fn groups_dots(
     }
 }
 
-/// Q6_K's batch path for the rows of `groups`, put back into Q6_K blocks (in a
-/// per-thread buffer): [`Q6_KX8::groups_batch_dots`] where it has no GEMM kernel.
-#[cfg(not(x86_simd))]
-fn plain_batch_dots(
-    groups: &[BlockQ6KX8],
-    act: &[BlockQ8K],
-    act_row: usize,
-    n_tokens: usize,
-    out: &mut [f32],
-) {
-    thread_local! {
-        static PLAIN: std::cell::RefCell<Vec<BlockQ6K>> =
-            const { std::cell::RefCell::new(Vec::new()) };
-    }
-    PLAIN.with_borrow_mut(|plain| {
-        plain.resize(ROWS * groups.len(), ZERO_Q6K);
-        for (group, rows) in groups
-            .chunks_exact(act_row)
-            .zip(plain.chunks_exact_mut(ROWS * act_row))
-        {
-            unpack_group(group, rows);
-        }
-        let mut by_row = vec![0f32; out.len()];
-        super::rows_batch_dots::<Q6_K>(plain, act, act_row, n_tokens, &mut by_row);
-        super::transpose_into(&by_row, n_tokens, out);
-    });
-}
-
 impl WeightType for Q6_KX8 {
     const NAME: &'static str = "Q6_KX8";
     /// Not a ggml type: no GGUF holds it (an id no ggml type uses).
@@ -351,7 +323,15 @@ impl WeightType for Q6_KX8 {
             return;
         }
         #[cfg(not(x86_simd))]
-        plain_batch_dots(groups, act, act_row, n_tokens, out);
+        x8::plain_batch_dots::<Q6_K, _>(
+            groups,
+            act,
+            act_row,
+            n_tokens,
+            out,
+            ZERO_Q6K,
+            unpack_group,
+        );
         #[cfg(x86_simd)]
         super::x86_avx2::q6_k_x8::groups_tiled_dots(groups, act, act_row, n_tokens, out);
     }

@@ -119,3 +119,29 @@ pub fn repack_matrix<P: WeightType, B: PlainBytes, E>(
     }
     Ok(())
 }
+
+/// Plain format `P`'s batch path for the rows of `groups` (an interleaved format's
+/// consecutive row groups, `act_row` activation blocks wide), put back into `P` blocks
+/// by `unpack`: what an interleaved format's `groups_batch_dots` gives on builds without
+/// its GEMM kernel (token-major `out`, as that method's contract).
+#[cfg(not(x86_simd))]
+pub(super) fn plain_batch_dots<P: WeightType, G>(
+    groups: &[G],
+    act: &[super::ActBlock<P>],
+    act_row: usize,
+    n_tokens: usize,
+    out: &mut [f32],
+    zero: P::Block,
+    unpack: impl Fn(&[G], &mut [P::Block]),
+) {
+    let mut plain = vec![zero; ROWS * groups.len()];
+    for (group, rows) in groups
+        .chunks_exact(act_row)
+        .zip(plain.chunks_exact_mut(ROWS * act_row))
+    {
+        unpack(group, rows);
+    }
+    let mut by_row = vec![0f32; out.len()];
+    super::rows_batch_dots::<P>(&plain, act, act_row, n_tokens, &mut by_row);
+    super::transpose_into(&by_row, n_tokens, out);
+}
