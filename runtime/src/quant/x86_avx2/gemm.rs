@@ -13,10 +13,17 @@
 //! Here both operands are rearranged first, so the inner loop is only the two µops per
 //! (row, token, block) plus loads:
 //! - the whole batch's activations once per matmul, in groups of [`TILE`] tokens
-//!   ([`PackedAct`]: their bytes, VNNI's start values, their scales as f32);
-//! - each [`TILE`] rows' blocks once per token tile, into an L1 buffer ([`QuadBlock`]:
-//!   unpacked to one unsigned byte per weight, scales as f32 laid out so that two
-//!   multiplies give the 16 scale products of a block).
+//!   ([`PackedAct`]: their bytes as `vpdpbusd`'s unsigned operand `a + 128`, their
+//!   scales as f32);
+//! - each [`TILE`] rows' blocks once per token tile, [`K_CHUNK`] blocks at a time, into
+//!   an L1 buffer ([`QuadBlock`]: signed weight bytes, the start values `-128 · Σ w`
+//!   that take the activations' 128 back, scales as f32 laid out so that two multiplies
+//!   give the 16 scale products of a block).
+//!
+//! The start values go with the weights because a quad's block is read by every token
+//! group of the tile from L1, while a group's block streams from L2 for every quad: with
+//! the starts on the activation side (as in `tiles`) that stream was 320 bytes a block,
+//! now 160.
 //!
 //! Threads take chunks of rows (as the other batch paths: at most `MATMUL_TASK_BYTES`
 //! of weights, so they stay in L2); within a chunk, tokens go in tiles whose packed
@@ -29,31 +36,33 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use half::f16;
 
 use super::legacy::{hsum_f32x8, load32};
-use super::tiles::{ActBlock, ActBytes, LegacyBlock};
+use super::tiles::{ActBlock, LegacyBlock};
+use super::vnni::{dpbusd, VNNI};
 use crate::matmul::{rows_per_chunk, MATMUL_TASK_BYTES};
 use crate::pool::{DisjointOut, Pool};
 use crate::quant::{ActBlock as ActBlockOf, WeightType, TILE};
+
+/// What the activation bytes are packed with: `vpdpbusd` takes them as its unsigned
+/// operand, `a + 128` (and the rows' start values take the 128 back); the AVX2 pair
+/// takes them signed, as they are.
+const ACT_OFFSET: u8 = if VNNI { 0x80 } else { 0 };
 
 /// Block `k` of a group of [`TILE`] tokens, as the GEMM reads it.
 #[derive(Clone, Copy)]
 #[repr(C, align(32))]
 pub struct PackedAct {
-    qs: [[i8; 32]; TILE],
-    /// `-bias · Σ a` over each 4 bytes, per token (see `tiles::ActBytes`).
-    start: [[i32; 8]; TILE],
-    /// The 4 tokens' `d_a`, twice: the right factor of two rows' 8 scale products.
-    d: [f32; 8],
-    /// The same for Q8_1's `s_a`.
-    s: [f32; 8],
+    /// Token `t`'s bytes `a`, plus [`ACT_OFFSET`] (mod 256).
+    qs: [[u8; 32]; TILE],
+    /// The 4 tokens' `d_a` then their Q8_1 `s_a`: each half broadcast to 8 lanes is the
+    /// right factor of two rows' 8 scale (offset) products.
+    ds: [f32; 2 * TILE],
 }
 
 impl Default for PackedAct {
     fn default() -> Self {
         PackedAct {
-            qs: [[0; 32]; TILE],
-            start: [[0; 8]; TILE],
-            d: [0.0; 8],
-            s: [0.0; 8],
+            qs: [[ACT_OFFSET; 32]; TILE],
+            ds: [0.0; 2 * TILE],
         }
     }
 }
@@ -62,10 +71,13 @@ impl Default for PackedAct {
 #[derive(Clone, Copy)]
 #[repr(C, align(32))]
 struct QuadBlock {
-    /// Row `r`'s quants as unsigned bytes `u` (weight `d · (u - bias)`).
-    u: [[u8; 32]; TILE],
-    /// `d_w` of row `r` in entries `4r..4r + 4`: times [`PackedAct::d`] these are the
-    /// scale products of (row `r`, token `t`) in entry `4r + t`.
+    /// Row `r`'s weights as signed bytes `w = u - bias` (weight value `d · w`).
+    w: [[i8; 32]; TILE],
+    /// `-ACT_OFFSET · Σ w` over each 4 bytes of row `r`: `vpdpbusd` of the packed
+    /// activations starting there gives the lanes of `Σ a · w`.
+    start: [[i32; 8]; TILE],
+    /// `d_w` of row `r` in entries `4r..4r + 4`: times `d_a` these are the scale
+    /// products of (row `r`, token `t`) in entry `4r + t`.
     d: [f32; 4 * TILE],
     /// The same for Q4_1's `m`.
     m: [f32; 4 * TILE],
@@ -74,9 +86,29 @@ struct QuadBlock {
 impl Default for QuadBlock {
     fn default() -> Self {
         QuadBlock {
-            u: [[0; 32]; TILE],
+            w: [[0; 32]; TILE],
+            start: [[0; 8]; TILE],
             d: [0.0; 4 * TILE],
             m: [0.0; 4 * TILE],
+        }
+    }
+}
+
+/// The running sums of a (row quad, token group): 8 lanes per (row, token) and Q4_1's
+/// offset terms (entry `4r + t`), kept between the k-chunks of a row.
+#[derive(Clone, Copy)]
+struct QuadSums {
+    lanes: [[__m256; TILE]; TILE],
+    offsets: [__m256; 2],
+}
+
+impl QuadSums {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn zero() -> QuadSums {
+        QuadSums {
+            lanes: [[_mm256_setzero_ps(); TILE]; TILE],
+            offsets: [_mm256_setzero_ps(); 2],
         }
     }
 }
@@ -85,11 +117,16 @@ impl Default for QuadBlock {
 /// on this machine) next to the `MATMUL_TASK_BYTES` of weights of a chunk.
 const ACT_TILE_BYTES: usize = 384 << 10;
 
+/// Blocks of a row quad unpacked at a time: with a token group's blocks beside them
+/// they stay in L1 (32 KiB) however wide the rows are.
+const K_CHUNK: usize = 32;
+
 thread_local! {
     /// The packed activations of the matmul this thread runs (reused across calls).
     static PACKED: RefCell<Vec<PackedAct>> = const { RefCell::new(Vec::new()) };
-    /// The unpacked row quad of this thread.
-    static QUAD: RefCell<Vec<QuadBlock>> = const { RefCell::new(Vec::new()) };
+    /// The unpacked row quad chunk of this thread and its sums per token group.
+    static QUAD: RefCell<(Vec<QuadBlock>, Vec<QuadSums>)> =
+        const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Packs the blocks of tokens `tokens` (up to [`TILE`]; missing tokens get zeros, whose
@@ -100,7 +137,6 @@ fn pack<A: ActBlock>(
     act: &[A],
     act_row: usize,
     tokens: std::ops::Range<usize>,
-    bias: u8,
     group: &mut [PackedAct],
 ) {
     for (k, dst) in group.iter_mut().enumerate() {
@@ -110,12 +146,10 @@ fn pack<A: ActBlock>(
         let mut p = PackedAct::default();
         for (i, t) in tokens.clone().enumerate() {
             let a = &act[t * act_row + k];
-            p.qs[i] = *a.qs();
-            let start = ActBytes::new(a.qs(), bias).start;
+            let bytes = _mm256_xor_si256(load32(a.qs()), _mm256_set1_epi8(ACT_OFFSET as i8));
             // SAFETY: 32 writable bytes; unaligned store.
-            unsafe { _mm256_storeu_si256(p.start[i].as_mut_ptr().cast(), start) };
-            (p.d[i], p.s[i]) = (a.d().to_f32(), a.s().to_f32());
-            (p.d[i + TILE], p.s[i + TILE]) = (p.d[i], p.s[i]);
+            unsafe { _mm256_storeu_si256(p.qs[i].as_mut_ptr().cast(), bytes) };
+            (p.ds[i], p.ds[i + TILE]) = (a.d().to_f32(), a.s().to_f32());
         }
         *dst = p;
     }
@@ -132,24 +166,51 @@ fn unpack<W: LegacyBlock>(
     let mut q = QuadBlock::default();
     for (r, row) in rows.iter().enumerate() {
         let b = &row[k];
-        // SAFETY: 32 writable bytes; unaligned store.
-        unsafe { _mm256_storeu_si256(q.u[r].as_mut_ptr().cast(), b.quants()) };
+        let w = _mm256_sub_epi8(b.quants(), _mm256_set1_epi8(W::BIAS as i8));
+        let start = if VNNI {
+            let zero = _mm256_setzero_si256();
+            _mm256_sub_epi32(zero, dpbusd(zero, _mm256_set1_epi8(ACT_OFFSET as i8), w))
+        } else {
+            _mm256_setzero_si256()
+        };
+        // SAFETY: 32 writable bytes each; unaligned stores.
+        unsafe {
+            _mm256_storeu_si256(q.w[r].as_mut_ptr().cast(), w);
+            _mm256_storeu_si256(q.start[r].as_mut_ptr().cast(), start);
+        }
         q.d[4 * r..4 * r + 4].fill(b.d().to_f32());
         q.m[4 * r..4 * r + 4].fill(offset_of(b).to_f32());
     }
     q
 }
 
-/// The 4 × 4 dots of an unpacked row quad with a packed token group: `out[t][r]`.
+/// `Σ a · w` over each 4 bytes: one `vpdpbusd` from the row's start values with VNNI,
+/// else the sign trick on the AVX2 pair (`|w| <= 128`, `|a| <= 127`: no saturation).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn lanes(start: __m256i, a: __m256i, w: __m256i) -> __m256i {
+    if VNNI {
+        dpbusd(start, a, w)
+    } else {
+        let (abs_w, signed_a) = (_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+        _mm256_madd_epi16(_mm256_maddubs_epi16(abs_w, signed_a), _mm256_set1_epi16(1))
+    }
+}
+
+/// `sums` plus the dots of a chunk of unpacked row-quad blocks with the same blocks of
+/// a packed token group.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn quad_dots<W: LegacyBlock, const OFFSETS: bool>(
+fn quad_dots<const OFFSETS: bool>(
     quad: &[QuadBlock],
     act: &[PackedAct],
-) -> [[f32; TILE]; TILE] {
+    sums: QuadSums,
+) -> QuadSums {
     assert_eq!(quad.len(), act.len(), "legacy GEMM: block counts differ");
-    let mut acc = [[_mm256_setzero_ps(); TILE]; TILE];
-    let mut offsets = [_mm256_setzero_ps(); 2];
+    let QuadSums {
+        lanes: mut acc,
+        mut offsets,
+    } = sums;
     // The scale products of a run of blocks, computed ahead of the run's dots so that
     // the dots broadcast them from memory (a load each, folded into the FMA): computed
     // next to their use, the compiler keeps them in registers and spends a shuffle µop
@@ -160,9 +221,9 @@ fn quad_dots<W: LegacyBlock, const OFFSETS: bool>(
     let mut scales = Scales([[0.0; 4 * TILE]; RUN]);
     for (quad, act) in quad.chunks(RUN).zip(act.chunks(RUN)) {
         for ((w, a), s) in quad.iter().zip(act).zip(scales.0.iter_mut()) {
-            // SAFETY: 32-byte loads and stores inside 32-byte aligned fields.
+            // SAFETY: 16-byte and 32-byte loads and stores inside 32-byte aligned fields.
             unsafe {
-                let d_a = _mm256_load_ps(a.d.as_ptr());
+                let d_a = _mm256_broadcast_ps(&*a.ds.as_ptr().cast::<__m128>());
                 for h in 0..2 {
                     let d_w = _mm256_load_ps(w.d.as_ptr().add(8 * h));
                     _mm256_store_ps(s.as_mut_ptr().add(8 * h), _mm256_mul_ps(d_w, d_a));
@@ -170,37 +231,45 @@ fn quad_dots<W: LegacyBlock, const OFFSETS: bool>(
             }
         }
         for ((w, a), s) in quad.iter().zip(act).zip(scales.0.iter()) {
-            // SAFETY: every load below is of 32 bytes inside a 32-byte aligned field.
+            // SAFETY: every load below is of 16 or 32 bytes inside a 32-byte aligned field.
             unsafe {
                 if OFFSETS {
-                    let s_a = _mm256_load_ps(a.s.as_ptr());
+                    let s_a = _mm256_broadcast_ps(&*a.ds.as_ptr().add(TILE).cast::<__m128>());
                     for (h, o) in offsets.iter_mut().enumerate() {
                         *o = _mm256_fmadd_ps(_mm256_load_ps(w.m.as_ptr().add(8 * h)), s_a, *o);
                     }
                 }
-                let bytes: [ActBytes; TILE] = std::array::from_fn(|t| ActBytes {
-                    a: load32(&a.qs[t]),
-                    start: _mm256_load_si256(a.start[t].as_ptr().cast()),
-                });
+                let bytes: [__m256i; TILE] = std::array::from_fn(|t| load32(&a.qs[t]));
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let u = load32(&w.u[r]);
+                    let w_r = load32(&w.w[r]);
+                    let start = _mm256_load_si256(w.start[r].as_ptr().cast());
                     for (t, acc) in acc.iter_mut().enumerate() {
-                        let lanes = _mm256_cvtepi32_ps(bytes[t].dot(u, W::BIAS));
+                        let lanes = _mm256_cvtepi32_ps(lanes(start, bytes[t], w_r));
                         *acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&s[4 * r + t]), lanes, *acc);
                     }
                 }
             }
         }
     }
+    QuadSums {
+        lanes: acc,
+        offsets,
+    }
+}
+
+/// The finished dots of a (row quad, token group): `out[t][r]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quad_results<const OFFSETS: bool>(sums: QuadSums) -> [[f32; TILE]; TILE] {
     let mut off = [0f32; 4 * TILE];
-    for (h, o) in offsets.iter().enumerate() {
+    for (h, o) in sums.offsets.iter().enumerate() {
         // SAFETY: 8 writable f32; unaligned store.
         unsafe { _mm256_storeu_ps(off.as_mut_ptr().add(8 * h), *o) };
     }
     let mut out = [[0f32; TILE]; TILE];
-    for (r, acc) in acc.iter().enumerate() {
-        for (t, &acc) in acc.iter().enumerate() {
-            let sum = hsum_f32x8(acc);
+    for (r, lanes) in sums.lanes.iter().enumerate() {
+        for (t, &lanes) in lanes.iter().enumerate() {
+            let sum = hsum_f32x8(lanes);
             out[t][r] = if OFFSETS { sum + off[4 * r + t] } else { sum };
         }
     }
@@ -245,7 +314,7 @@ fn matmul_8_lanes<W, const OFFSETS: bool>(
             for (i, group) in chunk.chunks_exact_mut(rb).enumerate() {
                 let g = start / rb + i;
                 let tokens = g * TILE..(g * TILE + TILE).min(n_tokens);
-                pack(act, rb, tokens, W::Block::BIAS, group);
+                pack(act, rb, tokens, group);
             }
         });
         let packed: &[PackedAct] = packed;
@@ -258,11 +327,9 @@ fn matmul_8_lanes<W, const OFFSETS: bool>(
         let next = AtomicUsize::new(0);
         let out = DisjointOut::new(out);
         pool.run(&|_, _| {
-            QUAD.with_borrow_mut(|quad| {
-                if quad.len() < rb {
-                    quad.resize(rb, QuadBlock::default());
-                }
-                let quad = &mut quad[..rb];
+            QUAD.with_borrow_mut(|(quad, sums)| {
+                quad.resize(K_CHUNK, QuadBlock::default());
+                sums.resize(tile_groups, QuadSums::zero());
                 loop {
                     let c = next.fetch_add(1, Ordering::Relaxed);
                     if c >= n_chunks {
@@ -271,22 +338,33 @@ fn matmul_8_lanes<W, const OFFSETS: bool>(
                     let row_range = c * chunk..((c + 1) * chunk).min(rows);
                     let quads = row_range.len() / TILE;
                     for g0 in (0..groups).step_by(tile_groups) {
+                        let tile = g0..(g0 + tile_groups).min(groups);
                         for q in 0..quads {
                             let r0 = row_range.start + q * TILE;
                             let rows4: [&[W::Block]; TILE] =
                                 std::array::from_fn(|r| &w[(r0 + r) * rb..][..rb]);
-                            for (k, b) in quad.iter_mut().enumerate() {
-                                *b = unpack(rows4, k, &offset_of);
-                            }
-                            for g in g0..(g0 + tile_groups).min(groups) {
-                                let dots =
-                                    quad_dots::<W::Block, OFFSETS>(quad, &packed[g * rb..][..rb]);
-                                for (dt, d) in dots.iter().enumerate() {
-                                    let t = g * TILE + dt;
-                                    if t < n_tokens {
-                                        // SAFETY: chunk `c` (its rows, every token) is
-                                        // this thread's alone (fetch_add).
-                                        unsafe { out.write_slice(t * rows + r0, d) };
+                            for k0 in (0..rb).step_by(K_CHUNK) {
+                                let quad = &mut quad[..K_CHUNK.min(rb - k0)];
+                                for (k, b) in (k0..).zip(quad.iter_mut()) {
+                                    *b = unpack(rows4, k, &offset_of);
+                                }
+                                let last = k0 + quad.len() == rb;
+                                for (g, sums) in tile.clone().zip(sums.iter_mut()) {
+                                    let act = &packed[g * rb + k0..][..quad.len()];
+                                    let from = if k0 == 0 { QuadSums::zero() } else { *sums };
+                                    let to = quad_dots::<OFFSETS>(quad, act, from);
+                                    if !last {
+                                        *sums = to;
+                                        continue;
+                                    }
+                                    let dots = quad_results::<OFFSETS>(to);
+                                    for (dt, d) in dots.iter().enumerate() {
+                                        let t = g * TILE + dt;
+                                        if t < n_tokens {
+                                            // SAFETY: chunk `c` (its rows, every token)
+                                            // is this thread's alone (fetch_add).
+                                            unsafe { out.write_slice(t * rows + r0, d) };
+                                        }
                                     }
                                 }
                             }
