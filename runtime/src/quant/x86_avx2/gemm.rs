@@ -117,6 +117,10 @@ impl QuadSums {
 /// on this machine) next to the `MATMUL_TASK_BYTES` of weights of a chunk.
 const ACT_TILE_BYTES: usize = 384 << 10;
 
+/// Bytes of the running sums of a row chunk's quads for a token tile (rows wider than
+/// [`K_CHUNK`] blocks), kept in L2 beside the activations and weights.
+const SUMS_BYTES: usize = 192 << 10;
+
 /// Blocks of a row quad unpacked at a time: with a token group's blocks beside them
 /// they stay in L1 (32 KiB) however wide the rows are.
 const K_CHUNK: usize = 32;
@@ -158,7 +162,7 @@ fn pack<A: ActBlock>(
 /// Unpacks block `k` of the 4 rows `rows`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn unpack<W: LegacyBlock>(
+fn unpack<W: LegacyBlock, const OFFSETS: bool>(
     rows: [&[W]; TILE],
     k: usize,
     offset_of: impl Fn(&W) -> f16,
@@ -179,7 +183,9 @@ fn unpack<W: LegacyBlock>(
             _mm256_storeu_si256(q.start[r].as_mut_ptr().cast(), start);
         }
         q.d[4 * r..4 * r + 4].fill(b.d().to_f32());
-        q.m[4 * r..4 * r + 4].fill(offset_of(b).to_f32());
+        if OFFSETS {
+            q.m[4 * r..4 * r + 4].fill(offset_of(b).to_f32());
+        }
     }
     q
 }
@@ -323,13 +329,32 @@ fn matmul_8_lanes<W, const OFFSETS: bool>(
             .min((MATMUL_TASK_BYTES / row_bytes).max(1))
             .next_multiple_of(TILE);
         let n_chunks = rows.div_ceil(chunk);
-        let tile_groups = (ACT_TILE_BYTES / (rb * size_of::<PackedAct>())).max(1);
+        // A tile's packed activations stay in L2 while every quad of the row chunk passes
+        // over them: all of them, or (rows of several k-chunks) those of one k-chunk, with
+        // the quads' running sums beside them. Each quad is unpacked once per tile: the
+        // larger tile of the two wins (9216-wide rows: 48 groups instead of 8).
+        let quads_per_chunk = chunk / TILE;
+        let whole_rows = ACT_TILE_BYTES / (rb * size_of::<PackedAct>());
+        let tile_groups = if rb <= K_CHUNK {
+            whole_rows
+        } else {
+            (ACT_TILE_BYTES / (K_CHUNK * size_of::<PackedAct>()))
+                .min(SUMS_BYTES / (quads_per_chunk * size_of::<QuadSums>()))
+                .max(whole_rows)
+        }
+        .max(1);
         let next = AtomicUsize::new(0);
         let out = DisjointOut::new(out);
         pool.run(&|_, _| {
             QUAD.with_borrow_mut(|(quad, sums)| {
                 quad.resize(K_CHUNK, QuadBlock::default());
-                sums.resize(tile_groups, QuadSums::zero());
+                // only rows of several k-chunks keep sums between them
+                let n_sums = if rb > K_CHUNK {
+                    quads_per_chunk * tile_groups
+                } else {
+                    0
+                };
+                sums.resize(n_sums, QuadSums::zero());
                 loop {
                     let c = next.fetch_add(1, Ordering::Relaxed);
                     if c >= n_chunks {
@@ -339,22 +364,23 @@ fn matmul_8_lanes<W, const OFFSETS: bool>(
                     let quads = row_range.len() / TILE;
                     for g0 in (0..groups).step_by(tile_groups) {
                         let tile = g0..(g0 + tile_groups).min(groups);
-                        for q in 0..quads {
-                            let r0 = row_range.start + q * TILE;
-                            let rows4: [&[W::Block]; TILE] =
-                                std::array::from_fn(|r| &w[(r0 + r) * rb..][..rb]);
-                            for k0 in (0..rb).step_by(K_CHUNK) {
-                                let quad = &mut quad[..K_CHUNK.min(rb - k0)];
+                        for k0 in (0..rb).step_by(K_CHUNK) {
+                            let quad = &mut quad[..K_CHUNK.min(rb - k0)];
+                            let last = k0 + quad.len() == rb;
+                            for q in 0..quads {
+                                let r0 = row_range.start + q * TILE;
+                                let rows4: [&[W::Block]; TILE] =
+                                    std::array::from_fn(|r| &w[(r0 + r) * rb..][..rb]);
                                 for (k, b) in (k0..).zip(quad.iter_mut()) {
-                                    *b = unpack(rows4, k, &offset_of);
+                                    *b = unpack::<_, OFFSETS>(rows4, k, &offset_of);
                                 }
-                                let last = k0 + quad.len() == rb;
-                                for (g, sums) in tile.clone().zip(sums.iter_mut()) {
+                                for (i, g) in tile.clone().enumerate() {
                                     let act = &packed[g * rb + k0..][..quad.len()];
-                                    let from = if k0 == 0 { QuadSums::zero() } else { *sums };
+                                    let at = q * tile_groups + i;
+                                    let from = if k0 == 0 { QuadSums::zero() } else { sums[at] };
                                     let to = quad_dots::<OFFSETS>(quad, act, from);
                                     if !last {
-                                        *sums = to;
+                                        sums[at] = to;
                                         continue;
                                     }
                                     let dots = quad_results::<OFFSETS>(to);
