@@ -278,9 +278,8 @@ impl WeightType for Q4_KX8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::matmul::{matmul, matvec, quantize_act};
-    use crate::pool::Pool;
     use crate::quant::testing;
+    use crate::quant::x8::check::{self, bits};
 
     /// A random Q4_K matrix of `rows` × `cols`: random quant and scale bytes, sane f16
     /// `d` / `dmin` in ±[2^-10, 2^-4) (the golden blocks mixed in, so real blocks too).
@@ -300,10 +299,6 @@ mod tests {
             x8::interleave_group(src, dst, interleave);
         }
         out
-    }
-
-    fn bits(v: &[f32]) -> Vec<u32> {
-        v.iter().map(|x| x.to_bits()).collect()
     }
 
     #[test]
@@ -385,14 +380,9 @@ mod tests {
         {
             let plain = q4_k_matrix(rows, cols, 10 + i as u64);
             let packed = repack(&plain, rows);
-            let x = testing::activations(cols, i as u64);
-            let mut act = Vec::new();
-            quantize_act::<Q8_K>(&x, cols, &mut act);
+            let act = check::activations::<Q4_K>(cols, 1, i as u64);
             let rb = cols / QK_K;
-            let want: Vec<f32> = plain
-                .chunks_exact(rb)
-                .map(|row| Q4_K::vec_dot(row, &act))
-                .collect();
+            let want = check::matvec_equals_rows::<Q4_K, Q4_KX8>(&plain, &packed, &act);
             let mut reference = vec![f32::NAN; rows];
             for (g, out) in packed
                 .chunks_exact(rb)
@@ -401,12 +391,6 @@ mod tests {
                 vec_dot_q4_kx8_q8_k_ref(g, &act, out.try_into().unwrap());
             }
             assert_eq!(bits(&reference), bits(&want), "reference {rows}x{cols}");
-            for threads in [1, 2] {
-                let pool = Pool::new(threads);
-                let mut got = vec![f32::NAN; rows];
-                matvec::<Q4_KX8>(&pool, &packed, &act, &mut got);
-                assert_eq!(bits(&got), bits(&want), "{rows}x{cols}, {threads} threads");
-            }
         }
     }
 
@@ -421,19 +405,11 @@ mod tests {
 
     fn check_matmul(rows: usize, cols: usize, batch_sizes: &[usize]) {
         let plain = q4_k_matrix(rows, cols, 7);
-        let packed = repack(&plain, rows);
-        for &n in batch_sizes {
-            let x = testing::activations(n * cols, n as u64);
-            let mut act = Vec::new();
-            quantize_act::<Q8_K>(&x, cols, &mut act);
-            for threads in [1, 2] {
-                let pool = Pool::new(threads);
-                let mut want = vec![f32::NAN; n * rows];
-                matmul::<Q4_K>(&pool, &plain, &act, n, &mut want);
-                let mut got = vec![f32::NAN; n * rows];
-                matmul::<Q4_KX8>(&pool, &packed, &act, n, &mut got);
-                assert_eq!(bits(&got), bits(&want), "n={n}, {threads} threads");
-            }
-        }
+        check::matmul_equals_plain::<Q4_K, Q4_KX8>(
+            &plain,
+            &repack(&plain, rows),
+            cols,
+            batch_sizes,
+        );
     }
 }

@@ -340,9 +340,10 @@ impl WeightType for Q6_KX8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::matmul::{matmul, matvec, quantize_act};
+    use crate::matmul::{matmul, quantize_act};
     use crate::pool::Pool;
     use crate::quant::testing;
+    use crate::quant::x8::check::{self, bits};
 
     /// Whether `Q6_K::vec_dot` is the AVX2 dot (and the 8-row SIMD kernels are built).
     const SIMD: bool = cfg!(x86_simd);
@@ -378,10 +379,6 @@ mod tests {
             x8::interleave_group(src, dst, interleave);
         }
         out
-    }
-
-    fn bits(v: &[f32]) -> Vec<u32> {
-        v.iter().map(|x| x.to_bits()).collect()
     }
 
     #[test]
@@ -456,14 +453,9 @@ mod tests {
         {
             let plain = q6_k_matrix(rows, cols, 10 + i as u64);
             let packed = repack(&plain, rows);
-            let x = testing::activations(cols, i as u64);
-            let mut act = Vec::new();
-            quantize_act::<Q8_K>(&x, cols, &mut act);
+            let act = check::activations::<Q6_K>(cols, 1, i as u64);
             let rb = cols / QK_K;
-            let want: Vec<f32> = plain
-                .chunks_exact(rb)
-                .map(|row| Q6_K::vec_dot(row, &act))
-                .collect();
+            let want = check::matvec_equals_rows::<Q6_K, Q6_KX8>(&plain, &packed, &act);
             let mut reference = vec![f32::NAN; rows];
             for (g, out) in packed
                 .chunks_exact(rb)
@@ -486,12 +478,6 @@ mod tests {
                         "row {r}: {got} vs {want}"
                     );
                 }
-            }
-            for threads in [1, 2] {
-                let pool = Pool::new(threads);
-                let mut got = vec![f32::NAN; rows];
-                matvec::<Q6_KX8>(&pool, &packed, &act, &mut got);
-                assert_eq!(bits(&got), bits(&want), "{rows}x{cols}, {threads} threads");
             }
         }
     }
@@ -568,19 +554,11 @@ mod tests {
 
     fn check_matmul(rows: usize, cols: usize, batch_sizes: &[usize]) {
         let plain = q6_k_matrix(rows, cols, 7);
-        let packed = repack(&plain, rows);
-        for &n in batch_sizes {
-            let x = testing::activations(n * cols, n as u64);
-            let mut act = Vec::new();
-            quantize_act::<Q8_K>(&x, cols, &mut act);
-            for threads in [1, 2] {
-                let pool = Pool::new(threads);
-                let mut want = vec![f32::NAN; n * rows];
-                matmul::<Q6_K>(&pool, &plain, &act, n, &mut want);
-                let mut got = vec![f32::NAN; n * rows];
-                matmul::<Q6_KX8>(&pool, &packed, &act, n, &mut got);
-                assert_eq!(bits(&got), bits(&want), "n={n}, {threads} threads");
-            }
-        }
+        check::matmul_equals_plain::<Q6_K, Q6_KX8>(
+            &plain,
+            &repack(&plain, rows),
+            cols,
+            batch_sizes,
+        );
     }
 }

@@ -145,3 +145,84 @@ pub(super) fn plain_batch_dots<P: WeightType, G>(
     super::rows_batch_dots::<P>(&plain, act, act_row, n_tokens, &mut by_row);
     super::transpose_into(&by_row, n_tokens, out);
 }
+
+/// What the interleaved formats' tests check alike: their kernels against those of the
+/// plain format they were repacked from, bit for bit.
+#[cfg(test)]
+pub mod check {
+    use crate::matmul::{matmul, matvec, quantize_act};
+    use crate::pool::Pool;
+    use crate::quant::{testing, ActBlock, WeightType};
+
+    pub fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// `n` tokens of `cols` random activations, quantized for `P`.
+    pub fn activations<P: WeightType>(cols: usize, n: usize, seed: u64) -> Vec<ActBlock<P>> {
+        let x = testing::activations(n * cols, seed);
+        let mut act = Vec::new();
+        quantize_act::<P::Act>(&x, cols, &mut act);
+        act
+    }
+
+    /// `P::vec_dot` of every row of `plain` with the one token `act`, which `matvec` of
+    /// `packed` (the same rows interleaved) must give bit for bit, on 1 and 2 threads.
+    pub fn matvec_equals_rows<P, X>(
+        plain: &[P::Block],
+        packed: &[X::Block],
+        act: &[ActBlock<P>],
+    ) -> Vec<f32>
+    where
+        P: WeightType,
+        X: WeightType<Act = P::Act>,
+    {
+        let want: Vec<f32> = plain
+            .chunks_exact(act.len())
+            .map(|row| P::vec_dot(row, act))
+            .collect();
+        for threads in [1, 2] {
+            let mut got = vec![f32::NAN; want.len()];
+            matvec::<X>(&Pool::new(threads), packed, act, &mut got);
+            let shape = format!("{} rows of {} blocks", want.len(), act.len());
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{} {shape}, {threads} threads",
+                X::NAME
+            );
+        }
+        want
+    }
+
+    /// Prompt batches of `packed` (the rows of `plain`, `cols` wide, interleaved) equal
+    /// `plain`'s, bit for bit, whatever path `P`'s batch size takes: every size of
+    /// `batch_sizes`, on 1 and 2 threads.
+    pub fn matmul_equals_plain<P, X>(
+        plain: &[P::Block],
+        packed: &[X::Block],
+        cols: usize,
+        batch_sizes: &[usize],
+    ) where
+        P: WeightType,
+        X: WeightType<Act = P::Act>,
+    {
+        let rows = plain.len() / (cols / P::BLOCK_ELEMS);
+        for &n in batch_sizes {
+            let act = activations::<P>(cols, n, n as u64);
+            for threads in [1, 2] {
+                let pool = Pool::new(threads);
+                let mut want = vec![f32::NAN; n * rows];
+                matmul::<P>(&pool, plain, &act, n, &mut want);
+                let mut got = vec![f32::NAN; n * rows];
+                matmul::<X>(&pool, packed, &act, n, &mut got);
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "{} n={n}, {threads} threads",
+                    X::NAME
+                );
+            }
+        }
+    }
+}
