@@ -99,42 +99,92 @@ pub fn matvec2<A: WeightType, B: WeightType>(
     (w_a, act_a, out_a): (&[A::Block], &[ActBlock<A>], &mut [f32]),
     (w_b, act_b, out_b): (&[B::Block], &[ActBlock<B>], &mut [f32]),
 ) {
-    let (rb_a, rb_b) = (row_blocks::<A>(act_a.len()), row_blocks::<B>(act_b.len()));
-    check_weights::<A>("matvec2", w_a.len(), out_a.len(), rb_a);
-    check_weights::<B>("matvec2", w_b.len(), out_b.len(), rb_b);
-    if rb_a == 0 || rb_b == 0 || pool.n_threads() == 1 {
-        matvec::<A>(pool, w_a, act_a, out_a);
-        matvec::<B>(pool, w_b, act_b, out_b);
-        return;
-    }
     let n = pool.n_threads();
-    let chunk_a = rows_per_chunk::<A>(out_a.len(), rb_a * size_of::<A::Block>() / A::ROW_GROUP, n);
-    let chunk_b = rows_per_chunk::<B>(out_b.len(), rb_b * size_of::<B::Block>() / B::ROW_GROUP, n);
-    let (rows_a, rows_b) = (out_a.len(), out_b.len());
-    let (n_a, n_b) = (rows_a.div_ceil(chunk_a), rows_b.div_ceil(chunk_b));
-    let (base_a, base_b) = (SyncPtr(out_a.as_mut_ptr()), SyncPtr(out_b.as_mut_ptr()));
+    matvec_parts(
+        pool,
+        &[
+            MatvecPart::new::<A>(n, w_a, act_a, out_a),
+            MatvecPart::new::<B>(n, w_b, act_b, out_b),
+        ],
+    );
+}
+
+/// Three matvecs in one dispatch of the pool (Q, K and V of one token), as [`matvec2`].
+pub fn matvec3<A: WeightType, B: WeightType, C: WeightType>(
+    pool: &Pool,
+    (w_a, act_a, out_a): (&[A::Block], &[ActBlock<A>], &mut [f32]),
+    (w_b, act_b, out_b): (&[B::Block], &[ActBlock<B>], &mut [f32]),
+    (w_c, act_c, out_c): (&[C::Block], &[ActBlock<C>], &mut [f32]),
+) {
+    let n = pool.n_threads();
+    matvec_parts(
+        pool,
+        &[
+            MatvecPart::new::<A>(n, w_a, act_a, out_a),
+            MatvecPart::new::<B>(n, w_b, act_b, out_b),
+            MatvecPart::new::<C>(n, w_c, act_c, out_c),
+        ],
+    );
+}
+
+/// One matvec of a shared dispatch: its number of row chunks and the work of chunk `c`.
+/// It holds the output's mutable borrow for `'a`.
+struct MatvecPart<'a> {
+    chunks: usize,
+    run: Box<dyn Fn(usize) + Sync + 'a>,
+}
+
+impl<'a> MatvecPart<'a> {
+    /// `out = W · act`, in chunks of rows sized for `n_threads` as [`matvec`]'s.
+    fn new<W: WeightType>(
+        n_threads: usize,
+        w: &'a [W::Block],
+        act: &'a [ActBlock<W>],
+        out: &'a mut [f32],
+    ) -> MatvecPart<'a> {
+        let rb = row_blocks::<W>(act.len());
+        check_weights::<W>("matvec", w.len(), out.len(), rb);
+        let rows = out.len();
+        let row_bytes = rb * size_of::<W::Block>() / W::ROW_GROUP;
+        let chunk = rows_per_chunk::<W>(rows, row_bytes, n_threads);
+        let base = SyncPtr(out.as_mut_ptr());
+        MatvecPart {
+            chunks: rows.div_ceil(chunk),
+            run: Box::new(move |c| {
+                let r = c * chunk..((c + 1) * chunk).min(rows);
+                // SAFETY: chunk `c` is claimed by one thread alone (`matvec_parts`);
+                // chunks are disjoint row ranges inside `out`, borrowed mutably for 'a.
+                let out = unsafe { base.slice(r.clone()) };
+                let blocks = blocks_of_rows::<W>(r.start, rb)..blocks_of_rows::<W>(r.end, rb);
+                W::vec_dot_rows(&w[blocks], act, out);
+            }),
+        }
+    }
+}
+
+/// Runs the chunks of `parts` in one dispatch of the pool: threads claim them, part after
+/// part, from one counter.
+fn matvec_parts(pool: &Pool, parts: &[MatvecPart]) {
+    let total: usize = parts.iter().map(|p| p.chunks).sum();
     let next = std::sync::atomic::AtomicUsize::new(0);
-    pool.run(&|_, _| loop {
-        let c = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if c >= n_a + n_b {
+    let claim = || loop {
+        let mut c = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if c >= total {
             break;
         }
-        if c < n_a {
-            let r = c * chunk_a..((c + 1) * chunk_a).min(rows_a);
-            // SAFETY: chunk `c` is claimed by this thread alone (fetch_add); chunks are
-            // disjoint row ranges inside `out_a`, borrowed mutably for the whole call.
-            let out = unsafe { base_a.slice(r.clone()) };
-            let blocks = blocks_of_rows::<A>(r.start, rb_a)..blocks_of_rows::<A>(r.end, rb_a);
-            A::vec_dot_rows(&w_a[blocks], act_a, out);
-        } else {
-            let c = c - n_a;
-            let r = c * chunk_b..((c + 1) * chunk_b).min(rows_b);
-            // SAFETY: as above, for `out_b`.
-            let out = unsafe { base_b.slice(r.clone()) };
-            let blocks = blocks_of_rows::<B>(r.start, rb_b)..blocks_of_rows::<B>(r.end, rb_b);
-            B::vec_dot_rows(&w_b[blocks], act_b, out);
+        for p in parts {
+            if c < p.chunks {
+                (p.run)(c);
+                break;
+            }
+            c -= p.chunks;
         }
-    });
+    };
+    if pool.n_threads() == 1 {
+        claim();
+    } else {
+        pool.run(&|_, _| claim());
+    }
 }
 
 /// A raw output pointer shared by the threads of one dispatch.
@@ -369,7 +419,8 @@ mod tests {
     use super::*;
     use crate::quant::testing;
     use crate::quant::{
-        bf16::BF16, f16::F16, q4_0::Q4_0, q4_1::Q4_1, q5_0::Q5_0, q5_1::Q5_1, q8_0::Q8_0,
+        bf16::BF16, f16::F16, q4_0::Q4_0, q4_1::Q4_1, q4_k::Q4_K, q5_0::Q5_0, q5_1::Q5_1,
+        q8_0::Q8_0,
     };
 
     /// A rows × cols matrix made of the golden blocks (cycled with a row-dependent
@@ -507,6 +558,37 @@ mod tests {
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&a), bits(&a1), "{threads} threads");
             assert_eq!(bits(&b), bits(&b1), "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn matvec3_is_three_matvecs() {
+        let (wa, _) = matrix::<Q4_1>(77, 128);
+        let (wb, _) = matrix::<Q8_0>(130, 128);
+        let (wc, _) = matrix::<Q4_K>(19, 256);
+        let x = testing::activations(256, 6);
+        let (mut act_a, mut act_b, mut act_c) = (Vec::new(), Vec::new(), Vec::new());
+        quantize_act::<<Q4_1 as WeightType>::Act>(&x[..128], 128, &mut act_a);
+        quantize_act::<<Q8_0 as WeightType>::Act>(&x[..128], 128, &mut act_b);
+        quantize_act::<<Q4_K as WeightType>::Act>(&x, 256, &mut act_c);
+        for threads in [1, 2, 3] {
+            let pool = Pool::new(threads);
+            let mut got = [vec![f32::NAN; 77], vec![f32::NAN; 130], vec![f32::NAN; 19]];
+            let [a, b, c] = &mut got;
+            matvec3::<Q4_1, Q8_0, Q4_K>(
+                &pool,
+                (&wa, &act_a, a),
+                (&wb, &act_b, b),
+                (&wc, &act_c, c),
+            );
+            let mut want = [vec![f32::NAN; 77], vec![f32::NAN; 130], vec![f32::NAN; 19]];
+            matvec::<Q4_1>(&pool, &wa, &act_a, &mut want[0]);
+            matvec::<Q8_0>(&pool, &wb, &act_b, &mut want[1]);
+            matvec::<Q4_K>(&pool, &wc, &act_c, &mut want[2]);
+            for (got, want) in got.iter().zip(&want) {
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(got), bits(want), "{threads} threads");
+            }
         }
     }
 

@@ -363,32 +363,14 @@ impl Ctx {
         let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
         self.rms_norm(norm);
         self.act.begin();
-        project(
+        project_three(
             &self.pool,
             self.blob,
             &mut self.act,
-            wq,
+            (wq, wk, wv),
             &self.xn,
             n,
-            &mut self.q,
-        );
-        project(
-            &self.pool,
-            self.blob,
-            &mut self.act,
-            wk,
-            &self.xn,
-            n,
-            &mut self.k,
-        );
-        project(
-            &self.pool,
-            self.blob,
-            &mut self.act,
-            wv,
-            &self.xn,
-            n,
-            &mut self.v,
+            [&mut self.q, &mut self.k, &mut self.v],
         );
 
         // Rotate Q and K, then append K and V to this layer's cache.
@@ -666,6 +648,47 @@ fn project<T: Tensor>(
     } else {
         matmul::matmul::<T::W>(pool, w.blocks(blob), blocks, n, out);
     }
+}
+
+/// Q, K and V of the same input: for one token in a single dispatch of the pool
+/// ([`matmul::matvec3`]: K and V alone are too small to stream at full speed), for a
+/// batch as three matmuls. Results are those of three `project` calls.
+fn project_three<A: Tensor, B: Tensor, C: Tensor>(
+    pool: &Pool,
+    blob: &[u8],
+    act: &mut ActScratch,
+    (w_a, w_b, w_c): (&A, &B, &C),
+    input: &[f32],
+    n: usize,
+    [out_a, out_b, out_c]: [&mut [f32]; 3],
+) {
+    if n != 1 {
+        project(pool, blob, act, w_a, input, n, out_a);
+        project(pool, blob, act, w_b, input, n, out_b);
+        project(pool, blob, act, w_c, input, n, out_c);
+        return;
+    }
+    let slot_a = act.quantize::<ActOf<A>>(pool, &input[..A::COLS], A::COLS);
+    let slot_b = act.quantize::<ActOf<B>>(pool, &input[..B::COLS], B::COLS);
+    let slot_c = act.quantize::<ActOf<C>>(pool, &input[..C::COLS], C::COLS);
+    matmul::matvec3::<A::W, B::W, C::W>(
+        pool,
+        (
+            w_a.blocks(blob),
+            act.get::<ActOf<A>>(slot_a),
+            &mut out_a[..A::ROWS],
+        ),
+        (
+            w_b.blocks(blob),
+            act.get::<ActOf<B>>(slot_b),
+            &mut out_b[..B::ROWS],
+        ),
+        (
+            w_c.blocks(blob),
+            act.get::<ActOf<C>>(slot_c),
+            &mut out_c[..C::ROWS],
+        ),
+    );
 }
 
 /// Two projections of the same input (gate and up): for one token in a single dispatch
