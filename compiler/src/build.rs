@@ -5,8 +5,8 @@
 //! that cargo and a C compiler/linker are on the PATH, and only then write anything.
 //!
 //! Nothing is left half-written. The crate is written into a temporary sibling
-//! directory and swapped into place with renames; the executable is copied next to its
-//! destination and renamed. The temporary paths are registered with a signal handler
+//! directory and swapped into place with renames; the executable is hard-linked (copied
+//! across filesystems) next to its destination and renamed. The temporary paths are registered with a signal handler
 //! (Ctrl-C, SIGTERM, SIGHUP), which removes them before exiting: without it, a Ctrl-C
 //! during the copy of a multi-GB binary would leave a partial file behind, because the
 //! default action of SIGINT ends the process without running destructors. The handler
