@@ -384,39 +384,13 @@ mod tests {
     /// bit, on 1 and 2 threads; the scalar reference too where that dot is the SIMD one.
     #[test]
     fn matvec_equals_iq4_xs_rows_bit_for_bit() {
-        for (i, &(rows, cols)) in [(8, 256), (16, 512), (24, 3072), (64, 2304), (40, 9216)]
-            .iter()
-            .enumerate()
-        {
-            let plain = iq4_xs_matrix(rows, cols, 10 + i as u64);
-            let packed = repack(&plain, rows);
-            let act = check::activations::<IQ4_XS>(cols, 1, i as u64);
-            let rb = cols / QK_K;
-            let want = check::matvec_equals_rows::<IQ4_XS, IQ4_XSX8>(&plain, &packed, &act);
-            let mut reference = vec![f32::NAN; rows];
-            for (g, out) in packed
-                .chunks_exact(rb)
-                .zip(reference.chunks_exact_mut(ROWS))
-            {
-                vec_dot_iq4_xsx8_q8_k_ref(g, &act, out.try_into().unwrap());
-            }
-            if SIMD {
-                assert_eq!(bits(&reference), bits(&want), "reference {rows}x{cols}");
-            } else {
-                // IQ4_XS::vec_dot is its scalar reference here: one f32 chain per row
-                for (r, (&got, &want)) in reference.iter().zip(&want).enumerate() {
-                    let scale: f32 = plain[r * rb..(r + 1) * rb]
-                        .iter()
-                        .zip(&act)
-                        .map(|(b, a)| (b.d.to_f32() * a.d).abs() * 2e7)
-                        .sum();
-                    assert!(
-                        (got - want).abs() <= scale * 1e-6,
-                        "row {r}: {got} vs {want}"
-                    );
-                }
-            }
-        }
+        check::matvec_shapes::<IQ4_XS, IQ4_XSX8>(
+            iq4_xs_matrix,
+            repack,
+            vec_dot_iq4_xsx8_q8_k_ref,
+            SIMD,
+            |b, a| (b.d.to_f32() * a.d).abs() * 2e7,
+        );
     }
 
     /// The kernel on extreme blocks: every scale at -32 or 31, every level at -127 or

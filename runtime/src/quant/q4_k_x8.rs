@@ -374,24 +374,13 @@ mod tests {
     /// bit, in the SIMD kernel and the scalar reference, on 1 and 2 threads.
     #[test]
     fn matvec_equals_q4_k_rows_bit_for_bit() {
-        for (i, &(rows, cols)) in [(8, 256), (16, 512), (24, 3072), (64, 2304), (40, 9216)]
-            .iter()
-            .enumerate()
-        {
-            let plain = q4_k_matrix(rows, cols, 10 + i as u64);
-            let packed = repack(&plain, rows);
-            let act = check::activations::<Q4_K>(cols, 1, i as u64);
-            let rb = cols / QK_K;
-            let want = check::matvec_equals_rows::<Q4_K, Q4_KX8>(&plain, &packed, &act);
-            let mut reference = vec![f32::NAN; rows];
-            for (g, out) in packed
-                .chunks_exact(rb)
-                .zip(reference.chunks_exact_mut(ROWS))
-            {
-                vec_dot_q4_kx8_q8_k_ref(g, &act, out.try_into().unwrap());
-            }
-            assert_eq!(bits(&reference), bits(&want), "reference {rows}x{cols}");
-        }
+        check::matvec_shapes::<Q4_K, Q4_KX8>(
+            q4_k_matrix,
+            repack,
+            vec_dot_q4_kx8_q8_k_ref,
+            true,
+            |_, _| 0.0,
+        );
     }
 
     /// Prompt batches of the interleaved matrix equal Q4_K's, bit for bit, whatever path

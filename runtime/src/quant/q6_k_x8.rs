@@ -447,39 +447,13 @@ mod tests {
     /// bit, on 1 and 2 threads; the scalar reference too where that dot is the SIMD one.
     #[test]
     fn matvec_equals_q6_k_rows_bit_for_bit() {
-        for (i, &(rows, cols)) in [(8, 256), (16, 512), (24, 3072), (64, 2304), (40, 9216)]
-            .iter()
-            .enumerate()
-        {
-            let plain = q6_k_matrix(rows, cols, 10 + i as u64);
-            let packed = repack(&plain, rows);
-            let act = check::activations::<Q6_K>(cols, 1, i as u64);
-            let rb = cols / QK_K;
-            let want = check::matvec_equals_rows::<Q6_K, Q6_KX8>(&plain, &packed, &act);
-            let mut reference = vec![f32::NAN; rows];
-            for (g, out) in packed
-                .chunks_exact(rb)
-                .zip(reference.chunks_exact_mut(ROWS))
-            {
-                vec_dot_q6_kx8_q8_k_ref(g, &act, out.try_into().unwrap());
-            }
-            if SIMD {
-                assert_eq!(bits(&reference), bits(&want), "reference {rows}x{cols}");
-            } else {
-                // Q6_K::vec_dot is its scalar reference here: one f32 chain per row
-                for (r, (&got, &want)) in reference.iter().zip(&want).enumerate() {
-                    let scale: f32 = plain[r * rb..(r + 1) * rb]
-                        .iter()
-                        .zip(&act)
-                        .map(|(b, a)| (b.d.to_f32() * a.d).abs() * 5e7)
-                        .sum();
-                    assert!(
-                        (got - want).abs() <= scale * 1e-6,
-                        "row {r}: {got} vs {want}"
-                    );
-                }
-            }
-        }
+        check::matvec_shapes::<Q6_K, Q6_KX8>(
+            q6_k_matrix,
+            repack,
+            vec_dot_q6_kx8_q8_k_ref,
+            SIMD,
+            |b, a| (b.d.to_f32() * a.d).abs() * 5e7,
+        );
     }
 
     /// The kernels on extreme blocks: every scale at -128 or 127, every quant at 0 or

@@ -44,6 +44,29 @@ pub fn check_groups(
     n_rows
 }
 
+/// Rows of the consecutive 8-row `groups` (`act_row` blocks each) times tokens
+/// `0..n_tokens` of `act` (token `t`'s blocks at `act[t * act_row..]`), one group and
+/// token at a time with `dot` (a group's blocks, a token's blocks → the 8 rows' dots):
+/// row `i`'s dot with token `t` goes to `out[t * n_rows + i]`. `name` is the format's,
+/// for the panic on mismatched buffers.
+pub fn each_group_and_token<B, A>(
+    name: &str,
+    groups: &[B],
+    act: &[A],
+    act_row: usize,
+    n_tokens: usize,
+    out: &mut [f32],
+    dot: impl Fn(&[B], &[A]) -> [f32; ROWS],
+) {
+    let n_rows = check_groups(name, groups.len(), act.len(), act_row, n_tokens, out.len());
+    for (g, group) in groups.chunks_exact(act_row).enumerate() {
+        for t in 0..n_tokens {
+            let dots = dot(group, &act[t * act_row..(t + 1) * act_row]);
+            out[t * n_rows + g * ROWS..][..ROWS].copy_from_slice(&dots);
+        }
+    }
+}
+
 /// Interleaves one group: `rows` holds 8 rows of `out.len()` plain blocks, row after row,
 /// and block `k` of `out` is `interleave` of block `k` of the 8 rows.
 pub fn interleave_group<P, B>(rows: &[P], out: &mut [B], interleave: impl Fn([&P; ROWS]) -> B) {
@@ -150,6 +173,7 @@ pub(super) fn plain_batch_dots<P: WeightType, G>(
 /// plain format they were repacked from, bit for bit.
 #[cfg(test)]
 pub mod check {
+    use super::ROWS;
     use crate::matmul::{matmul, matvec, quantize_act};
     use crate::pool::Pool;
     use crate::quant::{testing, ActBlock, WeightType};
@@ -193,6 +217,49 @@ pub mod check {
             );
         }
         want
+    }
+
+    /// For every shape of the decode kernels' tests: matvec of the interleaved matrix
+    /// equals `P::vec_dot` of every row bit for bit ([`matvec_equals_rows`]), and so does
+    /// the format's scalar reference `reference` (one group with one token) where `exact`
+    /// (`P::vec_dot` is the SIMD kernel the reference mirrors); elsewhere `P::vec_dot` is
+    /// its own scalar chain, and the two agree within `1e-6 Σ bound(block, act)` per row.
+    pub fn matvec_shapes<P, X>(
+        matrix: impl Fn(usize, usize, u64) -> Vec<P::Block>,
+        repack: impl Fn(&[P::Block], usize) -> Vec<X::Block>,
+        reference: impl Fn(&[X::Block], &[ActBlock<P>], &mut [f32; ROWS]),
+        exact: bool,
+        bound: impl Fn(&P::Block, &ActBlock<P>) -> f32,
+    ) where
+        P: WeightType,
+        X: WeightType<Act = P::Act>,
+    {
+        for (i, &(rows, cols)) in [(8, 256), (16, 512), (24, 3072), (64, 2304), (40, 9216)]
+            .iter()
+            .enumerate()
+        {
+            let plain = matrix(rows, cols, 10 + i as u64);
+            let packed = repack(&plain, rows);
+            let act = activations::<P>(cols, 1, i as u64);
+            let rb = act.len();
+            let want = matvec_equals_rows::<P, X>(&plain, &packed, &act);
+            let mut got = vec![f32::NAN; rows];
+            for (g, out) in packed.chunks_exact(rb).zip(got.chunks_exact_mut(ROWS)) {
+                reference(g, &act, out.try_into().expect("8 rows"));
+            }
+            if exact {
+                assert_eq!(bits(&got), bits(&want), "reference {rows}x{cols}");
+                continue;
+            }
+            for (r, (&got, &want)) in got.iter().zip(&want).enumerate() {
+                let row = &plain[r * rb..(r + 1) * rb];
+                let scale: f32 = row.iter().zip(&act).map(|(b, a)| bound(b, a)).sum();
+                assert!(
+                    (got - want).abs() <= scale * 1e-6,
+                    "row {r}: {got} vs {want}"
+                );
+            }
+        }
     }
 
     /// Prompt batches of `packed` (the rows of `plain`, `cols` wide, interleaved) equal

@@ -45,21 +45,18 @@ pub fn groups_dots(
     n_tokens: usize,
     out: &mut [f32],
 ) {
-    let n_rows = x8::check_groups(
+    x8::each_group_and_token(
         "Q6_KX8",
-        groups.len(),
-        act.len(),
+        groups,
+        act,
         act_row,
         n_tokens,
-        out.len(),
-    );
-    for (g, group) in groups.chunks_exact(act_row).enumerate() {
-        for t in 0..n_tokens {
+        out,
+        |group, token| {
             // SAFETY: this module is compiled only with AVX2, FMA and F16C enabled.
-            let dots = unsafe { dot(group, &act[t * act_row..(t + 1) * act_row]) };
-            out[t * n_rows + g * ROWS..][..ROWS].copy_from_slice(&dots);
-        }
-    }
+            unsafe { dot(group, token) }
+        },
+    );
 }
 
 /// The same with the tiled batch arithmetic (batches of 8 or more tokens): bit for bit
