@@ -198,19 +198,15 @@ fn groups_dots(
     // that is the arithmetic the plain matrix would get on this build, which the scalar
     // reference above is not where IQ4_XS::vec_dot is its own scalar reference.
     #[cfg(not(x86_simd))]
-    {
-        let n_rows = groups.len() / act_row * ROWS;
-        let mut rows = vec![ZERO_IQ4XS; ROWS * act_row];
-        for (g, group) in groups.chunks_exact(act_row).enumerate() {
-            unpack_group(group, &mut rows);
-            for (r, row) in rows.chunks_exact(act_row).enumerate() {
-                for t in 0..n_tokens {
-                    out[t * n_rows + g * ROWS + r] =
-                        IQ4_XS::vec_dot(row, &act[t * act_row..(t + 1) * act_row]);
-                }
-            }
-        }
-    }
+    x8::plain_token_dots::<IQ4_XS, _>(
+        groups,
+        act,
+        act_row,
+        n_tokens,
+        out,
+        ZERO_IQ4XS,
+        unpack_group,
+    );
 }
 
 thread_local! {

@@ -257,19 +257,7 @@ fn groups_dots(
     // is the arithmetic the plain matrix would get on this build, which the scalar
     // reference above is not where Q6_K::vec_dot is its own scalar reference.
     #[cfg(not(x86_simd))]
-    {
-        let n_rows = groups.len() / act_row * ROWS;
-        let mut rows = vec![ZERO_Q6K; ROWS * act_row];
-        for (g, group) in groups.chunks_exact(act_row).enumerate() {
-            unpack_group(group, &mut rows);
-            for (r, row) in rows.chunks_exact(act_row).enumerate() {
-                for t in 0..n_tokens {
-                    out[t * n_rows + g * ROWS + r] =
-                        Q6_K::vec_dot(row, &act[t * act_row..(t + 1) * act_row]);
-                }
-            }
-        }
-    }
+    x8::plain_token_dots::<Q6_K, _>(groups, act, act_row, n_tokens, out, ZERO_Q6K, unpack_group);
 }
 
 impl WeightType for Q6_KX8 {

@@ -143,6 +143,32 @@ pub fn repack_matrix<P: WeightType, B: PlainBytes, E>(
     Ok(())
 }
 
+/// Plain format `P`'s one-token dot of every row of `groups` (put back into `P` blocks by
+/// `unpack`, one group at a time) with every token: what an interleaved format's
+/// one-token kernel gives on builds without it (`out[t * n_rows + 8 g + r]`).
+#[cfg(not(x86_simd))]
+pub(super) fn plain_token_dots<P: WeightType, G>(
+    groups: &[G],
+    act: &[super::ActBlock<P>],
+    act_row: usize,
+    n_tokens: usize,
+    out: &mut [f32],
+    zero: P::Block,
+    unpack: impl Fn(&[G], &mut [P::Block]),
+) {
+    let n_rows = groups.len() / act_row * ROWS;
+    let mut rows = vec![zero; ROWS * act_row];
+    for (g, group) in groups.chunks_exact(act_row).enumerate() {
+        unpack(group, &mut rows);
+        for (r, row) in rows.chunks_exact(act_row).enumerate() {
+            for t in 0..n_tokens {
+                out[t * n_rows + g * ROWS + r] =
+                    P::vec_dot(row, &act[t * act_row..(t + 1) * act_row]);
+            }
+        }
+    }
+}
+
 /// Plain format `P`'s batch path for the rows of `groups` (an interleaved format's
 /// consecutive row groups, `act_row` activation blocks wide), put back into `P` blocks
 /// by `unpack`: what an interleaved format's `groups_batch_dots` gives on builds without
