@@ -89,55 +89,17 @@ pub fn matvec<W: WeightType>(pool: &Pool, w: &[W::Block], act: &[ActBlock<W>], o
     });
 }
 
-/// Two matvecs in one dispatch of the pool: `out_a = A · act_a` and `out_b = B · act_b`
-/// (for example the gate and up projections of one token, which read the same input).
-/// Threads claim chunks of either matrix from one counter, so the second starts while the
-/// first is finishing and the pool is woken and joined once instead of twice. Each
-/// output is exactly what [`matvec`] gives.
-pub fn matvec2<A: WeightType, B: WeightType>(
-    pool: &Pool,
-    (w_a, act_a, out_a): (&[A::Block], &[ActBlock<A>], &mut [f32]),
-    (w_b, act_b, out_b): (&[B::Block], &[ActBlock<B>], &mut [f32]),
-) {
-    let n = pool.n_threads();
-    matvec_parts(
-        pool,
-        &[
-            MatvecPart::new::<A>(n, w_a, act_a, out_a),
-            MatvecPart::new::<B>(n, w_b, act_b, out_b),
-        ],
-    );
-}
-
-/// Three matvecs in one dispatch of the pool (Q, K and V of one token), as [`matvec2`].
-pub fn matvec3<A: WeightType, B: WeightType, C: WeightType>(
-    pool: &Pool,
-    (w_a, act_a, out_a): (&[A::Block], &[ActBlock<A>], &mut [f32]),
-    (w_b, act_b, out_b): (&[B::Block], &[ActBlock<B>], &mut [f32]),
-    (w_c, act_c, out_c): (&[C::Block], &[ActBlock<C>], &mut [f32]),
-) {
-    let n = pool.n_threads();
-    matvec_parts(
-        pool,
-        &[
-            MatvecPart::new::<A>(n, w_a, act_a, out_a),
-            MatvecPart::new::<B>(n, w_b, act_b, out_b),
-            MatvecPart::new::<C>(n, w_c, act_c, out_c),
-        ],
-    );
-}
-
-/// One matvec of a shared dispatch: its number of row chunks and the work of chunk `c`.
-/// It holds the output's mutable borrow for `'a`.
-struct MatvecPart<'a> {
+/// One matvec of a shared dispatch ([`matvec_parts`]): its number of row chunks and the
+/// work of chunk `c`. It holds the output's mutable borrow for `'a`.
+pub struct MatvecPart<'a> {
     chunks: usize,
     run: Box<dyn Fn(usize) + Sync + 'a>,
 }
 
 impl<'a> MatvecPart<'a> {
-    /// `out = W · act`, in chunks of rows sized for `n_threads` as [`matvec`]'s.
-    fn new<W: WeightType>(
-        n_threads: usize,
+    /// `out = W · act`, in chunks of rows sized for `pool` as [`matvec`]'s.
+    pub fn new<W: WeightType>(
+        pool: &Pool,
         w: &'a [W::Block],
         act: &'a [ActBlock<W>],
         out: &'a mut [f32],
@@ -146,7 +108,7 @@ impl<'a> MatvecPart<'a> {
         check_weights::<W>("matvec", w.len(), out.len(), rb);
         let rows = out.len();
         let row_bytes = rb * size_of::<W::Block>() / W::ROW_GROUP;
-        let chunk = rows_per_chunk::<W>(rows, row_bytes, n_threads);
+        let chunk = rows_per_chunk::<W>(rows, row_bytes, pool.n_threads());
         let base = SyncPtr(out.as_mut_ptr());
         MatvecPart {
             chunks: rows.div_ceil(chunk),
@@ -162,9 +124,11 @@ impl<'a> MatvecPart<'a> {
     }
 }
 
-/// Runs the chunks of `parts` in one dispatch of the pool: threads claim them, part after
-/// part, from one counter.
-fn matvec_parts(pool: &Pool, parts: &[MatvecPart]) {
+/// Several matvecs in one dispatch of the pool (Q, K and V of one token; its gate and up
+/// projections). Threads claim the chunks of every part, part after part, from one
+/// counter, so the next matrix starts while the last is finishing and the pool is woken
+/// and joined once. Each output is exactly what [`matvec`] gives.
+pub fn matvec_parts(pool: &Pool, parts: &[MatvecPart]) {
     let total: usize = parts.iter().map(|p| p.chunks).sum();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let claim = || loop {
@@ -541,28 +505,7 @@ mod tests {
     }
 
     #[test]
-    fn matvec2_is_two_matvecs() {
-        let (wa, _) = matrix::<Q4_1>(77, 128);
-        let (wb, _) = matrix::<Q8_0>(130, 128);
-        let x = testing::activations(128, 5);
-        let (mut act_a, mut act_b) = (Vec::new(), Vec::new());
-        quantize_act::<<Q4_1 as WeightType>::Act>(&x, 128, &mut act_a);
-        quantize_act::<<Q8_0 as WeightType>::Act>(&x, 128, &mut act_b);
-        for threads in [1, 2, 3] {
-            let pool = Pool::new(threads);
-            let (mut a, mut b) = (vec![f32::NAN; 77], vec![f32::NAN; 130]);
-            matvec2::<Q4_1, Q8_0>(&pool, (&wa, &act_a, &mut a), (&wb, &act_b, &mut b));
-            let (mut a1, mut b1) = (vec![f32::NAN; 77], vec![f32::NAN; 130]);
-            matvec::<Q4_1>(&pool, &wa, &act_a, &mut a1);
-            matvec::<Q8_0>(&pool, &wb, &act_b, &mut b1);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&a), bits(&a1), "{threads} threads");
-            assert_eq!(bits(&b), bits(&b1), "{threads} threads");
-        }
-    }
-
-    #[test]
-    fn matvec3_is_three_matvecs() {
+    fn matvec_parts_are_separate_matvecs() {
         let (wa, _) = matrix::<Q4_1>(77, 128);
         let (wb, _) = matrix::<Q8_0>(130, 128);
         let (wc, _) = matrix::<Q4_K>(19, 256);
@@ -571,23 +514,28 @@ mod tests {
         quantize_act::<<Q4_1 as WeightType>::Act>(&x[..128], 128, &mut act_a);
         quantize_act::<<Q8_0 as WeightType>::Act>(&x[..128], 128, &mut act_b);
         quantize_act::<<Q4_K as WeightType>::Act>(&x, 256, &mut act_c);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         for threads in [1, 2, 3] {
             let pool = Pool::new(threads);
-            let mut got = [vec![f32::NAN; 77], vec![f32::NAN; 130], vec![f32::NAN; 19]];
-            let [a, b, c] = &mut got;
-            matvec3::<Q4_1, Q8_0, Q4_K>(
-                &pool,
-                (&wa, &act_a, a),
-                (&wb, &act_b, b),
-                (&wc, &act_c, c),
-            );
             let mut want = [vec![f32::NAN; 77], vec![f32::NAN; 130], vec![f32::NAN; 19]];
             matvec::<Q4_1>(&pool, &wa, &act_a, &mut want[0]);
             matvec::<Q8_0>(&pool, &wb, &act_b, &mut want[1]);
             matvec::<Q4_K>(&pool, &wc, &act_c, &mut want[2]);
-            for (got, want) in got.iter().zip(&want) {
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(got), bits(want), "{threads} threads");
+            // two parts (gate and up) and three (Q, K and V)
+            for n_parts in [2, 3] {
+                let mut got = [vec![f32::NAN; 77], vec![f32::NAN; 130], vec![f32::NAN; 19]];
+                let [a, b, c] = &mut got;
+                let mut parts = vec![
+                    MatvecPart::new::<Q4_1>(&pool, &wa, &act_a, a),
+                    MatvecPart::new::<Q8_0>(&pool, &wb, &act_b, b),
+                    MatvecPart::new::<Q4_K>(&pool, &wc, &act_c, c),
+                ];
+                parts.truncate(n_parts);
+                matvec_parts(&pool, &parts);
+                drop(parts);
+                for (got, want) in got.iter().zip(&want).take(n_parts) {
+                    assert_eq!(bits(got), bits(want), "{threads} threads, {n_parts} parts");
+                }
             }
         }
     }

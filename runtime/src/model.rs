@@ -363,14 +363,17 @@ impl Ctx {
         let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
         self.rms_norm(norm);
         self.act.begin();
-        project_three(
+        project_all(
             &self.pool,
             self.blob,
             &mut self.act,
-            (wq, wk, wv),
             &self.xn,
             n,
-            [&mut self.q, &mut self.k, &mut self.v],
+            [
+                &mut (wq, &mut self.q[..]),
+                &mut (wk, &mut self.k[..]),
+                &mut (wv, &mut self.v[..]),
+            ],
         );
 
         // Rotate Q and K, then append K and V to this layer's cache.
@@ -537,15 +540,16 @@ impl Ctx {
         let (n, n_ff) = (self.n(), self.cfg.n_ff);
         self.rms_norm(norm);
         self.act.begin();
-        project_pair(
+        project_all(
             &self.pool,
             self.blob,
             &mut self.act,
-            (w_gate, w_up),
             &self.xn,
             n,
-            &mut self.gate,
-            &mut self.up,
+            [
+                &mut (w_gate, &mut self.gate[..]),
+                &mut (w_up, &mut self.up[..]),
+            ],
         );
         let up = &self.up;
         let rows = per_thread_rows(n, &self.pool);
@@ -650,81 +654,70 @@ fn project<T: Tensor>(
     }
 }
 
-/// Q, K and V of the same input: for one token in a single dispatch of the pool
-/// ([`matmul::matvec3`]: K and V alone are too small to stream at full speed), for a
-/// batch as three matmuls. Results are those of three `project` calls.
-fn project_three<A: Tensor, B: Tensor, C: Tensor>(
-    pool: &Pool,
-    blob: &[u8],
-    act: &mut ActScratch,
-    (w_a, w_b, w_c): (&A, &B, &C),
-    input: &[f32],
-    n: usize,
-    [out_a, out_b, out_c]: [&mut [f32]; 3],
-) {
-    if n != 1 {
-        project(pool, blob, act, w_a, input, n, out_a);
-        project(pool, blob, act, w_b, input, n, out_b);
-        project(pool, blob, act, w_c, input, n, out_c);
-        return;
-    }
-    let slot_a = act.quantize::<ActOf<A>>(pool, &input[..A::COLS], A::COLS);
-    let slot_b = act.quantize::<ActOf<B>>(pool, &input[..B::COLS], B::COLS);
-    let slot_c = act.quantize::<ActOf<C>>(pool, &input[..C::COLS], C::COLS);
-    matmul::matvec3::<A::W, B::W, C::W>(
-        pool,
-        (
-            w_a.blocks(blob),
-            act.get::<ActOf<A>>(slot_a),
-            &mut out_a[..A::ROWS],
-        ),
-        (
-            w_b.blocks(blob),
-            act.get::<ActOf<B>>(slot_b),
-            &mut out_b[..B::ROWS],
-        ),
-        (
-            w_c.blocks(blob),
-            act.get::<ActOf<C>>(slot_c),
-            &mut out_c[..C::ROWS],
-        ),
-    );
+/// A projection `out = W · input` of an input that several share (Q, K and V; gate and
+/// up), its weight type erased so that [`project_all`] can take them together.
+trait Projection {
+    /// `out = W · input` for a batch of `n` tokens: one `project`.
+    fn batch(&mut self, pool: &Pool, blob: &[u8], act: &mut ActScratch, input: &[f32], n: usize);
+    /// One token's input in the weights' activation format: its `act` slot.
+    fn quantize(&self, pool: &Pool, act: &mut ActScratch, input: &[f32]) -> usize;
+    /// The matvec of one token, from its quantized input in `slot`.
+    fn part<'a>(
+        &'a mut self,
+        pool: &Pool,
+        blob: &'a [u8],
+        act: &'a ActScratch,
+        slot: usize,
+    ) -> matmul::MatvecPart<'a>;
 }
 
-/// Two projections of the same input (gate and up): for one token in a single dispatch
-/// of the pool ([`matmul::matvec2`]), for a batch as two matmuls. Results are those of
-/// two `project` calls.
-#[allow(clippy::too_many_arguments)]
-fn project_pair<A: Tensor, B: Tensor>(
+impl<T: Tensor> Projection for (&T, &mut [f32]) {
+    fn batch(&mut self, pool: &Pool, blob: &[u8], act: &mut ActScratch, input: &[f32], n: usize) {
+        project(pool, blob, act, self.0, input, n, self.1);
+    }
+
+    fn quantize(&self, pool: &Pool, act: &mut ActScratch, input: &[f32]) -> usize {
+        act.quantize::<ActOf<T>>(pool, &input[..T::COLS], T::COLS)
+    }
+
+    fn part<'a>(
+        &'a mut self,
+        pool: &Pool,
+        blob: &'a [u8],
+        act: &'a ActScratch,
+        slot: usize,
+    ) -> matmul::MatvecPart<'a> {
+        let out = &mut self.1[..T::ROWS];
+        matmul::MatvecPart::new::<T::W>(pool, self.0.blocks(blob), act.get::<ActOf<T>>(slot), out)
+    }
+}
+
+/// Projections of the same input: for one token in a single dispatch of the pool
+/// ([`matmul::matvec_parts`]: K and V alone are too small to stream at full speed, and
+/// each dispatch wakes and joins the pool), for a batch as one matmul each. Results are
+/// those of one `project` per projection.
+fn project_all<const N: usize>(
     pool: &Pool,
     blob: &[u8],
     act: &mut ActScratch,
-    (w_a, w_b): (&A, &B),
     input: &[f32],
     n: usize,
-    out_a: &mut [f32],
-    out_b: &mut [f32],
+    mut projections: [&mut dyn Projection; N],
 ) {
     if n != 1 {
-        project(pool, blob, act, w_a, input, n, out_a);
-        project(pool, blob, act, w_b, input, n, out_b);
+        for p in projections {
+            p.batch(pool, blob, act, input, n);
+        }
         return;
     }
-    let slot_a = act.quantize::<ActOf<A>>(pool, &input[..A::COLS], A::COLS);
-    let slot_b = act.quantize::<ActOf<B>>(pool, &input[..B::COLS], B::COLS);
-    matmul::matvec2::<A::W, B::W>(
-        pool,
-        (
-            w_a.blocks(blob),
-            act.get::<ActOf<A>>(slot_a),
-            &mut out_a[..A::ROWS],
-        ),
-        (
-            w_b.blocks(blob),
-            act.get::<ActOf<B>>(slot_b),
-            &mut out_b[..B::ROWS],
-        ),
-    );
+    let slots = projections.each_ref().map(|p| p.quantize(pool, act, input));
+    let act = &*act;
+    let parts: Vec<_> = projections
+        .iter_mut()
+        .zip(slots)
+        .map(|(p, slot)| p.part(pool, blob, act, slot))
+        .collect();
+    matmul::matvec_parts(pool, &parts);
 }
 
 #[cfg(test)]
