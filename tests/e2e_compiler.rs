@@ -1,6 +1,6 @@
 //! `mcc build` end to end on a tiny random model: the same inputs give the same binary,
-//! warm rebuilds do not re-assemble the weights, and a portable `--target-cpu` builds and
-//! runs.
+//! warm rebuilds do not re-assemble the weights (unless they were deleted), and a portable
+//! `--target-cpu` builds and runs.
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
@@ -145,6 +145,17 @@ fn warm_rebuilds_reuse_the_assembled_weights() {
     assert_ne!(mtime(&target_exe), linked);
     let info = String::from_utf8_lossy(&run(&exe, &["info"]).stdout).into_owned();
     assert!(info.contains("256 tokens compiled in"), "{info}");
+
+    // The assembled weights deleted (to free disk): cargo would link the missing object,
+    // mcc has it assembled again.
+    std::fs::remove_file(&object).unwrap();
+    mcc::build::run(&a).unwrap();
+    assert!(object.exists(), "weights not assembled again");
+    let object_time = mtime(&object);
+    assert!(run(&exe, &["info"]).status.success());
+    // and the next warm rebuild leaves them alone again
+    mcc::build::run(&a).unwrap();
+    assert_eq!(mtime(&object), object_time, "weights re-assembled twice");
     remove_artifacts(name, "native");
 }
 

@@ -599,6 +599,7 @@ fn cargo_build(
     jobs: Option<usize>,
 ) -> Result<PathBuf> {
     let target = target_dir(target_cpu);
+    reassemble_if_objects_missing(&target, crate_dir, name)?;
     let mut cmd = Command::new(&tools.cargo);
     cmd.arg("build")
         .arg("--release")
@@ -675,6 +676,41 @@ fn cargo_build(
         bail!("cargo succeeded but {} is missing", exe.display());
     }
     Ok(exe)
+}
+
+/// Cargo reruns the emitted build script (which assembles the weights) only when
+/// weights.S or the GGUF changes, not when the object it made is gone (deleted to free
+/// disk: a Minitron-sized one is 3-5 GB). Then the link fails with "cannot open
+/// ...-weights.o". So if a previous run's link arguments (the build script's `output`
+/// under `target`) name an object that no longer exists, weights.S is touched and cargo
+/// assembles it again.
+fn reassemble_if_objects_missing(target: &Path, crate_dir: &Path, name: &str) -> Result<()> {
+    let Ok(dirs) = std::fs::read_dir(target.join("release").join("build")) else {
+        return Ok(()); // nothing built yet
+    };
+    let prefix = format!("{name}-");
+    let missing = dirs.map_while(Result::ok).any(|dir| {
+        let dir_name = dir.file_name();
+        let is_ours = dir_name.to_str().is_some_and(|n| {
+            n.strip_prefix(&prefix)
+                .is_some_and(|hash| hash.bytes().all(|b| b.is_ascii_hexdigit()))
+        });
+        let output = std::fs::read_to_string(dir.path().join("output")).unwrap_or_default();
+        is_ours
+            && output
+                .lines()
+                .filter_map(|l| l.strip_prefix("cargo:rustc-link-arg-bins="))
+                .any(|object| !Path::new(object).exists())
+    });
+    if missing {
+        let asm = crate_dir.join("weights.S");
+        std::fs::File::options()
+            .append(true)
+            .open(&asm)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            .with_context(|| format!("{}: cannot touch", asm.display()))?;
+    }
+    Ok(())
 }
 
 /// Puts the executable next to `dest` and renames it into place, with cargo's
