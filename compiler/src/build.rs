@@ -689,15 +689,15 @@ fn reassemble_if_objects_missing(target: &Path, crate_dir: &Path, name: &str) ->
         return Ok(()); // nothing built yet
     };
     let prefix = format!("{name}-");
-    let missing = dirs.map_while(Result::ok).any(|dir| {
-        let dir_name = dir.file_name();
-        let is_ours = dir_name.to_str().is_some_and(|n| {
+    let missing = dirs.flatten().any(|dir| {
+        let is_ours = dir.file_name().to_str().is_some_and(|n| {
             n.strip_prefix(&prefix)
                 .is_some_and(|hash| hash.bytes().all(|b| b.is_ascii_hexdigit()))
         });
-        let output = std::fs::read_to_string(dir.path().join("output")).unwrap_or_default();
+        // only this crate's build script output is read, not every crate's in the target
         is_ours
-            && output
+            && std::fs::read_to_string(dir.path().join("output"))
+                .unwrap_or_default()
                 .lines()
                 .filter_map(|l| l.strip_prefix("cargo:rustc-link-arg-bins="))
                 .any(|object| !Path::new(object).exists())
