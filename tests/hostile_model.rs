@@ -82,7 +82,7 @@ fn build_error(case: &str, w: &GgufWriter) -> String {
         output: Some(scratch.0.join("lie-bin")),
         name: Some("lie".into()),
         ctx: None,
-        target_cpu: "native".into(),
+        target_cpu: None,
         emit_only: false,
         jobs: None,
         generated_dir: Some(scratch.0.join("generated")),

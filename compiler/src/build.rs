@@ -61,12 +61,14 @@ pub struct Args {
     /// can lower it per run.
     #[arg(long = "ctx", value_name = "N")]
     pub ctx: Option<usize>,
-    /// CPU to generate code for, as rustc's `-C target-cpu`: `native` is this machine
-    /// (fastest, may not run elsewhere); `x86-64-v3` runs on any x86-64 with AVX2 and FMA
-    /// (Haswell, Zen 1 and later); `x86-64-v4` adds AVX-512. Each value gets its own
-    /// cargo target directory, so switching does not rebuild the runtime every time.
-    #[arg(long = "target-cpu", value_name = "CPU", default_value = "native")]
-    pub target_cpu: String,
+    /// Build for one CPU only, as rustc's `-C target-cpu`: `native` is this machine (it
+    /// may not run elsewhere); `x86-64-v3` runs on any x86-64 with AVX2 and FMA. Without
+    /// it the executable runs on any x86-64 CPU: it carries the model and runtime
+    /// compiled once per kernel tier (AVX-512, AVX2, scalar) and runs the best one the
+    /// CPU has (`MCC_CPU=avx512|avx2|scalar` forces one). Each value gets its own cargo
+    /// target directory, so switching does not rebuild the runtime every time.
+    #[arg(long = "target-cpu", value_name = "CPU")]
+    pub target_cpu: Option<String>,
     /// Write the crate into <generated-dir>/NAME and stop: no cargo, no executable. The
     /// crate builds later with `cargo build --release` in that directory (the executable
     /// is target/release/NAME-<hash>, see --name).
@@ -83,31 +85,42 @@ pub struct Args {
     pub generated_dir: Option<PathBuf>,
 }
 
-/// The mcc source tree this binary was built from (holds runtime/, generated/).
-fn source_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// Where crates are emitted by default: generated/ in the mcc source tree this binary
+/// was built from while that tree is there, else generated/ in the cache (an installed
+/// mcc whose checkout was moved or deleted).
+fn default_generated_dir() -> PathBuf {
+    let tree = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("compiler/ has a parent")
-        .to_path_buf()
+        .expect("compiler/ has a parent");
+    if tree.join("compiler/Cargo.toml").is_file() {
+        tree.join("generated")
+    } else {
+        cache_dir().join("generated")
+    }
+}
+
+/// mcc's cache: `$MCC_CACHE`, default `~/.cache/mcc`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("MCC_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mcc")))
+        .unwrap_or_else(|| std::env::temp_dir().join("mcc"))
 }
 
 /// Shared cargo target directory for the emitted crates built for `target_cpu`.
-/// `native` uses the base directory; any other CPU a sibling `-<cpu>` directory, because
-/// cargo rebuilds every dependency when RUSTFLAGS change.
-pub fn target_dir(target_cpu: &str) -> PathBuf {
+/// The default build (every kernel tier) uses the base directory; a single-tier build
+/// for CPU X a sibling `-X` directory, because cargo rebuilds every dependency when
+/// RUSTFLAGS change.
+pub fn target_dir(target_cpu: Option<&str>) -> PathBuf {
     let base = match std::env::var_os("MCC_TARGET_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => std::env::var_os("MCC_CACHE")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mcc")))
-            .unwrap_or_else(|| std::env::temp_dir().join("mcc"))
-            .join("target"),
+        None => cache_dir().join("target"),
     };
-    if target_cpu == "native" {
+    let Some(cpu) = target_cpu else {
         return base;
-    }
+    };
     let mut name = base.file_name().unwrap_or_default().to_os_string();
-    name.push(format!("-{target_cpu}"));
+    name.push(format!("-{cpu}"));
     base.with_file_name(name)
 }
 
@@ -174,7 +187,9 @@ pub fn run(args: &Args) -> Result<()> {
 /// `mcc build`; with `gpu.gpu`, the crate also gets the model's PTX kernels.
 pub fn run_with(args: &Args, gpu: &crate::gpu::GpuArgs) -> Result<()> {
     let t0 = Instant::now();
-    check_target_cpu(&args.target_cpu)?;
+    if let Some(cpu) = &args.target_cpu {
+        check_target_cpu(cpu)?;
+    }
     let gguf_path = std::fs::canonicalize(&args.model)
         .with_context(|| format!("{}: cannot open", args.model.display()))?;
     let gguf = GgufFile::open(&gguf_path)?;
@@ -213,7 +228,7 @@ pub fn run_with(args: &Args, gpu: &crate::gpu::GpuArgs) -> Result<()> {
         .generated_dir
         .clone()
         .or_else(|| std::env::var_os("MCC_GENERATED_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| source_root().join("generated"));
+        .unwrap_or_else(default_generated_dir);
     std::fs::create_dir_all(&generated)
         .with_context(|| format!("{}: cannot create directory", generated.display()))?;
     let crate_dir = std::fs::canonicalize(&generated)
@@ -230,7 +245,7 @@ pub fn run_with(args: &Args, gpu: &crate::gpu::GpuArgs) -> Result<()> {
         n_ctx,
         target_cpu: args.target_cpu.clone(),
         gguf_path: gguf_path.clone(),
-        runtime_path: source_root().join("runtime"),
+        runtime_path: crate::runtime_copy::runtime_dir(&cache_dir())?,
     };
     let mut files = emit_crate(&desc, &plan, &opts, desc.tokenizer.to_bytes());
     if gpu.gpu {
@@ -249,13 +264,7 @@ pub fn run_with(args: &Args, gpu: &crate::gpu::GpuArgs) -> Result<()> {
         return Ok(());
     };
 
-    let exe = cargo_build(
-        &toolchain,
-        &crate_dir,
-        &exe_name,
-        &args.target_cpu,
-        args.jobs,
-    )?;
+    let exe = cargo_build(&toolchain, &crate_dir, &opts, args.jobs)?;
     install_atomically(&exe, &output)?;
     eprintln!("mcc: wrote {} in {:.1?}", output.display(), t0.elapsed());
     Ok(())
@@ -443,7 +452,7 @@ fn write_crate_atomically(dir: &Path, files: &[EmittedFile]) -> Result<()> {
         std::fs::create_dir_all(sub)
             .with_context(|| format!("{}: cannot create directory", sub.display()))?;
         let bytes = match &file.contents {
-            Contents::Source(text) => text.as_bytes(),
+            Contents::Source(text) | Contents::Script(text) => text.as_bytes(),
             Contents::Data(bytes) => bytes,
             Contents::Symlink(target) => {
                 std::os::unix::fs::symlink(target, &path)
@@ -457,6 +466,11 @@ fn write_crate_atomically(dir: &Path, files: &[EmittedFile]) -> Result<()> {
         };
         std::fs::write(&path, bytes)
             .with_context(|| format!("{}: cannot write", path.display()))?;
+        if let Contents::Script(_) = file.contents {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("{}: cannot make executable", path.display()))?;
+        }
         let old = dir.join(&file.path);
         if std::fs::read(&old).is_ok_and(|c| c == bytes) {
             if let Ok(mtime) = std::fs::metadata(&old).and_then(|m| m.modified()) {
@@ -594,11 +608,11 @@ fn write_repacked(tmp: &Path, dir: &Path, name: &str, tensors: &[RepackedTensor]
 fn cargo_build(
     tools: &Toolchain,
     crate_dir: &Path,
-    name: &str,
-    target_cpu: &str,
+    opts: &EmitOptions,
     jobs: Option<usize>,
 ) -> Result<PathBuf> {
-    let target = target_dir(target_cpu);
+    let name = &opts.exe_name;
+    let target = target_dir(opts.target_cpu.as_deref());
     reassemble_if_objects_missing(&target, crate_dir, name)?;
     let mut cmd = Command::new(&tools.cargo);
     cmd.arg("build")
@@ -609,11 +623,16 @@ fn cargo_build(
         cmd.arg("-j").arg(j.to_string());
     }
     // The emitted crate's flags alone: neither the caller's RUSTFLAGS nor a cargo config
-    // of the directory mcc runs in (the encoded form wins over both).
+    // of the directory mcc runs in (the encoded form wins over both). A build with every
+    // kernel tier runs rustc through the crate's tiers/rustc.sh, which gives each tier's
+    // crates their target features (this wins over a RUSTC_WRAPPER of the caller's).
+    if opts.target_cpu.is_none() {
+        cmd.env("RUSTC_WRAPPER", crate_dir.join("tiers/rustc.sh"));
+    }
     cmd.env("CARGO_TARGET_DIR", &target)
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            format!("-C\u{1f}target-cpu={target_cpu}"),
+            crate::emit::base_rustflags(opts).join("\u{1f}"),
         )
         .env_remove("RUSTFLAGS")
         .stdout(Stdio::null())
@@ -762,15 +781,12 @@ mod tests {
 
     #[test]
     fn target_cpus_get_their_own_target_dir() {
-        let native = target_dir("native");
-        let v3 = target_dir("x86-64-v3");
-        assert_eq!(v3.parent(), native.parent());
+        let tiers = target_dir(None);
+        let v3 = target_dir(Some("x86-64-v3"));
+        assert_eq!(v3.parent(), tiers.parent());
         assert_eq!(
             v3.file_name().unwrap().to_string_lossy(),
-            format!(
-                "{}-x86-64-v3",
-                native.file_name().unwrap().to_string_lossy()
-            )
+            format!("{}-x86-64-v3", tiers.file_name().unwrap().to_string_lossy())
         );
         assert!(check_target_cpu("x86-64-v3").is_ok());
         assert!(check_target_cpu("native").is_ok());

@@ -30,8 +30,10 @@ pub struct EmitOptions {
     pub exe_name: String,
     /// KV-cache length compiled in.
     pub n_ctx: usize,
-    /// `-C target-cpu` the binary is built for (recorded in `info`).
-    pub target_cpu: String,
+    /// `-C target-cpu` of a single-tier build (`mcc build --target-cpu`); `None`: one
+    /// copy of the model and runtime per kernel tier, chosen at start-up
+    /// ([`mcc_runtime::tier`]).
+    pub target_cpu: Option<String>,
     /// The GGUF the weights are read from. Only its file name appears in the sources;
     /// the crate reaches the file through the [`GGUF_LINK`] symlink.
     pub gguf_path: PathBuf,
@@ -59,6 +61,8 @@ pub struct EmittedFile {
 pub enum Contents {
     /// Text a reader would review (and the snapshot tests pin).
     Source(String),
+    /// A shell script the build runs (written executable).
+    Script(String),
     /// Generated data (the serialised tokenizer).
     Data(Vec<u8>),
     /// A symlink to this target (the GGUF).
@@ -146,12 +150,33 @@ pub fn emit_crate(
             format!("\n    println!(\"cargo:rerun-if-changed={REPACKED_FILE}\");"),
         )
     };
+    let mut tier_deps = String::new();
+    if !tiers(opts).is_empty() {
+        tier_deps += "\n# One copy of the model and the runtime per SIMD kernel tier (tiers/, compiled with\n\
+                      # the tier's target features); src/main.rs runs one at start-up.";
+    }
+    for t in tiers(opts) {
+        let _ = write!(
+            tier_deps,
+            "\n{}-tier-{} = {{ path = \"tiers/{}\" }}",
+            opts.exe_name,
+            t.name(),
+            t.name()
+        );
+    }
     let mut files = vec![
         EmittedFile::source(
             "Cargo.toml",
             fill(
                 include_str!("../../templates/Cargo.toml"),
-                &[("runtime", runtime)],
+                &[("runtime", runtime.clone()), ("tier_deps", tier_deps)],
+            ),
+        ),
+        EmittedFile::source(
+            ".cargo/config.toml",
+            fill(
+                include_str!("../../templates/tier/config.toml"),
+                &[("build", cargo_config_build(opts))],
             ),
         ),
         EmittedFile::source(
@@ -172,10 +197,6 @@ pub fn emit_crate(
                 ],
             ),
         ),
-        EmittedFile::source(
-            "src/main.rs",
-            fill(include_str!("../../templates/main.rs"), &[]),
-        ),
         EmittedFile::source("src/model.rs", emit_model_rs(desc, plan, opts)),
         EmittedFile {
             path: "tokenizer.bin".into(),
@@ -192,7 +213,171 @@ pub fn emit_crate(
             contents: Contents::Repacked(repacked),
         });
     }
+    let at = files
+        .iter()
+        .position(|f| f.path == "src/model.rs")
+        .expect("model.rs is emitted");
+    let mut tier_files = Vec::new();
+    if !tiers(opts).is_empty() {
+        tier_files.push(EmittedFile {
+            path: "tiers/rustc.sh".into(),
+            contents: Contents::Script(fill(
+                include_str!("../../templates/tier/rustc.sh"),
+                &[("cases", rustc_cases())],
+            )),
+        });
+    }
+    for &tier in tiers(opts) {
+        let package = crate::runtime_copy::tier_package(tier);
+        tier_files.push(EmittedFile::source(
+            &format!("tiers/{}/Cargo.toml", tier.name()),
+            fill(
+                include_str!("../../templates/tier/Cargo.toml"),
+                &[
+                    ("tier", tier.name().to_string()),
+                    ("runtime", runtime.clone()),
+                    ("runtime_package", package),
+                ],
+            ),
+        ));
+    }
+    files.splice(at..at, tier_files);
+    set_entry_points(&mut files, opts, false);
     files
+}
+
+/// The SIMD kernel tiers that get a copy of the program in `tiers/`: none in a
+/// single-tier build.
+fn tiers(opts: &EmitOptions) -> &'static [mcc_runtime::tier::Tier] {
+    match opts.target_cpu {
+        Some(_) => &[],
+        None => &crate::runtime_copy::SIMD_TIERS,
+    }
+}
+
+/// What `info` says about the code the binary was compiled for.
+fn target_cpu_line(opts: &EmitOptions) -> String {
+    match &opts.target_cpu {
+        Some(cpu) => format!("{cpu} (one kernel tier)"),
+        None => {
+            let mut names: Vec<&str> = tiers(opts).iter().map(|t| t.name()).collect();
+            names.push(mcc_runtime::tier::Tier::Scalar.name());
+            format!("any x86-64 (kernel tiers {})", names.join(", "))
+        }
+    }
+}
+
+/// The `[build]` keys of the emitted `.cargo/config.toml`: what `mcc build` passes cargo.
+fn cargo_config_build(opts: &EmitOptions) -> String {
+    let (cpu, wrapper) = match &opts.target_cpu {
+        Some(cpu) => (cpu.as_str(), ""),
+        None => ("x86-64", "rustc-wrapper = \"./tiers/rustc.sh\"\n"),
+    };
+    format!("{wrapper}rustflags = [\"-C\", \"target-cpu={cpu}\"]")
+}
+
+/// The rustc flags of every single-tier or scalar crate: what `mcc build` passes cargo
+/// (and the emitted `.cargo/config.toml` repeats).
+pub fn base_rustflags(opts: &EmitOptions) -> Vec<String> {
+    let cpu = opts.target_cpu.as_deref().unwrap_or("x86-64");
+    vec!["-C".into(), format!("target-cpu={cpu}")]
+}
+
+/// tiers/rustc.sh's `case` arms: each SIMD tier's crates get its rustc flags.
+fn rustc_cases() -> String {
+    crate::runtime_copy::SIMD_TIERS
+        .iter()
+        .map(|t| {
+            format!(
+                "    *_tier_{}) exec \"$rustc\" \"$@\" {} ;;",
+                t.name(),
+                t.rustc_flags().join(" ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Writes (or rewrites, for `--gpu`) the entry points: src/main.rs, which runs the copy
+/// of the program for the best tier this CPU has, and each tier's `tiers/NAME/lib.rs`.
+/// With `gpu`, every copy also has the model's GPU kernels (src/gpu.rs).
+pub fn set_entry_points(files: &mut Vec<EmittedFile>, opts: &EmitOptions, gpu: bool) {
+    let (mods, tier_mods, entry) = if gpu {
+        (
+            "mod gpu;\nmod model;\n",
+            "#[path = \"../../src/gpu.rs\"]\nmod gpu;\n#[path = \"../../src/model.rs\"]\nmod model;\n",
+            "mcc_runtime::cli::main_gpu::<model::Model>(&gpu::GPU, tier)",
+        )
+    } else {
+        (
+            "mod model;\n",
+            "#[path = \"../../src/model.rs\"]\nmod model;\n",
+            "mcc_runtime::cli::main::<model::Model>(tier)",
+        )
+    };
+    let lib_name = opts.exe_name.replace('-', "_");
+    let (tiers_doc, this_copy, copies) = match &opts.target_cpu {
+        Some(cpu) => (
+            format!("A single-tier build: compiled for `-C target-cpu={cpu}`."),
+            "the only one".to_string(),
+            "(mcc_runtime::tier::compiled(), run)".to_string(),
+        ),
+        None => {
+            let mut copies: Vec<String> = tiers(opts)
+                .iter()
+                .map(|t| {
+                    format!(
+                        "(mcc_runtime::tier::Tier::{:?}, {lib_name}_tier_{}::run)",
+                        t,
+                        t.name()
+                    )
+                })
+                .collect();
+            copies.push("(mcc_runtime::tier::Tier::Scalar, run)".into());
+            (
+                "One copy of the model and runtime per kernel tier (this crate: scalar; tiers/:\n//! the SIMD ones); `main` runs the best one this CPU has, or the one MCC_CPU names."
+                    .to_string(),
+                "the scalar tier, compiled for the x86-64 baseline".to_string(),
+                copies.join(",\n        "),
+            )
+        }
+    };
+    let copies = if copies.contains('\n') {
+        format!("\n        {copies},\n    ")
+    } else {
+        copies
+    };
+    let main = include_str!("../../templates/main.rs")
+        .replace("{{gpu_doc}}", if gpu { ", with its GPU kernels" } else { "" })
+        .replace("{{tiers_doc}}", &tiers_doc)
+        .replace("{{mods}}", mods)
+        .replace("{{this_copy}}", &this_copy)
+        .replace("{{entry}}", entry)
+        .replace("{{copies}}", &copies);
+    let mut entries = vec![EmittedFile::source("src/main.rs", main)];
+    for &tier in tiers(opts) {
+        let lib = include_str!("../../templates/tier/lib.rs")
+            .replace("{{tier}}", tier.name())
+            .replace("{{flags}}", &tier.rustc_flags().join(" "))
+            .replace("{{mods}}", tier_mods)
+            .replace("{{entry}}", entry);
+        entries.push(EmittedFile::source(&format!("tiers/{}/lib.rs", tier.name()), lib));
+    }
+    for entry in entries {
+        match files.iter_mut().find(|f| f.path == entry.path) {
+            Some(f) => *f = entry,
+            None => {
+                // main.rs before model.rs; each lib.rs after its tier's Cargo.toml
+                let at = if entry.path == "src/main.rs" {
+                    files.iter().position(|f| f.path == "src/model.rs")
+                } else {
+                    let manifest = entry.path.replace("lib.rs", "Cargo.toml");
+                    files.iter().position(|f| f.path == manifest).map(|i| i + 1)
+                };
+                files.insert(at.unwrap_or(files.len()), entry);
+            }
+        }
+    }
 }
 
 fn file_name(path: &Path) -> String {
@@ -666,7 +851,7 @@ fn emit_info(desc: &ModelDesc, plan: &Plan, opts: &EmitOptions) -> String {
         "context:      {} tokens compiled in (trained {})",
         opts.n_ctx, desc.n_ctx_train
     );
-    let _ = writeln!(s, "target cpu:   {}", opts.target_cpu);
+    let _ = writeln!(s, "target cpu:   {}", target_cpu_line(opts));
     let _ = writeln!(s, "built by:     mcc {}", env!("CARGO_PKG_VERSION"));
     s
 }

@@ -14,4 +14,5 @@ pub mod gpu;
 pub mod inspect;
 pub mod plan;
 pub mod ppl_table;
+pub mod runtime_copy;
 pub mod synth;

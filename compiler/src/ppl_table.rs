@@ -60,9 +60,10 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value = "md")]
     pub format: Format,
-    /// CPU to compile for (as `mcc build --target-cpu`).
-    #[arg(long = "target-cpu", value_name = "CPU", default_value = "native")]
-    pub target_cpu: String,
+    /// Build each binary for one CPU only (as `mcc build --target-cpu`) [default: every
+    /// kernel tier, the best chosen at start-up].
+    #[arg(long = "target-cpu", value_name = "CPU")]
+    pub target_cpu: Option<String>,
     /// Where the binaries and their crates go [default: $MCC_CACHE/ppl-table, MCC_CACHE
     /// defaulting to ~/.cache/mcc].
     #[arg(long = "build-dir", value_name = "DIR")]

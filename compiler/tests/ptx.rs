@@ -91,7 +91,7 @@ fn emit_gpu(gguf: &Path, name: &str) -> Vec<EmittedFile> {
         name: name.into(),
         exe_name: mcc::build::exe_name(name, Path::new("/generated").join(name).as_path()),
         n_ctx: desc.n_ctx_train.min(4096),
-        target_cpu: "native".into(),
+        target_cpu: None,
         gguf_path: gguf.to_path_buf(),
         runtime_path: PathBuf::from("[mcc]/runtime"),
     };
@@ -236,7 +236,7 @@ fn builds_without_gpu_are_unchanged() {
         name: "tiny".into(),
         exe_name: mcc::build::exe_name("tiny", Path::new("/generated/tiny")),
         n_ctx: 64,
-        target_cpu: "native".into(),
+        target_cpu: None,
         gguf_path: gguf.clone(),
         runtime_path: PathBuf::from("[mcc]/runtime"),
     };

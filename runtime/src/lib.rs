@@ -14,5 +14,6 @@ pub mod perplexity;
 pub mod pool;
 pub mod quant;
 pub mod sampler;
+pub mod tier;
 pub mod tokenizer;
 pub mod weights;

@@ -72,7 +72,7 @@ pub fn build_model(gguf: &Path, name: &str, extra: impl FnOnce(&mut mcc::build::
         output: Some(exe.clone()),
         name: Some(name.to_string()),
         ctx: None,
-        target_cpu: "native".into(),
+        target_cpu: None,
         emit_only: false,
         jobs: None,
         generated_dir: Some(dir.join("generated")),

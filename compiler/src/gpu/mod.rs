@@ -460,12 +460,7 @@ pub fn add_to_crate(
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let ptx = emit_ptx(desc, plan, opts.n_ctx, &source)?;
-    let main = include_str!("../../../templates/ptx/main.rs").to_string();
-    for f in files.iter_mut() {
-        if f.path == "src/main.rs" {
-            f.contents = Contents::Source(main.clone());
-        }
-    }
+    crate::emit::set_entry_points(files, opts, true);
     let at = files
         .iter()
         .position(|f| f.path == "src/model.rs")

@@ -148,18 +148,19 @@ impl SamplingArgs {
     }
 }
 
-/// Entry point of a generated binary.
-pub fn main<M: Model>() -> ExitCode {
-    run::<M>(None)
+/// Entry point of one kernel tier's copy of a generated binary ([`crate::tier`]):
+/// `tier` is the line `info` prints about the tier in use.
+pub fn main<M: Model>(tier: &'static str) -> ExitCode {
+    run::<M>(None, tier)
 }
 
 /// Entry point of a generated binary built with `mcc build --gpu`: `gpu` holds its PTX
 /// and the tensors the kernels read.
-pub fn main_gpu<M: Model>(gpu: &'static crate::gpu::GpuModel) -> ExitCode {
-    run::<M>(Some(gpu))
+pub fn main_gpu<M: Model>(gpu: &'static crate::gpu::GpuModel, tier: &'static str) -> ExitCode {
+    run::<M>(Some(gpu), tier)
 }
 
-fn run<M: Model>(gpu: Option<&'static crate::gpu::GpuModel>) -> ExitCode {
+fn run<M: Model>(gpu: Option<&'static crate::gpu::GpuModel>, tier: &'static str) -> ExitCode {
     let cli = Cli::parse();
     crate::gpu::set_request(crate::gpu::GpuRequest {
         model: gpu,
@@ -168,7 +169,7 @@ fn run<M: Model>(gpu: Option<&'static crate::gpu::GpuModel>) -> ExitCode {
     });
     let result = match cli.cmd {
         Some(Cmd::Info) => {
-            print!("{}", M::INFO);
+            print!("{}kernel tier:  {tier}\n", M::INFO);
             Ok(())
         }
         Some(Cmd::Chat(args)) => chat::chat::<M>(&args),
