@@ -36,7 +36,11 @@ fn main() {
         fnv(&[0]);
         fnv(&bytes);
         let abs = abs.canonicalize().expect("the file was just read");
-        let _ = writeln!(table, "    ({rel:?}, include_bytes!({:?})),", abs.display().to_string());
+        let _ = writeln!(
+            table,
+            "    ({rel:?}, include_bytes!({:?})),",
+            abs.display().to_string()
+        );
     }
     table.push(']');
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Builds scripts/llama_logits.cpp against the llama.cpp of ../shared/scripts/llama-ref.sh
-# into $MCC_CACHE/bin/llama_logits and prints its path.
+# (the build of $LLAMA_REF_TIER, default native) into $MCC_CACHE/bin/llama_logits-TIER and
+# prints its path.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 CACHE=${MCC_CACHE:-$HOME/.cache/mcc}
 BIN=$(bash "$here/../../shared/scripts/llama-ref.sh")
 SRC=$(dirname "$(dirname "$BIN")")
-out="$CACHE/bin/llama_logits"
+out="$CACHE/bin/llama_logits-${LLAMA_REF_TIER:-native}"
 mkdir -p "$CACHE/bin"
 # Rebuilt when the source is newer or the libraries it was linked against (its rpath,
 # recorded beside it) are elsewhere now.

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Golden numbers from llama.cpp for the forward-pass fidelity checks, next to ours.
 
-Two modes, both writing JSON under tests/golden/ppl/:
+Modes, each writing JSON under tests/golden/<tier>/ppl/ (scripts/reftier.py: every mode
+takes --tier avx512|avx2, default this machine's best tier):
 
   ppl-golden.py ppl [--ctx 512 2048] [--chunks-512 K] [--chunks-2048 K] [--types T ...]
       Perplexity of the SmolLM2-135M quant ladder ($MCC_CACHE/models/ladder/, made by
@@ -51,9 +52,11 @@ import time
 
 import numpy as np
 
+from reftier import golden_dir, llama_bin, take_tier
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CACHE = pathlib.Path(os.environ.get("MCC_CACHE", pathlib.Path.home() / ".cache/mcc"))
-OUT = ROOT / "tests/golden/ppl"
+TIER = take_tier(sys.argv)
 TEXT = CACHE / "data/ppl-text.txt"
 LADDER = CACHE / "models/ladder"
 STEM = "SmolLM2-135M-Instruct"
@@ -61,14 +64,6 @@ Q4_1 = CACHE / "models" / f"{STEM}.Q4_1.gguf"
 TYPES = ["F16", "Q8_0", "Q6_K", "Q4_K_M", "Q4_1", "IQ4_XS", "Q3_K_M", "IQ2_XS", "IQ1_S"]
 THREADS = os.environ.get("THREADS", "2")
 FINAL = re.compile(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)")
-
-
-def llama_bin():
-    if os.environ.get("LLAMA_BIN"):
-        return pathlib.Path(os.environ["LLAMA_BIN"])
-    ref = ROOT.parent / "shared/scripts/llama-ref.sh"
-    out = subprocess.run(["bash", str(ref)], check=True, capture_output=True, text=True)
-    return pathlib.Path(out.stdout.strip())
 
 
 def text_info():
@@ -83,7 +78,7 @@ def llama_perplexity(model, ctx, chunks):
     by file, size, context, chunks, text and threads: long runs are made once (the
     `llama` step can make them ahead, in the background) and reused by `ppl`."""
     key = (f"{model.name}-{model.stat().st_size}-c{ctx}-k{chunks or 'all'}"
-           f"-{text_info()['sha256'][:12]}-t{THREADS}")
+           f"-{text_info()['sha256'][:12]}-t{THREADS}-{TIER}")
     cached = CACHE / "ppl-cache" / f"{key}.json"
     if cached.is_file():
         r = json.loads(cached.read_text())
@@ -242,7 +237,7 @@ def cmd_logits(args):
                           capture_output=True, text=True).stdout.strip()
     cases = []
     for label, prompt in prompts():
-        p = CACHE / f"test-builds/golden-prompt-{label}.txt"
+        p = CACHE / f"test-builds/golden-prompt-{label}-{TIER}.txt"
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(prompt, encoding="utf-8")
         out = p.with_suffix(".bin")
@@ -298,6 +293,8 @@ def main():
     p.add_argument("--reuse", action="store_true", help="reuse llama_logits outputs already in $MCC_CACHE/test-builds")
     p.set_defaults(func=cmd_logits)
     args = ap.parse_args()
+    global OUT
+    OUT = golden_dir(TIER, "ppl")
     args.func(args)
 
 

@@ -5,7 +5,7 @@
 Steps (each takes an optional list of types; the default is all 28):
 
   goldens  llama-completion --temp 0, 3 prompts x 32 tokens, into
-           tests/golden/ladder/<TYPE>.json. Each case also records, for every generated
+           tests/golden/<tier>/ladder/<TYPE>.json. Each case also records, for every generated
            token, its byte end in the continuation and llama.cpp's own gap between its
            two largest logits where it chose that token (from llama_logits over
            prompt + continuation), plus the gap for the token after the last one. A
@@ -21,7 +21,8 @@ Steps (each takes an optional list of types; the default is all 28):
            after the other. Results go to $MCC_CACHE/ladder-work/bench.json.
   table    the Markdown table of docs/quant-ladder.md from check.json and bench.json.
 
-Usage: scripts/quant-ladder.py STEP [TYPE...]
+Usage: scripts/quant-ladder.py STEP [TYPE...] [--tier avx512|avx2]
+  (the kernel tier both engines run, scripts/reftier.py: default this machine's best)
   (llama.cpp tools from ../shared/scripts/llama-ref.sh or LLAMA_BIN=dir; mcc from
    target/release/mcc, built first with cargo build --release -p mcc)
 """
@@ -35,12 +36,14 @@ import sys
 
 import numpy as np
 
+from reftier import golden_dir, llama_bin, take_tier
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CACHE = pathlib.Path(os.environ.get("MCC_CACHE", pathlib.Path.home() / ".cache/mcc"))
 MODELS = CACHE / "models/ladder"
-WORK = CACHE / "ladder-work"
+TIER = take_tier(sys.argv)
+WORK = CACHE / "ladder-work" / TIER
 BUILDS = CACHE / "ladder-builds"
-GOLDEN = ROOT / "tests/golden/ladder"
 STEM = "SmolLM2-135M-Instruct"
 TYPES = ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "Q2_K_S", "Q2_K", "IQ3_XXS",
          "IQ3_XS", "Q3_K_S", "IQ3_S", "IQ3_M", "Q3_K_M", "Q3_K_L", "IQ4_XS", "Q4_0", "IQ4_NL",
@@ -51,14 +54,6 @@ PROMPT_INDICES = [0, 1, 3]
 N_PREDICT = 32
 NEAR_TIE = 1e-3
 THREADS = "2"
-
-
-def llama_bin():
-    if os.environ.get("LLAMA_BIN"):
-        return pathlib.Path(os.environ["LLAMA_BIN"])
-    ref = ROOT.parent / "shared/scripts/llama-ref.sh"
-    out = subprocess.run(["bash", str(ref)], check=True, capture_output=True, text=True)
-    return pathlib.Path(out.stdout.strip())
 
 
 def llama_logits_exe():
@@ -134,9 +129,9 @@ def greedy_logits_exe():
     bin_dir = llama_bin()
     src_dir = bin_dir.parent.parent
     src = ROOT / "scripts/llama_greedy_logits.cpp"
-    exe = CACHE / "bin/llama_greedy_logits"
+    exe = CACHE / f"bin/llama_greedy_logits-{TIER}"
     # the libraries it was linked against (its rpath): rebuilt when they moved
-    lib_dir = CACHE / "bin/llama_greedy_logits.lib-dir"
+    lib_dir = CACHE / f"bin/llama_greedy_logits-{TIER}.lib-dir"
     stale = (not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime
              or not lib_dir.exists() or lib_dir.read_text() != str(bin_dir))
     if stale:
@@ -154,7 +149,6 @@ def goldens(types):
     exe = llama_bin() / "llama-completion"
     greedy = greedy_logits_exe()
     prompts = json.loads((ROOT / "tests/golden/prompts.json").read_text())
-    GOLDEN.mkdir(parents=True, exist_ok=True)
     WORK.mkdir(parents=True, exist_ok=True)
     for t in types:
         model = model_path(t)
@@ -344,6 +338,8 @@ def table(types):
 
 
 def main():
+    global GOLDEN
+    GOLDEN = golden_dir(TIER, "ladder")
     step, types = sys.argv[1], sys.argv[2:] or TYPES
     unknown = [t for t in types if t not in TYPES]
     if unknown:

@@ -13,4 +13,13 @@
 mcc_weights:
 {{tensors}}
     .size mcc_weights, {{blob_len}}
+
+/* The serialised tokenizer (src/model.rs: TOKENIZER_LEN bytes), beside the weights so that
+   it is stored once, however many kernel tiers' copies of the code read it. */
+    .section .rodata.mcc_tokenizer,"a",@progbits
+    .globl mcc_tokenizer
+    .type mcc_tokenizer, @object
+mcc_tokenizer:
+    .incbin "tokenizer.bin"
+    .size mcc_tokenizer, .-mcc_tokenizer
     .section .note.GNU-stack,"",@progbits

@@ -35,7 +35,7 @@ impl Drop for Cleanup {
             let _ = std::fs::remove_dir_all(p);
             let _ = std::fs::remove_file(p);
         }
-        let target = mcc::build::target_dir("native").join("release");
+        let target = mcc::build::target_dir(None).join("release");
         for sub in [".", "deps", "build", ".fingerprint"] {
             let Ok(entries) = std::fs::read_dir(target.join(sub)) else {
                 continue;

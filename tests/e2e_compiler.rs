@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime};
 
 use mcc::gguf::writer::WriteMode;
 use mcc::synth::{llama_writer, toy_vocab, SynthConfig};
-use mcc_e2e::{run, scratch_dir};
+use mcc_e2e::{run, run_on, scratch_dir, Tier};
 
 /// The tiny preset's GGUF (written once; the same seed gives the same bytes).
 fn tiny_gguf() -> PathBuf {
@@ -35,8 +35,9 @@ fn args(gguf: &Path, name: &str) -> mcc::build::Args {
     }
 }
 
-/// Every artifact of crate `name` in the shared target directory for `cpu`.
-fn artifacts(name: &str, cpu: &str) -> Vec<PathBuf> {
+/// Every artifact of crate `name` in the shared target directory for `cpu` (`None`: the
+/// default build, every kernel tier).
+fn artifacts(name: &str, cpu: Option<&str>) -> Vec<PathBuf> {
     let release = mcc::build::target_dir(cpu).join("release");
     let mut found = Vec::new();
     for sub in [".", "deps", "build", ".fingerprint"] {
@@ -53,7 +54,7 @@ fn artifacts(name: &str, cpu: &str) -> Vec<PathBuf> {
     found
 }
 
-fn remove_artifacts(name: &str, cpu: &str) {
+fn remove_artifacts(name: &str, cpu: Option<&str>) {
     for p in artifacts(name, cpu) {
         let _ = std::fs::remove_dir_all(&p);
         let _ = std::fs::remove_file(&p);
@@ -62,7 +63,7 @@ fn remove_artifacts(name: &str, cpu: &str) {
 
 /// The assembled weights object of crate `name` (in its build script's OUT_DIR).
 fn weights_object(name: &str) -> PathBuf {
-    let build = mcc::build::target_dir("native").join("release/build");
+    let build = mcc::build::target_dir(None).join("release/build");
     std::fs::read_dir(&build)
         .unwrap()
         .flatten()
@@ -100,18 +101,18 @@ fn a_rebuild_from_scratch_gives_the_same_binary() {
     let gguf = tiny_gguf();
     let name = "e2e_determinism";
     let a = args(&gguf, name);
-    remove_artifacts(name, "native");
+    remove_artifacts(name, None);
     mcc::build::run(&a).unwrap();
     let first = std::fs::read(a.output.as_ref().unwrap()).unwrap();
     // Forget everything cargo knows about the crate and emit it again.
-    remove_artifacts(name, "native");
+    remove_artifacts(name, None);
     std::fs::remove_dir_all(a.generated_dir.as_ref().unwrap().join(name)).unwrap();
     mcc::build::run(&a).unwrap();
     let second = std::fs::read(a.output.as_ref().unwrap()).unwrap();
     assert!(first == second, "two builds of the same model differ");
     let out = run(a.output.as_ref().unwrap(), &["info"]);
     assert!(out.status.success());
-    remove_artifacts(name, "native");
+    remove_artifacts(name, None);
 }
 
 #[test]
@@ -126,7 +127,7 @@ fn warm_rebuilds_reuse_the_assembled_weights() {
     let crate_dir = std::fs::canonicalize(a.generated_dir.as_ref().unwrap())
         .unwrap()
         .join(name);
-    let target_exe = mcc::build::target_dir("native")
+    let target_exe = mcc::build::target_dir(None)
         .join("release")
         .join(mcc::build::exe_name(name, &crate_dir));
     let linked = mtime(&target_exe);
@@ -156,7 +157,7 @@ fn warm_rebuilds_reuse_the_assembled_weights() {
     // and the next warm rebuild leaves them alone again
     mcc::build::run(&a).unwrap();
     assert_eq!(mtime(&object), object_time, "weights re-assembled twice");
-    remove_artifacts(name, "native");
+    remove_artifacts(name, None);
 }
 
 /// Two crates of one name in different generated directories (a test's and a
@@ -199,7 +200,7 @@ fn crates_of_one_name_in_two_directories_keep_their_own_models() {
     );
     assert!(out(exe_a, &["info"]).contains("128 tokens compiled in"));
     assert!(out(exe_b, &["info"]).contains("256 tokens compiled in"));
-    remove_artifacts(name, "native");
+    remove_artifacts(name, None);
 }
 
 #[test]
@@ -213,14 +214,29 @@ fn portable_target_cpu_builds_and_runs() {
     let out = run(&exe, &["info"]);
     assert!(out.status.success());
     let info = String::from_utf8_lossy(&out.stdout);
-    assert!(info.contains("target cpu:   x86-64-v3"), "{info}");
+    assert!(
+        info.contains("target cpu:   x86-64-v3 (one kernel tier)"),
+        "{info}"
+    );
+    assert!(
+        info.contains("kernel tier:  avx2 (a single-tier build)"),
+        "{info}"
+    );
     let out = run(&exe, &["-p", "the", "-n", "4", "--temp", "0", "-t", "2"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // It was built in its own target directory, not the native one.
-    assert!(artifacts(name, "native").is_empty());
-    assert!(!artifacts(name, "x86-64-v3").is_empty());
+    // A tier it does not carry is refused, naming the build it has.
+    let out = run_on(&exe, Tier::Scalar, &["info"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("carries only the avx2 kernels"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It was built in its own target directory, not the default one.
+    assert!(artifacts(name, None).is_empty());
+    assert!(!artifacts(name, Some("x86-64-v3")).is_empty());
 }

@@ -1,5 +1,6 @@
-//! Forward-pass fidelity against llama.cpp on SmolLM2-135M-Instruct Q4_1, from golden
-//! files made by `scripts/ppl-golden.py` (tests/golden/ppl/):
+//! Forward-pass fidelity against llama.cpp on SmolLM2-135M-Instruct Q4_1, on each SIMD
+//! kernel tier the machine runs, from golden files made by `scripts/ppl-golden.py` with
+//! llama.cpp built for that tier (tests/golden/TIER/ppl/):
 //!
 //! - **Logits** for prompts of 58, ~180, 569, 919 and 3877 tokens: the one-row attention
 //!   kernel (< 64 tokens), llama.cpp's tiled prompt kernel, a 512-token micro-batch
@@ -13,7 +14,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mcc_e2e::{build_model, cache_dir, repo_root, run, scratch_dir, smollm2_q4_1};
+use mcc_e2e::{
+    build_model, cache_dir, golden_file, golden_tiers, repo_root, run_on, scratch_dir,
+    smollm2_q4_1, Tier,
+};
 
 /// Largest difference allowed between a stored llama.cpp logit (or log-sum-exp) and
 /// ours. The two are bit-identical today (max abs diff 0); before the tiled prompt
@@ -22,10 +26,14 @@ use mcc_e2e::{build_model, cache_dir, repo_root, run, scratch_dir, smollm2_q4_1}
 /// in a kernel (about 1e-5 at these magnitudes) stays below.
 const LOGIT_TOL: f64 = 1e-3;
 
-fn golden(name: &str) -> serde_json::Value {
-    let path = repo_root().join("tests/golden/ppl").join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (scripts/ppl-golden.py makes it)", path.display()));
+/// `tests/golden/TIER/ppl/NAME`, made by `scripts/ppl-golden.py MODE`.
+fn golden(tier: Tier, name: &str, mode: &str) -> serde_json::Value {
+    let path = golden_file(
+        tier,
+        &format!("ppl/{name}"),
+        &format!("scripts/ppl-golden.py {mode}"),
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -56,9 +64,17 @@ fn log_sum_exp(row: &[f32]) -> f64 {
         .ln()
 }
 
-/// Runs one golden case: the prompt through our binary, every stored position compared.
+/// Runs one golden case on every tier of [`golden_tiers`].
 fn check_logits(label: &str) {
-    let g = golden("logits-smollm2-q4_1.json");
+    for tier in golden_tiers() {
+        check_logits_on(tier, label);
+    }
+}
+
+/// Runs one golden case on `tier`: the prompt through our binary, every stored position
+/// compared.
+fn check_logits_on(tier: Tier, label: &str) {
+    let g = golden(tier, "logits-smollm2-q4_1.json", "logits");
     let case = g["cases"]
         .as_array()
         .unwrap()
@@ -70,8 +86,9 @@ fn check_logits(label: &str) {
     let prompt = dir.join(format!("fidelity-{label}.txt"));
     let out = dir.join(format!("fidelity-{label}.bin"));
     std::fs::write(&prompt, case["prompt"].as_str().unwrap()).unwrap();
-    let res = run(
+    let res = run_on(
         &exe,
+        tier,
         &[
             "logits",
             "-f",
@@ -95,6 +112,7 @@ fn check_logits(label: &str) {
         .map(|v| v.as_u64().unwrap() as u32)
         .collect();
     assert_eq!(ids, want_ids, "{label}: token ids differ from llama.cpp's");
+    let label = format!("{label} ({} tier)", tier.name());
 
     let rows = case["rows"].as_array().unwrap();
     let (mut max_diff, mut top1_same, mut worst_pos) = (0f64, 0usize, 0usize);
@@ -189,13 +207,20 @@ fn ppl_text(want_sha: &str) -> PathBuf {
 
 #[test]
 fn perplexity_matches_llama_perplexity() {
-    let g = golden("ppl-ci.json");
+    for tier in golden_tiers() {
+        perplexity_on(tier);
+    }
+}
+
+fn perplexity_on(tier: Tier) {
+    let g = golden(tier, "ppl-ci.json", "ppl-ci");
     let text = ppl_text(g["text"]["sha256"].as_str().unwrap());
     let (ctx, chunks) = (g["ctx"].as_u64().unwrap(), g["chunks"].as_u64().unwrap());
     let want = g["llama_cpp"]["ppl"].as_f64().unwrap();
     let exe = smollm2();
-    let out = run(
+    let out = run_on(
         &exe,
+        tier,
         &[
             "perplexity",
             "-f",
@@ -217,9 +242,12 @@ fn perplexity_matches_llama_perplexity() {
     let (ppl, _) = mcc::ppl_table::parse_final_estimate(&stdout)
         .unwrap_or_else(|| panic!("no final estimate in:\n{stdout}"));
     let rel = (ppl - want) / want;
-    eprintln!("PPL -c {ctx} --chunks {chunks}: mcc {ppl} llama.cpp {want} ({rel:+.2e})");
+    let tier = tier.name();
+    eprintln!(
+        "{tier} tier: PPL -c {ctx} --chunks {chunks}: mcc {ppl} llama.cpp {want} ({rel:+.2e})"
+    );
     assert!(
         rel.abs() <= 3e-3,
-        "PPL {ppl} vs llama.cpp's {want}: {rel:+.4} relative, over 0.3%"
+        "{tier} tier: PPL {ppl} vs llama.cpp's {want}: {rel:+.4} relative, over 0.3%"
     );
 }

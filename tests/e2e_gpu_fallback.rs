@@ -44,8 +44,13 @@ fn run_without_driver(exe: &std::path::Path, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()))
 }
 
+/// The first greedy golden of the tier the binary runs by default.
 fn golden_first_case() -> (String, String, usize) {
-    let path = repo_root().join("tests/golden/smollm2-q4_1.json");
+    let path = mcc_e2e::golden_file(
+        mcc_e2e::default_tier(),
+        "smollm2-q4_1.json",
+        "scripts/golden_completion.py MODEL.gguf smollm2-q4_1",
+    );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let case = &json["cases"][0];

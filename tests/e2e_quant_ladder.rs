@@ -1,7 +1,8 @@
 //! The quantization ladder end to end: SmolLM2-135M-Instruct in each of the seed table's
 //! 28 file types (IQ1_S .. Q8_0, F16), compiled by mcc, must continue three prompts
-//! greedily as llama.cpp's `llama-completion --temp 0` does (tests/golden/ladder/*.json,
-//! made by `scripts/quant-ladder.py goldens`).
+//! greedily as llama.cpp's `llama-completion --temp 0` does on each SIMD kernel tier the
+//! machine runs (tests/golden/TIER/ladder/*.json, made by `scripts/quant-ladder.py
+//! goldens --tier TIER`).
 //!
 //! A divergence is accepted only as a near-tie: the golden records, for every token
 //! llama.cpp generated, the gap between its two largest logits there; when our text first
@@ -18,7 +19,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use mcc_e2e::{build_model, cache_dir, repo_root, run};
+use mcc_e2e::{build_model, cache_dir, golden_file, golden_tiers, run_on, Tier};
 
 struct Case {
     prompt: String,
@@ -98,9 +99,12 @@ fn load_golden(path: &std::path::Path) -> Golden {
     }
 }
 
-/// The goldens in tests/golden/ladder/, in the seed table's order (the file lists it).
-fn goldens() -> Vec<Golden> {
-    let dir = repo_root().join("tests/golden/ladder");
+/// The goldens of `tier` in tests/golden/TIER/ladder/, by file name.
+fn goldens(tier: Tier) -> Vec<Golden> {
+    let dir = golden_file(tier, "ladder/Q4_0.json", "scripts/quant-ladder.py goldens")
+        .parent()
+        .expect("a directory")
+        .to_path_buf();
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.expect("read_dir entry").path())
@@ -180,21 +184,26 @@ fn announce(line: &str) {
 #[test]
 #[ignore = "needs the 28 ladder models (scripts/make-models.sh, llama.cpp's llama-quantize) and ~1 min per model (all 28 identical at 4829eb4, docs/quant-ladder.md); run by scripts/test-full.sh"]
 fn ladder_models_match_llama_cpp_greedy() {
-    let all = goldens();
-    assert!(!all.is_empty(), "tests/golden/ladder/ holds no goldens");
-    if all.len() < 28 {
-        announce(&format!(
-            "quant ladder: goldens for {} of the 28 file types in tests/golden/ladder/ \
-             (scripts/quant-ladder.py goldens makes the rest)",
-            all.len()
-        ));
+    let tiers = golden_tiers();
+    let per_tier: Vec<Vec<Golden>> = tiers.iter().map(|&t| goldens(t)).collect();
+    for (tier, all) in tiers.iter().zip(&per_tier) {
+        if all.len() < 28 {
+            announce(&format!(
+                "quant ladder: goldens for {} of the 28 file types in tests/golden/{}/ladder/ \
+                 (scripts/quant-ladder.py goldens --tier {} makes the rest)",
+                all.len(),
+                tier.name(),
+                tier.name()
+            ));
+        }
     }
+    let all = &per_tier[0];
     let wanted: Option<Vec<String>> = std::env::var("MCC_LADDER")
         .ok()
         .map(|s| s.split(',').map(|t| t.trim().to_string()).collect());
     let dir = cache_dir().join("models/ladder");
     let (mut checked, mut missing, mut failures) = (0, Vec::new(), Vec::new());
-    for golden in &all {
+    for golden in all {
         if wanted.as_ref().is_some_and(|w| !w.contains(&golden.ty)) {
             continue;
         }
@@ -205,31 +214,49 @@ fn ladder_models_match_llama_cpp_greedy() {
         }
         let name = format!("ladder-{}", golden.ty.to_lowercase());
         let exe = build_model(&model, &name, |_| {});
-        for (i, case) in golden.cases.iter().enumerate() {
-            let n = golden.n_predict.to_string();
-            let out = run(
-                &exe,
-                &["-p", &case.prompt, "-n", &n, "--temp", "0", "-t", "2"],
-            );
-            assert!(
-                out.status.success(),
-                "{} case {i}: {}",
-                golden.ty,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            match judge(case, &out.stdout, golden.near_tie) {
+        let of_tiers = tiers.iter().zip(&per_tier).filter_map(|(&tier, goldens)| {
+            let g = goldens.iter().find(|g| g.ty == golden.ty);
+            if g.is_none() {
+                failures.push(format!(
+                    "{}: no golden in tests/golden/{}/ladder/ (scripts/quant-ladder.py goldens {} --tier {})",
+                    golden.ty,
+                    tier.name(),
+                    golden.ty,
+                    tier.name()
+                ));
+            }
+            g.map(|g| (tier, g))
+        });
+        let of_tiers: Vec<(Tier, &Golden)> = of_tiers.collect();
+        for (tier, golden) in of_tiers {
+            for (i, case) in golden.cases.iter().enumerate() {
+                let n = golden.n_predict.to_string();
+                let out = run_on(
+                    &exe,
+                    tier,
+                    &["-p", &case.prompt, "-n", &n, "--temp", "0", "-t", "2"],
+                );
+                assert!(
+                    out.status.success(),
+                    "{} case {i}: {}",
+                    golden.ty,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                match judge(case, &out.stdout, golden.near_tie) {
                 Verdict::Identical => {}
                 Verdict::NearTie { token, gap } => eprintln!(
                     "{} case {i}: near-tie at generated token {token} (llama.cpp's top-2 gap {gap:.2e}), accepted",
                     golden.ty
                 ),
                 Verdict::Mismatch { token, gap } => failures.push(format!(
-                    "{} case {i}: differs at generated token {token}, where llama.cpp's top-2 gap is {gap:.3} \
+                    "{} case {i} ({} tier): differs at generated token {token}, where llama.cpp's top-2 gap is {gap:.3} \
                      (not a near-tie)\n  llama.cpp: {:?}\n  mcc:       {:?}",
                     golden.ty,
+                    tier.name(),
                     case.continuation,
                     String::from_utf8_lossy(&out.stdout)
                 )),
+            }
             }
         }
         checked += 1;

@@ -60,7 +60,8 @@ fn write_copy(dir: &Path) -> Result<()> {
         let sub = path.parent().expect("a file has a parent");
         std::fs::create_dir_all(sub)
             .with_context(|| format!("{}: cannot create directory", sub.display()))?;
-        std::fs::write(&path, bytes).with_context(|| format!("{}: cannot write", path.display()))?;
+        std::fs::write(&path, bytes)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
     }
     let manifest = embedded::FILES
         .iter()
@@ -89,7 +90,10 @@ pub fn tier_package(tier: Tier) -> String {
 fn tier_manifest(base: &str, tier: Tier) -> Result<String> {
     const NAME: &str = "name = \"mcc-runtime\"\n";
     if base.matches(NAME).count() != 1 {
-        bail!("runtime/Cargo.toml: expected one line `{}`", NAME.trim_end());
+        bail!(
+            "runtime/Cargo.toml: expected one line `{}`",
+            NAME.trim_end()
+        );
     }
     let package = tier_package(tier);
     Ok(format!(
@@ -118,11 +122,20 @@ mod tests {
         assert!(avx2.contains("name = \"mcc-runtime-tier-avx2\""));
         assert!(avx2.contains("path = \"../../src/lib.rs\""));
         assert!(avx2.contains("build = \"../../build.rs\""));
-        assert_eq!(mcc_runtime::tier::of_package("mcc-runtime-tier-avx2"), Some(Tier::Avx2));
+        assert_eq!(
+            mcc_runtime::tier::of_package("mcc-runtime-tier-avx2"),
+            Some(Tier::Avx2)
+        );
         // a second call finds it: nothing rewritten
-        let mtime = std::fs::metadata(dir.join("src/lib.rs")).unwrap().modified().unwrap();
+        let mtime = std::fs::metadata(dir.join("src/lib.rs"))
+            .unwrap()
+            .modified()
+            .unwrap();
         assert_eq!(runtime_dir(cache.path()).unwrap(), dir);
-        let again = std::fs::metadata(dir.join("src/lib.rs")).unwrap().modified().unwrap();
+        let again = std::fs::metadata(dir.join("src/lib.rs"))
+            .unwrap()
+            .modified()
+            .unwrap();
         assert_eq!(mtime, again);
         let names: Vec<_> = std::fs::read_dir(dir.parent().unwrap()).unwrap().collect();
         assert_eq!(names.len(), 1, "no temporary left behind");

@@ -211,7 +211,7 @@ fn interrupt_during_cargo_leaves_no_temporaries() {
         .collect();
     assert_eq!(left, vec![name.clone()], "only the whole crate stays");
     // Our artifacts in the shared target dir are cargo's to keep; remove the crate's.
-    let target = mcc::build::target_dir("native").join("release");
+    let target = mcc::build::target_dir(None).join("release");
     for sub in [".", "deps", "build", ".fingerprint"] {
         if let Ok(entries) = std::fs::read_dir(target.join(sub)) {
             for e in entries.flatten() {

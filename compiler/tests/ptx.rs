@@ -113,7 +113,15 @@ fn check_fixture(fixture: &str, gguf: &Path) {
     let files = emit_gpu(gguf, fixture);
     let ptx = source(&files, "model.ptx");
     let gpu_rs = source(&files, "src/gpu.rs");
-    assert!(source(&files, "src/main.rs").contains("main_gpu::<model::Model>(&gpu::GPU)"));
+    // every kernel tier's copy of the program runs the GPU path
+    for entry in ["src/main.rs", "tiers/avx2/lib.rs", "tiers/avx512/lib.rs"] {
+        let text = source(&files, entry);
+        assert!(
+            text.contains("main_gpu::<model::Model>(&gpu::GPU, tier)"),
+            "{entry}"
+        );
+        assert!(text.contains("mod gpu;"), "{entry}");
+    }
     let dir = gguf.parent().unwrap().to_string_lossy().into_owned();
     for (path, text) in [("model.ptx", ptx), ("src/gpu.rs", gpu_rs)] {
         assert!(!text.contains(&dir), "{path} names the GGUF's directory");
@@ -249,18 +257,25 @@ fn builds_without_gpu_are_unchanged() {
         paths(&gpu),
         [
             "Cargo.toml",
+            ".cargo/config.toml",
             "build.rs",
             "weights.S",
             "src/main.rs",
             "src/model.rs",
             "src/gpu.rs",
             "model.ptx",
+            "tiers/rustc.sh",
+            "tiers/avx512/Cargo.toml",
+            "tiers/avx512/lib.rs",
+            "tiers/avx2/Cargo.toml",
+            "tiers/avx2/lib.rs",
             "tokenizer.bin",
             "model.gguf"
         ]
     );
     for f in &plain {
-        if f.path != "src/main.rs" {
+        // only the entry points change: main.rs and each tier's lib.rs
+        if !f.path.ends_with("main.rs") && !f.path.ends_with("lib.rs") {
             assert!(gpu.contains(f), "{} changed", f.path);
         }
     }

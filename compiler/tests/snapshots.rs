@@ -1,5 +1,6 @@
-//! Codegen snapshots: every emitted source file (Cargo.toml, build.rs, weights.S,
-//! src/main.rs, src/model.rs) for three models, pinned with insta in
+//! Codegen snapshots: every emitted source file (Cargo.toml, .cargo/config.toml,
+//! build.rs, weights.S, src/main.rs, src/model.rs, and the kernel tiers' tiers/rustc.sh
+//! and tiers/NAME/{Cargo.toml,lib.rs}) for three models, pinned with insta in
 //! `compiler/tests/snapshots/`. tokenizer.bin is data and the GGUF is a symlink, so
 //! neither is snapshotted; weight bytes never appear in any source.
 //!
@@ -43,7 +44,7 @@ fn assert_sources(fixture: &str, gguf: &Path, files: &[EmittedFile]) {
     let dir = gguf.parent().unwrap().to_string_lossy().into_owned();
     let mut n = 0;
     for f in files {
-        let Contents::Source(text) = &f.contents else {
+        let (Contents::Source(text) | Contents::Script(text)) = &f.contents else {
             continue;
         };
         assert!(
@@ -58,8 +59,9 @@ fn assert_sources(fixture: &str, gguf: &Path, files: &[EmittedFile]) {
         n += 1;
     }
     assert_eq!(
-        n, 5,
-        "Cargo.toml, build.rs, weights.S, src/main.rs, src/model.rs"
+        n, 11,
+        "Cargo.toml, .cargo/config.toml, build.rs, weights.S, src/main.rs, src/model.rs, \
+         tiers/rustc.sh and each SIMD tier's Cargo.toml and lib.rs"
     );
 }
 
@@ -216,10 +218,16 @@ fn emission_is_deterministic_and_location_independent() {
         paths,
         [
             "Cargo.toml",
+            ".cargo/config.toml",
             "build.rs",
             "weights.S",
             "src/main.rs",
             "src/model.rs",
+            "tiers/rustc.sh",
+            "tiers/avx512/Cargo.toml",
+            "tiers/avx512/lib.rs",
+            "tiers/avx2/Cargo.toml",
+            "tiers/avx2/lib.rs",
             "tokenizer.bin",
             "model.gguf"
         ]

@@ -34,8 +34,21 @@ pub const ENV: &str = "MCC_CPU";
 
 /// Features of `x86-64-v3` over the baseline, as `is_x86_feature_detected!` names them.
 const V3: &[&str] = &[
-    "sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "cmpxchg16b", "avx", "avx2", "bmi1",
-    "bmi2", "f16c", "fma", "lzcnt", "movbe", "xsave",
+    "sse3",
+    "ssse3",
+    "sse4.1",
+    "sse4.2",
+    "popcnt",
+    "cmpxchg16b",
+    "avx",
+    "avx2",
+    "bmi1",
+    "bmi2",
+    "f16c",
+    "fma",
+    "lzcnt",
+    "movbe",
+    "xsave",
 ];
 
 /// What `x86-64-v4` adds to `x86-64-v3`, plus VNNI.
@@ -111,9 +124,27 @@ fn cpu_has(feature: &str) -> bool {
             };
         }
         detect!(
-            "sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "cmpxchg16b", "avx", "avx2", "bmi1",
-            "bmi2", "f16c", "fma", "lzcnt", "movbe", "xsave", "avx512f", "avx512bw",
-            "avx512cd", "avx512dq", "avx512vl", "avx512vnni"
+            "sse3",
+            "ssse3",
+            "sse4.1",
+            "sse4.2",
+            "popcnt",
+            "cmpxchg16b",
+            "avx",
+            "avx2",
+            "bmi1",
+            "bmi2",
+            "f16c",
+            "fma",
+            "lzcnt",
+            "movbe",
+            "xsave",
+            "avx512f",
+            "avx512bw",
+            "avx512cd",
+            "avx512dq",
+            "avx512vl",
+            "avx512vnni"
         )
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -126,7 +157,10 @@ fn cpu_has(feature: &str) -> bool {
 impl Tier {
     /// The features of the tier this CPU lacks (none: the tier runs here).
     pub fn missing(self) -> Vec<&'static str> {
-        self.features().into_iter().filter(|f| !cpu_has(f)).collect()
+        self.features()
+            .into_iter()
+            .filter(|f| !cpu_has(f))
+            .collect()
     }
 
     /// The best tier this CPU runs.
@@ -153,7 +187,12 @@ pub fn choose(carries: &[Tier], forced: Option<&str>) -> Result<(Tier, String), 
             .iter()
             .copied()
             .find(|t| t.missing().is_empty())
-            .ok_or_else(|| format!("this CPU runs none of the kernel tiers this binary carries ({})", names()))?;
+            .ok_or_else(|| {
+                format!(
+                    "this CPU runs none of the kernel tiers this binary carries ({})",
+                    names()
+                )
+            })?;
         let why = if carries.len() == 1 {
             "a single-tier build".to_string()
         } else {
@@ -181,7 +220,10 @@ pub fn choose(carries: &[Tier], forced: Option<&str>) -> Result<(Tier, String), 
             Tier::best().name()
         ));
     }
-    Ok((tier, format!("{} ({ENV}={forced}; carries {})", tier.name(), names())))
+    Ok((
+        tier,
+        format!("{} ({ENV}={forced}; carries {})", tier.name(), names()),
+    ))
 }
 
 /// The tier this copy of the runtime was compiled for, by its target features: what a
@@ -218,7 +260,11 @@ pub fn dispatch(copies: &[(Tier, Entry)]) -> std::process::ExitCode {
     let forced = std::env::var(ENV).ok().filter(|v| !v.is_empty());
     match choose(&carries, forced.as_deref()) {
         Ok((tier, line)) => {
-            let entry = copies.iter().find(|c| c.0 == tier).expect("a carried tier").1;
+            let entry = copies
+                .iter()
+                .find(|c| c.0 == tier)
+                .expect("a carried tier")
+                .1;
             entry(Box::leak(line.into_boxed_str()))
         }
         Err(e) => {

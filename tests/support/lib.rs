@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 
+pub use mcc_runtime::tier::Tier;
+
 /// The cache of models and builds ($MCC_CACHE, default ~/.cache/mcc).
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("MCC_CACHE")
@@ -89,6 +91,64 @@ pub fn build_model(gguf: &Path, name: &str, extra: impl FnOnce(&mut mcc::build::
 pub fn run(exe: &Path, args: &[&str]) -> Output {
     Command::new(exe)
         .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()))
+}
+
+/// The SIMD kernel tiers whose llama.cpp goldens the end-to-end checks compare against,
+/// best first: the tier `MCC_CPU` names when it is set (the binaries read it too, so
+/// that is the tier they run), else every SIMD tier this CPU runs: AVX-512 and AVX2 on
+/// an AVX-512 machine, AVX2 alone on an AVX2 one.
+pub fn golden_tiers() -> Vec<Tier> {
+    match std::env::var(mcc_runtime::tier::ENV)
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        Some(name) => vec![Tier::from_name(&name).unwrap_or_else(|| {
+            panic!(
+                "{}={name:?}: expected avx512, avx2 or scalar",
+                mcc_runtime::tier::ENV
+            )
+        })],
+        None => Tier::ALL
+            .into_iter()
+            .filter(|t| *t != Tier::Scalar && t.missing().is_empty())
+            .collect(),
+    }
+}
+
+/// The tier the binaries run when nothing forces one: `MCC_CPU`'s, else this CPU's best.
+pub fn default_tier() -> Tier {
+    golden_tiers().first().copied().unwrap_or(Tier::Scalar)
+}
+
+/// `tests/golden/TIER/REL`: llama.cpp's output for one kernel tier (the llama.cpp build
+/// that made the tier's files is in `tests/golden/TIER/llama-build.txt`). A missing file
+/// fails, saying how to make it (`make`: the script and its arguments).
+pub fn golden_file(tier: Tier, rel: &str, make: &str) -> PathBuf {
+    let path = repo_root().join("tests/golden").join(tier.name()).join(rel);
+    if tier == Tier::Scalar {
+        panic!(
+            "{}: the scalar tier has no llama.cpp goldens (it is checked against the AVX2 tier \
+             by tests/e2e_tiers.rs); run the llama.cpp comparisons with MCC_CPU=avx2 or avx512",
+            path.display()
+        );
+    }
+    assert!(
+        path.is_file(),
+        "{} is missing: make it with `{make} --tier {}` (llama.cpp built for that tier by \
+         ../shared/scripts/llama-ref.sh; an AVX-512 machine can make both tiers)",
+        path.display(),
+        tier.name()
+    );
+    path
+}
+
+/// Runs a built binary on kernel tier `tier` (`MCC_CPU`), returning its output.
+pub fn run_on(exe: &Path, tier: Tier, args: &[&str]) -> Output {
+    Command::new(exe)
+        .args(args)
+        .env(mcc_runtime::tier::ENV, tier.name())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()))
 }
