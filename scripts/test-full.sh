@@ -3,7 +3,8 @@
 # tools and models made with them (the quant ladder, the Minitron-shaped Q4_K_M). Those
 # are #[ignore]d in the default run because making their inputs takes longer than CI
 # allows (llama.cpp builds in ~20 minutes, the models in ~30 more on 2 cores); once made,
-# they live in ~/.cache/mcc and later runs reuse them.
+# they live in ~/.cache/mcc and later runs reuse them. Last, scripts/check-install.sh:
+# `cargo install` of mcc, and a build with it after the checkout moved away.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch-models.sh
@@ -11,3 +12,4 @@ bash ../shared/scripts/llama-ref.sh >/dev/null
 bash scripts/make-minitron.sh
 [ -x scripts/make-models.sh ] && bash scripts/make-models.sh
 bash scripts/test.sh -- --include-ignored
+bash scripts/check-install.sh

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # The test command (README): fetches the models and data the tests need, checks
 # formatting and lints, then runs every test of the workspace. Needs network access to
-# PyPI and crates.io the first time only.
+# PyPI, crates.io and Rust's target downloads (musl, for `mcc build --static`) the first
+# time only. MCC_CPU=avx512|avx2|scalar makes every binary run that kernel tier and
+# every llama.cpp comparison use that tier's goldens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch-models.sh
 python3 -c 'import gguf, numpy' 2>/dev/null || python3 -m pip install -q gguf==0.19.0 numpy
+# Rust's musl target, for the static build (tests/e2e_static.rs).
+rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl \
+  || rustup target add x86_64-unknown-linux-musl
 # ptxas for the offline GPU checks (compiler/tests/ptx.rs), which must not skip here.
 MCC_PTXAS="$(bash scripts/fetch-ptxas.sh)"
 export MCC_PTXAS MCC_REQUIRE_PTXAS=1

@@ -32,6 +32,7 @@ fn args(gguf: &Path, name: &str) -> mcc::build::Args {
         emit_only: false,
         jobs: None,
         generated_dir: Some(dir.join("generated")),
+        static_link: false,
     }
 }
 

@@ -27,6 +27,7 @@ fn build_gpu_once() -> std::path::PathBuf {
         emit_only: false,
         jobs: None,
         generated_dir: Some(dir.join("generated")),
+        static_link: false,
     };
     let gpu = mcc::gpu::GpuArgs { gpu: true };
     if let Err(e) = mcc::build::run_with(&args, &gpu) {
@@ -542,6 +543,7 @@ fn an_emulated_gpu_runs_the_binary_end_to_end() {
         emit_only: false,
         jobs: None,
         generated_dir: Some(dir.join("generated")),
+        static_link: false,
     };
     mcc::build::run_with(&args, &mcc::gpu::GpuArgs { gpu: true }).unwrap();
     let prompt = dir.join("emulated-prompt.txt");

@@ -86,6 +86,7 @@ fn build_error(case: &str, w: &GgufWriter) -> String {
         emit_only: false,
         jobs: None,
         generated_dir: Some(scratch.0.join("generated")),
+        static_link: false,
     };
     let err = match mcc::build::run(&args) {
         Ok(()) => panic!("{case}: mcc build accepted the lie"),

@@ -83,6 +83,11 @@ pub struct Args {
     /// generated/ folder of the mcc source tree].
     #[arg(long = "generated-dir", value_name = "DIR")]
     pub generated_dir: Option<PathBuf>,
+    /// Link statically against musl (Rust's x86_64-unknown-linux-musl target): the
+    /// executable needs no libc, loader or any other file, and runs in an empty root
+    /// filesystem. Not with --gpu, which loads libcuda at run time.
+    #[arg(long = "static")]
+    pub static_link: bool,
 }
 
 /// Where crates are emitted by default: generated/ in the mcc source tree this binary
@@ -190,6 +195,9 @@ pub fn run_with(args: &Args, gpu: &crate::gpu::GpuArgs) -> Result<()> {
     if let Some(cpu) = &args.target_cpu {
         check_target_cpu(cpu)?;
     }
+    if args.static_link && gpu.gpu {
+        bail!("--static and --gpu: a static executable cannot load the CUDA driver (libcuda.so.1); build the GPU binary without --static");
+    }
     let gguf_path = std::fs::canonicalize(&args.model)
         .with_context(|| format!("{}: cannot open", args.model.display()))?;
     let gguf = GgufFile::open(&gguf_path)?;
@@ -221,7 +229,7 @@ pub fn run_with(args: &Args, gpu: &crate::gpu::GpuArgs) -> Result<()> {
     let toolchain = if args.emit_only {
         None
     } else {
-        Some(Toolchain::find()?)
+        Some(Toolchain::find(args.static_link)?)
     };
 
     let generated = args
@@ -244,6 +252,7 @@ pub fn run_with(args: &Args, gpu: &crate::gpu::GpuArgs) -> Result<()> {
         exe_name: exe_name.clone(),
         n_ctx,
         target_cpu: args.target_cpu.clone(),
+        static_link: args.static_link,
         gguf_path: gguf_path.clone(),
         runtime_path: crate::runtime_copy::runtime_dir(&cache_dir())?,
     };
@@ -294,12 +303,18 @@ fn check_writable_dir(output: &Path) -> Result<()> {
 /// The tools a build needs, found before anything is written.
 struct Toolchain {
     cargo: PathBuf,
+    /// The C compiler: assembles weights.S, links.
+    cc: std::ffi::OsString,
 }
+
+/// The Rust target of `mcc build --static`.
+pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
 
 impl Toolchain {
     /// Cargo (`$CARGO` or `cargo` on PATH) and a C compiler (`$CC` or `cc` on PATH),
-    /// which assembles weights.S and is rustc's linker driver on Linux.
-    fn find() -> Result<Toolchain> {
+    /// which assembles weights.S and is rustc's linker driver on Linux; with
+    /// `static_link`, also Rust's musl target.
+    fn find(static_link: bool) -> Result<Toolchain> {
         let cargo = match std::env::var_os("CARGO") {
             Some(c) => PathBuf::from(c),
             None => find_in_path("cargo").context(
@@ -327,8 +342,43 @@ impl Toolchain {
                 }
             );
         }
-        Ok(Toolchain { cargo })
+        if static_link {
+            check_musl_target(&cargo)?;
+        }
+        Ok(Toolchain { cargo, cc })
     }
+}
+
+/// Fails unless Rust's standard library for [`STATIC_TARGET`] is installed (the rustc
+/// beside `cargo`, or `$RUSTC`).
+fn check_musl_target(cargo: &Path) -> Result<()> {
+    let rustc = std::env::var_os("RUSTC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let beside = cargo.with_file_name("rustc");
+            if beside.is_file() {
+                beside
+            } else {
+                PathBuf::from("rustc")
+            }
+        });
+    let out = Command::new(&rustc)
+        .args(["--print", "target-libdir", "--target", STATIC_TARGET])
+        .output()
+        .with_context(|| format!("cannot run {}", rustc.display()))?;
+    let libdir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let has_std = std::fs::read_dir(&libdir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("libstd-"))
+    });
+    if !out.status.success() || !has_std {
+        bail!(
+            "--static needs Rust's {STATIC_TARGET} target, which is not installed: \
+             `rustup target add {STATIC_TARGET}`"
+        );
+    }
+    Ok(())
 }
 
 /// The first executable file called `name` in $PATH.
@@ -614,11 +664,23 @@ fn cargo_build(
     let name = &opts.exe_name;
     let target = target_dir(opts.target_cpu.as_deref());
     reassemble_if_objects_missing(&target, crate_dir, name)?;
+    if opts.static_link {
+        reassemble_if_objects_missing(&target.join(STATIC_TARGET), crate_dir, name)?;
+    }
     let mut cmd = Command::new(&tools.cargo);
     cmd.arg("build")
         .arg("--release")
         .arg("--manifest-path")
         .arg(crate_dir.join("Cargo.toml"));
+    let mut release = target.join("release");
+    if opts.static_link {
+        // The musl target's std is linked statically; weights.S is assembled by the same
+        // C compiler as for the host (cc would otherwise look for a musl-gcc).
+        cmd.arg("--target")
+            .arg(STATIC_TARGET)
+            .env(format!("CC_{}", STATIC_TARGET.replace('-', "_")), &tools.cc);
+        release = target.join(STATIC_TARGET).join("release");
+    }
     if let Some(j) = jobs {
         cmd.arg("-j").arg(j.to_string());
     }
@@ -690,7 +752,7 @@ fn cargo_build(
             crate_dir.display()
         );
     }
-    let exe = target.join("release").join(name);
+    let exe = release.join(name);
     if !exe.is_file() {
         bail!("cargo succeeded but {} is missing", exe.display());
     }

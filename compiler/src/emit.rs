@@ -34,6 +34,8 @@ pub struct EmitOptions {
     /// copy of the model and runtime per kernel tier, chosen at start-up
     /// ([`mcc_runtime::tier`]).
     pub target_cpu: Option<String>,
+    /// Linked statically against musl (`mcc build --static`).
+    pub static_link: bool,
     /// The GGUF the weights are read from. Only its file name appears in the sources;
     /// the crate reaches the file through the [`GGUF_LINK`] symlink.
     pub gguf_path: PathBuf,
@@ -261,13 +263,18 @@ fn tiers(opts: &EmitOptions) -> &'static [mcc_runtime::tier::Tier] {
 
 /// What `info` says about the code the binary was compiled for.
 fn target_cpu_line(opts: &EmitOptions) -> String {
-    match &opts.target_cpu {
+    let cpu = match &opts.target_cpu {
         Some(cpu) => format!("{cpu} (one kernel tier)"),
         None => {
             let mut names: Vec<&str> = tiers(opts).iter().map(|t| t.name()).collect();
             names.push(mcc_runtime::tier::Tier::Scalar.name());
             format!("any x86-64 (kernel tiers {})", names.join(", "))
         }
+    };
+    if opts.static_link {
+        format!("{cpu}, static (musl)")
+    } else {
+        cpu
     }
 }
 
@@ -277,7 +284,12 @@ fn cargo_config_build(opts: &EmitOptions) -> String {
         Some(cpu) => (cpu.as_str(), ""),
         None => ("x86-64", "rustc-wrapper = \"./tiers/rustc.sh\"\n"),
     };
-    format!("{wrapper}rustflags = [\"-C\", \"target-cpu={cpu}\"]")
+    let target = if opts.static_link {
+        format!("target = \"{}\"\n", crate::build::STATIC_TARGET)
+    } else {
+        String::new()
+    };
+    format!("{target}{wrapper}rustflags = [\"-C\", \"target-cpu={cpu}\"]")
 }
 
 /// The rustc flags of every single-tier or scalar crate: what `mcc build` passes cargo

@@ -151,6 +151,7 @@ fn build_one(args: &Args, model: &Path, dir: &Path) -> Result<PathBuf> {
         emit_only: false,
         jobs: None,
         generated_dir: Some(dir.join("generated")),
+        static_link: false,
     };
     crate::build::run(&build).with_context(|| format!("building {}", model.display()))?;
     Ok(exe)

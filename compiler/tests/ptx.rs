@@ -92,6 +92,7 @@ fn emit_gpu(gguf: &Path, name: &str) -> Vec<EmittedFile> {
         exe_name: mcc::build::exe_name(name, Path::new("/generated").join(name).as_path()),
         n_ctx: desc.n_ctx_train.min(4096),
         target_cpu: None,
+        static_link: false,
         gguf_path: gguf.to_path_buf(),
         runtime_path: PathBuf::from("[mcc]/runtime"),
     };
@@ -245,6 +246,7 @@ fn builds_without_gpu_are_unchanged() {
         exe_name: mcc::build::exe_name("tiny", Path::new("/generated/tiny")),
         n_ctx: 64,
         target_cpu: None,
+        static_link: false,
         gguf_path: gguf.clone(),
         runtime_path: PathBuf::from("[mcc]/runtime"),
     };

@@ -33,6 +33,7 @@ fn emit(gguf: &Path, name: &str) -> Vec<EmittedFile> {
         exe_name: mcc::build::exe_name(name, Path::new("/generated").join(name).as_path()),
         n_ctx: desc.n_ctx_train.min(4096),
         target_cpu: None,
+        static_link: false,
         gguf_path: gguf.to_path_buf(),
         runtime_path: PathBuf::from("[mcc]/runtime"),
     };

@@ -273,3 +273,70 @@ pub fn dispatch(copies: &[(Tier, Entry)]) -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_tiers_nest() {
+        for t in Tier::ALL {
+            assert_eq!(Tier::from_name(t.name()), Some(t));
+        }
+        assert_eq!(Tier::from_name("sse2"), None);
+        // each tier's features include the next one's: a CPU that runs a tier runs
+        // every tier after it
+        for w in Tier::ALL.windows(2) {
+            let (better, worse) = (w[0].features(), w[1].features());
+            assert!(worse.iter().all(|f| better.contains(f)), "{w:?}");
+        }
+        assert!(
+            Tier::Scalar.missing().is_empty(),
+            "every x86-64 runs the scalar tier"
+        );
+    }
+
+    #[test]
+    fn the_best_carried_tier_the_cpu_runs_is_chosen() {
+        let (tier, line) = choose(&Tier::ALL, None).unwrap();
+        assert_eq!(tier, Tier::best());
+        assert!(line.contains("the best of avx512, avx2, scalar"), "{line}");
+        // a binary without the SIMD tiers still runs, on what it has
+        let (tier, line) = choose(&[Tier::Scalar], None).unwrap();
+        assert_eq!(
+            (tier, line.as_str()),
+            (Tier::Scalar, "scalar (a single-tier build)")
+        );
+    }
+
+    #[test]
+    fn mcc_cpu_forces_a_tier_or_says_why_it_cannot() {
+        let (tier, line) = choose(&Tier::ALL, Some("scalar")).unwrap();
+        assert_eq!(tier, Tier::Scalar);
+        assert!(line.contains("MCC_CPU=scalar"), "{line}");
+        let e = choose(&Tier::ALL, Some("avx3")).unwrap_err();
+        assert!(e.contains("expected one of avx512, avx2, scalar"), "{e}");
+        let e = choose(&[Tier::Avx2], Some("scalar")).unwrap_err();
+        assert!(e.contains("carries only the avx2 kernels"), "{e}");
+        for t in Tier::ALL {
+            let missing = t.missing();
+            match choose(&Tier::ALL, Some(t.name())) {
+                Ok((chosen, _)) => assert!(missing.is_empty() && chosen == t),
+                Err(e) => {
+                    assert!(!missing.is_empty());
+                    assert!(
+                        e.contains(&format!("this CPU lacks {}", missing.join(", "))),
+                        "{e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn this_build_runs_on_this_cpu() {
+        // the tests are compiled for this machine (target-cpu=native), so the tier the
+        // build was compiled for is one the CPU runs
+        assert!(compiled().missing().is_empty(), "{:?}", compiled());
+    }
+}

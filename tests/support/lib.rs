@@ -78,6 +78,7 @@ pub fn build_model(gguf: &Path, name: &str, extra: impl FnOnce(&mut mcc::build::
         emit_only: false,
         jobs: None,
         generated_dir: Some(dir.join("generated")),
+        static_link: false,
     };
     extra(&mut args);
     if let Err(e) = mcc::build::run(&args) {
