@@ -16,10 +16,15 @@
 //                n_cases times: u32 n, f32 Y[n][rows] = W times the first n rows of X
 // All little-endian.
 //
-// Build and run (from the repository root, one shell line):
-//   L=~/.cache/mcc/llama.cpp; gcc -O2 -I$L/ggml/include scripts/matmul_golden.c
-//     -L$L/build/bin -lggml-cpu -lggml-base -Wl,-rpath,$L/build/bin -o /tmp/matmul_golden
-//     && /tmp/matmul_golden runtime/src/quant/golden_matmul
+// Build and run (from the repository root, one shell line), once per kernel tier: against
+// llama.cpp's AVX-512 build (build/, on an AVX-512 machine) and its AVX2 build
+// (build-avx2/, LLAMA_REF_TIER=avx2 ../shared/scripts/llama-ref.sh):
+//   L=~/.cache/mcc/llama.cpp; B=$L/build-avx2/bin; gcc -O2 -I$L/ggml/include
+//     scripts/matmul_golden.c -L$B -lggml-cpu -lggml-base -lggml -Wl,-rpath,$B
+//     -o /tmp/matmul_golden && /tmp/matmul_golden /tmp/golden-avx2
+// A file that is the same for both tiers goes to runtime/src/quant/golden_matmul/, one that
+// differs to golden_matmul/avx512/ and golden_matmul/avx2/ (today only Q2_K.bin, which
+// llama.cpp repacks with AVX-512 only).
 
 #include <stdint.h>
 #include <stdio.h>

@@ -688,16 +688,11 @@ mod tests {
         batches_iq4_xs: crate::quant::iq4_xs::IQ4_XS,
     }
 
-    /// `golden_matmul/Q2_K.bin` was written by llama.cpp on an AVX-512 machine, where it
-    /// repacks Q2_K and rounds batches as its repacked GEMM; without AVX-512 both
-    /// engines take the tiled kernel instead (`q2_k.rs`), whose results that file does
-    /// not hold, so the comparison applies to AVX-512 builds only.
+    /// With AVX-512, llama.cpp repacks Q2_K and rounds batches as its repacked GEMM;
+    /// without, both engines take the tiled kernel (`q2_k.rs`): the one type whose
+    /// goldens differ per tier (`golden_matmul/avx512/Q2_K.bin`, `golden_matmul/avx2/`).
     #[test]
     fn batches_q2_k() {
-        if !cfg!(target_feature = "avx512f") {
-            eprintln!("batches_q2_k: the golden is AVX-512 llama.cpp's; not comparable here");
-            return;
-        }
         let bad = batch_mismatches::<crate::quant::q2_k::Q2_K>();
         assert!(
             bad.is_empty(),
@@ -705,6 +700,37 @@ mod tests {
             bad.len(),
             bad[..bad.len().min(12)].join("\n")
         );
+    }
+
+    /// A golden that differs per tier exists for every tier, so that no tier falls back
+    /// to another tier's file, and none is also in the shared directory.
+    #[test]
+    fn per_tier_batch_goldens_are_complete() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/quant/golden_matmul");
+        let names = |tier: crate::tier::Tier| -> std::collections::BTreeSet<String> {
+            std::fs::read_dir(dir.join(tier.name()))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        let [first, rest @ ..] = testing::BATCH_GOLDEN_TIERS;
+        let want = names(first);
+        assert!(want.contains("Q2_K.bin"), "{want:?}");
+        for tier in rest {
+            assert_eq!(
+                names(tier),
+                want,
+                "{} against {}",
+                tier.name(),
+                first.name()
+            );
+        }
+        for name in &want {
+            assert!(
+                !dir.join(name).exists(),
+                "{name} is both shared and per tier"
+            );
+        }
     }
 
     #[test]

@@ -614,20 +614,20 @@ fn softmax_matches_f64() {
     }
 }
 
-/// Bit-exact agreement with llama.cpp's CPU backend on an AVX-512 machine: the
-/// outputs in `golden/ggml_cpu_avx512.bin` come from ggml itself (`golden/ggml_ops.c`,
+/// Bit-exact agreement with llama.cpp's CPU backend built for the same kernel tier: the
+/// outputs in `golden/ggml_cpu_TIER.bin` come from ggml itself (`golden/ggml_ops.c`,
 /// which also documents how to regenerate them); the inputs are regenerated here from
-/// the same LCG in the same order. Other targets run different ggml code paths
-/// (8-lane trees, another expf), so this test only exists where ours mirror AVX-512.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx512f",
-    target_feature = "avx512dq"
-))]
+/// the same LCG in the same order. AVX-512 and AVX2 run different ggml code paths
+/// (16- or 8-lane trees, two expf flavours), hence one file per tier; the scalar tier has
+/// no llama.cpp twin.
+#[cfg(x86_simd)]
 mod ggml_golden {
     use super::*;
 
+    #[cfg(all(target_feature = "avx512f", target_feature = "avx512dq"))]
     const GOLDEN: &[u8] = include_bytes!("golden/ggml_cpu_avx512.bin");
+    #[cfg(not(all(target_feature = "avx512f", target_feature = "avx512dq")))]
+    const GOLDEN: &[u8] = include_bytes!("golden/ggml_cpu_avx2.bin");
 
     /// The harness's input generator: 64-bit LCG, top 24 bits to [-1, 1) times amp,
     /// all in f32 like the C code.

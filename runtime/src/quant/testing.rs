@@ -279,7 +279,10 @@ pub fn llama_cpp_act_golden<A: ActType>() -> (Vec<f32>, Vec<A::Block>) {
 /// llama.cpp's `Y = W X` for batches of several sizes, from `golden_matmul/` (written by
 /// `scripts/matmul_golden.c`): the weights, the shared activations `X` (`max_tokens` rows
 /// of `cols`), and per batch size `n` the result for the first `n` rows of `X`,
-/// token-major (`y[t * rows + r]`).
+/// token-major (`y[t * rows + r]`). A type whose results differ between llama.cpp's
+/// AVX-512 and AVX2 builds has one file per kernel tier, in `golden_matmul/TIER/`, and the
+/// file of the tier this build was compiled for is read; the others are the same for both
+/// builds and sit in `golden_matmul/` itself.
 pub struct BatchGolden<W: WeightType> {
     pub rows: usize,
     pub cols: usize,
@@ -287,6 +290,10 @@ pub struct BatchGolden<W: WeightType> {
     pub x: Vec<f32>,
     pub batches: Vec<(usize, Vec<f32>)>,
 }
+
+/// The kernel tiers with golden files of their own in `golden_matmul/`.
+pub const BATCH_GOLDEN_TIERS: [crate::tier::Tier; 2] =
+    [crate::tier::Tier::Avx512, crate::tier::Tier::Avx2];
 
 pub fn batch_golden<W: WeightType>() -> BatchGolden<W> {
     let dir = format!("{}/src/quant/golden_matmul", env!("CARGO_MANIFEST_DIR"));
@@ -304,7 +311,13 @@ pub fn batch_golden<W: WeightType>() -> BatchGolden<W> {
     let xb = read("x.bin");
     let (max_tokens, x_cols) = (word(&xb, 0) as usize, word(&xb, 4) as usize);
     let x = floats(&xb, 8, max_tokens * x_cols);
-    let bytes = read(&format!("{}.bin", W::NAME));
+    let tier = crate::tier::compiled().name();
+    let per_tier = format!("{tier}/{}.bin", W::NAME);
+    let bytes = if std::path::Path::new(&format!("{dir}/{per_tier}")).is_file() {
+        read(&per_tier)
+    } else {
+        read(&format!("{}.bin", W::NAME))
+    };
     let (rows, cols) = (word(&bytes, 0) as usize, word(&bytes, 4) as usize);
     // (word 3 says whether llama.cpp had the weights repacked: informative only)
     let n_cases = word(&bytes, 8) as usize;

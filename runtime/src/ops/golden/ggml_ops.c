@@ -3,13 +3,15 @@
 // Runs ggml-cpu's RMS_NORM+MUL, ROPE (normal mode), FLASH_ATTN_EXT (single pass,
 // split-KV decode, and the tiled kernel of batches of 64+ rows), SWIGLU and SOFT_MAX on
 // inputs from a 64-bit LCG and appends every output (raw little-endian f32, in program
-// order) to ggml_cpu_avx512.bin. The Rust
-// test regenerates the same inputs and must reproduce each output bit for bit.
-// ggml built with -march=native on an AVX-512 (F, DQ) machine, no AVX512-FP16.
+// order) to the file named on the command line: ggml_cpu_TIER.bin, one per kernel tier.
+// The Rust test regenerates the same inputs and must reproduce each output bit for bit.
+// ggml_cpu_avx512.bin: ggml built with -march=native on an AVX-512 (F, DQ) machine, no
+// AVX512-FP16 (llama-ref.sh's native build); ggml_cpu_avx2.bin: its AVX2 build
+// (LLAMA_REF_TIER=avx2 ../../../../shared/scripts/llama-ref.sh, $L/build-avx2).
 //
-// Regenerate (from this directory, with llama.cpp built in $L/build):
-//   gcc -O1 ggml_ops.c -I$L/ggml/include -L$L/build/bin -lggml -lggml-base -lggml-cpu -lm -o /tmp/ggml_ops
-//   LD_LIBRARY_PATH=$L/build/bin /tmp/ggml_ops   # also writes the per-op .bin files; delete them
+// Regenerate (from this directory, with llama.cpp built in $L/$B, B=build or build-avx2):
+//   gcc -O1 ggml_ops.c -I$L/ggml/include -L$L/$B/bin -lggml -lggml-base -lggml-cpu -lm -o /tmp/ggml_ops
+//   LD_LIBRARY_PATH=$L/$B/bin /tmp/ggml_ops ggml_cpu_TIER.bin   # also writes the per-op .bin files; delete them
 #include "ggml.h"
 #include "ggml-cpu.h"
 #include <stdio.h>
@@ -32,9 +34,9 @@ static struct ggml_context *mk(void) { struct ggml_init_params p = { 256*1024*10
 static void run(struct ggml_context *ctx, struct ggml_tensor *out, int nth) {
   struct ggml_cgraph *g = ggml_new_graph(ctx); ggml_build_forward_expand(g, out); ggml_graph_compute_with_ctx(ctx, g, nth);
 }
-int main(void) {
+int main(int argc, char **argv) {
   char name[256];
-  golden = fopen("ggml_cpu_avx512.bin", "wb");
+  golden = fopen(argc > 1 ? argv[1] : "ggml_cpu_avx512.bin", "wb");
   // rms_norm * w
   { struct ggml_context *c = mk(); int n = 576;
     struct ggml_tensor *x = ggml_new_tensor_1d(c, GGML_TYPE_F32, n), *w = ggml_new_tensor_1d(c, GGML_TYPE_F32, n);
