@@ -20,10 +20,11 @@ for t in "${TYPES[@]}"; do
   [ -f "$MODELS/synth-minitron.$t.gguf" ] || missing+=("$t")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  QUANTIZE=$LLAMA/build/bin/llama-quantize
+  # llama-quantize runs ggml's plain-C quantizers (no imatrix here): either tier's build will do
+  QUANTIZE=${LLAMA_BIN:-$(bash ../shared/scripts/llama-ref.sh)}/llama-quantize
   VOCAB=$LLAMA/models/ggml-vocab-llama-bpe.gguf
   for f in "$QUANTIZE" "$VOCAB"; do
-    [ -e "$f" ] || { echo "make-minitron: $f is missing (scripts/fetch-models.sh builds llama.cpp)" >&2; exit 1; }
+    [ -e "$f" ] || { echo "make-minitron: $f is missing (../shared/scripts/llama-ref.sh builds llama.cpp)" >&2; exit 1; }
   done
   mkdir -p "$MODELS"
   F16=$MODELS/.synth-minitron.F16.gguf

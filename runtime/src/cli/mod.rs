@@ -169,7 +169,7 @@ fn run<M: Model>(gpu: Option<&'static crate::gpu::GpuModel>, tier: &'static str)
     });
     let result = match cli.cmd {
         Some(Cmd::Info) => {
-            print!("{}kernel tier:  {tier}\n", M::INFO);
+            println!("{}kernel tier:  {tier}", M::INFO);
             Ok(())
         }
         Some(Cmd::Chat(args)) => chat::chat::<M>(&args),
