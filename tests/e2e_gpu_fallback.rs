@@ -117,7 +117,7 @@ fn other_commands_fall_back_too() {
     let stderr = String::from_utf8_lossy(&bench.stderr);
     assert!(bench.status.success(), "{stderr}");
     assert_eq!(notice_lines(&stderr).len(), 1, "{stderr}");
-    assert!(String::from_utf8_lossy(&bench.stdout).contains("CPU (mcc)"));
+    assert!(String::from_utf8_lossy(&bench.stdout).contains("CPU (mcc, "));
 
     let dir = tempfile_dir();
     let prompt = dir.join("prompt.txt");

@@ -64,9 +64,9 @@ pub(super) fn bench<M: Model>(args: &BenchArgs) -> Result<(), String> {
     let mut ctx = Ctx::new::<M>(threads, cfg.n_ctx, args.batch_size).map_err(|e| e.to_string())?;
     let mut gpu = crate::gpu::open::<M>(cfg.n_ctx);
     let backend = if gpu.is_some() {
-        "CUDA (mcc)"
+        "CUDA (mcc)".to_string()
     } else {
-        "CPU (mcc)"
+        format!("CPU (mcc, {})", crate::tier::compiled().name())
     };
     // On the GPU, generation steps keep the logits on the device and bring back only
     // the greedy pick (the sampler's work is not part of tg either).
