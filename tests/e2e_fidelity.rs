@@ -11,11 +11,11 @@
 //! - **Perplexity** at -c 512 over the first 4 chunks of the evaluation text, against
 //!   llama-perplexity's value, within the 0.3%.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use mcc_e2e::{
-    build_model, cache_dir, golden_file, golden_tiers, repo_root, run_on, scratch_dir,
+    build_model, cache_dir, golden_file, golden_tiers, read_logits, repo_root, run_on, scratch_dir,
     smollm2_q4_1, Tier,
 };
 
@@ -39,20 +39,6 @@ fn golden(tier: Tier, name: &str, mode: &str) -> serde_json::Value {
 
 fn smollm2() -> PathBuf {
     build_model(&smollm2_q4_1(), "smollm2-q4_1", |_| {})
-}
-
-/// The binary's `logits` output: token ids and `n x n_vocab` logits.
-fn read_logits(path: &Path) -> (Vec<u32>, usize, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    let word = |i: usize| u32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap());
-    let (n, n_vocab) = (word(0) as usize, word(1) as usize);
-    let ids = (0..n).map(|i| word(2 + i)).collect();
-    let logits = bytes[8 + 4 * n..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect::<Vec<_>>();
-    assert_eq!(logits.len(), n * n_vocab, "{}", path.display());
-    (ids, n_vocab, logits)
 }
 
 fn log_sum_exp(row: &[f32]) -> f64 {

@@ -45,23 +45,6 @@ fn run_without_driver(exe: &std::path::Path, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()))
 }
 
-/// The first greedy golden of the tier the binary runs by default.
-fn golden_first_case() -> (String, String, usize) {
-    let path = mcc_e2e::golden_file(
-        mcc_e2e::default_tier(),
-        "smollm2-q4_1.json",
-        "scripts/golden_completion.py MODEL.gguf smollm2-q4_1",
-    );
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let case = &json["cases"][0];
-    (
-        case["prompt"].as_str().unwrap().into(),
-        case["continuation"].as_str().unwrap().into(),
-        json["n_predict"].as_u64().unwrap() as usize,
-    )
-}
-
 fn notice_lines(stderr: &str) -> Vec<&str> {
     stderr
         .lines()
@@ -72,7 +55,7 @@ fn notice_lines(stderr: &str) -> Vec<&str> {
 #[test]
 fn gpu_build_falls_back_to_the_cpu_with_one_notice() {
     let exe = build_gpu();
-    let (prompt, want, n) = golden_first_case();
+    let (prompt, want, n) = mcc_e2e::first_greedy_case();
     let n = n.to_string();
     let args = [
         "-p",

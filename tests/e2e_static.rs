@@ -4,24 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use mcc_e2e::{build_model, default_tier, golden_file, run, scratch_dir, smollm2_q4_1};
-
-/// The first greedy golden of the tier the binaries run.
-fn first_case() -> (String, String, String) {
-    let path = golden_file(
-        default_tier(),
-        "smollm2-q4_1.json",
-        "scripts/golden_completion.py MODEL.gguf smollm2-q4_1",
-    );
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let case = &json["cases"][0];
-    (
-        case["prompt"].as_str().unwrap().into(),
-        case["continuation"].as_str().unwrap().into(),
-        json["n_predict"].as_u64().unwrap().to_string(),
-    )
-}
+use mcc_e2e::{build_model, first_greedy_case, run, scratch_dir, smollm2_q4_1};
 
 #[test]
 fn static_binary_runs_in_an_empty_root() {
@@ -59,7 +42,8 @@ fn static_binary_runs_in_an_empty_root() {
         std::fs::copy(&exe, &inside).unwrap();
     }
     assert_eq!(std::fs::read_dir(&root).unwrap().count(), 1);
-    let (prompt, want, n) = first_case();
+    let (prompt, want, n) = first_greedy_case();
+    let n = n.to_string();
     let out = in_empty_root(&root, &["/smollm2", "-p", &prompt, "-n", &n, "--temp", "0"]);
     assert!(
         out.status.success(),

@@ -20,7 +20,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mcc_e2e::{build_model, cache_dir, repo_root, run_on, scratch_dir, smollm2_q4_1, Tier};
+use mcc_e2e::{
+    build_model, cache_dir, read_logits, repo_root, run_on, scratch_dir, smollm2_q4_1, Tier,
+};
 
 fn smollm2() -> PathBuf {
     build_model(&smollm2_q4_1(), "smollm2-q4_1", |_| {})
@@ -48,19 +50,11 @@ fn logits(exe: &Path, tier: Tier, prompt: &Path) -> (Vec<u32>, Vec<Vec<f32>>) {
         tier.name(),
         String::from_utf8_lossy(&res.stderr)
     );
-    let bytes = std::fs::read(&out).unwrap();
-    let word = |i: usize| u32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap());
-    let (n, n_vocab) = (word(0) as usize, word(1) as usize);
-    let ids = (0..n).map(|i| word(2 + i)).collect();
-    let rows = bytes[8 + 4 * n..]
-        .chunks_exact(4 * n_vocab)
-        .map(|row| {
-            row.chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect()
-        })
-        .collect();
-    (ids, rows)
+    let (ids, n_vocab, logits) = read_logits(&out);
+    (
+        ids,
+        logits.chunks_exact(n_vocab).map(<[f32]>::to_vec).collect(),
+    )
 }
 
 /// `(R, G)` of the module doc, from llama.cpp's AVX-512 and AVX2 logits goldens.

@@ -351,12 +351,12 @@ fn every_seed_table_type_is_supported() {
 mod decode {
     use std::collections::HashMap;
 
-    use half::f16;
     use mcc::describe::{describe, ModelDesc};
     use mcc::gguf::{GgmlType, GgufFile};
     use mcc::gpu::sim::{Device, Module};
     use mcc::gpu::{emit_ptx, gate_up_of, kernel_of, output_kernel, prefill_kernel_of};
     use mcc::plan::{plan_for, Plan, PlannedTensor};
+    use mcc_runtime::float16::f16;
     use mcc_runtime::gpu::plan::{
         decode_plan, prefill_plan, rope_table, Buf, Launch, PREFILL_TILE,
     };

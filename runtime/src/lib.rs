@@ -6,6 +6,7 @@
 //! Nothing here may look up a tensor's type at run time: callers are monomorphised.
 
 pub mod cli;
+pub mod float16;
 pub mod gpu;
 pub mod matmul;
 pub mod model;

@@ -6,7 +6,7 @@
 //! monomorphised for that layer's quant types. [`Ctx`] owns everything mutable: the
 //! batch, the activation buffers, the KV cache and the thread pool.
 
-use half::f16;
+use crate::float16::f16;
 
 use crate::matmul;
 use crate::ops::{self, Rope};

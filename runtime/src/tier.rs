@@ -32,34 +32,37 @@ pub enum Tier {
 /// The environment variable that forces a tier.
 pub const ENV: &str = "MCC_CPU";
 
-/// Features of `x86-64-v3` over the baseline, as `is_x86_feature_detected!` names them.
-const V3: &[&str] = &[
-    "sse3",
-    "ssse3",
-    "sse4.1",
-    "sse4.2",
-    "popcnt",
-    "cmpxchg16b",
-    "avx",
-    "avx2",
-    "bmi1",
-    "bmi2",
-    "f16c",
-    "fma",
-    "lzcnt",
-    "movbe",
-    "xsave",
-];
+/// Declares the feature lists of the tiers and [`cpu_has`], which detects exactly those
+/// features: `is_x86_feature_detected!` takes literal names only.
+macro_rules! tier_features {
+    ($($(#[$doc:meta])* $list:ident: [$($feature:tt),* $(,)?];)*) => {
+        $($(#[$doc])* const $list: &[&str] = &[$($feature),*];)*
 
-/// What `x86-64-v4` adds to `x86-64-v3`, plus VNNI.
-const V4_VNNI: &[&str] = &[
-    "avx512f",
-    "avx512bw",
-    "avx512cd",
-    "avx512dq",
-    "avx512vl",
-    "avx512vnni",
-];
+        /// Whether this CPU has `feature` (one of the tiers' features).
+        fn cpu_has(feature: &str) -> bool {
+            #[cfg(target_arch = "x86_64")]
+            match feature {
+                $($($feature => std::arch::is_x86_feature_detected!($feature),)*)*
+                _ => false,
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = feature;
+                false
+            }
+        }
+    };
+}
+
+tier_features! {
+    /// Features of `x86-64-v3` over the baseline, as `is_x86_feature_detected!` names them.
+    V3: [
+        "sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "cmpxchg16b", "avx", "avx2", "bmi1",
+        "bmi2", "f16c", "fma", "lzcnt", "movbe", "xsave",
+    ];
+    /// What `x86-64-v4` adds to `x86-64-v3`, plus VNNI.
+    V4_VNNI: ["avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx512vnni"];
+}
 
 impl Tier {
     /// Every tier, best first: the order [`dispatch`] tries them in.
@@ -109,49 +112,6 @@ pub fn of_package(package: &str) -> Option<Tier> {
     package
         .strip_prefix("mcc-runtime-tier-")
         .and_then(Tier::from_name)
-}
-
-/// Whether this CPU has `feature` (an `is_x86_feature_detected!` name).
-fn cpu_has(feature: &str) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        macro_rules! detect {
-            ($($name:tt),*) => {
-                match feature {
-                    $($name => std::arch::is_x86_feature_detected!($name),)*
-                    _ => false,
-                }
-            };
-        }
-        detect!(
-            "sse3",
-            "ssse3",
-            "sse4.1",
-            "sse4.2",
-            "popcnt",
-            "cmpxchg16b",
-            "avx",
-            "avx2",
-            "bmi1",
-            "bmi2",
-            "f16c",
-            "fma",
-            "lzcnt",
-            "movbe",
-            "xsave",
-            "avx512f",
-            "avx512bw",
-            "avx512cd",
-            "avx512dq",
-            "avx512vl",
-            "avx512vnni"
-        )
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = feature;
-        false
-    }
 }
 
 impl Tier {

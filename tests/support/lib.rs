@@ -153,3 +153,35 @@ pub fn run_on(exe: &Path, tier: Tier, args: &[&str]) -> Output {
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()))
 }
+
+/// The first case of SmolLM2 Q4_1's greedy goldens for the tier the binaries run by
+/// default: (prompt, llama.cpp's continuation, tokens generated).
+pub fn first_greedy_case() -> (String, String, usize) {
+    let path = golden_file(
+        default_tier(),
+        "smollm2-q4_1.json",
+        "scripts/golden_completion.py MODEL.gguf smollm2-q4_1",
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let case = &json["cases"][0];
+    (
+        case["prompt"].as_str().unwrap().into(),
+        case["continuation"].as_str().unwrap().into(),
+        json["n_predict"].as_u64().unwrap() as usize,
+    )
+}
+
+/// A binary's `logits` output file: token ids, `n_vocab`, and `n x n_vocab` logits.
+pub fn read_logits(path: &Path) -> (Vec<u32>, usize, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let word = |i: usize| u32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap());
+    let (n, n_vocab) = (word(0) as usize, word(1) as usize);
+    let ids = (0..n).map(|i| word(2 + i)).collect();
+    let logits = bytes[8 + 4 * n..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect::<Vec<_>>();
+    assert_eq!(logits.len(), n * n_vocab, "{}", path.display());
+    (ids, n_vocab, logits)
+}

@@ -7,7 +7,7 @@
 //! [`CpuTail::layer`] / [`CpuTail::output`] with each layer's typed tensors, so every
 //! call is monomorphised for its quant types like the CPU forward pass.
 
-use half::f16;
+use crate::float16::f16;
 
 use super::GpuModel;
 use crate::matmul;

@@ -17,7 +17,7 @@
 //! small stack buffers, no threading (callers split heads or rows), no knowledge of
 //! the model layout beyond the slices it is given.
 
-use half::f16;
+use crate::float16::f16;
 use thiserror::Error;
 
 #[cfg(any(all(target_arch = "x86_64", target_feature = "avx512f"), x86_simd))]

@@ -24,7 +24,7 @@
 //! tiles and zeroes the weights of masked keys, and `fma(0, v, o) = o`), so they are
 //! not visited here.
 
-use half::f16;
+use crate::float16::f16;
 
 use super::{expf_flavor, reduce_lanes_softmax, ExpFlavor, EXP_FLAVOR};
 

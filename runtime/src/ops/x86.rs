@@ -1,7 +1,7 @@
 //! x86-64 kernels for the attention inner loops over the f16 KV cache. Each one is the
 //! vector twin of a scalar reference in `ops` and gives the same bits.
 
-use half::f16;
+use crate::float16::f16;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 

@@ -2,7 +2,7 @@
 //! "block" per weight (16 bits per weight). ggml pairs BF16 weights with activations
 //! rounded to bf16 (nearest even), so each product of two bf16 is exact in f32.
 
-use half::bf16;
+use crate::float16::bf16;
 
 use super::{ActType, WeightType};
 

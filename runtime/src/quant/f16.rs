@@ -2,7 +2,7 @@
 //! rounded to f16 (nearest even) before the dot, as ggml does for F16 weights, so each
 //! product of two f16 is exact in f32 and only the summation rounds.
 
-use half::f16;
+use crate::float16::f16;
 
 use super::{ActType, WeightType};
 
@@ -30,11 +30,11 @@ impl ActType for F16 {
         }
     }
 
-    /// `half`'s slice conversion uses the F16C instructions when the build has them;
-    /// rounding is the same (nearest even).
+    /// Rounded to nearest even (F16C where the tier has it).
     fn quantize(x: &[f32], out: &mut [f16]) {
-        use half::slice::HalfFloatSliceExt;
-        out.convert_from_f32_slice(x);
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = f16::from_f32(v);
+        }
     }
 }
 

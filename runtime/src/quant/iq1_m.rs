@@ -20,7 +20,7 @@
 //! `Σ (2s + 1) Σ grid * q8` and `Σ (2s + 1) * ±1 * Σ q8` in integers and applies
 //! `d * d_a * (sum + shift_sum / 8)` per super-block.
 
-use half::f16;
+use crate::float16::f16;
 
 use super::iq_grids::IQ1S_GRID;
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};

@@ -16,7 +16,7 @@
 //! `Σ (2s + 1) * ±1 * Σ q8` (from the Q8_K group sums `bsums`) in integers and applies
 //! `d_w * d_a * (sum + sum_shift / 8)` per super-block.
 
-use half::f16;
+use crate::float16::f16;
 
 use super::iq_grids::IQ1S_GRID;
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};

@@ -16,7 +16,7 @@
 //! The dot product with Q8_K keeps `Σ (2s + 1) * Σ grid * sign * q8` in integers per
 //! super-block and applies `d_w * d_a / 8` at the end (`(0.5 + s) / 4 = (2s + 1) / 8`).
 
-use half::f16;
+use crate::float16::f16;
 
 use super::iq_grids::{IQ2XXS_GRID, KSIGNS_IQ2XS};
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};

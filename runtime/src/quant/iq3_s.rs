@@ -17,7 +17,7 @@
 //! The dot product with Q8_K sums `(2s + 1) * Σ grid * sign * q8` in integers per
 //! super-block and applies `d_w * d_a` at the end.
 
-use half::f16;
+use crate::float16::f16;
 
 use super::iq_grids::IQ3S_GRID;
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};

@@ -13,7 +13,7 @@
 //! `Σ level * q8` in integers per block and adds `(d_w * d_a) * sum` in f32 with one fused
 //! multiply-add per block, in block order (llama.cpp's repacked kernels round this way).
 
-use half::f16;
+use crate::float16::f16;
 
 use super::iq_grids::KVALUES_IQ4NL;
 use super::q8_0::{BlockQ8_0, Q8_0, QK8_0};

@@ -17,7 +17,7 @@
 //! whole super-block in integers and adds `(d_w * d_a) * sum` in f32 (as ggml's x86
 //! path does; its portable path applies the scale per sub-block pair in f32 instead).
 
-use half::f16;
+use crate::float16::f16;
 
 use super::iq4_nl::levels_dot;
 use super::iq_grids::KVALUES_IQ4NL;

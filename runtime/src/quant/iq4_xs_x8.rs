@@ -30,7 +30,7 @@
 //! which is there its scalar reference (one f32 chain per row), so on every build a
 //! repacked matrix gives what the plain one would.
 
-use half::f16;
+use crate::float16::f16;
 
 use super::iq4_xs::{sub_scale, BlockIQ4XS, IQ4_XS};
 use super::iq_grids::KVALUES_IQ4NL;

@@ -16,7 +16,7 @@
 //! Dot product with Q8_K (`x = d_a * a`), in integers per block:
 //! `Σ y x = d_a d Σ_g sc[g] Σ q a  -  d_a dmin Σ_g m[g] bsums[g]`.
 
-use half::f16;
+use crate::float16::f16;
 
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
 use super::superblock::{self, Batched, Ints, SuperBlock};

@@ -1,7 +1,7 @@
 //! Q4_0: blocks of 32 four-bit quants with one f16 scale, symmetric around 8
 //! (4.5 bits per weight). Dotted with Q8_0 activations.
 
-use half::f16;
+use crate::float16::f16;
 
 use super::q8_0::{BlockQ8_0, Q8_0};
 use super::WeightType;

@@ -2,7 +2,7 @@
 //! (5 bits per weight). Dotted with Q8_1 activations, whose `s` field carries the
 //! offset's contribution.
 
-use half::f16;
+use crate::float16::f16;
 
 use super::q4_0::unpack_nibbles;
 use super::q8_1::{BlockQ8_1, Q8_1};

@@ -17,7 +17,7 @@
 //! `Σ y x = d_a d Σ_j sc[j] Σ q a  -  d_a dmin Σ_j m[j] Σ a`, where the last sums are the
 //! Q8_K `bsums` (two groups of 16 per sub-block).
 
-use half::f16;
+use crate::float16::f16;
 
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
 use super::superblock::{self, Batched, Ints, SuperBlock};

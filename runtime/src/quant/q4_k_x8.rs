@@ -26,7 +26,7 @@
 //! `mins = fma(imin, dmin d_a, mins)`, so every row's result equals Q4_K's `vec_dot` of
 //! the row to the bit.
 
-use half::f16;
+use crate::float16::f16;
 
 use super::q4_k::{unpack_scales_mins, BlockQ4K, Q4_K};
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};

@@ -22,7 +22,7 @@
 
 use std::marker::PhantomData;
 
-use half::f16;
+use crate::float16::f16;
 
 use super::iq4_nl::{BlockIQ4NL, IQ4_NL};
 use super::iq_grids::KVALUES_IQ4NL;

@@ -1,7 +1,7 @@
 //! Q5_0: blocks of 32 five-bit quants with one f16 scale, symmetric around 16
 //! (5.5 bits per weight). Dotted with Q8_0 activations.
 
-use half::f16;
+use crate::float16::f16;
 
 use super::q4_0::unpack_nibbles;
 use super::q8_0::{BlockQ8_0, Q8_0};

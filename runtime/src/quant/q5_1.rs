@@ -1,7 +1,7 @@
 //! Q5_1: blocks of 32 five-bit quants with an f16 scale and an f16 offset
 //! (6 bits per weight). Dotted with Q8_1 activations.
 
-use half::f16;
+use crate::float16::f16;
 
 use super::q5_0::unpack_q5;
 use super::q8_1::{BlockQ8_1, Q8_1};

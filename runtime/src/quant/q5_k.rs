@@ -17,7 +17,7 @@
 //! Dot product with Q8_K (`x = d_a * a`), in integers per block:
 //! `Σ y x = d_a d Σ_j sc[j] Σ q a  -  d_a dmin Σ_j m[j] Σ a` (the last sums from `bsums`).
 
-use half::f16;
+use crate::float16::f16;
 
 use super::q4_k::{min_sum_of, unpack_scales_mins};
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};

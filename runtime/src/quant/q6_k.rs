@@ -19,7 +19,7 @@
 //! Dot product with Q8_K (`x = d_a * a`), in integers per block:
 //! `Σ y x = d d_a Σ_g scales[g] (Σ q a - 32 bsums[g])`.
 
-use half::f16;
+use crate::float16::f16;
 
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
 use super::superblock::{self, Batched, Ints, SuperBlock};

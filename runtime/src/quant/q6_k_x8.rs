@@ -46,7 +46,7 @@
 //! Builds without the kernels (no AVX2, FMA or F16C) put the rows back and take Q6_K's
 //! own paths, so on every build a repacked matrix gives what the plain one would.
 
-use half::f16;
+use crate::float16::f16;
 
 use super::q6_k::{pack_quants, unpack_quants, BlockQ6K, Q6_K};
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};

@@ -4,7 +4,7 @@
 //! Q5_0 and Q8_0 weights are dotted with, so a block dot product is one integer sum
 //! scaled once by `d_w * d_a`.
 
-use half::f16;
+use crate::float16::f16;
 
 use super::{ActType, WeightType};
 

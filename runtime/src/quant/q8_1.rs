@@ -2,7 +2,7 @@
 //! (9 bits per value). Like Q8_0, plus `s = d * sum(qs)` so that the weights' offset
 //! `m` contributes `m * s` per block without touching the quants.
 
-use half::f16;
+use crate::float16::f16;
 
 use super::q8_0::quantize_block_q8;
 use super::ActType;

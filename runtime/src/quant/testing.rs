@@ -370,8 +370,8 @@ pub fn random_blocks<W: WeightType>(
 }
 
 /// A block scale from random bits: either sign, magnitude in [2^-10, 2^-4).
-pub fn sane_f16(v: u64) -> half::f16 {
+pub fn sane_f16(v: u64) -> crate::float16::f16 {
     let sign = if v & 1 == 1 { -1.0 } else { 1.0 };
     let mag = 2f32.powi(-10 - (v >> 1) as i32 % 6) * (1.0 + (v >> 8) as f32 / 16.0 % 1.0);
-    half::f16::from_f32(sign * mag)
+    crate::float16::f16::from_f32(sign * mag)
 }

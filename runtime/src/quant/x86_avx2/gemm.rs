@@ -33,7 +33,7 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use half::f16;
+use crate::float16::f16;
 
 use super::legacy::{hsum_f32x8, load32};
 use super::tiles::{ActBlock, LegacyBlock};

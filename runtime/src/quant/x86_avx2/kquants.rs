@@ -641,6 +641,7 @@ mod tests {
     //! golden vectors may miss: all quant bits set (largest quants, scales and minimums,
     //! where `maddubs` would saturate first), all clear, and random; with activations at
     //! full scale of both signs.
+    use crate::float16::f16;
     use crate::quant::q2_k::Q2_K;
     use crate::quant::q3_k::Q3_K;
     use crate::quant::q4_k::Q4_K;
@@ -649,7 +650,6 @@ mod tests {
     use crate::quant::q8_k::{BlockQ8K, Q8_K, QK_K};
     use crate::quant::testing::activations;
     use crate::quant::{ActType, WeightType};
-    use half::f16;
 
     /// `n` blocks whose bytes come from `fill(block, byte)`, with the f16 fields at
     /// `f16_at` set to `scale`.

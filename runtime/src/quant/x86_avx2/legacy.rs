@@ -18,7 +18,7 @@
 
 use std::arch::x86_64::*;
 
-use half::{bf16, f16};
+use crate::float16::{bf16, f16};
 
 use crate::quant::q4_1::BlockQ4_1;
 use crate::quant::q5_0::BlockQ5_0;

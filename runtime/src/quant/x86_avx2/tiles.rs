@@ -20,7 +20,7 @@
 
 use std::arch::x86_64::*;
 
-use half::f16;
+use crate::float16::f16;
 
 use crate::quant::iq4_nl::BlockIQ4NL;
 use crate::quant::iq_grids::KVALUES_IQ4NL;
