@@ -47,7 +47,10 @@ def llama_text(tier, model, prompt, n):
     out = run([f"{bin_dir}/llama-completion", "-m", str(model), "-p", prompt, "-n", str(n),
                "--temp", "0", "-no-cnv", "--no-display-prompt", "--simple-io", "-t", "2",
                "--no-warmup"]).decode()
-    return out[:-2] if out.endswith("\n\n") else out
+    # llama-completion ends its output with "\n\n", after " [end of text]\n" when the
+    # model chose end of text; neither is part of the continuation
+    out = out[:-2] if out.endswith("\n\n") else out
+    return out.removesuffix(" [end of text]\n")
 
 
 def logits(exe, tier, prompt_file):
