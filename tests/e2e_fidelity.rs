@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use mcc_e2e::{
-    build_model, cache_dir, golden_file, golden_tiers, read_logits, repo_root, run_on, scratch_dir,
+    build_model, cache_dir, golden_file, golden_tiers, logits_on, repo_root, run_on, scratch_dir,
     smollm2_q4_1, Tier,
 };
 
@@ -72,25 +72,7 @@ fn check_logits_on(tier: Tier, label: &str) {
     let prompt = dir.join(format!("fidelity-{label}.txt"));
     let out = dir.join(format!("fidelity-{label}.bin"));
     std::fs::write(&prompt, case["prompt"].as_str().unwrap()).unwrap();
-    let res = run_on(
-        &exe,
-        tier,
-        &[
-            "logits",
-            "-f",
-            prompt.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "-t",
-            "2",
-        ],
-    );
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    let (ids, n_vocab, logits) = read_logits(&out);
+    let (ids, n_vocab, logits) = logits_on(&exe, tier, &prompt, &out);
     let want_ids: Vec<u32> = case["ids"]
         .as_array()
         .unwrap()

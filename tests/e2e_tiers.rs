@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use mcc_e2e::{
-    build_model, cache_dir, read_logits, repo_root, run_on, scratch_dir, smollm2_q4_1, Tier,
+    build_model, cache_dir, logits_on, repo_root, run_on, scratch_dir, smollm2_q4_1, Tier,
 };
 
 fn smollm2() -> PathBuf {
@@ -31,26 +31,7 @@ fn smollm2() -> PathBuf {
 /// The binary's `logits` output: token ids and one row of logits per position.
 fn logits(exe: &Path, tier: Tier, prompt: &Path) -> (Vec<u32>, Vec<Vec<f32>>) {
     let out = scratch_dir().join(format!("tiers-{}.bin", tier.name()));
-    let res = run_on(
-        exe,
-        tier,
-        &[
-            "logits",
-            "-f",
-            prompt.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "-t",
-            "2",
-        ],
-    );
-    assert!(
-        res.status.success(),
-        "{} tier: {}",
-        tier.name(),
-        String::from_utf8_lossy(&res.stderr)
-    );
-    let (ids, n_vocab, logits) = read_logits(&out);
+    let (ids, n_vocab, logits) = logits_on(exe, tier, prompt, &out);
     (
         ids,
         logits.chunks_exact(n_vocab).map(<[f32]>::to_vec).collect(),

@@ -172,6 +172,24 @@ pub fn first_greedy_case() -> (String, String, usize) {
     )
 }
 
+/// Runs `exe logits` on `tier` over the text file `prompt`, 2 threads, into `out`, and
+/// reads the result ([`read_logits`]).
+pub fn logits_on(exe: &Path, tier: Tier, prompt: &Path, out: &Path) -> (Vec<u32>, usize, Vec<f32>) {
+    let (prompt_arg, out_arg) = (prompt.to_str().unwrap(), out.to_str().unwrap());
+    let res = run_on(
+        exe,
+        tier,
+        &["logits", "-f", prompt_arg, "-o", out_arg, "-t", "2"],
+    );
+    assert!(
+        res.status.success(),
+        "{} tier: {}",
+        tier.name(),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    read_logits(out)
+}
+
 /// A binary's `logits` output file: token ids, `n_vocab`, and `n x n_vocab` logits.
 pub fn read_logits(path: &Path) -> (Vec<u32>, usize, Vec<f32>) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
