@@ -281,7 +281,7 @@ pub fn llama_cpp_act_golden<A: ActType>() -> (Vec<f32>, Vec<A::Block>) {
 /// of `cols`), and per batch size `n` the result for the first `n` rows of `X`,
 /// token-major (`y[t * rows + r]`). A type whose results differ between llama.cpp's
 /// AVX-512 and AVX2 builds has one file per kernel tier, in `golden_matmul/TIER/`, and the
-/// file of the tier this build was compiled for is read; the others are the same for both
+/// file of the arithmetic this build's kernels have (AVX-512F or not) is read; the others are the same for both
 /// builds and sit in `golden_matmul/` itself.
 pub struct BatchGolden<W: WeightType> {
     pub rows: usize,
@@ -311,7 +311,13 @@ pub fn batch_golden<W: WeightType>() -> BatchGolden<W> {
     let xb = read("x.bin");
     let (max_tokens, x_cols) = (word(&xb, 0) as usize, word(&xb, 4) as usize);
     let x = floats(&xb, 8, max_tokens * x_cols);
-    let tier = crate::tier::compiled().name();
+    // The file of the arithmetic the kernels compiled in: they pick it by AVX-512F (as
+    // ggml does), which an AVX-512 build without VNNI has too, so not by tier::compiled().
+    let tier = if cfg!(target_feature = "avx512f") {
+        "avx512"
+    } else {
+        "avx2"
+    };
     let per_tier = format!("{tier}/{}.bin", W::NAME);
     let bytes = if std::path::Path::new(&format!("{dir}/{per_tier}")).is_file() {
         read(&per_tier)
