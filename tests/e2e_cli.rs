@@ -335,6 +335,28 @@ fn bench_prints_a_llama_bench_table() {
         table.contains("| pp32 |") && table.contains("| tg8 |"),
         "{table}"
     );
+    // -d fills the context first and labels the tests as llama-bench does; a depth the
+    // compiled context cannot hold is refused with the numbers.
+    let out = run(
+        &smollm2(),
+        &["bench", "-p", "16", "-n", "4", "-r", "1", "-d", "300"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(
+        table.contains("| pp16 @ d300 |") && table.contains("| tg4 @ d300 |"),
+        "{table}"
+    );
+    let out = run(
+        &smollm2(),
+        &["bench", "-p", "16", "-n", "4", "-d", "100000"],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("after a depth of 100000 does not fit the compiled context"),
+        "{err}"
+    );
 }
 
 /// Upper quantile of the chi-square distribution (Wilson–Hilferty approximation, good

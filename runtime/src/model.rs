@@ -201,11 +201,16 @@ impl ActScratch {
 }
 
 /// Shares a mutable buffer with pool threads that write disjoint parts of it.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
+struct SharedMut<T>(*mut T);
+impl<T> Clone for SharedMut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedMut<T> {}
 // SAFETY: only used where each thread writes a distinct range (see `attention`).
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
 
 /// The run-time state of one model instance: batch, activations, KV cache, threads.
 pub struct Ctx {
@@ -239,8 +244,12 @@ pub struct Ctx {
     /// `n_layer x n_ctx x kv_dim`, f16 like llama.cpp's default cache.
     k_cache: Vec<f16>,
     v_cache: Vec<f16>,
-    /// Attention scores, `n_threads x n_ctx`.
+    /// Attention scores, `n_threads x group x n_ctx` (`group` query heads per KV head).
     scores: Vec<f32>,
+    /// A split decode step's per-chunk results: f16 running outputs, `n_threads` chunks
+    /// of `q_dim`, and each head's `(max, sum)`, `n_threads` chunks of `n_head`.
+    split_acc: Vec<f16>,
+    split_stats: Vec<(f32, f32)>,
     /// Per-thread scratch of the tiled prompt-batch attention, made on first use.
     tiled: Vec<std::sync::Mutex<ops::TiledScratch>>,
     act: ActScratch,
@@ -287,7 +296,13 @@ impl Ctx {
             logits: Vec::new(),
             k_cache: alloc(cache, "KV cache", n_ctx)?,
             v_cache: alloc(cache, "KV cache", n_ctx)?,
-            scores: alloc(n_threads * n_ctx, "attention scores", n_ctx)?,
+            scores: alloc(
+                n_threads * (cfg.n_head / cfg.n_head_kv) * n_ctx,
+                "attention scores",
+                n_ctx,
+            )?,
+            split_acc: alloc(n_threads * cfg.q_dim(), "attention scores", n_ctx)?,
+            split_stats: vec![(0.0, 0.0); n_threads * cfg.n_head],
             tiled: Vec::new(),
             act: ActScratch::default(),
             cfg,
@@ -419,7 +434,14 @@ impl Ctx {
 
     /// Attention of a batch under [`ops::TILE_Q`] tokens (decode included): each
     /// (token, head) row by itself, as llama.cpp's one-row kernel does; a lone decoded
-    /// token over a long cache splits its keys across threads like llama.cpp.
+    /// token over a long cache splits its keys into chunks like llama.cpp.
+    ///
+    /// Work units are (token, KV head, key chunk): one unit computes the chunk for all
+    /// the query heads of the KV head, reading each K and V row once for them
+    /// ([`ops::attend_group_chunk`]). Units are claimed from a shared counter, costliest
+    /// first, so the threads stay busy whichever heads and chunks they get; a split
+    /// step's chunks are merged in key order afterwards, which is cheap (one row per
+    /// head and chunk).
     fn attend_rows(&mut self, layer: usize) {
         let cfg = self.cfg;
         let n = self.n();
@@ -440,31 +462,101 @@ impl Ctx {
         } else {
             None
         };
+        let n_chunks = split.map_or(1, |c| (pos0 + 1).div_ceil(c));
+        let n_units = n * cfg.n_head_kv * n_chunks;
+        let next = std::sync::atomic::AtomicUsize::new(0);
         let att = SharedMut(self.att.as_mut_ptr());
         let scores = SharedMut(self.scores.as_mut_ptr());
-        self.pool.run(&|ith, nth| {
-            let (att, scores) = (att, scores);
+        let split_acc = SharedMut(self.split_acc.as_mut_ptr());
+        let split_stats = SharedMut(self.split_stats.as_mut_ptr());
+        self.pool.run(&|ith, _| {
+            let (att, scores, split_acc, split_stats) = (att, scores, split_acc, split_stats);
             // SAFETY: thread `ith` alone uses scores row `ith`.
-            let scores =
-                unsafe { std::slice::from_raw_parts_mut(scores.0.add(ith * n_ctx), n_ctx) };
-            for job in (ith..n * cfg.n_head).step_by(nth) {
-                let (t, h) = (job / cfg.n_head, job % cfg.n_head);
-                let q_head = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                // SAFETY: job (t, h) alone writes att[t][h*hd..(h+1)*hd].
-                let out =
-                    unsafe { std::slice::from_raw_parts_mut(att.0.add(t * q_dim + h * hd), hd) };
-                let kv_off = (h / group) * hd;
+            let scores = unsafe {
+                std::slice::from_raw_parts_mut(scores.0.add(ith * group * n_ctx), group * n_ctx)
+            };
+            let mut acc_stack = [f16::ZERO; 1024];
+            let mut acc_heap;
+            let acc: &mut [f16] = if group * hd <= acc_stack.len() {
+                &mut acc_stack[..group * hd]
+            } else {
+                acc_heap = vec![f16::ZERO; group * hd];
+                &mut acc_heap
+            };
+            let mut stats_stack = [(0f32, 0f32); 64];
+            let mut stats_heap;
+            let stats: &mut [(f32, f32)] = if group <= stats_stack.len() {
+                &mut stats_stack[..group]
+            } else {
+                stats_heap = vec![(0f32, 0f32); group];
+                &mut stats_heap
+            };
+            loop {
+                let unit = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if unit >= n_units {
+                    break;
+                }
+                // chunk-major (the last, shortest chunk last), then the latest token first
+                let (c, rest) = (unit / (n * cfg.n_head_kv), unit % (n * cfg.n_head_kv));
+                let (t, kvh) = (n - 1 - rest / cfg.n_head_kv, rest % cfg.n_head_kv);
                 let n_kv = pos0 + t + 1;
-                match split {
-                    Some(chunk) => ops::attend_head_split(
-                        q_head, k_cache, v_cache, kv_dim, kv_off, n_kv, scale, chunk, scores, out,
-                    ),
-                    None => ops::attend_head(
-                        q_head, k_cache, v_cache, kv_dim, kv_off, n_kv, scale, scores, out,
-                    ),
+                let (first, len) = match split {
+                    Some(chunk) => (c * chunk, chunk.min(n_kv - c * chunk)),
+                    None => (0, n_kv),
+                };
+                let keys = ops::KeyChunk {
+                    k_cache,
+                    v_cache,
+                    kv_stride: kv_dim,
+                    kv_off: kvh * hd,
+                    first,
+                    len,
+                };
+                let h0 = kvh * group;
+                let q_group = &q[t * q_dim + h0 * hd..t * q_dim + (h0 + group) * hd];
+                if split.is_some() {
+                    // SAFETY: unit (chunk c, KV head kvh) alone writes these heads' rows of
+                    // chunk c.
+                    let (acc, stats) = unsafe {
+                        (
+                            std::slice::from_raw_parts_mut(
+                                split_acc.0.add(c * q_dim + h0 * hd),
+                                group * hd,
+                            ),
+                            std::slice::from_raw_parts_mut(
+                                split_stats.0.add(c * cfg.n_head + h0),
+                                group,
+                            ),
+                        )
+                    };
+                    ops::attend_group_chunk(q_group, hd, &keys, scale, scores, acc, stats);
+                    continue;
+                }
+                ops::attend_group_chunk(q_group, hd, &keys, scale, scores, acc, stats);
+                // SAFETY: unit (t, kvh) alone writes att[t][h0*hd..(h0+group)*hd].
+                let out = unsafe {
+                    std::slice::from_raw_parts_mut(att.0.add(t * q_dim + h0 * hd), group * hd)
+                };
+                for ((o, a), &(_, sum)) in out
+                    .chunks_exact_mut(hd)
+                    .zip(acc.chunks_exact(hd))
+                    .zip(&*stats)
+                {
+                    ops::finish_single_chunk(o, a, sum);
                 }
             }
         });
+        if split.is_some() {
+            for h in 0..cfg.n_head {
+                let out = &mut self.att[h * hd..(h + 1) * hd];
+                let mut merged = ops::SplitMerge::new(out);
+                for c in 0..n_chunks {
+                    let acc = &self.split_acc[c * q_dim + h * hd..][..hd];
+                    merged.add(out, acc, self.split_stats[c * cfg.n_head + h]);
+                }
+                merged.finish(out);
+            }
+        }
     }
 
     /// Attention of a batch of [`ops::TILE_Q`] or more tokens with llama.cpp's tiled

@@ -1,6 +1,7 @@
 //! `bench`: prompt processing (ppN) and text generation (tgN) throughput, measured like
 //! llama-bench (a warm-up run, then repetitions; mean ± sample standard deviation) and
-//! printed as its markdown table.
+//! printed as its markdown table. With `-d N` both run after N tokens of context, as
+//! `llama-bench -d N` (labelled `pp512 @ d2048`).
 
 use std::time::Instant;
 
@@ -23,6 +24,10 @@ pub(super) struct BenchArgs {
     /// Most tokens evaluated in one forward pass.
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     batch_size: usize,
+    /// Tokens of context filled before each test (untimed), which then runs at
+    /// positions N.. (as `llama-bench -d`).
+    #[arg(short = 'd', long = "n-depth", default_value_t = 0)]
+    depth: usize,
 }
 
 /// Deterministic stand-in tokens (the content does not change the cost).
@@ -53,11 +58,11 @@ pub(super) fn bench<M: Model>(args: &BenchArgs) -> Result<(), String> {
         return Err("-r must be at least 1".into());
     }
     let cfg = M::CONFIG;
-    let need = args.n_prompt.max(args.n_gen).max(1);
-    if need > cfg.n_ctx {
+    let test = args.n_prompt.max(args.n_gen).max(1);
+    if args.depth + test > cfg.n_ctx {
         return Err(format!(
-            "a test of {need} tokens does not fit the compiled context of {}",
-            cfg.n_ctx
+            "a test of {test} tokens after a depth of {} does not fit the compiled context of {}",
+            args.depth, cfg.n_ctx
         ));
     }
     let threads = super::threads_or_default(args.threads)?;
@@ -100,29 +105,39 @@ pub(super) fn bench<M: Model>(args: &BenchArgs) -> Result<(), String> {
             "| {model} | {size:.2} MiB | {backend} | {threads} | {test} | {mean:.2} ± {sd:.2} |"
         );
     };
+    // The depth is filled once: every test writes only positions from `depth` on, and
+    // a position sees only the cells before it, so each repetition finds the same cache.
+    let depth = args.depth;
+    let at_depth = if depth > 0 {
+        let history = tokens(depth, cfg.n_vocab, 3);
+        eval(&history, 0, depth - 1)?;
+        format!(" @ d{depth}")
+    } else {
+        String::new()
+    };
     if args.n_prompt > 0 {
         let prompt = tokens(args.n_prompt, cfg.n_vocab, 1);
-        eval(&prompt, 0, prompt.len() - 1)?; // warm-up
+        eval(&prompt, depth, prompt.len() - 1)?; // warm-up
         let mut rates = Vec::with_capacity(args.reps);
         for _ in 0..args.reps {
             let t0 = Instant::now();
-            eval(&prompt, 0, prompt.len() - 1)?;
+            eval(&prompt, depth, prompt.len() - 1)?;
             rates.push(args.n_prompt as f64 / t0.elapsed().as_secs_f64());
         }
-        report(format!("pp{}", args.n_prompt), &rates);
+        report(format!("pp{}{at_depth}", args.n_prompt), &rates);
     }
     if args.n_gen > 0 {
         let gen = tokens(args.n_gen, cfg.n_vocab, 2);
-        eval(&gen[..1], 0, 0)?; // warm-up
+        eval(&gen[..1], depth, 0)?; // warm-up
         let mut rates = Vec::with_capacity(args.reps);
         for _ in 0..args.reps {
             let t0 = Instant::now();
-            for (pos, &t) in gen.iter().enumerate() {
-                eval(&[t], pos, 0)?;
+            for (i, &t) in gen.iter().enumerate() {
+                eval(&[t], depth + i, 0)?;
             }
             rates.push(args.n_gen as f64 / t0.elapsed().as_secs_f64());
         }
-        report(format!("tg{}", args.n_gen), &rates);
+        report(format!("tg{}{at_depth}", args.n_gen), &rates);
     }
     Ok(())
 }

@@ -20,8 +20,13 @@
 use crate::float16::f16;
 use thiserror::Error;
 
-#[cfg(any(all(target_arch = "x86_64", target_feature = "avx512f"), x86_simd))]
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
 mod x86;
+
+// AVX-512 builds run `x86` instead, but compile and test these too.
+#[cfg(x86_simd)]
+#[cfg_attr(target_feature = "avx512f", allow(dead_code))]
+mod avx2;
 
 mod tiled;
 
@@ -266,7 +271,11 @@ pub fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
     {
         x86::f32_to_f16(src, dst);
     }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    #[cfg(all(x86_simd, not(target_feature = "avx512f")))]
+    {
+        avx2::f32_to_f16(src, dst);
+    }
+    #[cfg(not(any(all(target_arch = "x86_64", target_feature = "avx512f"), x86_simd)))]
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = f16::from_f32(s);
     }
@@ -279,7 +288,11 @@ pub fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
     {
         x86::f16_to_f32(src, dst);
     }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    #[cfg(all(x86_simd, not(target_feature = "avx512f")))]
+    {
+        avx2::f16_to_f32(src, dst);
+    }
+    #[cfg(not(any(all(target_arch = "x86_64", target_feature = "avx512f"), x86_simd)))]
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = s.to_f32();
     }
@@ -365,7 +378,7 @@ pub fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
     }
     #[cfg(all(x86_simd, not(target_feature = "avx512f")))]
     {
-        x86::dot_f16_w8(a, b)
+        avx2::dot_f16(a, b)
     }
     #[cfg(not(any(all(target_arch = "x86_64", target_feature = "avx512f"), x86_simd)))]
     {
@@ -382,7 +395,17 @@ fn mad_f16(acc: &mut [f16], x: &[f16], v: f32) {
     {
         x86::mad_f16(acc, x, v)
     }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    #[cfg(all(x86_simd, not(target_feature = "avx512f")))]
+    {
+        avx2::mad_f16(acc, x, v)
+    }
+    #[cfg(not(any(all(target_arch = "x86_64", target_feature = "avx512f"), x86_simd)))]
+    mad_f16_ref(acc, x, v)
+}
+
+/// The scalar [`mad_f16`].
+#[cfg_attr(x86_simd, allow(dead_code))]
+pub(super) fn mad_f16_ref(acc: &mut [f16], x: &[f16], v: f32) {
     for (a, &xv) in acc.iter_mut().zip(x) {
         *a = f16::from_f32(xv.to_f32().mul_add(v, a.to_f32()));
     }
@@ -391,6 +414,21 @@ fn mad_f16(acc: &mut [f16], x: &[f16], v: f32) {
 /// `acc[i] = f16(f32(acc[i]) * v)`: ggml's `ggml_vec_scale_f16`.
 #[inline]
 fn scale_f16(acc: &mut [f16], v: f32) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    {
+        x86::scale_f16(acc, v)
+    }
+    #[cfg(all(x86_simd, not(target_feature = "avx512f")))]
+    {
+        avx2::scale_f16(acc, v)
+    }
+    #[cfg(not(any(all(target_arch = "x86_64", target_feature = "avx512f"), x86_simd)))]
+    scale_f16_ref(acc, v)
+}
+
+/// The scalar [`scale_f16`].
+#[cfg_attr(x86_simd, allow(dead_code))]
+pub(super) fn scale_f16_ref(acc: &mut [f16], v: f32) {
     for a in acc.iter_mut() {
         *a = f16::from_f32(a.to_f32() * v);
     }
@@ -441,9 +479,22 @@ pub fn attend_head(
         acc_heap = vec![f16::ZERO; head_dim];
         &mut acc_heap
     };
-    let scores = &mut scores[..n_kv];
-    kq_scores(q, k_cache, kv_stride, kv_off, scale, scores);
-    let (_, sum) = softmax_v_chunk(scores, v_cache, kv_stride, kv_off, 0, acc);
+    let mut stats = [(0f32, 0f32)];
+    let keys = KeyChunk {
+        k_cache,
+        v_cache,
+        kv_stride,
+        kv_off,
+        first: 0,
+        len: n_kv,
+    };
+    attend_group_chunk(q, head_dim, &keys, scale, scores, acc, &mut stats);
+    finish_single_chunk(out, acc, stats[0].1);
+}
+
+/// The output of a row whose keys were one chunk: `f32(acc) * (1/sum)` (zero when no
+/// key was weighed).
+pub fn finish_single_chunk(out: &mut [f32], acc: &[f16], sum: f32) {
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
     for (o, a) in out.iter_mut().zip(acc.iter()) {
         *o = a.to_f32() * inv;
@@ -454,8 +505,7 @@ pub fn attend_head(
 /// positions, as llama.cpp's decode path does when a single query row meets 512 or
 /// more KV cells (`use_split_kv_path`): each chunk runs the online softmax of
 /// [`attend_head`] on its own (f16 running output), then the chunks are merged in key
-/// order in f32: `M = max(M, M_c)`, `out = out*expf(M_old - M) + f32(acc_c)*expf(M_c - M)`,
-/// `S = S*expf(M_old - M) + S_c*expf(M_c - M)`, and finally `out *= 1/S`.
+/// order by [`SplitMerge`].
 ///
 /// `chunk_len` comes from [`llama_cpp_split_chunk_len`]; chunks past `n_kv` are empty
 /// (llama.cpp masks them) and skipped. Arguments otherwise as [`attend_head`].
@@ -482,32 +532,165 @@ pub fn attend_head_split(
         acc_heap = vec![f16::ZERO; head_dim];
         &mut acc_heap
     };
-    let scores = &mut scores[..n_kv];
-    kq_scores(q, k_cache, kv_stride, kv_off, scale, scores);
-
     let out = &mut out[..head_dim];
-    out.fill(0.0);
-    let mut max = f32::NEG_INFINITY;
-    let mut sum = 0f32;
-    for (c, chunk) in scores.chunks(chunk_len).enumerate() {
-        let (chunk_max, chunk_sum) =
-            softmax_v_chunk(chunk, v_cache, kv_stride, kv_off, c * chunk_len, acc);
-        if chunk_sum == 0.0 {
-            continue;
+    let mut merged = SplitMerge::new(out);
+    for first in (0..n_kv).step_by(chunk_len) {
+        let keys = KeyChunk {
+            k_cache,
+            v_cache,
+            kv_stride,
+            kv_off,
+            first,
+            len: chunk_len.min(n_kv - first),
+        };
+        let mut stats = [(0f32, 0f32)];
+        attend_group_chunk(q, head_dim, &keys, scale, scores, acc, &mut stats);
+        merged.add(out, acc, stats[0]);
+    }
+    merged.finish(out);
+}
+
+/// The keys of one chunk of one KV head: positions `first .. first + len` of the cache,
+/// which holds `kv_stride` f16 values per position; the head's K and V are
+/// `kv_off .. kv_off + head_dim` of each.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyChunk<'a> {
+    pub k_cache: &'a [f16],
+    pub v_cache: &'a [f16],
+    pub kv_stride: usize,
+    pub kv_off: usize,
+    pub first: usize,
+    pub len: usize,
+}
+
+/// One key chunk of the one-row attention ([`attend_head`]'s arithmetic) for the
+/// `G = q.len() / head_dim` query heads that share a KV head (grouped-query attention):
+/// head `g`'s query is `q[g * head_dim..][..head_dim]`. Each head's result is exactly
+/// what it would get alone; the heads share the work that does not round differently
+/// per head (reading and widening each K and V row once for all of them).
+///
+/// Writes each head's f16 running output to `acc[g * head_dim..][..head_dim]` and its
+/// `(max, sum)` to `stats[g]`. `scores` is scratch of at least `G * keys.len`.
+pub fn attend_group_chunk(
+    q: &[f32],
+    head_dim: usize,
+    keys: &KeyChunk,
+    scale: f32,
+    scores: &mut [f32],
+    acc: &mut [f16],
+    stats: &mut [(f32, f32)],
+) {
+    let heads = q.len() / head_dim;
+    let len = keys.len;
+    let mut q_stack = [f16::ZERO; 2 * STACK_HEAD_DIM];
+    let mut q_heap;
+    let q16: &mut [f16] = if q.len() <= q_stack.len() {
+        &mut q_stack[..q.len()]
+    } else {
+        q_heap = vec![f16::ZERO; q.len()];
+        &mut q_heap
+    };
+    // ggml rounds Q to the K cache's type before the dot products.
+    f32_to_f16(q, q16);
+    let first_row = keys.first * keys.kv_stride + keys.kv_off;
+    let k = &keys.k_cache[first_row..];
+    group_scores(
+        q16,
+        head_dim,
+        k,
+        keys.kv_stride,
+        len,
+        scale,
+        &mut scores[..heads * len],
+    );
+    for (g, (acc, stats)) in acc.chunks_exact_mut(head_dim).zip(stats).enumerate() {
+        *stats = softmax_v_chunk(&scores[g * len..(g + 1) * len], keys, acc);
+    }
+}
+
+/// `scores[g * len + j] = f32(dot_f16(K_j, q16_g)) * scale` for the heads of `q16`
+/// (`head_dim` values each) and the `len` keys starting at `k` (`kv_stride` apart).
+fn group_scores(
+    q16: &[f16],
+    head_dim: usize,
+    k: &[f16],
+    kv_stride: usize,
+    len: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    if len == 0 {
+        return;
+    }
+    assert!(k.len() >= (len - 1) * kv_stride + head_dim);
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    if x86::group_scores(q16, head_dim, k, kv_stride, len, scale, scores) {
+        return;
+    }
+    #[cfg(all(x86_simd, not(target_feature = "avx512f")))]
+    if avx2::group_scores(q16, head_dim, k, kv_stride, len, scale, scores) {
+        return;
+    }
+    group_scores_ref(q16, head_dim, k, kv_stride, len, scale, scores);
+}
+
+/// [`group_scores`] one dot product at a time.
+fn group_scores_ref(
+    q16: &[f16],
+    head_dim: usize,
+    k: &[f16],
+    kv_stride: usize,
+    len: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    for (qh, out) in q16.chunks_exact(head_dim).zip(scores.chunks_exact_mut(len)) {
+        for (j, s) in out.iter_mut().enumerate() {
+            *s = dot_f16(&k[j * kv_stride..j * kv_stride + head_dim], qh) * scale;
         }
-        let new_max = max.max(chunk_max);
-        let old_weight = (max - new_max).exp();
+    }
+}
+
+/// llama.cpp's merge of the key chunks of one query row, in key order, in f32:
+/// `M = max(M, M_c)`, `out = out*expf(M_old - M) + f32(acc_c)*expf(M_c - M)`,
+/// `S = S*expf(M_old - M) + S_c*expf(M_c - M)`, and finally `out *= 1/S`.
+pub struct SplitMerge {
+    max: f32,
+    sum: f32,
+}
+
+impl SplitMerge {
+    /// Starts a merge into `out` (zeroed here).
+    pub fn new(out: &mut [f32]) -> SplitMerge {
+        out.fill(0.0);
+        SplitMerge {
+            max: f32::NEG_INFINITY,
+            sum: 0.0,
+        }
+    }
+
+    /// Adds the next chunk's running output and `(max, sum)`; empty chunks add nothing.
+    pub fn add(&mut self, out: &mut [f32], acc: &[f16], (chunk_max, chunk_sum): (f32, f32)) {
+        if chunk_sum == 0.0 {
+            return;
+        }
+        let new_max = self.max.max(chunk_max);
+        let old_weight = (self.max - new_max).exp();
         let chunk_weight = (chunk_max - new_max).exp();
         for (o, a) in out.iter_mut().zip(acc.iter()) {
             *o = merge(*o, old_weight, a.to_f32(), chunk_weight);
         }
-        sum = merge(sum, old_weight, chunk_sum, chunk_weight);
-        max = new_max;
+        self.sum = merge(self.sum, old_weight, chunk_sum, chunk_weight);
+        self.max = new_max;
     }
-    if sum != 0.0 {
-        let inv = 1.0 / sum;
-        for o in out.iter_mut() {
-            *o *= inv;
+
+    /// `out *= 1/S` (nothing when no key was weighed).
+    pub fn finish(self, out: &mut [f32]) {
+        if self.sum != 0.0 {
+            let inv = 1.0 / self.sum;
+            for o in out.iter_mut() {
+                *o *= inv;
+            }
         }
     }
 }
@@ -541,47 +724,15 @@ pub fn llama_cpp_split_chunk_len(
     }
 }
 
-/// `scores[i] = f32(dot_f16(f16(q), K_i)) * scale` for every cached position.
-fn kq_scores(
-    q: &[f32],
-    k_cache: &[f16],
-    kv_stride: usize,
-    kv_off: usize,
-    scale: f32,
-    scores: &mut [f32],
-) {
-    let head_dim = q.len();
-    let mut q_stack = [f16::ZERO; STACK_HEAD_DIM];
-    let mut q_heap;
-    let q16: &mut [f16] = if head_dim <= STACK_HEAD_DIM {
-        &mut q_stack[..head_dim]
-    } else {
-        q_heap = vec![f16::ZERO; head_dim];
-        &mut q_heap
-    };
-    f32_to_f16(q, q16);
-    for (pos, s) in scores.iter_mut().enumerate() {
-        let row = pos * kv_stride + kv_off;
-        *s = dot_f16(&k_cache[row..row + head_dim], q16) * scale;
-    }
-}
-
-/// Online softmax over `scores` (positions `first ..`) with the f16 running output
-/// `acc`; returns `(max, sum)`. See [`attend_head`] for the arithmetic.
-fn softmax_v_chunk(
-    scores: &[f32],
-    v_cache: &[f16],
-    kv_stride: usize,
-    kv_off: usize,
-    first: usize,
-    acc: &mut [f16],
-) -> (f32, f32) {
+/// Online softmax over `scores` (the keys of `keys`, in order) with the f16 running
+/// output `acc`; returns `(max, sum)`. See [`attend_head`] for the arithmetic.
+fn softmax_v_chunk(scores: &[f32], keys: &KeyChunk, acc: &mut [f16]) -> (f32, f32) {
     let head_dim = acc.len();
     acc.fill(f16::ZERO);
     let mut max = f32::NEG_INFINITY;
     let mut sum = 0f32;
     for (i, &s) in scores.iter().enumerate() {
-        let row = (first + i) * kv_stride + kv_off;
+        let row = (keys.first + i) * keys.kv_stride + keys.kv_off;
         let (rescale, weight) = if s > max {
             let old = max;
             max = s;
@@ -591,7 +742,7 @@ fn softmax_v_chunk(
         } else {
             (1.0, (s - max).exp())
         };
-        mad_f16(acc, &v_cache[row..row + head_dim], weight);
+        mad_f16(acc, &keys.v_cache[row..row + head_dim], weight);
         sum = sum.mul_add(rescale, weight);
     }
     (max, sum)
@@ -686,7 +837,16 @@ pub fn swiglu_flavor(gate: &mut [f32], up: &[f32], flavor: ExpFlavor) {
     debug_assert_eq!(gate.len(), up.len());
     let block = flavor.block();
     let vec_end = gate.len() - gate.len() % block;
-    for (g, &u) in gate[..vec_end].iter_mut().zip(up) {
+    // The vector kernel does whole blocks, lane for lane as `silu_flavor`.
+    #[cfg(x86_simd)]
+    let done = if flavor == ExpFlavor::Avx2 {
+        avx2::silu_mul(gate, up)
+    } else {
+        0
+    };
+    #[cfg(not(x86_simd))]
+    let done = 0;
+    for (g, &u) in gate[done..vec_end].iter_mut().zip(&up[done..]) {
         *g = silu_flavor(*g, flavor) * u;
     }
     for (g, &u) in gate[vec_end..].iter_mut().zip(&up[vec_end..]) {

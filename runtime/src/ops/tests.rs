@@ -197,7 +197,7 @@ fn dot_f16_simd_matches_reference_bitwise() {
         );
         #[cfg(x86_simd)]
         assert_eq!(
-            x86::dot_f16_w8(&a, &b).to_bits(),
+            avx2::dot_f16(&a, &b).to_bits(),
             dot_f16_ref(&a, &b, 8).to_bits(),
             "n {n} w8"
         );
@@ -214,6 +214,28 @@ fn dot_f16_simd_matches_reference_bitwise() {
                 (got - exact).abs() <= (n as f64 + 2.0) * U32 * abs + 1e-30,
                 "n {n} width {width}"
             );
+        }
+    }
+}
+
+/// The grouped scores (one K read for every head of a KV group) are each head's own dot
+/// products, for head sizes with and without a vector kernel and group sizes that do
+/// and do not fill the kernels' head blocks.
+#[test]
+fn group_scores_are_each_heads_dot_products() {
+    let mut rng = Rng(9);
+    for hd in [32usize, 64, 80, 128] {
+        for heads in 1..=5 {
+            let kv_stride = 2 * hd + 16;
+            let len = 70;
+            let k = to_f16(&rng.vec(len * kv_stride, 2.0));
+            let q16 = to_f16(&rng.vec(heads * hd, 3.0));
+            let mut got = vec![0f32; heads * len];
+            let mut want = got.clone();
+            group_scores(&q16, hd, &k[7..], kv_stride, len, 0.125, &mut got);
+            group_scores_ref(&q16, hd, &k[7..], kv_stride, len, 0.125, &mut want);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "hd {hd} heads {heads}");
         }
     }
 }

@@ -232,7 +232,9 @@ fn load_tile(
     let first = start * kv_stride + kv_off;
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     let transposed = super::x86::load_k_transposed_w16(&k_cache[first..], kv_stride, len, hd, k_t);
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    #[cfg(all(x86_simd, not(target_feature = "avx512f")))]
+    let transposed = super::avx2::load_k_transposed(&k_cache[first..], kv_stride, len, hd, k_t);
+    #[cfg(not(any(all(target_arch = "x86_64", target_feature = "avx512f"), x86_simd)))]
     let transposed = false;
     for j in 0..len {
         let row = first + j * kv_stride;
@@ -252,16 +254,17 @@ fn tile_max(scores: &[f32; TILE_KV]) -> f32 {
     {
         super::x86::max_w16(scores)
     }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    #[cfg(all(x86_simd, not(target_feature = "avx512f")))]
+    {
+        super::avx2::max(scores)
+    }
+    #[cfg(not(any(all(target_arch = "x86_64", target_feature = "avx512f"), x86_simd)))]
     tile_max_ref(scores)
 }
 
 /// The scalar [`tile_max`], in key order.
-#[cfg_attr(
-    all(target_arch = "x86_64", target_feature = "avx512f"),
-    allow(dead_code)
-)]
-fn tile_max_ref(scores: &[f32; TILE_KV]) -> f32 {
+#[cfg_attr(x86_simd, allow(dead_code))]
+pub(super) fn tile_max_ref(scores: &[f32; TILE_KV]) -> f32 {
     scores
         .iter()
         .fold(f32::NEG_INFINITY, |m, &s| if m > s { m } else { s })
@@ -284,16 +287,17 @@ fn tile_scores(
     {
         super::x86::tile_scores_w16(q, q_stride, rows, hd, k_t, scale, scores);
     }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    #[cfg(all(x86_simd, not(target_feature = "avx512f")))]
+    {
+        super::avx2::tile_scores(q, q_stride, rows, hd, k_t, scale, scores);
+    }
+    #[cfg(not(any(all(target_arch = "x86_64", target_feature = "avx512f"), x86_simd)))]
     tile_scores_ref(q, q_stride, rows, hd, k_t, scale, scores);
 }
 
 /// The scalar [`tile_scores`] (vectorised by the compiler across keys).
-#[cfg_attr(
-    all(target_arch = "x86_64", target_feature = "avx512f"),
-    allow(dead_code)
-)]
-fn tile_scores_ref(
+#[cfg_attr(x86_simd, allow(dead_code))]
+pub(super) fn tile_scores_ref(
     q: &[f32],
     q_stride: usize,
     rows: usize,
@@ -340,6 +344,10 @@ fn exp_and_sum(scores: &mut [f32; TILE_KV], max: f32, flavor: ExpFlavor) -> f64 
     if flavor == ExpFlavor::Avx512 {
         return super::x86::exp_and_sum_w16(scores, max);
     }
+    #[cfg(x86_simd)]
+    if flavor == ExpFlavor::Avx2 {
+        return super::avx2::exp_and_sum(scores, max);
+    }
     let block = flavor.block();
     let mut total = 0f64;
     for chunk in scores.chunks_exact_mut(block) {
@@ -358,6 +366,10 @@ fn accumulate_v(o: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
     if super::x86::accumulate_v_w16(o, p, v, hd) {
         return;
     }
+    #[cfg(all(x86_simd, not(target_feature = "avx512f")))]
+    if super::avx2::accumulate_v([&mut *o], [p], v, hd) {
+        return;
+    }
     accumulate_v_ref(o, p, v, hd);
 }
 
@@ -370,7 +382,9 @@ fn accumulate_v_pair(o: [&mut [f32]; 2], p: [&[f32]; 2], v: &[f32], hd: usize) {
     let common = p[0].len().min(p[1].len());
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     let done = super::x86::accumulate_v2_w16([o0, o1], [&p[0][..common], &p[1][..common]], v, hd);
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    #[cfg(all(x86_simd, not(target_feature = "avx512f")))]
+    let done = super::avx2::accumulate_v([o0, o1], [&p[0][..common], &p[1][..common]], v, hd);
+    #[cfg(not(any(all(target_arch = "x86_64", target_feature = "avx512f"), x86_simd)))]
     let done = false;
     let start = if done { common } else { 0 };
     for (o, p) in [(o0, p[0]), (o1, p[1])] {
@@ -381,7 +395,7 @@ fn accumulate_v_pair(o: [&mut [f32]; 2], p: [&[f32]; 2], v: &[f32], hd: usize) {
 }
 
 /// The scalar [`accumulate_v`].
-fn accumulate_v_ref(o: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
+pub(super) fn accumulate_v_ref(o: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
     for (&pj, v_row) in p.iter().zip(v.chunks_exact(hd)) {
         for (x, &vd) in o.iter_mut().zip(v_row) {
             *x = pj.mul_add(vd, *x);

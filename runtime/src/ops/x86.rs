@@ -1,5 +1,6 @@
-//! x86-64 kernels for the attention inner loops over the f16 KV cache. Each one is the
-//! vector twin of a scalar reference in `ops` and gives the same bits.
+//! The AVX-512 tier's kernels (16 lanes) for the attention inner loops over the f16 KV
+//! cache. Each one is the vector twin of a scalar reference in `ops` and gives the same
+//! bits; `avx2` has their 8-lane twins.
 
 use crate::float16::f16;
 #[cfg(target_arch = "x86_64")]
@@ -47,45 +48,6 @@ pub(super) fn dot_f16_w16(a: &[f16], b: &[f16]) -> f32 {
     sum as f32
 }
 
-/// [`super::dot_f16_ref`] with 8 lanes: four `__m256` accumulators over blocks of 32.
-#[cfg(x86_simd)]
-#[allow(dead_code)] // used on AVX2 targets without AVX-512, tested everywhere
-#[inline]
-pub(super) fn dot_f16_w8(a: &[f16], b: &[f16]) -> f32 {
-    let n = a.len().min(b.len());
-    let blocks_end = n - n % 32;
-    let pa = a.as_ptr() as *const __m128i;
-    let pb = b.as_ptr() as *const __m128i;
-    // SAFETY: every 8-value load starts below blocks_end <= n, inside both slices.
-    let lanes = unsafe {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut block = 0;
-        while block < blocks_end {
-            for (j, acc_j) in acc.iter_mut().enumerate() {
-                let off = (block + 8 * j) / 8;
-                let va = _mm256_cvtph_ps(_mm_loadu_si128(pa.add(off)));
-                let vb = _mm256_cvtph_ps(_mm_loadu_si128(pb.add(off)));
-                *acc_j = _mm256_fmadd_ps(va, vb, *acc_j);
-            }
-            block += 32;
-        }
-        let low = _mm256_add_ps(acc[0], acc[2]);
-        let high = _mm256_add_ps(acc[1], acc[3]);
-        let total = _mm256_add_ps(low, high);
-        let quarters = _mm_add_ps(
-            _mm256_castps256_ps128(total),
-            _mm256_extractf128_ps::<1>(total),
-        );
-        let pairs = _mm_hadd_ps(quarters, quarters);
-        _mm_cvtss_f32(_mm_hadd_ps(pairs, pairs))
-    };
-    let mut sum = lanes as f64;
-    for i in blocks_end..n {
-        sum += (a[i].to_f32() * b[i].to_f32()) as f64;
-    }
-    sum as f32
-}
-
 /// `acc[i] = f16(fma(x[i], v, f32(acc[i])))`, 16 at a time (rounding to nearest even).
 #[cfg(target_feature = "avx512f")]
 #[inline]
@@ -109,6 +71,29 @@ pub(super) fn mad_f16(acc: &mut [f16], x: &[f16], v: f32) {
     }
     for i in vec_end..n {
         acc[i] = f16::from_f32(x[i].to_f32().mul_add(v, acc[i].to_f32()));
+    }
+}
+
+/// `acc[i] = f16(f32(acc[i]) * v)`, 16 at a time (ggml's `ggml_vec_scale_f16`).
+#[cfg(target_feature = "avx512f")]
+#[inline]
+pub(super) fn scale_f16(acc: &mut [f16], v: f32) {
+    let n = acc.len();
+    let vec_end = n - n % 16;
+    let pa = acc.as_mut_ptr() as *mut __m256i;
+    // SAFETY: loads and stores of 16 values start below vec_end <= n.
+    unsafe {
+        let vv = _mm512_set1_ps(v);
+        for blk in 0..vec_end / 16 {
+            let prod = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256(pa.add(blk))), vv);
+            _mm256_storeu_si256(
+                pa.add(blk),
+                _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(prod),
+            );
+        }
+    }
+    for a in acc[vec_end..].iter_mut() {
+        *a = f16::from_f32(a.to_f32() * v);
     }
 }
 
@@ -509,4 +494,77 @@ pub(super) fn max_w16(scores: &[f32; 64]) -> f32 {
         );
         _mm512_reduce_max_ps(m)
     }
+}
+
+/// [`dot_f16_w16`] of one K row (`hd` values, a multiple of 64) with `H` widened queries
+/// (`q[h * hd..]`), the K row widened once for all of them.
+///
+/// # Safety
+/// `k` holds `hd` values and `q` `H * hd`.
+#[inline(always)]
+unsafe fn dots_w16<const H: usize>(k: *const f16, q: *const f32, hd: usize) -> [f32; H] {
+    let mut acc = [[_mm512_setzero_ps(); 4]; H];
+    for b in (0..hd).step_by(64) {
+        let kv: [__m512; 4] =
+            std::array::from_fn(|i| _mm512_cvtph_ps(_mm256_loadu_si256(k.add(b + 16 * i).cast())));
+        for (h, acc_h) in acc.iter_mut().enumerate() {
+            for (i, a) in acc_h.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(kv[i], _mm512_loadu_ps(q.add(h * hd + b + 16 * i)), *a);
+            }
+        }
+    }
+    acc.map(|a| {
+        let total = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+        reduce_add_w16(total)
+    })
+}
+
+/// `super::group_scores` for `hd` a multiple of 64: each K row is widened once per four
+/// heads, and every score is [`dot_f16_w16`]'s, bit for bit. Returns false (and does
+/// nothing) otherwise.
+pub(super) fn group_scores(
+    q16: &[f16],
+    hd: usize,
+    k: &[f16],
+    kv_stride: usize,
+    len: usize,
+    scale: f32,
+    scores: &mut [f32],
+) -> bool {
+    if !hd.is_multiple_of(64) || q16.is_empty() || !q16.len().is_multiple_of(hd) {
+        return false;
+    }
+    let heads = q16.len() / hd;
+    assert!(len == 0 || k.len() >= (len - 1) * kv_stride + hd);
+    assert!(scores.len() >= heads * len);
+    let mut q_stack = [0f32; 1024];
+    let mut q_heap;
+    let q: &mut [f32] = if q16.len() <= q_stack.len() {
+        &mut q_stack[..q16.len()]
+    } else {
+        q_heap = vec![0f32; q16.len()];
+        &mut q_heap
+    };
+    f16_to_f32(q16, q);
+    // SAFETY: key j's row is k[j * kv_stride..][..hd] (asserted); head g's query is
+    // q[g * hd..][..hd] with g < heads.
+    unsafe {
+        for j in 0..len {
+            let row = k.as_ptr().add(j * kv_stride);
+            let mut g = 0;
+            while g + 4 <= heads {
+                let d = dots_w16::<4>(row, q.as_ptr().add(g * hd), hd);
+                for (i, d) in d.into_iter().enumerate() {
+                    scores[(g + i) * len + j] = d * scale;
+                }
+                g += 4;
+            }
+            while g < heads {
+                let [d] = dots_w16::<1>(row, q.as_ptr().add(g * hd), hd);
+                scores[g * len + j] = d * scale;
+                g += 1;
+            }
+        }
+    }
+    true
 }
