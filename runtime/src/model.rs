@@ -244,7 +244,8 @@ pub struct Ctx {
     /// `n_layer x n_ctx x kv_dim`, f16 like llama.cpp's default cache.
     k_cache: Vec<f16>,
     v_cache: Vec<f16>,
-    /// Attention scores, `n_threads x group x n_ctx` (`group` query heads per KV head).
+    /// Attention scores and weights, `n_threads x 2 x group x n_ctx` (`group` query
+    /// heads per KV head).
     scores: Vec<f32>,
     /// A split decode step's per-chunk results: f16 running outputs, `n_threads` chunks
     /// of `q_dim`, and each head's `(max, sum)`, `n_threads` chunks of `n_head`.
@@ -297,7 +298,7 @@ impl Ctx {
             k_cache: alloc(cache, "KV cache", n_ctx)?,
             v_cache: alloc(cache, "KV cache", n_ctx)?,
             scores: alloc(
-                n_threads * (cfg.n_head / cfg.n_head_kv) * n_ctx,
+                n_threads * 2 * (cfg.n_head / cfg.n_head_kv) * n_ctx,
                 "attention scores",
                 n_ctx,
             )?,
@@ -472,8 +473,9 @@ impl Ctx {
         self.pool.run(&|ith, _| {
             let (att, scores, split_acc, split_stats) = (att, scores, split_acc, split_stats);
             // SAFETY: thread `ith` alone uses scores row `ith`.
+            let per_thread = 2 * group * n_ctx;
             let scores = unsafe {
-                std::slice::from_raw_parts_mut(scores.0.add(ith * group * n_ctx), group * n_ctx)
+                std::slice::from_raw_parts_mut(scores.0.add(ith * per_thread), per_thread)
             };
             let mut acc_stack = [f16::ZERO; 1024];
             let mut acc_heap;

@@ -93,7 +93,7 @@ impl CpuTail {
             gate: vec![0.0; cfg.n_ff],
             up: vec![0.0; cfg.n_ff],
             proj: vec![0.0; cfg.n_embd],
-            scores: vec![0.0; n_ctx],
+            scores: vec![0.0; 2 * n_ctx],
             k_cache,
             v_cache,
             logits: vec![0.0; cfg.n_vocab],

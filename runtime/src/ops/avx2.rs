@@ -456,26 +456,14 @@ pub(super) fn max(scores: &[f32; 64]) -> f32 {
     }
 }
 
-/// The 8-lane tree of `super::reduce_lanes_dot` applied to ggml's four accumulators:
-/// `(a0 + a2) + (a1 + a3)` lane-wise, halves, then `(t0 + t1) + (t2 + t3)`.
-#[inline(always)]
-unsafe fn reduce_dot_w8(acc: [__m256; 4]) -> f32 {
-    let total = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
-    let quarters = _mm_add_ps(
-        _mm256_castps256_ps128(total),
-        _mm256_extractf128_ps::<1>(total),
-    );
-    let pairs = _mm_hadd_ps(quarters, quarters);
-    _mm_cvtss_f32(_mm_hadd_ps(pairs, pairs))
-}
-
-/// [`dot_f16`] of one K row (`hd` values, a multiple of 32) with `H` widened queries
-/// (`q[h * hd..]`), the K row widened once for all of them.
+/// ggml's four accumulators of one dot product (`H` of them: one K row against `H`
+/// widened queries `q[h * hd..]`, `hd` a multiple of 32), added lane-wise as its reduce
+/// does first: `(a0 + a2) + (a1 + a3)`. The K row is widened once for all of them.
 ///
 /// # Safety
 /// `k` holds `hd` values and `q` `H * hd`.
 #[inline(always)]
-unsafe fn dots_w8<const H: usize>(k: *const f16, q: *const f32, hd: usize) -> [f32; H] {
+unsafe fn dot_lanes_w8<const H: usize>(k: *const f16, q: *const f32, hd: usize) -> [__m256; H] {
     let mut acc = [[_mm256_setzero_ps(); 4]; H];
     for b in (0..hd).step_by(32) {
         let kv: [__m256; 4] =
@@ -486,11 +474,45 @@ unsafe fn dots_w8<const H: usize>(k: *const f16, q: *const f32, hd: usize) -> [f
             }
         }
     }
-    acc.map(|a| reduce_dot_w8(a))
+    acc.map(|a| _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3])))
+}
+
+/// The rest of [`dot_f16`]'s reduce for one dot product's lane-wise sums: halves, then
+/// `(t0 + t1) + (t2 + t3)`.
+#[inline(always)]
+unsafe fn reduce_dot_w8(total: __m256) -> f32 {
+    let quarters = _mm_add_ps(
+        _mm256_castps256_ps128(total),
+        _mm256_extractf128_ps::<1>(total),
+    );
+    let pairs = _mm_hadd_ps(quarters, quarters);
+    _mm_cvtss_f32(_mm_hadd_ps(pairs, pairs))
+}
+
+/// [`reduce_dot_w8`] for eight dot products at once (`t[k]`: key `k`'s lane-wise sums):
+/// every key's tree is the same additions of the same values, done for two to four
+/// keys per instruction. Returns the eight sums in key order.
+#[inline(always)]
+unsafe fn reduce_dot_8keys(t: &[__m256; 8]) -> __m256 {
+    // [quarters of key 2i | quarters of key 2i + 1]
+    let q: [__m256; 4] = std::array::from_fn(|i| {
+        let (a, b) = (t[2 * i], t[2 * i + 1]);
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(a, b),
+            _mm256_permute2f128_ps::<0x31>(a, b),
+        )
+    });
+    // pairs of keys 0, 2 | 1, 3 and 4, 6 | 5, 7: [t0 + t1, t2 + t3] each
+    let low = _mm256_hadd_ps(q[0], q[1]);
+    let high = _mm256_hadd_ps(q[2], q[3]);
+    // [k0 k2 k4 k6 | k1 k3 k5 k7]
+    let sums = _mm256_hadd_ps(low, high);
+    _mm256_permutevar8x32_ps(sums, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
 }
 
 /// `super::group_scores` for `hd` a multiple of 32: each K row is widened once per pair
-/// of heads (eight accumulators and four K vectors fit the 16 registers), and every
+/// of heads (eight accumulators and four K vectors fit the 16 registers), and the
+/// horizontal sums of eight keys share their instructions ([`reduce_dot_8keys`]); every
 /// score is [`dot_f16`]'s, bit for bit. Returns false (and does nothing) otherwise.
 pub(super) fn group_scores(
     q16: &[f16],
@@ -516,21 +538,173 @@ pub(super) fn group_scores(
         &mut q_heap
     };
     f16_to_f32(q16, q);
-    // SAFETY: key j's row is k[j * kv_stride..][..hd] (asserted); head g's query is
-    // q[g * hd..][..hd] with g < heads.
+    let (q, out) = (q.as_ptr(), scores.as_mut_ptr());
+    // SAFETY: key j < len's row is k[j * kv_stride..][..hd] (asserted); head g < heads
+    // has its query at q[g * hd..][..hd] and its scores at scores[g * len..][..len].
     unsafe {
-        for j in 0..len {
-            let row = k.as_ptr().add(j * kv_stride);
+        let vscale = _mm256_set1_ps(scale);
+        let mut j = 0;
+        while j + 8 <= len {
+            let row = |kk: usize| k.as_ptr().add((j + kk) * kv_stride);
+            // The rows are `kv_stride` apart, a stride the hardware prefetchers follow
+            // late; ask for the block after next while this one computes.
+            if j + 24 <= len {
+                for kk in 16..24 {
+                    prefetch_row(row(kk), hd);
+                }
+            }
             let mut g = 0;
             while g + 2 <= heads {
-                let [d0, d1] = dots_w8::<2>(row, q.as_ptr().add(g * hd), hd);
-                scores[g * len + j] = d0 * scale;
-                scores[(g + 1) * len + j] = d1 * scale;
+                let pairs: [[__m256; 2]; 8] =
+                    std::array::from_fn(|kk| dot_lanes_w8::<2>(row(kk), q.add(g * hd), hd));
+                let t: [[__m256; 8]; 2] = std::array::from_fn(|h| pairs.map(|p| p[h]));
+                for (h, t) in t.iter().enumerate() {
+                    let sums = _mm256_mul_ps(reduce_dot_8keys(t), vscale);
+                    _mm256_storeu_ps(out.add((g + h) * len + j), sums);
+                }
                 g += 2;
             }
             if g < heads {
-                let [d] = dots_w8::<1>(row, q.as_ptr().add(g * hd), hd);
-                scores[g * len + j] = d * scale;
+                let t: [__m256; 8] =
+                    std::array::from_fn(|kk| dot_lanes_w8::<1>(row(kk), q.add(g * hd), hd)[0]);
+                let sums = _mm256_mul_ps(reduce_dot_8keys(&t), vscale);
+                _mm256_storeu_ps(out.add(g * len + j), sums);
+            }
+            j += 8;
+        }
+        for j in j..len {
+            let row = k.as_ptr().add(j * kv_stride);
+            for g in 0..heads {
+                let [t] = dot_lanes_w8::<1>(row, q.add(g * hd), hd);
+                *out.add(g * len + j) = reduce_dot_w8(t) * scale;
+            }
+        }
+    }
+    true
+}
+
+/// Asks for the cache lines of `hd` f16 values from `p` (a hint: no access is made).
+#[inline(always)]
+fn prefetch_row(p: *const f16, hd: usize) {
+    for off in (0..hd).step_by(32) {
+        // SAFETY: prefetching is a hint and never faults; the address is only computed.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast()) };
+    }
+}
+
+/// f32 rounded to f16 and back: the value an f16 store and load would give.
+#[inline(always)]
+unsafe fn round_f16_w8(x: __m256) -> __m256 {
+    _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
+}
+
+/// Keys per pass of [`group_accumulate_v`]: their V rows stay in L1 while every column
+/// block of every head runs over them.
+const V_TILE: usize = 64;
+
+/// Columns `0..8 C` (`C` vectors) of `G` heads' running outputs over `len` keys, the
+/// outputs kept in registers as f32 values that are exactly f16 (each step rounds to
+/// f16 and back, as an f16 buffer would), each V vector widened once for the `G` heads.
+/// Each (head, vector) is a chain of dependent steps, so `G * C` chains run side by
+/// side.
+///
+/// # Safety
+/// Head `g`'s output is `acc[g * hd..][..8 C]`, its weights and rescales
+/// `w[g * w_stride..][..len]` and `r[..]` likewise; key `j`'s V columns are
+/// `v[j * kv_stride..][..8 C]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn v_cols_w8<const G: usize, const C: usize>(
+    w: *const f32,
+    r: *const f32,
+    w_stride: usize,
+    len: usize,
+    v: *const f16,
+    kv_stride: usize,
+    acc: *mut f16,
+    hd: usize,
+) {
+    let mut a: [[__m256; C]; G] = std::array::from_fn(|g| {
+        std::array::from_fn(|c| _mm256_cvtph_ps(_mm_loadu_si128(acc.add(g * hd + 8 * c).cast())))
+    });
+    for j in 0..len {
+        for (g, a_g) in a.iter_mut().enumerate() {
+            let rescale = *r.add(g * w_stride + j);
+            if rescale != 1.0 {
+                let m = _mm256_set1_ps(rescale);
+                *a_g = a_g.map(|a| round_f16_w8(_mm256_mul_ps(a, m)));
+            }
+        }
+        let weight: [__m256; G] = std::array::from_fn(|g| _mm256_set1_ps(*w.add(g * w_stride + j)));
+        let row = v.add(j * kv_stride);
+        // one V vector at a time, each serving every head
+        #[allow(clippy::needless_range_loop)]
+        for c in 0..C {
+            let x = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * c).cast()));
+            for (a_g, &w_g) in a.iter_mut().zip(&weight) {
+                a_g[c] = round_f16_w8(_mm256_fmadd_ps(x, w_g, a_g[c]));
+            }
+        }
+    }
+    for (g, a_g) in a.iter().enumerate() {
+        for (c, &a) in a_g.iter().enumerate() {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(a);
+            _mm_storeu_si128(acc.add(g * hd + 8 * c).cast(), h);
+        }
+    }
+}
+
+/// `super::group_accumulate_v` for `hd` a multiple of 16: up to four heads at a time,
+/// 32 columns of each (16 for four heads) in registers over a tile of keys, so each V
+/// vector is loaded and widened once for all of them, with enough independent chains to
+/// hide the f16 round trip's latency; every step is `mad_f16`'s (and `scale_f16`'s).
+/// Returns false (and does nothing) for other head sizes.
+pub(super) fn group_accumulate_v(
+    weights: &[f32],
+    rescales: &[f32],
+    v: &[f16],
+    kv_stride: usize,
+    len: usize,
+    hd: usize,
+    acc: &mut [f16],
+) -> bool {
+    if !hd.is_multiple_of(16) || len == 0 {
+        return false;
+    }
+    let heads = weights.len() / len;
+    assert!(rescales.len() >= heads * len && acc.len() >= heads * hd);
+    assert!(v.len() >= (len - 1) * kv_stride + hd);
+    for j0 in (0..len).step_by(V_TILE) {
+        let n = V_TILE.min(len - j0);
+        // the next tile's rows arrive while this one computes
+        for j in j0 + V_TILE..(j0 + 2 * V_TILE).min(len) {
+            // SAFETY: only an address inside the slice (j < len) is computed.
+            prefetch_row(unsafe { v.as_ptr().add(j * kv_stride) }, hd);
+        }
+        for g0 in (0..heads).step_by(4) {
+            let g_n = (heads - g0).min(4);
+            let mut col = 0;
+            while col < hd {
+                // 32 columns where they fit the registers (G <= 3) and the head, else 16
+                let wide = g_n <= 3 && col + 32 <= hd;
+                // SAFETY: heads g0..g0 + g_n <= heads, keys j0..j0 + n <= len and
+                // columns col..col + 16 or 32 <= hd, all inside the slices (asserted).
+                unsafe {
+                    let w = weights.as_ptr().add(g0 * len + j0);
+                    let r = rescales.as_ptr().add(g0 * len + j0);
+                    let vv = v.as_ptr().add(j0 * kv_stride + col);
+                    let a = acc.as_mut_ptr().add(g0 * hd + col);
+                    match (g_n, wide) {
+                        (1, true) => v_cols_w8::<1, 4>(w, r, len, n, vv, kv_stride, a, hd),
+                        (2, true) => v_cols_w8::<2, 4>(w, r, len, n, vv, kv_stride, a, hd),
+                        (3, true) => v_cols_w8::<3, 4>(w, r, len, n, vv, kv_stride, a, hd),
+                        (1, false) => v_cols_w8::<1, 2>(w, r, len, n, vv, kv_stride, a, hd),
+                        (2, false) => v_cols_w8::<2, 2>(w, r, len, n, vv, kv_stride, a, hd),
+                        (3, false) => v_cols_w8::<3, 2>(w, r, len, n, vv, kv_stride, a, hd),
+                        _ => v_cols_w8::<4, 2>(w, r, len, n, vv, kv_stride, a, hd),
+                    }
+                }
+                col += if wide { 32 } else { 16 };
             }
         }
     }

@@ -453,8 +453,8 @@ pub(super) fn scale_f16_ref(acc: &mut [f16], v: f32) {
 ///
 /// Layout: `k_cache`/`v_cache` hold `kv_stride` f16 values per position; this head's
 /// K and V are `kv_off .. kv_off + head_dim` of each row, `head_dim = q.len() =
-/// out.len()`. `scores` is scratch of at least `n_kv`. Causality is the caller's
-/// choice of `n_kv`.
+/// out.len()`. `scores` is scratch of at least `2 * n_kv`. Causality is the
+/// caller's choice of `n_kv`.
 ///
 /// With a decode step over 512 or more padded KV cells, llama.cpp splits the keys
 /// across threads instead; see [`attend_head_split`].
@@ -570,7 +570,7 @@ pub struct KeyChunk<'a> {
 /// per head (reading and widening each K and V row once for all of them).
 ///
 /// Writes each head's f16 running output to `acc[g * head_dim..][..head_dim]` and its
-/// `(max, sum)` to `stats[g]`. `scores` is scratch of at least `G * keys.len`.
+/// `(max, sum)` to `stats[g]`. `scores` is scratch of at least `2 * G * keys.len`.
 pub fn attend_group_chunk(
     q: &[f32],
     head_dim: usize,
@@ -593,18 +593,96 @@ pub fn attend_group_chunk(
     // ggml rounds Q to the K cache's type before the dot products.
     f32_to_f16(q, q16);
     let first_row = keys.first * keys.kv_stride + keys.kv_off;
-    let k = &keys.k_cache[first_row..];
+    let (weights, rescales) = scores[..2 * heads * len].split_at_mut(heads * len);
     group_scores(
         q16,
         head_dim,
-        k,
+        &keys.k_cache[first_row..],
         keys.kv_stride,
         len,
         scale,
-        &mut scores[..heads * len],
+        weights,
     );
-    for (g, (acc, stats)) in acc.chunks_exact_mut(head_dim).zip(stats).enumerate() {
-        *stats = softmax_v_chunk(&scores[g * len..(g + 1) * len], keys, acc);
+    // The online softmax's scalar steps, per head in key order; the scores become the
+    // weights of the V rows.
+    for (g, stats) in stats.iter_mut().enumerate().take(heads) {
+        let range = g * len..(g + 1) * len;
+        *stats = softmax_weights(&mut weights[range.clone()], &mut rescales[range]);
+    }
+    acc[..heads * head_dim].fill(f16::ZERO);
+    let v = &keys.v_cache[first_row..];
+    group_accumulate_v(weights, rescales, v, keys.kv_stride, len, head_dim, acc);
+}
+
+/// The scalar steps of the online softmax over one head's `scores` (in key order), in
+/// place: each score becomes its key's weight, and `rescale[j]` is the factor the
+/// running output is multiplied by before key `j` is added (1 when the maximum does not
+/// grow there, and exactly 1 where it grows too little to change anything). Returns
+/// `(max, sum)`. See [`attend_head`] for the arithmetic.
+fn softmax_weights(scores: &mut [f32], rescale: &mut [f32]) -> (f32, f32) {
+    let mut max = f32::NEG_INFINITY;
+    let mut sum = 0f32;
+    for (s, r) in scores.iter_mut().zip(rescale.iter_mut()) {
+        let (ms, vs) = if *s > max {
+            let old = max;
+            max = *s;
+            ((old - max).exp(), 1.0)
+        } else {
+            (1.0, (*s - max).exp())
+        };
+        *s = vs;
+        *r = ms;
+        sum = sum.mul_add(ms, vs);
+    }
+    (max, sum)
+}
+
+/// The V half of the online softmax for the heads of a KV group: for each key `j` in
+/// order and each head `g`, `acc_g = scale_f16(acc_g, rescale[g][j])` where that is not
+/// 1 (multiplying by 1 changes no f16), then `acc_g = mad_f16(acc_g, V_j, weight[g][j])`.
+/// `v` holds the keys' V rows `kv_stride` apart; `acc` the heads' f16 outputs.
+fn group_accumulate_v(
+    weights: &[f32],
+    rescales: &[f32],
+    v: &[f16],
+    kv_stride: usize,
+    len: usize,
+    head_dim: usize,
+    acc: &mut [f16],
+) {
+    if len == 0 {
+        return;
+    }
+    assert!(v.len() >= (len - 1) * kv_stride + head_dim);
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    if x86::group_accumulate_v(weights, rescales, v, kv_stride, len, head_dim, acc) {
+        return;
+    }
+    #[cfg(all(x86_simd, not(target_feature = "avx512f")))]
+    if avx2::group_accumulate_v(weights, rescales, v, kv_stride, len, head_dim, acc) {
+        return;
+    }
+    group_accumulate_v_ref(weights, rescales, v, kv_stride, len, head_dim, acc);
+}
+
+/// [`group_accumulate_v`] one head and key at a time.
+fn group_accumulate_v_ref(
+    weights: &[f32],
+    rescales: &[f32],
+    v: &[f16],
+    kv_stride: usize,
+    len: usize,
+    head_dim: usize,
+    acc: &mut [f16],
+) {
+    let rows = weights.chunks_exact(len).zip(rescales.chunks_exact(len));
+    for ((w, r), acc) in rows.zip(acc.chunks_exact_mut(head_dim)) {
+        for j in 0..len {
+            if r[j] != 1.0 {
+                scale_f16(acc, r[j]);
+            }
+            mad_f16(acc, &v[j * kv_stride..j * kv_stride + head_dim], w[j]);
+        }
     }
 }
 
@@ -722,30 +800,6 @@ pub fn llama_cpp_split_chunk_len(
     } else {
         None
     }
-}
-
-/// Online softmax over `scores` (the keys of `keys`, in order) with the f16 running
-/// output `acc`; returns `(max, sum)`. See [`attend_head`] for the arithmetic.
-fn softmax_v_chunk(scores: &[f32], keys: &KeyChunk, acc: &mut [f16]) -> (f32, f32) {
-    let head_dim = acc.len();
-    acc.fill(f16::ZERO);
-    let mut max = f32::NEG_INFINITY;
-    let mut sum = 0f32;
-    for (i, &s) in scores.iter().enumerate() {
-        let row = (keys.first + i) * keys.kv_stride + keys.kv_off;
-        let (rescale, weight) = if s > max {
-            let old = max;
-            max = s;
-            let rescale = (old - max).exp();
-            scale_f16(acc, rescale);
-            (rescale, 1.0)
-        } else {
-            (1.0, (s - max).exp())
-        };
-        mad_f16(acc, &keys.v_cache[row..row + head_dim], weight);
-        sum = sum.mul_add(rescale, weight);
-    }
-    (max, sum)
 }
 
 // ---------------------------------------------------------------------------------

@@ -240,6 +240,36 @@ fn group_scores_are_each_heads_dot_products() {
     }
 }
 
+/// The grouped V accumulation is each head's own chain of `scale_f16` and `mad_f16`,
+/// for head sizes with and without a vector kernel, groups that do and do not fill the
+/// kernels' head blocks, key counts across the kernels' key tiles, and rescales.
+#[test]
+fn group_accumulate_v_is_each_heads_chain() {
+    let mut rng = Rng(10);
+    for hd in [16usize, 32, 64, 80, 128] {
+        for heads in 1..=5 {
+            for len in [1usize, 63, 64, 150] {
+                let kv_stride = 2 * hd + 16;
+                let v = to_f16(&rng.vec(len * kv_stride, 2.0));
+                let weights = rng.vec(heads * len, 1.0);
+                let rescales: Vec<f32> = (0..heads * len)
+                    .map(|i| match i % 37 {
+                        0 => 0.0,
+                        5 => 0.25 + rng.unit().abs(),
+                        _ => 1.0,
+                    })
+                    .collect();
+                let init = to_f16(&rng.vec(heads * hd, 3.0));
+                let (mut got, mut want) = (init.clone(), init);
+                group_accumulate_v(&weights, &rescales, &v[3..], kv_stride, len, hd, &mut got);
+                group_accumulate_v_ref(&weights, &rescales, &v[3..], kv_stride, len, hd, &mut want);
+                let bits = |v: &[f16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "hd {hd} heads {heads} len {len}");
+            }
+        }
+    }
+}
+
 #[test]
 fn f32_to_f16_rounds_to_nearest_even() {
     let mut rng = Rng(5);
@@ -327,7 +357,7 @@ fn attend_head_matches_f64_attention() {
         let q = rng.vec(head_dim, 2.0);
         let scale = 1.0 / (head_dim as f32).sqrt();
         for off in [0, head_dim + 1] {
-            let mut scores = vec![0f32; n_kv + 5];
+            let mut scores = vec![0f32; 2 * n_kv + 5];
             let mut out = vec![0f32; head_dim];
             attend_head(&q, &k, &v, stride, off, n_kv, scale, &mut scores, &mut out);
             let (exact, vmax) = attention_f64(&q, &k, &v, stride, off, n_kv, scale);
@@ -352,7 +382,17 @@ fn attend_head_single_position_returns_v() {
     let (k, v, stride) = kv_cache(&mut rng, 1, 64, 1.0);
     let q = rng.vec(64, 1.0);
     let mut out = vec![0f32; 64];
-    attend_head(&q, &k, &v, stride, 64 + 1, 1, 0.125, &mut [0.0], &mut out);
+    attend_head(
+        &q,
+        &k,
+        &v,
+        stride,
+        64 + 1,
+        1,
+        0.125,
+        &mut [0.0; 2],
+        &mut out,
+    );
     for i in 0..64 {
         assert_eq!(out[i], v[64 + 1 + i].to_f32());
     }
@@ -365,7 +405,7 @@ fn attend_head_split_matches_single_pass_and_f64() {
     let (k, v, stride) = kv_cache(&mut rng, n_kv, head_dim, 1.0);
     let q = rng.vec(head_dim, 3.0);
     let scale = 0.125;
-    let mut scores = vec![0f32; n_kv];
+    let mut scores = vec![0f32; 2 * n_kv];
     let mut single = vec![0f32; head_dim];
     attend_head(&q, &k, &v, stride, 0, n_kv, scale, &mut scores, &mut single);
     // One chunk covering everything merges with weights exp(0) = 1: same bits.
@@ -741,7 +781,7 @@ mod ggml_golden {
             let k = rng.f16s(head_dim * n_kv, 1.0);
             let v = rng.f16s(head_dim * n_kv, 1.0);
             let scale = 1.0 / (head_dim as f32).sqrt();
-            let mut scores = vec![0f32; n_kv];
+            let mut scores = vec![0f32; 2 * n_kv];
             let mut out = vec![0f32; 2 * head_dim];
             for (qh, oh) in q.chunks_exact(head_dim).zip(out.chunks_exact_mut(head_dim)) {
                 if n_kv >= 512 {

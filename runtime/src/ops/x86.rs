@@ -551,6 +551,11 @@ pub(super) fn group_scores(
     unsafe {
         for j in 0..len {
             let row = k.as_ptr().add(j * kv_stride);
+            // The rows are `kv_stride` apart, a stride the hardware prefetchers follow
+            // late; ask for the row 16 keys ahead.
+            if j + 16 < len {
+                prefetch_row(row.add(16 * kv_stride), hd);
+            }
             let mut g = 0;
             while g + 4 <= heads {
                 let d = dots_w16::<4>(row, q.as_ptr().add(g * hd), hd);
@@ -563,6 +568,122 @@ pub(super) fn group_scores(
                 let [d] = dots_w16::<1>(row, q.as_ptr().add(g * hd), hd);
                 scores[g * len + j] = d * scale;
                 g += 1;
+            }
+        }
+    }
+    true
+}
+
+/// Asks for the cache lines of `hd` f16 values from `p` (a hint: no access is made).
+#[inline(always)]
+fn prefetch_row(p: *const f16, hd: usize) {
+    for off in (0..hd).step_by(32) {
+        // SAFETY: prefetching is a hint and never faults; the address is only computed.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast()) };
+    }
+}
+
+/// f32 rounded to f16 and back: the value an f16 store and load would give.
+#[inline(always)]
+unsafe fn round_f16_w16(x: __m512) -> __m512 {
+    _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
+}
+
+/// Keys per pass of [`group_accumulate_v`]: their V rows stay in L1 while every column
+/// block of every head runs over them.
+const V_TILE: usize = 64;
+
+/// Columns `0..32` (two vectors) of `G` heads' running outputs over `len` keys, kept in
+/// registers as f32 values that are exactly f16, each V vector widened once for the `G`
+/// heads (the 16-lane `avx2::v_cols_w8`).
+///
+/// # Safety
+/// Head `g`'s output is `acc[g * hd..][..32]`, its weights and rescales
+/// `w[g * w_stride..][..len]` and `r[..]` likewise; key `j`'s V columns are
+/// `v[j * kv_stride..][..32]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn v_cols_w16<const G: usize>(
+    w: *const f32,
+    r: *const f32,
+    w_stride: usize,
+    len: usize,
+    v: *const f16,
+    kv_stride: usize,
+    acc: *mut f16,
+    hd: usize,
+) {
+    let mut a: [[__m512; 2]; G] = std::array::from_fn(|g| {
+        std::array::from_fn(|c| {
+            _mm512_cvtph_ps(_mm256_loadu_si256(acc.add(g * hd + 16 * c).cast()))
+        })
+    });
+    for j in 0..len {
+        let row = v.add(j * kv_stride);
+        let x = [
+            _mm512_cvtph_ps(_mm256_loadu_si256(row.cast())),
+            _mm512_cvtph_ps(_mm256_loadu_si256(row.add(16).cast())),
+        ];
+        for (g, a_g) in a.iter_mut().enumerate() {
+            let rescale = *r.add(g * w_stride + j);
+            if rescale != 1.0 {
+                let m = _mm512_set1_ps(rescale);
+                *a_g = a_g.map(|a| round_f16_w16(_mm512_mul_ps(a, m)));
+            }
+            let weight = _mm512_set1_ps(*w.add(g * w_stride + j));
+            for (a, &x) in a_g.iter_mut().zip(&x) {
+                *a = round_f16_w16(_mm512_fmadd_ps(x, weight, *a));
+            }
+        }
+    }
+    for (g, a_g) in a.iter().enumerate() {
+        for (c, &a) in a_g.iter().enumerate() {
+            let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(a);
+            _mm256_storeu_si256(acc.add(g * hd + 16 * c).cast(), h);
+        }
+    }
+}
+
+/// `super::group_accumulate_v` for `hd` a multiple of 32 (the 16-lane
+/// `avx2::group_accumulate_v`). Returns false (and does nothing) for other head sizes.
+pub(super) fn group_accumulate_v(
+    weights: &[f32],
+    rescales: &[f32],
+    v: &[f16],
+    kv_stride: usize,
+    len: usize,
+    hd: usize,
+    acc: &mut [f16],
+) -> bool {
+    if !hd.is_multiple_of(32) || len == 0 {
+        return false;
+    }
+    let heads = weights.len() / len;
+    assert!(rescales.len() >= heads * len && acc.len() >= heads * hd);
+    assert!(v.len() >= (len - 1) * kv_stride + hd);
+    for j0 in (0..len).step_by(V_TILE) {
+        let n = V_TILE.min(len - j0);
+        // the next tile's rows arrive while this one computes
+        for j in j0 + V_TILE..(j0 + 2 * V_TILE).min(len) {
+            // SAFETY: only an address inside the slice (j < len) is computed.
+            prefetch_row(unsafe { v.as_ptr().add(j * kv_stride) }, hd);
+        }
+        for g0 in (0..heads).step_by(4) {
+            for col in (0..hd).step_by(32) {
+                // SAFETY: heads g0.. < heads, keys j0..j0 + n <= len and columns
+                // col..col + 32 <= hd, all inside the slices (asserted above).
+                unsafe {
+                    let w = weights.as_ptr().add(g0 * len + j0);
+                    let r = rescales.as_ptr().add(g0 * len + j0);
+                    let vv = v.as_ptr().add(j0 * kv_stride + col);
+                    let a = acc.as_mut_ptr().add(g0 * hd + col);
+                    match heads - g0 {
+                        1 => v_cols_w16::<1>(w, r, len, n, vv, kv_stride, a, hd),
+                        2 => v_cols_w16::<2>(w, r, len, n, vv, kv_stride, a, hd),
+                        3 => v_cols_w16::<3>(w, r, len, n, vv, kv_stride, a, hd),
+                        _ => v_cols_w16::<4>(w, r, len, n, vv, kv_stride, a, hd),
+                    }
+                }
             }
         }
     }
