@@ -496,13 +496,14 @@ pub(super) fn max_w16(scores: &[f32; 64]) -> f32 {
     }
 }
 
-/// [`dot_f16_w16`] of one K row (`hd` values, a multiple of 64) with `H` widened queries
-/// (`q[h * hd..]`), the K row widened once for all of them.
+/// ggml's four accumulators of one dot product (`H` of them: one K row against `H`
+/// widened queries `q[h * hd..]`, `hd` a multiple of 64), added lane-wise as
+/// [`dot_f16_w16`] does first: `(a0 + a2) + (a1 + a3)`. The K row is widened once.
 ///
 /// # Safety
 /// `k` holds `hd` values and `q` `H * hd`.
 #[inline(always)]
-unsafe fn dots_w16<const H: usize>(k: *const f16, q: *const f32, hd: usize) -> [f32; H] {
+unsafe fn dot_lanes_w16<const H: usize>(k: *const f16, q: *const f32, hd: usize) -> [__m512; H] {
     let mut acc = [[_mm512_setzero_ps(); 4]; H];
     for b in (0..hd).step_by(64) {
         let kv: [__m512; 4] =
@@ -513,15 +514,52 @@ unsafe fn dots_w16<const H: usize>(k: *const f16, q: *const f32, hd: usize) -> [
             }
         }
     }
-    acc.map(|a| {
-        let total = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
-        reduce_add_w16(total)
-    })
+    acc.map(|a| _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3])))
+}
+
+/// [`reduce_add_w16`] for sixteen dot products at once (`t[k]`: key `k`'s lane-wise
+/// sums): every key's tree is the same additions of the same values (halves, quarters,
+/// `(t0 + t2) + (t1 + t3)`), done for two to sixteen keys per instruction. Returns the
+/// sixteen sums in key order.
+#[inline(always)]
+unsafe fn reduce_16keys(t: &[__m512; 16]) -> __m512 {
+    // halves: [key 2i | key 2i + 1], 8 values each
+    let h: [__m512; 8] = std::array::from_fn(|i| {
+        let (a, b) = (t[2 * i], t[2 * i + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x44>(a, b),
+            _mm512_shuffle_f32x4::<0xee>(a, b),
+        )
+    });
+    // quarters: keys 4m..4m + 4, one per 128-bit lane
+    let q: [__m512; 4] = std::array::from_fn(|m| {
+        let (x, y) = (h[2 * m], h[2 * m + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(x, y),
+            _mm512_shuffle_f32x4::<0xdd>(x, y),
+        )
+    });
+    // pairs [t0 + t2, t1 + t3]: lane l of p[n] holds keys 8n + l and 8n + 4 + l
+    let p: [__m512; 2] = std::array::from_fn(|n| {
+        let (x, y) = (q[2 * n], q[2 * n + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0x44>(x, y),
+            _mm512_shuffle_ps::<0xee>(x, y),
+        )
+    });
+    // sums: lane l holds keys l, 4 + l, 8 + l, 12 + l
+    let sums = _mm512_add_ps(
+        _mm512_shuffle_ps::<0x88>(p[0], p[1]),
+        _mm512_shuffle_ps::<0xdd>(p[0], p[1]),
+    );
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_permutexvar_ps(order, sums)
 }
 
 /// `super::group_scores` for `hd` a multiple of 64: each K row is widened once per four
-/// heads, and every score is [`dot_f16_w16`]'s, bit for bit. Returns false (and does
-/// nothing) otherwise.
+/// heads, and the horizontal sums of sixteen keys share their instructions
+/// ([`reduce_16keys`]); every score is [`dot_f16_w16`]'s, bit for bit. Returns false
+/// (and does nothing) otherwise.
 pub(super) fn group_scores(
     q16: &[f16],
     hd: usize,
@@ -546,28 +584,50 @@ pub(super) fn group_scores(
         &mut q_heap
     };
     f16_to_f32(q16, q);
-    // SAFETY: key j's row is k[j * kv_stride..][..hd] (asserted); head g's query is
-    // q[g * hd..][..hd] with g < heads.
+    let (q, out) = (q.as_ptr(), scores.as_mut_ptr());
+    // SAFETY: key j < len's row is k[j * kv_stride..][..hd] (asserted); head g < heads
+    // has its query at q[g * hd..][..hd] and its scores at scores[g * len..][..len].
     unsafe {
-        for j in 0..len {
-            let row = k.as_ptr().add(j * kv_stride);
+        let vscale = _mm512_set1_ps(scale);
+        let mut j = 0;
+        while j + 16 <= len {
+            let row = |kk: usize| k.as_ptr().add((j + kk) * kv_stride);
             // The rows are `kv_stride` apart, a stride the hardware prefetchers follow
-            // late; ask for the row 16 keys ahead.
-            if j + 16 < len {
-                prefetch_row(row.add(16 * kv_stride), hd);
+            // late; ask for the next block while this one computes.
+            if j + 32 <= len {
+                for kk in 16..32 {
+                    prefetch_row(row(kk), hd);
+                }
             }
             let mut g = 0;
-            while g + 4 <= heads {
-                let d = dots_w16::<4>(row, q.as_ptr().add(g * hd), hd);
-                for (i, d) in d.into_iter().enumerate() {
-                    scores[(g + i) * len + j] = d * scale;
-                }
-                g += 4;
-            }
             while g < heads {
-                let [d] = dots_w16::<1>(row, q.as_ptr().add(g * hd), hd);
-                scores[g * len + j] = d * scale;
-                g += 1;
+                macro_rules! heads_at_once {
+                    ($n:literal) => {{
+                        let lanes: [[__m512; $n]; 16] = std::array::from_fn(|kk| {
+                            dot_lanes_w16::<$n>(row(kk), q.add(g * hd), hd)
+                        });
+                        for h in 0..$n {
+                            let t: [__m512; 16] = std::array::from_fn(|kk| lanes[kk][h]);
+                            let sums = _mm512_mul_ps(reduce_16keys(&t), vscale);
+                            _mm512_storeu_ps(out.add((g + h) * len + j), sums);
+                        }
+                        g += $n;
+                    }};
+                }
+                match heads - g {
+                    1 => heads_at_once!(1),
+                    2 => heads_at_once!(2),
+                    3 => heads_at_once!(3),
+                    _ => heads_at_once!(4),
+                }
+            }
+            j += 16;
+        }
+        for j in j..len {
+            let row = k.as_ptr().add(j * kv_stride);
+            for g in 0..heads {
+                let [t] = dot_lanes_w16::<1>(row, q.add(g * hd), hd);
+                *out.add(g * len + j) = reduce_add_w16(t) * scale;
             }
         }
     }
