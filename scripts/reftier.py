@@ -5,7 +5,11 @@ SIMD tier mirrors llama.cpp built for the same instruction set. Golden data that
 on llama.cpp's arithmetic is therefore kept per tier, in tests/golden/<tier>/:
 
   avx512  llama.cpp built with GGML_NATIVE=ON on an AVX-512 machine (llama-ref.sh's
-          default tier); only an AVX-512 machine can make it
+          default tier); only an AVX-512 machine can make it. On a CPU with AVX512-FP16
+          (Intel Sapphire Rapids and later) the native build does its f16 vector ops (the
+          attention's dot products and running sums) in fp16 arithmetic, which no mcc tier
+          mirrors; there the reference is built here with the AVX-512 set named instead
+          (F/BW/VL/VNNI/VBMI/BF16, as on Zen 4), in $MCC_CACHE/llama.cpp/build-avx512
   avx2    llama.cpp built with AVX2/FMA/F16C/BMI2 on and AVX-512 off
           (LLAMA_REF_TIER=avx2 llama-ref.sh); any AVX2 machine can make it
 
@@ -57,12 +61,49 @@ def take_tier(argv):
     return tier
 
 
+# The AVX-512 tier's llama.cpp build where the native one is not it (see above).
+AVX512_CMAKE = ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON",
+                "-DGGML_F16C=ON", "-DGGML_BMI2=ON", "-DGGML_AVX_VNNI=OFF", "-DGGML_AVX512=ON",
+                "-DGGML_AVX512_VBMI=ON", "-DGGML_AVX512_VNNI=ON", "-DGGML_AVX512_BF16=ON",
+                "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
+TOOLS = ["llama-completion", "llama-perplexity", "llama-bench", "llama-tokenize"]
+
+
+def explicit_avx512_bin():
+    """llama.cpp built for the AVX-512 set without AVX512-FP16, made on first use from
+    the sources that llama-ref.sh (or scripts/fetch-models.sh) unpacked."""
+    cache = pathlib.Path(os.environ.get("MCC_CACHE", pathlib.Path.home() / ".cache/mcc"))
+    src, build = cache / "llama.cpp", cache / "llama.cpp/build-avx512"
+    if all((build / "bin" / t).exists() for t in TOOLS):
+        return build / "bin"
+    if not (src / "CMakeLists.txt").is_file():
+        sys.exit(f"{src}: no llama.cpp sources; run scripts/fetch-models.sh first")
+    print("building llama.cpp for the avx512 tier (no AVX512-FP16) into "
+          f"{build}, once (~10 min on 2 cores)", file=sys.stderr)
+    subprocess.run(["cmake", "-S", str(src), "-B", str(build), "-G", "Ninja",
+                    "-DCMAKE_BUILD_TYPE=Release", *AVX512_CMAKE, "-DLLAMA_CURL=OFF",
+                    "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+                    "-DLLAMA_OPENSSL=OFF"], check=True, stdout=sys.stderr)
+    subprocess.run(["cmake", "--build", str(build), f"-j{os.cpu_count()}", "--target",
+                    *TOOLS], check=True, stdout=sys.stderr)
+    return build / "bin"
+
+
+def tier_bin(tier):
+    """The directory of the tools of llama.cpp's build for kernel tier `tier`."""
+    if tier == "avx512" and "avx512_fp16" in cpu_flags():
+        return explicit_avx512_bin()
+    env = dict(os.environ, LLAMA_REF_TIER=REF_TIER[tier])
+    out = subprocess.run(["bash", str(REF)], check=True, capture_output=True, text=True,
+                         env=env)
+    return pathlib.Path(out.stdout.strip())
+
+
 def llama_bin():
     """The directory of llama.cpp's tools for the tier take_tier chose."""
     if os.environ.get("LLAMA_BIN"):
         return pathlib.Path(os.environ["LLAMA_BIN"])
-    out = subprocess.run(["bash", str(REF)], check=True, capture_output=True, text=True)
-    return pathlib.Path(out.stdout.strip())
+    return tier_bin(os.environ.get("MCC_CPU", best_tier()))
 
 
 def golden_dir(tier, sub=""):
@@ -82,9 +123,10 @@ def golden_dir(tier, sub=""):
                     flags.append(f"{name}={value}")
     model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                   if l.startswith("model name")), "unknown")
+    how = (f"by ../shared/scripts/llama-ref.sh with LLAMA_REF_TIER={REF_TIER[tier]}"
+           if bin_dir.parent.name != "build-avx512" else "by scripts/reftier.py")
     text = (f"Golden data of the {tier} kernel tier: llama.cpp from the llama-cpp-python "
-            f"sdist (vendor/llama.cpp), built by ../shared/scripts/llama-ref.sh with "
-            f"LLAMA_REF_TIER={REF_TIER[tier]}:\n  {' '.join(flags) or '(flags unknown)'}\n"
+            f"sdist (vendor/llama.cpp), built {how}:\n  {' '.join(flags) or '(flags unknown)'}\n"
             f"on {model} (CPU flags: {' '.join(sorted(AVX512 & cpu_flags())) or 'no AVX-512'}; "
             f"avx2 {'yes' if 'avx2' in cpu_flags() else 'no'}).\n")
     if not os.environ.get("LLAMA_BIN"):

@@ -41,9 +41,7 @@ def mcc_text(exe, tier, prompt, n):
 
 
 def llama_text(tier, model, prompt, n):
-    env = dict(os.environ, LLAMA_REF_TIER=reftier.REF_TIER[tier])
-    env.pop("LLAMA_BIN", None)
-    bin_dir = run(["bash", str(reftier.REF)], env).decode().strip()
+    bin_dir = reftier.tier_bin(tier)
     out = run([f"{bin_dir}/llama-completion", "-m", str(model), "-p", prompt, "-n", str(n),
                "--temp", "0", "-no-cnv", "--no-display-prompt", "--simple-io", "-t", "2",
                "--no-warmup"]).decode()
