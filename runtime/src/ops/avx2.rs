@@ -515,7 +515,7 @@ unsafe fn reduce_dot_8keys(t: &[__m256; 8]) -> __m256 {
 /// horizontal sums of eight keys share their instructions ([`reduce_dot_8keys`]); every
 /// score is [`dot_f16`]'s, bit for bit. Returns false (and does nothing) otherwise.
 pub(super) fn group_scores(
-    q16: &[f16],
+    q: &[f32],
     hd: usize,
     k: &[f16],
     kv_stride: usize,
@@ -523,21 +523,12 @@ pub(super) fn group_scores(
     scale: f32,
     scores: &mut [f32],
 ) -> bool {
-    if !hd.is_multiple_of(32) || q16.is_empty() || !q16.len().is_multiple_of(hd) {
+    if !hd.is_multiple_of(32) || q.is_empty() || !q.len().is_multiple_of(hd) {
         return false;
     }
-    let heads = q16.len() / hd;
+    let heads = q.len() / hd;
     assert!(len == 0 || k.len() >= (len - 1) * kv_stride + hd);
     assert!(scores.len() >= heads * len);
-    let mut q_stack = [0f32; 1024];
-    let mut q_heap;
-    let q: &mut [f32] = if q16.len() <= q_stack.len() {
-        &mut q_stack[..q16.len()]
-    } else {
-        q_heap = vec![0f32; q16.len()];
-        &mut q_heap
-    };
-    f16_to_f32(q16, q);
     let (q, out) = (q.as_ptr(), scores.as_mut_ptr());
     // SAFETY: key j < len's row is k[j * kv_stride..][..hd] (asserted); head g < heads
     // has its query at q[g * hd..][..hd] and its scores at scores[g * len..][..len].
@@ -550,7 +541,7 @@ pub(super) fn group_scores(
             // late; ask for the block after next while this one computes.
             if j + 24 <= len {
                 for kk in 16..24 {
-                    prefetch_row(row(kk), hd);
+                    super::prefetch_row(row(kk), hd);
                 }
             }
             let mut g = 0;
@@ -583,24 +574,11 @@ pub(super) fn group_scores(
     true
 }
 
-/// Asks for the cache lines of `hd` f16 values from `p` (a hint: no access is made).
-#[inline(always)]
-fn prefetch_row(p: *const f16, hd: usize) {
-    for off in (0..hd).step_by(32) {
-        // SAFETY: prefetching is a hint and never faults; the address is only computed.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast()) };
-    }
-}
-
 /// f32 rounded to f16 and back: the value an f16 store and load would give.
 #[inline(always)]
 unsafe fn round_f16_w8(x: __m256) -> __m256 {
     _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
 }
-
-/// Keys per pass of [`group_accumulate_v`]: their V rows stay in L1 while every column
-/// block of every head runs over them.
-const V_TILE: usize = 64;
 
 /// Columns `0..8 C` (`C` vectors) of `G` heads' running outputs over `len` keys, the
 /// outputs kept in registers as f32 values that are exactly f16 (each step rounds to
@@ -674,12 +652,12 @@ pub(super) fn group_accumulate_v(
     let heads = weights.len() / len;
     assert!(rescales.len() >= heads * len && acc.len() >= heads * hd);
     assert!(v.len() >= (len - 1) * kv_stride + hd);
-    for j0 in (0..len).step_by(V_TILE) {
-        let n = V_TILE.min(len - j0);
+    for j0 in (0..len).step_by(super::V_TILE) {
+        let n = super::V_TILE.min(len - j0);
         // the next tile's rows arrive while this one computes
-        for j in j0 + V_TILE..(j0 + 2 * V_TILE).min(len) {
+        for j in j0 + super::V_TILE..(j0 + 2 * super::V_TILE).min(len) {
             // SAFETY: only an address inside the slice (j < len) is computed.
-            prefetch_row(unsafe { v.as_ptr().add(j * kv_stride) }, hd);
+            super::prefetch_row(unsafe { v.as_ptr().add(j * kv_stride) }, hd);
         }
         for g0 in (0..heads).step_by(4) {
             let g_n = (heads - g0).min(4);
@@ -837,9 +815,10 @@ mod tests {
                 let len = 37;
                 let k = halves(&values(len * kv_stride, 15, 2.0));
                 let q16 = halves(&values(heads * hd, 16, 3.0));
+                let q: Vec<f32> = q16.iter().map(|h| h.to_f32()).collect();
                 let mut got = vec![0f32; heads * len];
                 assert!(group_scores(
-                    &q16,
+                    &q,
                     hd,
                     &k[5..],
                     kv_stride,

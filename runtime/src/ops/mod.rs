@@ -701,15 +701,46 @@ fn group_scores(
         return;
     }
     assert!(k.len() >= (len - 1) * kv_stride + head_dim);
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    if x86::group_scores(q16, head_dim, k, kv_stride, len, scale, scores) {
-        return;
-    }
-    #[cfg(all(x86_simd, not(target_feature = "avx512f")))]
-    if avx2::group_scores(q16, head_dim, k, kv_stride, len, scale, scores) {
-        return;
+    #[cfg(x86_simd)]
+    {
+        // the vector kernels take the f16 queries widened (exactly) once
+        let mut q_stack = [0f32; 2 * STACK_HEAD_DIM];
+        let mut q_heap;
+        let q: &mut [f32] = if q16.len() <= q_stack.len() {
+            &mut q_stack[..q16.len()]
+        } else {
+            q_heap = vec![0f32; q16.len()];
+            &mut q_heap
+        };
+        f16_to_f32(q16, q);
+        #[cfg(target_feature = "avx512f")]
+        if x86::group_scores(q, head_dim, k, kv_stride, len, scale, scores) {
+            return;
+        }
+        #[cfg(not(target_feature = "avx512f"))]
+        if avx2::group_scores(q, head_dim, k, kv_stride, len, scale, scores) {
+            return;
+        }
     }
     group_scores_ref(q16, head_dim, k, kv_stride, len, scale, scores);
+}
+
+/// Keys per pass of the vector `group_accumulate_v` kernels: their V rows stay in L1
+/// while every column block of every head runs over them.
+#[cfg(x86_simd)]
+const V_TILE: usize = 64;
+
+/// Asks for the cache lines of `hd` f16 values from `p` (a hint: no access is made).
+/// The attention kernels read K and V rows `kv_dim` values apart, a stride the hardware
+/// prefetchers follow late.
+#[cfg(x86_simd)]
+#[inline(always)]
+fn prefetch_row(p: *const f16, hd: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for off in (0..hd).step_by(32) {
+        // SAFETY: prefetching is a hint and never faults; the address is only computed.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast()) };
+    }
 }
 
 /// [`group_scores`] one dot product at a time.
