@@ -302,7 +302,7 @@ impl Ctx {
                 "attention scores",
                 n_ctx,
             )?,
-            split_acc: alloc(n_threads * cfg.q_dim(), "attention scores", n_ctx)?,
+            split_acc: alloc(n_threads * cfg.q_dim(), "split attention outputs", n_ctx)?,
             split_stats: vec![(0.0, 0.0); n_threads * cfg.n_head],
             tiled: Vec::new(),
             act: ActScratch::default(),
