@@ -17,3 +17,8 @@ export MCC_PTXAS MCC_REQUIRE_PTXAS=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo test --workspace --all-targets "$@"
+# The AVX2 tier's ops against ggml's AVX2 golden (ops::tests::ggml_golden) and their
+# scalar references: the run above builds for this machine, which on an AVX-512 one
+# checks only the AVX-512 twins bit for bit against ggml.
+RUSTFLAGS="-C target-cpu=x86-64-v3" cargo test --release -p mcc-runtime --lib \
+  --target-dir target/tier-avx2 -q -- ops::
