@@ -935,7 +935,7 @@ mod tests {
                     rows,
                     cols,
                     offset: 0,
-                    n_bytes: rows / 8 * cols / 256 * 1184,
+                    n_bytes: rows / 8 * cols / 256 * 1152,
                 }]),
             },
         ];

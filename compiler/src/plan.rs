@@ -113,9 +113,10 @@ impl Repack {
     pub fn n_bytes(self, rows: u64, cols: u64) -> u64 {
         let src = self.source();
         let block = match self {
-            Repack::Q4KX8 => 1184,
             // the 8 rows' bytes, rearranged
-            Repack::Q4_0X8 | Repack::IQ4NLX8 | Repack::Q6KX8 => Self::ROWS * src.block_bytes(),
+            Repack::Q4KX8 | Repack::Q4_0X8 | Repack::IQ4NLX8 | Repack::Q6KX8 => {
+                Self::ROWS * src.block_bytes()
+            }
             // 8 rows' f16 d and unpacked i8 sub-block scales, then their quants
             Repack::IQ4XSX8 => 1104,
         };
@@ -320,9 +321,9 @@ mod tests {
 
     #[test]
     fn repacked_sizes() {
-        // Q4_K: 1184 bytes per 8 rows of 256; Q4_0 / IQ4_NL: 8 × 18 bytes per 8 rows of 32;
+        // Q4_K: 8 × 144 bytes per 8 rows of 256; Q4_0 / IQ4_NL: 8 × 18 bytes per 8 rows of 32;
         // IQ4_XS: 1104 bytes per 8 rows of 256; Q6_K: 8 × 210 bytes per 8 rows of 256
-        assert_eq!(Repack::Q4KX8.n_bytes(16, 512), 2 * 2 * 1184);
+        assert_eq!(Repack::Q4KX8.n_bytes(16, 512), 2 * 2 * 1152);
         assert_eq!(Repack::Q6KX8.n_bytes(16, 512), 2 * 2 * 1680);
         assert_eq!(Repack::Q4_0X8.n_bytes(16, 576), 2 * 18 * 144);
         assert_eq!(Repack::IQ4XSX8.n_bytes(16, 512), 2 * 2 * 1104);

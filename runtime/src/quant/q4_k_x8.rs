@@ -3,16 +3,25 @@
 //!
 //! Not a ggml type: the bytes are those of 8 Q4_K rows, rearranged at compile time (and
 //! put back by [`row_of`] where a plain Q4_K row is needed). One block covers one 256-column
-//! super-block of 8 consecutive rows (1184 bytes, 4.625 bits per weight):
+//! super-block of 8 consecutive rows, 1152 bytes: exactly the 8 Q4_K blocks' bytes (4.5
+//! bits per weight), so decode reads no more than Q4_K does:
 //!
 //! ```text
-//! d       [f16; 8]    d of rows 0..8 (one load and one conversion give 8 lanes)
-//! dmin    [f16; 8]    dmin of rows 0..8
-//! scales  [u8; 64]    scales[8j + r] = sc[j] of row r (sub-block j = 0..8), unpacked
-//! mins    [u8; 64]    mins[16p + 2r + e] = m[2p + e] of row r (p = 0..4, e = 0..2)
-//! qs      [u8; 1024]  qs[256c + 32k + 4r + i] = Q4_K byte 32c + 4k + i of row r
-//!                     (c = 0..4, k = 0..8, i = 0..4)
+//! d          [f16; 8]    d of rows 0..8 (one load and one conversion give 8 lanes)
+//! dmin       [f16; 8]    dmin of rows 0..8
+//! scales_lo  [u8; 64]    bits 0..4 of S[i] | bits 0..4 of M[i] << 4
+//! scales_hi  [u8; 32]    bits 4..6 of S[i], S[i + 32], M[i], M[i + 32] at bits 0, 2, 4, 6
+//! qs         [u8; 1024]  qs[256c + 32k + 4r + i] = Q4_K byte 32c + 4k + i of row r
+//!                        (c = 0..4, k = 0..8, i = 0..4)
 //! ```
+//!
+//! The 6-bit scales and minimums are those of Q4_K in the order the kernels use them,
+//! `S[8j + r]` = scale of sub-block `j` of row `r` and `M[16p + 2r + e]` = minimum of
+//! sub-block `2p + e` of row `r` (`p = 0..4`, `e = 0..2`), split into low 4 and high 2
+//! bits so that a few whole-vector shifts and masks unpack all 128 of a block: `S[0..32]`
+//! is `scales_lo & 15 | (scales_hi << 4) & 0x30`, `S[32..64]` the same of
+//! `scales_lo[32..]` and `scales_hi << 2`, `M` likewise with `scales_lo >> 4` and
+//! `scales_hi`, `scales_hi >> 2` ([`BlockQ4KX8::scale`] and [`BlockQ4KX8::min`] read one).
 //!
 //! So 32 consecutive bytes of `qs` hold, for each of the 8 rows, 4 bytes: 4 weights of
 //! sub-block `2c` (low nibbles, positions `4k..4k + 4`) and the same positions of
@@ -40,12 +49,38 @@ pub use super::x8::ROWS;
 pub struct BlockQ4KX8 {
     pub d: [f16; ROWS],
     pub dmin: [f16; ROWS],
-    pub scales: [u8; 8 * ROWS],
-    pub mins: [u8; 8 * ROWS],
+    pub scales_lo: [u8; 8 * ROWS],
+    pub scales_hi: [u8; 4 * ROWS],
     pub qs: [u8; QK_K / 2 * ROWS],
 }
 
-const _: () = assert!(std::mem::size_of::<BlockQ4KX8>() == 1184);
+const _: () = assert!(std::mem::size_of::<BlockQ4KX8>() == ROWS * std::mem::size_of::<BlockQ4K>());
+
+impl BlockQ4KX8 {
+    /// `S[i]` (see the module doc): 6 bits from `scales_lo` and `scales_hi`.
+    pub fn scale(&self, i: usize) -> u8 {
+        let hi = self.scales_hi[i % 32] >> (2 * (i / 32));
+        self.scales_lo[i] & 15 | (hi & 3) << 4
+    }
+
+    /// `M[i]` (see the module doc).
+    pub fn min(&self, i: usize) -> u8 {
+        let hi = self.scales_hi[i % 32] >> (4 + 2 * (i / 32));
+        self.scales_lo[i] >> 4 | (hi & 3) << 4
+    }
+
+    /// Stores the unpacked `S` and `M` (6-bit values).
+    fn set_scales_mins(&mut self, s: &[u8; 64], m: &[u8; 64]) {
+        for i in 0..64 {
+            self.scales_lo[i] = s[i] & 15 | (m[i] & 15) << 4;
+        }
+        for i in 0..32 {
+            let hi2 = |v: u8| v >> 4 & 3;
+            self.scales_hi[i] =
+                hi2(s[i]) | hi2(s[i + 32]) << 2 | hi2(m[i]) << 4 | hi2(m[i + 32]) << 6;
+        }
+    }
+}
 
 /// An all-zero Q4_K block, to size buffers with.
 const ZERO_Q4K: BlockQ4K = BlockQ4K {
@@ -84,31 +119,33 @@ pub fn interleave(rows: [&BlockQ4K; ROWS]) -> BlockQ4KX8 {
     let mut out = BlockQ4KX8 {
         d: [f16::ZERO; ROWS],
         dmin: [f16::ZERO; ROWS],
-        scales: [0; 8 * ROWS],
-        mins: [0; 8 * ROWS],
+        scales_lo: [0; 8 * ROWS],
+        scales_hi: [0; 4 * ROWS],
         qs: [0; QK_K / 2 * ROWS],
     };
+    let (mut all_sc, mut all_m) = ([0u8; 64], [0u8; 64]);
     for (r, b) in rows.iter().enumerate() {
         out.d[r] = b.d;
         out.dmin[r] = b.dmin;
         let (sc, m) = unpack_scales_mins(&b.scales);
         for j in 0..8 {
-            out.scales[8 * j + r] = sc[j];
-            out.mins[16 * (j / 2) + 2 * r + j % 2] = m[j];
+            all_sc[8 * j + r] = sc[j];
+            all_m[16 * (j / 2) + 2 * r + j % 2] = m[j];
         }
         for (at, four) in b.qs.chunks_exact(4).enumerate() {
             let to = qs_index(r, 4 * at);
             out.qs[to..to + 4].copy_from_slice(four);
         }
     }
+    out.set_scales_mins(&all_sc, &all_m);
     out
 }
 
 /// Row `r`'s Q4_K block of an interleaved block, bit for bit: the inverse of
 /// [`interleave`].
 pub fn row_of(b: &BlockQ4KX8, r: usize) -> BlockQ4K {
-    let sc = std::array::from_fn(|j| b.scales[8 * j + r]);
-    let m = std::array::from_fn(|j| b.mins[16 * (j / 2) + 2 * r + j % 2]);
+    let sc = std::array::from_fn(|j| b.scale(8 * j + r));
+    let m = std::array::from_fn(|j| b.min(16 * (j / 2) + 2 * r + j % 2));
     let mut plain = BlockQ4K {
         d: b.d[r],
         dmin: b.dmin[r],
@@ -160,12 +197,12 @@ pub fn vec_dot_q4_kx8_q8_k_ref(w: &[BlockQ4KX8], act: &[BlockQ8K], out: &mut [f3
                     let q = if j % 2 == 0 { byte & 0x0f } else { byte >> 4 };
                     dot += q as i32 * a.qs[32 * j + l] as i32;
                 }
-                isum += b.scales[8 * j + r] as i32 * dot;
+                isum += b.scale(8 * j + r) as i32 * dot;
             }
             let imin: i32 = (0..8)
                 .map(|j| {
                     let s = a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32;
-                    b.mins[16 * (j / 2) + 2 * r + j % 2] as i32 * s
+                    b.min(16 * (j / 2) + 2 * r + j % 2) as i32 * s
                 })
                 .sum();
             sum[r] = (isum as f32).mul_add(b.d[r].to_f32() * a.d, sum[r]);

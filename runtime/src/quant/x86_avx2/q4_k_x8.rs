@@ -9,14 +9,16 @@
 //! otherwise) sums each row's products in its lane. Eight loads cover two sub-blocks
 //! (low and high nibbles); their lane sums are multiplied by the rows' scales (8 bytes,
 //! zero-extended to 8 lanes) and added up. The minimum terms are a `madd` of the rows'
-//! minimum pairs with the activation's sub-block sums. The integer totals are exact, and
-//! the f32 steps per lane are Q4_K's per row (see the module doc of `kquants`), so every
-//! lane equals `vec_dot_q4_k_q8_k` of its row to the bit.
+//! minimum pairs with the activation's sub-block sums. A block's 128 six-bit scales and
+//! minimums are unpacked at once, with a few whole-vector shifts and masks. The integer
+//! totals are exact, and the f32 steps per lane are Q4_K's per row (see the module doc of
+//! `kquants`), so every lane equals `vec_dot_q4_k_q8_k` of its row to the bit.
 //!
 //! With VNNI the high nibbles are not shifted down: `bits & 0xf0` is 16 times the quant,
 //! and `vpdpbusd` does not saturate, so those sums are exactly 16 times the wanted ones;
-//! the high sub-block's scaled sum is divided by 16 (an exact shift). `maddubs` saturates its i16 pairs (2 · 240 · 127 does not
-//! fit), so without VNNI the high nibbles are shifted.
+//! the high sub-block's scaled sum is divided by 16 (an exact shift). `maddubs` saturates
+//! its i16 pairs (2 · 240 · 127 does not fit), so without VNNI the high nibbles are
+//! shifted.
 
 use std::arch::x86_64::*;
 
@@ -28,12 +30,61 @@ use super::vnni::{broadcast4, dpbusd, dpwssd, VNNI};
 /// Whether the high nibbles are used in place (16 × the quant); see the module doc.
 const HI_IN_PLACE: bool = VNNI;
 
-/// 8 bytes zero-extended to 8 i32 lanes.
+/// The block's 128 six-bit scales and minimums (see [`crate::quant::q4_k_x8`]):
+/// `([S[0..32], S[32..64]], [M[0..32], M[32..64]])`, one byte each.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn u8x8_to_i32(bytes: &[u8]) -> __m256i {
-    let b: [u8; 8] = bytes[..8].try_into().expect("8 bytes");
-    _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(i64::from_le_bytes(b)))
+fn unpack_scales_mins(b: &BlockQ4KX8) -> ([__m256i; 2], [__m256i; 2]) {
+    let low4 = _mm256_set1_epi8(0x0f);
+    let bits45 = _mm256_set1_epi8(0x30);
+    // SAFETY: 64 and 32 readable bytes; unaligned loads.
+    let (lo0, lo1, hi) = unsafe {
+        (
+            _mm256_loadu_si256(b.scales_lo.as_ptr().cast()),
+            _mm256_loadu_si256(b.scales_lo[32..].as_ptr().cast()),
+            _mm256_loadu_si256(b.scales_hi.as_ptr().cast()),
+        )
+    };
+    // each byte's own bits land in bits 4..6 (16-bit shifts, the neighbour's masked off)
+    let with_hi = |lo: __m256i, hi: __m256i| {
+        _mm256_or_si256(_mm256_and_si256(lo, low4), _mm256_and_si256(hi, bits45))
+    };
+    let s = [
+        with_hi(lo0, _mm256_slli_epi16::<4>(hi)),
+        with_hi(lo1, _mm256_slli_epi16::<2>(hi)),
+    ];
+    let m = [
+        with_hi(_mm256_srli_epi16::<4>(lo0), hi),
+        with_hi(_mm256_srli_epi16::<4>(lo1), _mm256_srli_epi16::<2>(hi)),
+    ];
+    (s, m)
+}
+
+/// One load's step of a sub-block's dot: with VNNI `vpdpbusd` into i32 lanes; without,
+/// `maddubs`'s i16 pair sums added up as i16, without the `madd` with ones. That is
+/// exact: a pair is at most 2 · 15 · 127 = 3810 in magnitude (quants 0..=15, activations
+/// -127..=127), so the 8 loads of a sub-block sum to at most 30480; the scale multiplies
+/// the pairs with one `madd` per sub-block. One multiply per load instead of two, and no
+/// 32-bit multiply.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_step(acc: __m256i, q: __m256i, a: __m256i) -> __m256i {
+    if VNNI {
+        dpbusd(acc, q, a)
+    } else {
+        _mm256_add_epi16(acc, _mm256_maddubs_epi16(q, a))
+    }
+}
+
+/// Bytes `16c..16c + 16` of the 64 in `v`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn part(v: &[__m256i; 2], c: usize) -> __m128i {
+    if c.is_multiple_of(2) {
+        _mm256_castsi256_si128(v[c / 2])
+    } else {
+        _mm256_extracti128_si256::<1>(v[c / 2])
+    }
 }
 
 /// Group of 8 rows (`w`: their interleaved blocks) · `act`: `out[r]` is row `r`'s dot,
@@ -85,6 +136,7 @@ fn dot_q4_kx8<const T: usize, const GEMM: bool>(
     let (mut sum, mut min_sum) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
     for (i, b) in w.iter().enumerate() {
         let a: [&BlockQ8K; T] = acts.map(|a| &a[i]);
+        let (scales, mins) = unpack_scales_mins(b);
         // SAFETY: 8 f16 are 16 readable bytes.
         let (d_w, dmin_w) = unsafe {
             (
@@ -106,9 +158,7 @@ fn dot_q4_kx8<const T: usize, const GEMM: bool>(
             let mut imin = _mm256_setzero_si256();
             for c in 0..4 {
                 // minimums of sub-blocks 2c, 2c + 1 (i16 pairs) · their activation sums
-                let m: &[u8; 16] = b.mins[16 * c..16 * c + 16].try_into().expect("16 bytes");
-                // SAFETY: 16 readable bytes.
-                let m = _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(m.as_ptr().cast()) });
+                let m = _mm256_cvtepu8_epi16(part(&mins, c));
                 let pair = match c {
                     0 => _mm256_shuffle_epi32::<0x00>(sub_sums),
                     1 => _mm256_shuffle_epi32::<0x55>(sub_sums),
@@ -151,21 +201,31 @@ fn dot_q4_kx8<const T: usize, const GEMM: bool>(
                 for t in 0..T {
                     let lo = broadcast4(&a[t].qs, 64 * c + 4 * k);
                     let hi = broadcast4(&a[t].qs, 64 * c + 32 + 4 * k);
-                    dot_lo[t][e] = dpbusd(dot_lo[t][e], q_lo, lo);
-                    dot_hi[t][e] = dpbusd(dot_hi[t][e], q_hi, hi);
+                    dot_lo[t][e] = dot_step(dot_lo[t][e], q_lo, lo);
+                    dot_hi[t][e] = dot_step(dot_hi[t][e], q_hi, hi);
                 }
             }
-            let sc_lo = u8x8_to_i32(&b.scales[16 * c..]);
-            let sc_hi = u8x8_to_i32(&b.scales[16 * c + 8..]);
+            let sc = part(&scales, c);
             for t in 0..T {
-                let lo = _mm256_add_epi32(dot_lo[t][0], dot_lo[t][1]);
-                let hi = _mm256_add_epi32(dot_hi[t][0], dot_hi[t][1]);
-                let mut hi = _mm256_mullo_epi32(hi, sc_hi);
-                if HI_IN_PLACE {
-                    // 16 × the products, exactly: an exact shift back
-                    hi = _mm256_srai_epi32::<4>(hi);
-                }
-                let s = _mm256_add_epi32(_mm256_mullo_epi32(lo, sc_lo), hi);
+                let s = if VNNI {
+                    let lo = _mm256_add_epi32(dot_lo[t][0], dot_lo[t][1]);
+                    let hi = _mm256_add_epi32(dot_hi[t][0], dot_hi[t][1]);
+                    let sc_lo = _mm256_cvtepu8_epi32(sc);
+                    let sc_hi = _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(sc));
+                    let mut hi = _mm256_mullo_epi32(hi, sc_hi);
+                    if HI_IN_PLACE {
+                        // 16 × the products, exactly: an exact shift back
+                        hi = _mm256_srai_epi32::<4>(hi);
+                    }
+                    _mm256_add_epi32(_mm256_mullo_epi32(lo, sc_lo), hi)
+                } else {
+                    // i16 pair sums; each row's scale in both i16 halves of its lane
+                    let lo = _mm256_add_epi16(dot_lo[t][0], dot_lo[t][1]);
+                    let hi = _mm256_add_epi16(dot_hi[t][0], dot_hi[t][1]);
+                    let sc_lo = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sc, sc));
+                    let sc_hi = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sc, sc));
+                    _mm256_add_epi32(_mm256_madd_epi16(lo, sc_lo), _mm256_madd_epi16(hi, sc_hi))
+                };
                 if GEMM {
                     sum[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d[t], sum[t]);
                 } else {
