@@ -541,7 +541,13 @@ pub(super) fn group_scores(
             // late; ask for the block after next while this one computes.
             if j + 24 <= len {
                 for kk in 16..24 {
-                    super::prefetch_row(row(kk), hd);
+                    super::prefetch_row::<_MM_HINT_T0>(row(kk), hd);
+                }
+            }
+            // and further ahead into L2, so that DRAM's latency is hidden too
+            if j + 48 <= len {
+                for kk in 40..48 {
+                    super::prefetch_row::<_MM_HINT_T1>(row(kk), hd);
                 }
             }
             let mut g = 0;
@@ -654,10 +660,11 @@ pub(super) fn group_accumulate_v(
     assert!(v.len() >= (len - 1) * kv_stride + hd);
     for j0 in (0..len).step_by(super::V_TILE) {
         let n = super::V_TILE.min(len - j0);
-        // the next tile's rows arrive while this one computes
-        for j in j0 + super::V_TILE..(j0 + 2 * super::V_TILE).min(len) {
+        // the next tiles' rows arrive in L2 while this one computes (into L1 they
+        // would evict this tile's rows: see V_TILE)
+        for j in j0 + 2 * super::V_TILE..(j0 + 3 * super::V_TILE).min(len) {
             // SAFETY: only an address inside the slice (j < len) is computed.
-            super::prefetch_row(unsafe { v.as_ptr().add(j * kv_stride) }, hd);
+            super::prefetch_row::<_MM_HINT_T1>(unsafe { v.as_ptr().add(j * kv_stride) }, hd);
         }
         for g0 in (0..heads).step_by(4) {
             let g_n = (heads - g0).min(4);

@@ -587,7 +587,7 @@ pub(super) fn group_scores(
             // late; ask for the next block while this one computes.
             if j + 32 <= len {
                 for kk in 16..32 {
-                    super::prefetch_row(row(kk), hd);
+                    super::prefetch_row::<_MM_HINT_T0>(row(kk), hd);
                 }
             }
             let mut g = 0;
@@ -704,7 +704,7 @@ pub(super) fn group_accumulate_v(
         // the next tile's rows arrive while this one computes
         for j in j0 + super::V_TILE..(j0 + 2 * super::V_TILE).min(len) {
             // SAFETY: only an address inside the slice (j < len) is computed.
-            super::prefetch_row(unsafe { v.as_ptr().add(j * kv_stride) }, hd);
+            super::prefetch_row::<_MM_HINT_T0>(unsafe { v.as_ptr().add(j * kv_stride) }, hd);
         }
         for g0 in (0..heads).step_by(4) {
             for col in (0..hd).step_by(32) {
