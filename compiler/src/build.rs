@@ -555,7 +555,7 @@ fn write_crate_atomically(dir: &Path, files: &[EmittedFile]) -> Result<()> {
 }
 
 /// Version of the repacked file's layout, in its stamp: a new layout rewrites the file.
-const REPACK_VERSION: u32 = 4;
+const REPACK_VERSION: u32 = 5;
 
 /// Writes `name` (the repacked tensors, [`Contents::Repacked`]) into the crate being
 /// assembled in `tmp`, from the GGUF its [`GGUF_LINK`] points to, and next to it
