@@ -730,8 +730,9 @@ fn group_scores(
 /// apart, and where that is a power of two (Minitron: 2048 bytes) all the keys' lines of
 /// one column block fall into the same two L1 sets: 16 keys' rows of 128 values fill
 /// their 8 ways. The AVX2 kernel makes 8 column passes over a tile of 4 heads, so a
-/// longer tile evicts itself between passes (Minitron tg at depth 2048, AVX2 tier: +15%
-/// with 16 against 64); the AVX-512 kernel makes 2 and keeps 64 (16 was not faster there).
+/// longer tile evicts itself between passes (Minitron tg at depth 2048, AVX2 tier:
+/// +11-14% with 16 against 64); the AVX-512 kernel makes 2 and keeps 64 (16 was not
+/// faster there).
 #[cfg(x86_simd)]
 const V_TILE: usize = if cfg!(target_feature = "avx512f") {
     64

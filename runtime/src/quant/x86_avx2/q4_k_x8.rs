@@ -212,11 +212,9 @@ fn dot_q4_kx8<const T: usize, const GEMM: bool>(
                     let hi = _mm256_add_epi32(dot_hi[t][0], dot_hi[t][1]);
                     let sc_lo = _mm256_cvtepu8_epi32(sc);
                     let sc_hi = _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(sc));
-                    let mut hi = _mm256_mullo_epi32(hi, sc_hi);
-                    if HI_IN_PLACE {
-                        // 16 × the products, exactly: an exact shift back
-                        hi = _mm256_srai_epi32::<4>(hi);
-                    }
+                    // the high nibbles in place (HI_IN_PLACE): 16 × the products,
+                    // exactly, so an exact shift back
+                    let hi = _mm256_srai_epi32::<4>(_mm256_mullo_epi32(hi, sc_hi));
                     _mm256_add_epi32(_mm256_mullo_epi32(lo, sc_lo), hi)
                 } else {
                     // i16 pair sums; each row's scale in both i16 halves of its lane
