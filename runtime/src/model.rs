@@ -44,6 +44,15 @@ impl Config {
     pub const fn kv_dim(&self) -> usize {
         self.n_head_kv * self.head_dim
     }
+
+    /// Where KV head `h` of `layer` starts in a KV cache of `n_ctx` cells laid out
+    /// `n_layer x n_head_kv x n_ctx x head_dim`. Each head's rows are contiguous, so
+    /// attention over one head reads one sequential stream, which the hardware
+    /// prefetchers follow; rows of all heads interleaved (`kv_dim` apart) made decode
+    /// at depth wait on memory latency.
+    pub const fn kv_head_offset(&self, layer: usize, h: usize) -> usize {
+        (layer * self.n_head_kv + h) * self.n_ctx * self.head_dim
+    }
 }
 
 /// A compiled model: what the emitted crate provides to the runtime.
@@ -241,7 +250,8 @@ pub struct Ctx {
     /// Output of a projection that is added to the residual, `n x n_embd`.
     proj: Vec<f32>,
     logits: Vec<f32>,
-    /// `n_layer x n_ctx x kv_dim`, f16 like llama.cpp's default cache.
+    /// f16 like llama.cpp's default cache, laid out `n_layer x n_head_kv x n_ctx x
+    /// head_dim` ([`Config::kv_head_offset`]).
     k_cache: Vec<f16>,
     v_cache: Vec<f16>,
     /// Attention scores and weights, `n_threads x 2 x group x n_ctx` (`group` query
@@ -392,26 +402,22 @@ impl Ctx {
             ],
         );
 
-        // Rotate Q and K, then append K and V to this layer's cache.
-        let layer_off = layer * cfg.n_ctx * kv_dim;
+        // Rotate Q and K, then append K and V to this layer's cache, head by head.
+        let hd = cfg.head_dim;
         for t in 0..n {
             let pos = self.pos0 + t;
             self.rope
                 .apply(&mut self.q[t * q_dim..(t + 1) * q_dim], cfg.n_head, pos);
-            self.rope.apply(
+            let (k, v) = (
                 &mut self.k[t * kv_dim..(t + 1) * kv_dim],
-                cfg.n_head_kv,
-                pos,
-            );
-            let at = layer_off + pos * kv_dim;
-            ops::f32_to_f16(
-                &self.k[t * kv_dim..(t + 1) * kv_dim],
-                &mut self.k_cache[at..at + kv_dim],
-            );
-            ops::f32_to_f16(
                 &self.v[t * kv_dim..(t + 1) * kv_dim],
-                &mut self.v_cache[at..at + kv_dim],
             );
+            self.rope.apply(k, cfg.n_head_kv, pos);
+            for h in 0..cfg.n_head_kv {
+                let at = cfg.kv_head_offset(layer, h) + pos * hd;
+                ops::f32_to_f16(&k[h * hd..][..hd], &mut self.k_cache[at..at + hd]);
+                ops::f32_to_f16(&v[h * hd..][..hd], &mut self.v_cache[at..at + hd]);
+            }
         }
 
         if n >= ops::TILE_Q {
@@ -433,6 +439,21 @@ impl Ctx {
         self.add_proj();
     }
 
+    /// The first `n_kv` cached K and V rows (`head_dim` apart) of each KV head of
+    /// `layer` in the caches `k` and `v`, by head.
+    fn head_cache<'a>(
+        cfg: Config,
+        (k, v): (&'a [f16], &'a [f16]),
+        layer: usize,
+        n_kv: usize,
+    ) -> impl Fn(usize) -> (&'a [f16], &'a [f16]) + Sync + 'a {
+        move |h| {
+            let at = cfg.kv_head_offset(layer, h);
+            let len = n_kv * cfg.head_dim;
+            (&k[at..at + len], &v[at..at + len])
+        }
+    }
+
     /// Attention of a batch under [`ops::TILE_Q`] tokens (decode included): each
     /// (token, head) row by itself, as llama.cpp's one-row kernel does; a lone decoded
     /// token over a long cache splits its keys into chunks like llama.cpp.
@@ -446,15 +467,11 @@ impl Ctx {
     fn attend_rows(&mut self, layer: usize) {
         let cfg = self.cfg;
         let n = self.n();
-        let (q_dim, kv_dim, hd) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
-        let layer_off = layer * cfg.n_ctx * kv_dim;
+        let (q_dim, hd) = (cfg.q_dim(), cfg.head_dim);
         let group = cfg.n_head / cfg.n_head_kv;
         let scale = 1.0 / (hd as f32).sqrt();
-        let cache_len = (self.pos0 + n) * kv_dim;
-        let (k_cache, v_cache) = (
-            &self.k_cache[layer_off..layer_off + cache_len],
-            &self.v_cache[layer_off..layer_off + cache_len],
-        );
+        let kv = (&self.k_cache[..], &self.v_cache[..]);
+        let head_cache = Self::head_cache(cfg, kv, layer, self.pos0 + n);
         let (q, pos0, n_ctx) = (&self.q, self.pos0, cfg.n_ctx);
         // A single decoded token over a long cache splits its keys into one chunk per
         // thread, as llama.cpp does; the chunking changes rounding, so match it.
@@ -506,11 +523,12 @@ impl Ctx {
                     Some(chunk) => (c * chunk, chunk.min(n_kv - c * chunk)),
                     None => (0, n_kv),
                 };
+                let (k_cache, v_cache) = head_cache(kvh);
                 let keys = ops::KeyChunk {
                     k_cache,
                     v_cache,
-                    kv_stride: kv_dim,
-                    kv_off: kvh * hd,
+                    kv_stride: hd,
+                    kv_off: 0,
                     first,
                     len,
                 };
@@ -568,21 +586,17 @@ impl Ctx {
     fn attend_batch_tiled(&mut self, layer: usize) {
         let cfg = self.cfg;
         let n = self.n();
-        let (q_dim, kv_dim, hd) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+        let (q_dim, hd) = (cfg.q_dim(), cfg.head_dim);
         let n_threads = self.pool.n_threads();
         if self.tiled.len() < n_threads {
             self.tiled = (0..n_threads)
                 .map(|_| std::sync::Mutex::new(ops::TiledScratch::new(hd, ops::TILE_Q)))
                 .collect();
         }
-        let layer_off = layer * cfg.n_ctx * kv_dim;
         let group = cfg.n_head / cfg.n_head_kv;
         let scale = 1.0 / (hd as f32).sqrt();
-        let cache_len = (self.pos0 + n) * kv_dim;
-        let (k_cache, v_cache) = (
-            &self.k_cache[layer_off..layer_off + cache_len],
-            &self.v_cache[layer_off..layer_off + cache_len],
-        );
+        let kv = (&self.k_cache[..], &self.v_cache[..]);
+        let head_cache = Self::head_cache(cfg, kv, layer, self.pos0 + n);
         let (q, pos0, tiled) = (&self.q, self.pos0, &self.tiled);
         let n_groups = n.div_ceil(ops::TILE_Q);
         let n_jobs = n_groups * cfg.n_head;
@@ -599,6 +613,7 @@ impl Ctx {
                 let (g, h) = (n_groups - 1 - job / cfg.n_head, job % cfg.n_head);
                 let t0 = g * ops::TILE_Q;
                 let rows = ops::TILE_Q.min(n - t0);
+                let (k_cache, v_cache) = head_cache(h / group);
                 let out = ops::attend_rows_tiled(
                     &q[t0 * q_dim + h * hd..],
                     q_dim,
@@ -606,8 +621,8 @@ impl Ctx {
                     pos0 + t0 + 1,
                     k_cache,
                     v_cache,
-                    kv_dim,
-                    (h / group) * hd,
+                    hd,
+                    0,
                     scale,
                     &mut scratch,
                 );

@@ -38,7 +38,8 @@ pub struct CpuTail {
     up: Vec<f32>,
     proj: Vec<f32>,
     scores: Vec<f32>,
-    /// `(n_layer - first) x n_ctx x kv_dim`.
+    /// `(n_layer - first) x n_head_kv x n_ctx x head_dim`, as the CPU path's cache
+    /// ([`Config::kv_head_offset`], layer `l` at slot `l - first`).
     k_cache: Vec<f16>,
     v_cache: Vec<f16>,
     /// Where `output` writes (`n_vocab`), when logits are wanted.
@@ -154,7 +155,7 @@ impl CpuTail {
         (ffn_norm, w_gate, w_up, w_down): (&FN, &G, &U, &D),
     ) {
         let c = self.cfg;
-        let (kv_dim, hd) = (c.kv_dim(), c.head_dim);
+        let hd = c.head_dim;
         let Some(slot) = l.checked_sub(self.first) else {
             return;
         };
@@ -164,21 +165,22 @@ impl CpuTail {
         project(&self.pool, self.blob, wv, &self.xn, &mut self.v);
         self.rope.apply(&mut self.q, c.n_head, self.pos);
         self.rope.apply(&mut self.k, c.n_head_kv, self.pos);
-        let layer_off = slot * c.n_ctx * kv_dim;
-        let at = layer_off + self.pos * kv_dim;
-        ops::f32_to_f16(&self.k, &mut self.k_cache[at..at + kv_dim]);
-        ops::f32_to_f16(&self.v, &mut self.v_cache[at..at + kv_dim]);
+        for h in 0..c.n_head_kv {
+            let at = c.kv_head_offset(slot, h) + self.pos * hd;
+            ops::f32_to_f16(&self.k[h * hd..][..hd], &mut self.k_cache[at..at + hd]);
+            ops::f32_to_f16(&self.v[h * hd..][..hd], &mut self.v_cache[at..at + hd]);
+        }
         let n_kv = self.pos + 1;
-        let cache = layer_off..layer_off + n_kv * kv_dim;
         let group = c.n_head / c.n_head_kv;
         let scale = 1.0 / (hd as f32).sqrt();
         for h in 0..c.n_head {
+            let cache = c.kv_head_offset(slot, h / group)..;
             ops::attend_head(
                 &self.q[h * hd..(h + 1) * hd],
-                &self.k_cache[cache.clone()],
-                &self.v_cache[cache.clone()],
-                kv_dim,
-                (h / group) * hd,
+                &self.k_cache[cache.clone()][..n_kv * hd],
+                &self.v_cache[cache][..n_kv * hd],
+                hd,
+                0,
                 n_kv,
                 scale,
                 &mut self.scores,
