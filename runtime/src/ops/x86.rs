@@ -583,8 +583,7 @@ pub(super) fn group_scores(
         let mut j = 0;
         while j + 16 <= len {
             let row = |kk: usize| k.as_ptr().add((j + kk) * kv_stride);
-            // The rows are `kv_stride` apart, a stride the hardware prefetchers follow
-            // late; ask for the next block while this one computes.
+            // ask for the next block while this one computes
             if j + 32 <= len {
                 for kk in 16..32 {
                     super::prefetch_row::<_MM_HINT_T0>(row(kk), hd);
