@@ -164,6 +164,104 @@ unsafe fn expf_w8(x: __m256) -> __m256 {
     _mm256_blendv_ps(plain, far, wide)
 }
 
+/// glibc's `expf` as it runs on every CPU with FMA (`__expf_fma`, glibc 2.28 on: the
+/// ARM optimized-routines method that llama.cpp's one-row attention calls), 4 lanes in
+/// f64, each lane the scalar function's bits wherever `|x| < 2^7 - 2^3` (`abstop <=
+/// 0x42a`, the whole range of a finite softmax argument that does not underflow).
+/// Returns the lanes and a mask of those outside that range, which the caller gives to
+/// libm.
+///
+/// The method: `z = x * 32/ln2` is split as `k + r` with `k` an integer (by adding
+/// `1.5 * 2^52`), `2^(k/32)` comes from a 32-entry table plus the exponent bits of `k`,
+/// and `2^(r/32)` from a cubic. The fused multiply-adds are where glibc's FMA build has
+/// them; `r` is `fma(x, 32/ln2, -kd)`, not `z - kd`.
+#[inline(always)]
+unsafe fn libm_expf_w4(x: __m128) -> (__m128, __m128i) {
+    // 2^(i/32) with i << 47 subtracted, glibc's `__exp2f_data.tab`
+    const TAB: [u64; 32] = [
+        0x3ff0000000000000,
+        0x3fefd9b0d3158574,
+        0x3fefb5586cf9890f,
+        0x3fef9301d0125b51,
+        0x3fef72b83c7d517b,
+        0x3fef54873168b9aa,
+        0x3fef387a6e756238,
+        0x3fef1e9df51fdee1,
+        0x3fef06fe0a31b715,
+        0x3feef1a7373aa9cb,
+        0x3feedea64c123422,
+        0x3feece086061892d,
+        0x3feebfdad5362a27,
+        0x3feeb42b569d4f82,
+        0x3feeab07dd485429,
+        0x3feea47eb03a5585,
+        0x3feea09e667f3bcd,
+        0x3fee9f75e8ec5f74,
+        0x3feea11473eb0187,
+        0x3feea589994cce13,
+        0x3feeace5422aa0db,
+        0x3feeb737b0cdc5e5,
+        0x3feec49182a3f090,
+        0x3feed503b23e255d,
+        0x3feee89f995ad3ad,
+        0x3feeff76f2fb5e47,
+        0x3fef199bdd85529c,
+        0x3fef3720dcef9069,
+        0x3fef5818dcfba487,
+        0x3fef7c97337b9b5f,
+        0x3fefa4afa2a490da,
+        0x3fefd0765b6e4540,
+    ];
+    let c = |bits: u64| _mm256_set1_pd(f64::from_bits(bits));
+    let inv_ln2_n = c(0x40471547652b82fe); // 32 / ln 2
+    let shift = c(0x4338000000000000); // 1.5 * 2^52
+    let xd = _mm256_cvtps_pd(x);
+    let kd_shifted = _mm256_fmadd_pd(inv_ln2_n, xd, shift);
+    let ki = _mm256_castpd_si256(kd_shifted);
+    let kd = _mm256_sub_pd(kd_shifted, shift);
+    let r = _mm256_fmsub_pd(inv_ln2_n, xd, kd);
+    let index = _mm256_and_si256(ki, _mm256_set1_epi64x(31));
+    let t = _mm256_i64gather_epi64::<8>(TAB.as_ptr().cast(), index);
+    let s = _mm256_castsi256_pd(_mm256_add_epi64(t, _mm256_slli_epi64::<47>(ki)));
+    let z = _mm256_fmadd_pd(r, c(0x3ebc6af84b912394), c(0x3f2ebfce50fac4f3));
+    let r2 = _mm256_mul_pd(r, r);
+    let y = _mm256_fmadd_pd(r, c(0x3f962e42ff0c52d6), _mm256_set1_pd(1.0));
+    let y = _mm256_mul_pd(_mm256_fmadd_pd(z, r2, y), s);
+    // glibc's range test: the top 12 bits of x without the sign, past 0x42a
+    let top = _mm_and_si128(
+        _mm_srli_epi32::<20>(_mm_castps_si128(x)),
+        _mm_set1_epi32(0x7ff),
+    );
+    (
+        _mm256_cvtpd_ps(y),
+        _mm_cmpgt_epi32(top, _mm_set1_epi32(0x42a)),
+    )
+}
+
+/// `x = expf(x)` in place, each value glibc's `expf`'s bits (see [`libm_expf_w4`]).
+pub(super) fn libm_expf(xs: &mut [f32]) {
+    let mut chunks = xs.chunks_exact_mut(4);
+    for chunk in &mut chunks {
+        let x: [f32; 4] = [chunk[0], chunk[1], chunk[2], chunk[3]];
+        // SAFETY: a 4-value load and store of a 4-value chunk.
+        let outside = unsafe {
+            let (e, outside) = libm_expf_w4(_mm_loadu_ps(x.as_ptr()));
+            _mm_storeu_ps(chunk.as_mut_ptr(), e);
+            _mm_movemask_ps(_mm_castsi128_ps(outside))
+        };
+        if outside != 0 {
+            for (i, (e, x)) in chunk.iter_mut().zip(x).enumerate() {
+                if outside & (1 << i) != 0 {
+                    *e = x.exp();
+                }
+            }
+        }
+    }
+    for x in chunks.into_remainder() {
+        *x = x.exp();
+    }
+}
+
 /// The 8-lane softmax tree of [`super::reduce_lanes_softmax`]: halves, then
 /// `(t0 + t2) + (t1 + t3)`.
 #[inline(always)]
@@ -752,6 +850,38 @@ mod tests {
             f16_to_f32(&got, &mut back);
             let want: Vec<f32> = got.iter().map(|h| h.to_f32()).collect();
             assert_eq!(bits32(&back), bits32(&want), "to f32 n {n}");
+        }
+    }
+
+    /// Every 251st f32 from -0 down to -104 (past the underflow), a stride of bit
+    /// patterns that also covers every table index and both sides of the range test,
+    /// plus the positive side, infinities and NaN: the C library's bits for each.
+    #[test]
+    fn libm_expf_is_the_c_librarys() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            return;
+        }
+        let mut xs: Vec<f32> = (0x8000_0000u32..=0xc2d0_0000)
+            .step_by(251)
+            .map(f32::from_bits)
+            .collect();
+        xs.extend((0u32..=0x42c0_0000).step_by(4999).map(f32::from_bits));
+        xs.extend([
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            f32::NAN,
+            -87.5,
+            88.7,
+            89.0,
+        ]);
+        let mut got = xs.clone();
+        libm_expf(&mut got);
+        for (x, g) in xs.iter().zip(&got) {
+            let want = x.exp();
+            assert!(
+                g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                "expf({x:e}) = {want:e}, got {g:e}"
+            );
         }
     }
 

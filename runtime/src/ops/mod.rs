@@ -605,36 +605,80 @@ pub fn attend_group_chunk(
     );
     // The online softmax's scalar steps, per head in key order; the scores become the
     // weights of the V rows.
-    for (g, stats) in stats.iter_mut().enumerate().take(heads) {
-        let range = g * len..(g + 1) * len;
-        *stats = softmax_weights(&mut weights[range.clone()], &mut rescales[range]);
+    for ((w, r), stats) in weights
+        .chunks_mut(4 * len)
+        .zip(rescales.chunks_mut(4 * len))
+        .zip(stats[..heads].chunks_mut(4))
+    {
+        match stats.len() {
+            1 => softmax_weights::<1>(w, r, stats),
+            2 => softmax_weights::<2>(w, r, stats),
+            3 => softmax_weights::<3>(w, r, stats),
+            _ => softmax_weights::<4>(w, r, stats),
+        }
     }
     acc[..heads * head_dim].fill(f16::ZERO);
     let v = &keys.v_cache[first_row..];
     group_accumulate_v(weights, rescales, v, keys.kv_stride, len, head_dim, acc);
 }
 
-/// The scalar steps of the online softmax over one head's `scores` (in key order), in
-/// place: each score becomes its key's weight, and `rescale[j]` is the factor the
-/// running output is multiplied by before key `j` is added (1 when the maximum does not
-/// grow there, and exactly 1 where it grows too little to change anything). Returns
-/// `(max, sum)`. See [`attend_head`] for the arithmetic.
-fn softmax_weights(scores: &mut [f32], rescale: &mut [f32]) -> (f32, f32) {
-    let mut max = f32::NEG_INFINITY;
-    let mut sum = 0f32;
-    for (s, r) in scores.iter_mut().zip(rescale.iter_mut()) {
-        let (ms, vs) = if *s > max {
-            let old = max;
-            max = *s;
-            ((old - max).exp(), 1.0)
-        } else {
-            (1.0, (*s - max).exp())
-        };
-        *s = vs;
-        *r = ms;
-        sum = sum.mul_add(ms, vs);
+/// The scalar steps of the online softmax of `G` heads, each over its `len =
+/// scores.len() / G` scores (in key order), in place: each score becomes its key's
+/// weight, and `rescale[j]` is the factor the running output is multiplied by before
+/// key `j` is added (1 when the maximum does not grow there, and exactly 1 where it
+/// grows too little to change anything). Writes each head's `(max, sum)` to `stats`.
+/// See [`attend_head`] for the arithmetic.
+///
+/// Each key takes one `expf`: of `old_max - s` where `s` raises the maximum (the
+/// rescale; the weight is 1), else of `s - max` (the weight). Both are `-|s - M|`, `M`
+/// the maximum before the key, so the arguments come first, in one pass, and the
+/// `expf`s run as a vector ([`libm_expf`]); the heads' chains (the maximum, then the
+/// sum) run side by side.
+fn softmax_weights<const G: usize>(
+    scores: &mut [f32],
+    rescale: &mut [f32],
+    stats: &mut [(f32, f32)],
+) {
+    let len = scores.len() / G;
+    let (scores, rescale) = (&mut scores[..G * len], &mut rescale[..G * len]);
+    let mut max = [f32::NEG_INFINITY; G];
+    for j in 0..len {
+        for (g, max) in max.iter_mut().enumerate() {
+            let (s, grew) = (&mut scores[g * len + j], &mut rescale[g * len + j]);
+            // `grew` marks the keys that raise the maximum until their rescale is known
+            if *s > *max {
+                (*s, *max, *grew) = (*max - *s, *s, f32::NAN);
+            } else {
+                (*s, *grew) = (*s - *max, 1.0);
+            }
+        }
     }
-    (max, sum)
+    libm_expf(scores);
+    let mut sum = [0f32; G];
+    for j in 0..len {
+        for (g, sum) in sum.iter_mut().enumerate() {
+            let (s, r) = (&mut scores[g * len + j], &mut rescale[g * len + j]);
+            if r.is_nan() {
+                (*s, *r) = (1.0, *s);
+            }
+            *sum = sum.mul_add(*r, *s);
+        }
+    }
+    for (stats, (max, sum)) in stats.iter_mut().zip(max.into_iter().zip(sum)) {
+        *stats = (max, sum);
+    }
+}
+
+/// `x = expf(x)` for each value, the bits of the C library's `expf` (which llama.cpp's
+/// one-row attention calls): 4 lanes at a time on the SIMD tiers, where glibc runs
+/// `__expf_fma`.
+fn libm_expf(xs: &mut [f32]) {
+    #[cfg(x86_simd)]
+    avx2::libm_expf(xs);
+    #[cfg(not(x86_simd))]
+    for x in xs {
+        *x = x.exp();
+    }
 }
 
 /// The V half of the online softmax for the heads of a KV group: for each key `j` in
