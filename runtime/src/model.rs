@@ -55,6 +55,23 @@ impl Config {
     }
 }
 
+/// Appends one token's K and V (`kv_dim` values each, heads in order) at position `pos`
+/// of `layer` in caches laid out as [`Config::kv_head_offset`] says.
+pub(crate) fn append_kv(
+    cfg: &Config,
+    layer: usize,
+    pos: usize,
+    (k, v): (&[f32], &[f32]),
+    (k_cache, v_cache): (&mut [f16], &mut [f16]),
+) {
+    let hd = cfg.head_dim;
+    for h in 0..cfg.n_head_kv {
+        let at = cfg.kv_head_offset(layer, h) + pos * hd;
+        ops::f32_to_f16(&k[h * hd..][..hd], &mut k_cache[at..at + hd]);
+        ops::f32_to_f16(&v[h * hd..][..hd], &mut v_cache[at..at + hd]);
+    }
+}
+
 /// A compiled model: what the emitted crate provides to the runtime.
 pub trait Model: 'static {
     const CONFIG: Config;
@@ -402,8 +419,7 @@ impl Ctx {
             ],
         );
 
-        // Rotate Q and K, then append K and V to this layer's cache, head by head.
-        let hd = cfg.head_dim;
+        // Rotate Q and K, then append K and V to this layer's cache.
         for t in 0..n {
             let pos = self.pos0 + t;
             self.rope
@@ -413,11 +429,13 @@ impl Ctx {
                 &self.v[t * kv_dim..(t + 1) * kv_dim],
             );
             self.rope.apply(k, cfg.n_head_kv, pos);
-            for h in 0..cfg.n_head_kv {
-                let at = cfg.kv_head_offset(layer, h) + pos * hd;
-                ops::f32_to_f16(&k[h * hd..][..hd], &mut self.k_cache[at..at + hd]);
-                ops::f32_to_f16(&v[h * hd..][..hd], &mut self.v_cache[at..at + hd]);
-            }
+            append_kv(
+                &cfg,
+                layer,
+                pos,
+                (k, v),
+                (&mut self.k_cache, &mut self.v_cache),
+            );
         }
 
         if n >= ops::TILE_Q {

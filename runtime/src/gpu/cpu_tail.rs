@@ -11,7 +11,7 @@ use crate::float16::f16;
 
 use super::GpuModel;
 use crate::matmul;
-use crate::model::{Config, CtxError, Model};
+use crate::model::{append_kv, Config, CtxError, Model};
 use crate::ops::{self, Rope};
 use crate::pool::Pool;
 use crate::quant::f32::F32;
@@ -165,11 +165,13 @@ impl CpuTail {
         project(&self.pool, self.blob, wv, &self.xn, &mut self.v);
         self.rope.apply(&mut self.q, c.n_head, self.pos);
         self.rope.apply(&mut self.k, c.n_head_kv, self.pos);
-        for h in 0..c.n_head_kv {
-            let at = c.kv_head_offset(slot, h) + self.pos * hd;
-            ops::f32_to_f16(&self.k[h * hd..][..hd], &mut self.k_cache[at..at + hd]);
-            ops::f32_to_f16(&self.v[h * hd..][..hd], &mut self.v_cache[at..at + hd]);
-        }
+        append_kv(
+            &c,
+            slot,
+            self.pos,
+            (&self.k, &self.v),
+            (&mut self.k_cache, &mut self.v_cache),
+        );
         let n_kv = self.pos + 1;
         let group = c.n_head / c.n_head_kv;
         let scale = 1.0 / (hd as f32).sqrt();
