@@ -17,4 +17,6 @@ pub mod quant;
 pub mod sampler;
 pub mod tier;
 pub mod tokenizer;
+#[cfg(test)]
+pub(crate) mod toy;
 pub mod weights;

@@ -89,6 +89,10 @@ pub fn matvec<W: WeightType>(pool: &Pool, w: &[W::Block], act: &[ActBlock<W>], o
     });
 }
 
+/// Weight bytes a decode step of several tokens dots with every token before moving on:
+/// the rows stay in L1/L2 while each token's activations stream past them.
+const COLS_TILE_BYTES: usize = 32 << 10;
+
 /// One matvec of a shared dispatch ([`matvec_parts`]): its number of row chunks and the
 /// work of chunk `c`. It holds the output's mutable borrow for `'a`.
 pub struct MatvecPart<'a> {
@@ -97,28 +101,47 @@ pub struct MatvecPart<'a> {
 }
 
 impl<'a> MatvecPart<'a> {
-    /// `out = W · act`, in chunks of rows sized for `pool` as [`matvec`]'s.
+    /// `out = W · act` for `n_cols` tokens, each exactly as [`matvec`] computes it: `act`
+    /// holds the tokens' quantized rows one after another and `out` is token-major
+    /// (`out[t * rows + r]`). The rows go in chunks sized for `pool` as [`matvec`]'s,
+    /// and each chunk is dotted with every token in pieces that stay in cache, so the
+    /// weights are read from memory once for all the tokens.
     pub fn new<W: WeightType>(
         pool: &Pool,
         w: &'a [W::Block],
         act: &'a [ActBlock<W>],
+        n_cols: usize,
         out: &'a mut [f32],
     ) -> MatvecPart<'a> {
-        let rb = row_blocks::<W>(act.len());
-        check_weights::<W>("matvec", w.len(), out.len(), rb);
-        let rows = out.len();
+        assert!(n_cols > 0 && act.len().is_multiple_of(n_cols) && out.len().is_multiple_of(n_cols));
+        let (act_row, rows) = (act.len() / n_cols, out.len() / n_cols);
+        let rb = row_blocks::<W>(act_row);
+        check_weights::<W>("matvec", w.len(), rows, rb);
         let row_bytes = rb * size_of::<W::Block>() / W::ROW_GROUP;
         let chunk = rows_per_chunk::<W>(rows, row_bytes, pool.n_threads());
+        let piece = match n_cols {
+            1 => chunk,
+            _ => (COLS_TILE_BYTES / row_bytes.max(1))
+                .max(1)
+                .next_multiple_of(W::ROW_GROUP),
+        };
         let base = SyncPtr(out.as_mut_ptr());
         MatvecPart {
             chunks: rows.div_ceil(chunk),
             run: Box::new(move |c| {
-                let r = c * chunk..((c + 1) * chunk).min(rows);
-                // SAFETY: chunk `c` is claimed by one thread alone (`matvec_parts`);
-                // chunks are disjoint row ranges inside `out`, borrowed mutably for 'a.
-                let out = unsafe { base.slice(r.clone()) };
-                let blocks = blocks_of_rows::<W>(r.start, rb)..blocks_of_rows::<W>(r.end, rb);
-                W::vec_dot_rows(&w[blocks], act, out);
+                let chunk_rows = c * chunk..((c + 1) * chunk).min(rows);
+                for start in chunk_rows.clone().step_by(piece) {
+                    let r = start..(start + piece).min(chunk_rows.end);
+                    let blocks = blocks_of_rows::<W>(r.start, rb)..blocks_of_rows::<W>(r.end, rb);
+                    for t in 0..n_cols {
+                        // SAFETY: chunk `c` is claimed by one thread alone
+                        // (`matvec_parts`); chunks are disjoint row ranges of each token's
+                        // output inside `out`, borrowed mutably for 'a.
+                        let out = unsafe { base.slice(t * rows + r.start..t * rows + r.end) };
+                        let act = &act[t * act_row..(t + 1) * act_row];
+                        W::vec_dot_rows(&w[blocks.clone()], act, out);
+                    }
+                }
             }),
         }
     }
@@ -526,9 +549,9 @@ mod tests {
                 let mut got = [vec![f32::NAN; 77], vec![f32::NAN; 130], vec![f32::NAN; 19]];
                 let [a, b, c] = &mut got;
                 let mut parts = vec![
-                    MatvecPart::new::<Q4_1>(&pool, &wa, &act_a, a),
-                    MatvecPart::new::<Q8_0>(&pool, &wb, &act_b, b),
-                    MatvecPart::new::<Q4_K>(&pool, &wc, &act_c, c),
+                    MatvecPart::new::<Q4_1>(&pool, &wa, &act_a, 1, a),
+                    MatvecPart::new::<Q8_0>(&pool, &wb, &act_b, 1, b),
+                    MatvecPart::new::<Q4_K>(&pool, &wc, &act_c, 1, c),
                 ];
                 parts.truncate(n_parts);
                 matvec_parts(&pool, &parts);
@@ -538,6 +561,49 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A part over several decode tokens gives each token its own matvec, bit for bit,
+    /// for plain and row-interleaved formats and rows wider than one cache piece.
+    #[test]
+    fn matvec_part_of_several_tokens_is_each_tokens_matvec() {
+        use crate::quant::q4_k_x8::{interleave, Q4_KX8};
+        fn check_cols<W: WeightType>(w: &[W::Block], rows: usize, cols: usize) {
+            let n_tokens = 5;
+            let x = testing::activations(n_tokens * cols, 11);
+            let mut act = Vec::new();
+            quantize_act::<W::Act>(&x, cols, &mut act);
+            let act_row = act.len() / n_tokens;
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            for threads in [1, 2, 3] {
+                let pool = Pool::new(threads);
+                let mut want = vec![f32::NAN; n_tokens * rows];
+                for (t, out) in want.chunks_exact_mut(rows).enumerate() {
+                    matvec::<W>(&pool, w, &act[t * act_row..(t + 1) * act_row], out);
+                }
+                let mut got = vec![f32::NAN; n_tokens * rows];
+                matvec_parts(
+                    &pool,
+                    &[MatvecPart::new::<W>(&pool, w, &act, n_tokens, &mut got)],
+                );
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "{} with {threads} threads",
+                    W::NAME
+                );
+            }
+        }
+        let (w, _) = matrix::<Q8_0>(300, 2048);
+        check_cols::<Q8_0>(&w, 300, 2048);
+        let (w, _) = matrix::<Q4_1>(77, 128);
+        check_cols::<Q4_1>(&w, 77, 128);
+        let (plain, _) = matrix::<Q4_K>(64, 512);
+        let grouped: Vec<_> = plain
+            .chunks_exact(8 * 2)
+            .flat_map(|g| (0..2).map(move |k| interleave(std::array::from_fn(|r| &g[r * 2 + k]))))
+            .collect();
+        check_cols::<Q4_KX8>(&grouped, 64, 512);
     }
 
     #[test]

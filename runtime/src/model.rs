@@ -244,9 +244,16 @@ pub struct Ctx {
     blob: &'static [u8],
     pool: Pool,
     rope: Rope,
-    /// Tokens of the batch being evaluated and the position of the first one.
+    /// Tokens of the batch being evaluated, and each one's sequence and position.
     tokens: Vec<u32>,
-    pos0: usize,
+    rows: Vec<(usize, usize)>,
+    /// Whether every token of the batch is a one-token step of its own sequence (a
+    /// decoded token, or one decoded token of each of several sequences): each is then
+    /// computed exactly as a batch of that token alone, matvecs and split attention.
+    /// Otherwise the batch is consecutive tokens of one sequence (a prompt chunk).
+    decode: bool,
+    /// Sequences the KV cache holds, `n_ctx` cells each.
+    n_seq: usize,
     /// Most tokens evaluated in one forward call.
     n_batch: usize,
     /// First token of the batch whose logits `output` computes, and where in `logits`
@@ -267,15 +274,15 @@ pub struct Ctx {
     /// Output of a projection that is added to the residual, `n x n_embd`.
     proj: Vec<f32>,
     logits: Vec<f32>,
-    /// f16 like llama.cpp's default cache, laid out `n_layer x n_head_kv x n_ctx x
-    /// head_dim` ([`Config::kv_head_offset`]).
+    /// f16 like llama.cpp's default cache: per sequence, `n_layer x n_head_kv x n_ctx x
+    /// head_dim` ([`Config::kv_head_offset`]), sequence after sequence.
     k_cache: Vec<f16>,
     v_cache: Vec<f16>,
     /// Attention scores and weights, `n_threads x 2 x group x n_ctx` (`group` query
     /// heads per KV head).
     scores: Vec<f32>,
-    /// A split decode step's per-chunk results: f16 running outputs, `n_threads` chunks
-    /// of `q_dim`, and each head's `(max, sum)`, `n_threads` chunks of `n_head`.
+    /// Split decode rows' per-chunk results: f16 running outputs, `q_dim` per chunk, and
+    /// each head's `(max, sum)`, `n_head` per chunk; grown to the chunks of a step.
     split_acc: Vec<f16>,
     split_stats: Vec<(f32, f32)>,
     /// Per-thread scratch of the tiled prompt-batch attention, made on first use.
@@ -287,6 +294,17 @@ impl Ctx {
     /// A context for model `M` holding up to `n_ctx` tokens (at most the compiled
     /// context), evaluating up to `n_batch` tokens per forward call.
     pub fn new<M: Model>(n_threads: usize, n_ctx: usize, n_batch: usize) -> Result<Ctx, CtxError> {
+        Ctx::with_sequences::<M>(n_threads, n_ctx, n_batch, 1)
+    }
+
+    /// A context whose KV cache holds `n_seq` sequences of up to `n_ctx` tokens each, for
+    /// [`Ctx::eval_seq`] and [`Ctx::decode`].
+    pub fn with_sequences<M: Model>(
+        n_threads: usize,
+        n_ctx: usize,
+        n_batch: usize,
+        n_seq: usize,
+    ) -> Result<Ctx, CtxError> {
         let cfg = Config { n_ctx, ..M::CONFIG };
         if n_ctx == 0 || n_ctx > M::CONFIG.n_ctx {
             return Err(CtxError::BadContext {
@@ -294,9 +312,16 @@ impl Ctx {
                 max: M::CONFIG.n_ctx,
             });
         }
-        let n_batch = n_batch.clamp(1, n_ctx);
+        let n_batch = n_batch.clamp(1, n_ctx.max(n_seq));
         let n_threads = n_threads.max(1);
-        let cache = cfg.n_layer * n_ctx * cfg.kv_dim();
+        let n_seq = n_seq.max(1);
+        let cache = n_seq
+            .checked_mul(cfg.n_layer * n_ctx * cfg.kv_dim())
+            .ok_or(CtxError::OutOfMemory {
+                what: "KV cache",
+                bytes: usize::MAX,
+                n_ctx,
+            })?;
         Ok(Ctx {
             blob: M::weights(),
             pool: Pool::new(n_threads),
@@ -308,7 +333,9 @@ impl Ctx {
                 n_ctx,
             ),
             tokens: Vec::new(),
-            pos0: 0,
+            rows: Vec::new(),
+            decode: false,
+            n_seq,
             n_batch,
             out_from: 0,
             out_at: 0,
@@ -345,11 +372,28 @@ impl Ctx {
         self.cfg.n_ctx
     }
 
+    pub fn n_seq(&self) -> usize {
+        self.n_seq
+    }
+
     /// Evaluates `tokens` at positions `pos0..`, in batches of at most `n_batch`, and
     /// returns the logits of `tokens[first_logit..]`, `n_vocab` per token (pass
     /// `tokens.len() - 1` for the last token only). The caller keeps
     /// `pos0 + tokens.len() <= n_ctx` and `first_logit < tokens.len()`.
     pub fn eval<M: Model>(&mut self, tokens: &[u32], pos0: usize, first_logit: usize) -> &[f32] {
+        self.eval_seq::<M>(0, tokens, pos0, first_logit)
+    }
+
+    /// [`Ctx::eval`] in sequence `seq` of the cache: the same arithmetic, whatever the
+    /// other sequences hold.
+    pub fn eval_seq<M: Model>(
+        &mut self,
+        seq: usize,
+        tokens: &[u32],
+        pos0: usize,
+        first_logit: usize,
+    ) -> &[f32] {
+        assert!(seq < self.n_seq, "sequence {seq} of {}", self.n_seq);
         assert!(
             pos0 + tokens.len() <= self.cfg.n_ctx,
             "batch past the end of the context"
@@ -364,7 +408,10 @@ impl Ctx {
             let start = i * self.n_batch;
             self.tokens.clear();
             self.tokens.extend_from_slice(chunk);
-            self.pos0 = pos0 + start;
+            self.rows.clear();
+            self.rows
+                .extend((0..chunk.len()).map(|t| (seq, pos0 + start + t)));
+            self.decode = chunk.len() == 1;
             // Rows of this batch whose logits are wanted, and where they go.
             self.out_from = first_logit.saturating_sub(start).min(chunk.len());
             self.out_at = (start + self.out_from).saturating_sub(first_logit) * n_vocab;
@@ -373,8 +420,44 @@ impl Ctx {
         &self.logits[..n_out * n_vocab]
     }
 
+    /// One decode step of several sequences at once: `steps` holds `(seq, pos, token)`
+    /// for distinct sequences, and the result is each token's logits, `n_vocab` per step
+    /// in order. Every weight row is read once per batch of up to `n_batch` steps, and
+    /// each step's logits are bit for bit what `eval_seq(seq, &[token], pos, 0)` gives:
+    /// whatever else runs beside a sequence, its arithmetic does not change.
+    pub fn decode<M: Model>(&mut self, steps: &[(usize, usize, u32)]) -> &[f32] {
+        let n_vocab = self.cfg.n_vocab;
+        for (i, &(seq, pos, _)) in steps.iter().enumerate() {
+            assert!(seq < self.n_seq, "sequence {seq} of {}", self.n_seq);
+            assert!(pos < self.cfg.n_ctx, "decode past the end of the context");
+            assert!(
+                steps[..i].iter().all(|s| s.0 != seq),
+                "sequence {seq} twice in one decode step"
+            );
+        }
+        if self.logits.len() < steps.len() * n_vocab {
+            self.logits.resize(steps.len() * n_vocab, 0.0);
+        }
+        for (i, chunk) in steps.chunks(self.n_batch).enumerate() {
+            self.tokens.clear();
+            self.tokens.extend(chunk.iter().map(|s| s.2));
+            self.rows.clear();
+            self.rows.extend(chunk.iter().map(|s| (s.0, s.1)));
+            self.decode = true;
+            self.out_from = 0;
+            self.out_at = i * self.n_batch * n_vocab;
+            M::forward(self);
+        }
+        &self.logits[..steps.len() * n_vocab]
+    }
+
     fn n(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// Values of one sequence's K (or V) cache: `n_layer x n_head_kv x n_ctx x head_dim`.
+    fn seq_cache_len(&self) -> usize {
+        self.cfg.n_layer * self.cfg.n_ctx * self.cfg.kv_dim()
     }
 
     /// x[t] = row `tokens[t]` of the embedding table.
@@ -411,7 +494,7 @@ impl Ctx {
             self.blob,
             &mut self.act,
             &self.xn,
-            n,
+            (n, self.decode),
             [
                 &mut (wq, &mut self.q[..]),
                 &mut (wk, &mut self.k[..]),
@@ -419,9 +502,10 @@ impl Ctx {
             ],
         );
 
-        // Rotate Q and K, then append K and V to this layer's cache.
+        // Rotate Q and K, then append K and V to their sequence's cache.
+        let seq_len = self.seq_cache_len();
         for t in 0..n {
-            let pos = self.pos0 + t;
+            let (seq, pos) = self.rows[t];
             self.rope
                 .apply(&mut self.q[t * q_dim..(t + 1) * q_dim], cfg.n_head, pos);
             let (k, v) = (
@@ -429,16 +513,17 @@ impl Ctx {
                 &self.v[t * kv_dim..(t + 1) * kv_dim],
             );
             self.rope.apply(k, cfg.n_head_kv, pos);
+            let cells = seq * seq_len..(seq + 1) * seq_len;
             append_kv(
                 &cfg,
                 layer,
                 pos,
                 (k, v),
-                (&mut self.k_cache, &mut self.v_cache),
+                (&mut self.k_cache[cells.clone()], &mut self.v_cache[cells]),
             );
         }
 
-        if n >= ops::TILE_Q {
+        if n >= ops::TILE_Q && !self.decode {
             self.attend_batch_tiled(layer);
         } else {
             self.attend_rows(layer);
@@ -451,55 +536,84 @@ impl Ctx {
             &mut self.act,
             wo,
             &self.att,
-            n,
+            (n, self.decode),
             &mut self.proj,
         );
         self.add_proj();
     }
 
     /// The first `n_kv` cached K and V rows (`head_dim` apart) of each KV head of
-    /// `layer` in the caches `k` and `v`, by head.
+    /// `layer` in sequence `seq` of the caches `k` and `v`, by head.
     fn head_cache<'a>(
         cfg: Config,
         (k, v): (&'a [f16], &'a [f16]),
-        layer: usize,
+        (seq, layer): (usize, usize),
         n_kv: usize,
     ) -> impl Fn(usize) -> (&'a [f16], &'a [f16]) + Sync + 'a {
+        let base = seq * cfg.n_layer * cfg.n_ctx * cfg.kv_dim();
         move |h| {
-            let at = cfg.kv_head_offset(layer, h);
+            let at = base + cfg.kv_head_offset(layer, h);
             let len = n_kv * cfg.head_dim;
             (&k[at..at + len], &v[at..at + len])
         }
     }
 
-    /// Attention of a batch under [`ops::TILE_Q`] tokens (decode included): each
-    /// (token, head) row by itself, as llama.cpp's one-row kernel does; a lone decoded
-    /// token over a long cache splits its keys into chunks like llama.cpp.
+    /// Attention of a batch under [`ops::TILE_Q`] tokens, or of a decode step: each
+    /// (token, head) row by itself, as llama.cpp's one-row kernel does. A decoded token
+    /// over a long cache splits its keys into chunks like llama.cpp's lone decoded token,
+    /// also when other sequences' tokens share the step.
     ///
     /// Work units are (token, KV head, key chunk): one unit computes the chunk for all
     /// the query heads of the KV head, reading each K and V row once for them
     /// ([`ops::attend_group_chunk`]). Units are claimed from a shared counter, costliest
-    /// first, so the threads stay busy whichever heads and chunks they get; a split
-    /// step's chunks are merged in key order afterwards, which is cheap (one row per
-    /// head and chunk).
+    /// first, so the threads stay busy whichever heads and chunks they get; split tokens'
+    /// chunks are merged in key order afterwards, which is cheap (one row per head and
+    /// chunk).
     fn attend_rows(&mut self, layer: usize) {
         let cfg = self.cfg;
         let n = self.n();
-        let (q_dim, hd) = (cfg.q_dim(), cfg.head_dim);
-        let group = cfg.n_head / cfg.n_head_kv;
+        let (q_dim, hd, n_head_kv) = (cfg.q_dim(), cfg.head_dim, cfg.n_head_kv);
+        let group = cfg.n_head / n_head_kv;
         let scale = 1.0 / (hd as f32).sqrt();
+        // Per token: its key chunk length when its keys are split (the chunking changes
+        // rounding, so match llama.cpp's), its chunk count, and its first chunk's slot
+        // in `split_acc`.
+        let mut plan = Vec::with_capacity(n);
+        let mut n_split = 0;
+        for &(_, pos) in &self.rows {
+            let n_kv = pos + 1;
+            let chunk = match self.decode {
+                true => ops::llama_cpp_split_chunk_len(n_kv, cfg.n_ctx, self.pool.n_threads()),
+                false => None,
+            };
+            let chunks = chunk.map_or(1, |c| n_kv.div_ceil(c));
+            plan.push((chunk, chunks, n_split));
+            if chunk.is_some() {
+                n_split += chunks;
+            }
+        }
+        if self.split_acc.len() < n_split * q_dim {
+            self.split_acc.resize(n_split * q_dim, f16::ZERO);
+        }
+        if self.split_stats.len() < n_split * cfg.n_head {
+            self.split_stats.resize(n_split * cfg.n_head, (0.0, 0.0));
+        }
+        // (token, chunk) pairs, chunk-major (the last, shortest chunks last), then the
+        // latest token first; each is `n_head_kv` units.
+        let max_chunks = plan.iter().map(|p| p.1).max().unwrap_or(0);
+        let plan = &plan;
+        let pairs: Vec<(usize, usize)> = (0..max_chunks)
+            .flat_map(|c| {
+                (0..n)
+                    .rev()
+                    .filter(move |&t| c < plan[t].1)
+                    .map(move |t| (t, c))
+            })
+            .collect();
+        let n_units = pairs.len() * n_head_kv;
         let kv = (&self.k_cache[..], &self.v_cache[..]);
-        let head_cache = Self::head_cache(cfg, kv, layer, self.pos0 + n);
-        let (q, pos0, n_ctx) = (&self.q, self.pos0, cfg.n_ctx);
-        // A single decoded token over a long cache splits its keys into one chunk per
-        // thread, as llama.cpp does; the chunking changes rounding, so match it.
-        let split = if n == 1 {
-            ops::llama_cpp_split_chunk_len(pos0 + 1, n_ctx, self.pool.n_threads())
-        } else {
-            None
-        };
-        let n_chunks = split.map_or(1, |c| (pos0 + 1).div_ceil(c));
-        let n_units = n * cfg.n_head_kv * n_chunks;
+        let (q, rows) = (&self.q, &self.rows);
+        let n_ctx = cfg.n_ctx;
         let next = std::sync::atomic::AtomicUsize::new(0);
         let att = SharedMut(self.att.as_mut_ptr());
         let scores = SharedMut(self.scores.as_mut_ptr());
@@ -533,15 +647,14 @@ impl Ctx {
                 if unit >= n_units {
                     break;
                 }
-                // chunk-major (the last, shortest chunk last), then the latest token first
-                let (c, rest) = (unit / (n * cfg.n_head_kv), unit % (n * cfg.n_head_kv));
-                let (t, kvh) = (n - 1 - rest / cfg.n_head_kv, rest % cfg.n_head_kv);
-                let n_kv = pos0 + t + 1;
+                let ((t, c), kvh) = (pairs[unit / n_head_kv], unit % n_head_kv);
+                let ((seq, pos), (split, _, slot0)) = (rows[t], plan[t]);
+                let n_kv = pos + 1;
                 let (first, len) = match split {
                     Some(chunk) => (c * chunk, chunk.min(n_kv - c * chunk)),
                     None => (0, n_kv),
                 };
-                let (k_cache, v_cache) = head_cache(kvh);
+                let (k_cache, v_cache) = Self::head_cache(cfg, kv, (seq, layer), n_kv)(kvh);
                 let keys = ops::KeyChunk {
                     k_cache,
                     v_cache,
@@ -553,16 +666,16 @@ impl Ctx {
                 let h0 = kvh * group;
                 let q_group = &q[t * q_dim + h0 * hd..t * q_dim + (h0 + group) * hd];
                 if split.is_some() {
-                    // SAFETY: unit (chunk c, KV head kvh) alone writes these heads' rows of
-                    // chunk c.
+                    // SAFETY: unit (token t, chunk c, KV head kvh) alone writes these
+                    // heads' rows of the chunk's slot.
                     let (acc, stats) = unsafe {
                         (
                             std::slice::from_raw_parts_mut(
-                                split_acc.0.add(c * q_dim + h0 * hd),
+                                split_acc.0.add((slot0 + c) * q_dim + h0 * hd),
                                 group * hd,
                             ),
                             std::slice::from_raw_parts_mut(
-                                split_stats.0.add(c * cfg.n_head + h0),
+                                split_stats.0.add((slot0 + c) * cfg.n_head + h0),
                                 group,
                             ),
                         )
@@ -584,13 +697,16 @@ impl Ctx {
                 }
             }
         });
-        if split.is_some() {
+        for (t, &(split, chunks, slot0)) in plan.iter().enumerate() {
+            if split.is_none() {
+                continue;
+            }
             for h in 0..cfg.n_head {
-                let out = &mut self.att[h * hd..(h + 1) * hd];
+                let out = &mut self.att[t * q_dim + h * hd..][..hd];
                 let mut merged = ops::SplitMerge::new(out);
-                for c in 0..n_chunks {
-                    let acc = &self.split_acc[c * q_dim + h * hd..][..hd];
-                    merged.add(out, acc, self.split_stats[c * cfg.n_head + h]);
+                for slot in slot0..slot0 + chunks {
+                    let acc = &self.split_acc[slot * q_dim + h * hd..][..hd];
+                    merged.add(out, acc, self.split_stats[slot * cfg.n_head + h]);
                 }
                 merged.finish(out);
             }
@@ -614,8 +730,9 @@ impl Ctx {
         let group = cfg.n_head / cfg.n_head_kv;
         let scale = 1.0 / (hd as f32).sqrt();
         let kv = (&self.k_cache[..], &self.v_cache[..]);
-        let head_cache = Self::head_cache(cfg, kv, layer, self.pos0 + n);
-        let (q, pos0, tiled) = (&self.q, self.pos0, &self.tiled);
+        let (seq, pos0) = self.rows[0];
+        let head_cache = Self::head_cache(cfg, kv, (seq, layer), pos0 + n);
+        let (q, tiled) = (&self.q, &self.tiled);
         let n_groups = n.div_ceil(ops::TILE_Q);
         let n_jobs = n_groups * cfg.n_head;
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -672,7 +789,7 @@ impl Ctx {
             self.blob,
             &mut self.act,
             &self.xn,
-            n,
+            (n, self.decode),
             [
                 &mut (w_gate, &mut self.gate[..]),
                 &mut (w_up, &mut self.up[..]),
@@ -697,7 +814,7 @@ impl Ctx {
             &mut self.act,
             w_down,
             &self.gate,
-            n,
+            (n, self.decode),
             &mut self.proj,
         );
         self.add_proj();
@@ -715,7 +832,15 @@ impl Ctx {
         let xn = &self.xn[self.out_from * n_embd..n * n_embd];
         let out = &mut self.logits[self.out_at..self.out_at + rows * n_vocab];
         self.act.begin();
-        project(&self.pool, self.blob, &mut self.act, w_out, xn, rows, out);
+        project(
+            &self.pool,
+            self.blob,
+            &mut self.act,
+            w_out,
+            xn,
+            (rows, self.decode),
+            out,
+        );
     }
 
     /// xn = rmsnorm(x) * weight, per token.
@@ -761,14 +886,16 @@ type ActOf<T> = <<T as Tensor>::W as WeightType>::Act;
 
 /// out[t] = W · input[t] for the n tokens of the batch: quantize the input rows into the
 /// weight type's activation format (once per input and format: the caller starts each
-/// new input with [`ActScratch::begin`]), then one matmul.
+/// new input with [`ActScratch::begin`]), then one matmul, or for a decode step (`n == 1`,
+/// or `decode`: each token a step of its own sequence) one matvec per token, all in one
+/// pass over the weights.
 fn project<T: Tensor>(
     pool: &Pool,
     blob: &[u8],
     act: &mut ActScratch,
     w: &T,
     input: &[f32],
-    n: usize,
+    (n, decode): (usize, bool),
     out: &mut [f32],
 ) {
     let slot = act.quantize::<ActOf<T>>(pool, &input[..n * T::COLS], T::COLS);
@@ -776,6 +903,9 @@ fn project<T: Tensor>(
     let out = &mut out[..n * T::ROWS];
     if n == 1 {
         matmul::matvec::<T::W>(pool, w.blocks(blob), blocks, out);
+    } else if decode {
+        let part = matmul::MatvecPart::new::<T::W>(pool, w.blocks(blob), blocks, n, out);
+        matmul::matvec_parts(pool, &[part]);
     } else {
         matmul::matmul::<T::W>(pool, w.blocks(blob), blocks, n, out);
     }
@@ -786,25 +916,26 @@ fn project<T: Tensor>(
 trait Projection {
     /// `out = W · input` for a batch of `n` tokens: one `project`.
     fn batch(&mut self, pool: &Pool, blob: &[u8], act: &mut ActScratch, input: &[f32], n: usize);
-    /// One token's input in the weights' activation format: its `act` slot.
-    fn quantize(&self, pool: &Pool, act: &mut ActScratch, input: &[f32]) -> usize;
-    /// The matvec of one token, from its quantized input in `slot`.
+    /// The `n` tokens' input in the weights' activation format: its `act` slot.
+    fn quantize(&self, pool: &Pool, act: &mut ActScratch, input: &[f32], n: usize) -> usize;
+    /// The matvecs of `n` decode tokens, from their quantized input in `slot`.
     fn part<'a>(
         &'a mut self,
         pool: &Pool,
         blob: &'a [u8],
         act: &'a ActScratch,
         slot: usize,
+        n: usize,
     ) -> matmul::MatvecPart<'a>;
 }
 
 impl<T: Tensor> Projection for (&T, &mut [f32]) {
     fn batch(&mut self, pool: &Pool, blob: &[u8], act: &mut ActScratch, input: &[f32], n: usize) {
-        project(pool, blob, act, self.0, input, n, self.1);
+        project(pool, blob, act, self.0, input, (n, false), self.1);
     }
 
-    fn quantize(&self, pool: &Pool, act: &mut ActScratch, input: &[f32]) -> usize {
-        act.quantize::<ActOf<T>>(pool, &input[..T::COLS], T::COLS)
+    fn quantize(&self, pool: &Pool, act: &mut ActScratch, input: &[f32], n: usize) -> usize {
+        act.quantize::<ActOf<T>>(pool, &input[..n * T::COLS], T::COLS)
     }
 
     fn part<'a>(
@@ -813,36 +944,40 @@ impl<T: Tensor> Projection for (&T, &mut [f32]) {
         blob: &'a [u8],
         act: &'a ActScratch,
         slot: usize,
+        n: usize,
     ) -> matmul::MatvecPart<'a> {
-        let out = &mut self.1[..T::ROWS];
-        matmul::MatvecPart::new::<T::W>(pool, self.0.blocks(blob), act.get::<ActOf<T>>(slot), out)
+        let out = &mut self.1[..n * T::ROWS];
+        let act = act.get::<ActOf<T>>(slot);
+        matmul::MatvecPart::new::<T::W>(pool, self.0.blocks(blob), act, n, out)
     }
 }
 
-/// Projections of the same input: for one token in a single dispatch of the pool
+/// Projections of the same input: for decode tokens in a single dispatch of the pool
 /// ([`matmul::matvec_parts`]: K and V alone are too small to stream at full speed, and
-/// each dispatch wakes and joins the pool), for a batch as one matmul each. Results are
-/// those of one `project` per projection.
+/// each dispatch wakes and joins the pool), for a prompt batch as one matmul each.
+/// Results are those of one `project` per projection.
 fn project_all<const N: usize>(
     pool: &Pool,
     blob: &[u8],
     act: &mut ActScratch,
     input: &[f32],
-    n: usize,
+    (n, decode): (usize, bool),
     mut projections: [&mut dyn Projection; N],
 ) {
-    if n != 1 {
+    if n != 1 && !decode {
         for p in projections {
             p.batch(pool, blob, act, input, n);
         }
         return;
     }
-    let slots = projections.each_ref().map(|p| p.quantize(pool, act, input));
+    let slots = projections
+        .each_ref()
+        .map(|p| p.quantize(pool, act, input, n));
     let act = &*act;
     let parts: Vec<_> = projections
         .iter_mut()
         .zip(slots)
-        .map(|(p, slot)| p.part(pool, blob, act, slot))
+        .map(|(p, slot)| p.part(pool, blob, act, slot, n))
         .collect();
     matmul::matvec_parts(pool, &parts);
 }
@@ -851,6 +986,64 @@ fn project_all<const N: usize>(
 mod tests {
     use super::*;
     use crate::quant::{q8_0::Q8_0, q8_k::Q8_K};
+
+    /// Sequences decoded together, joining at different times and at depths where the
+    /// keys are split, get each step's logits bit for bit as a context of their own.
+    #[test]
+    fn decoding_sequences_together_changes_no_bit() {
+        use crate::toy::{Toy, CTX, V};
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let argmax =
+            |l: &[f32]| (0..l.len()).fold(0, |b, i| if l[i] > l[b] { i } else { b }) as u32;
+        let prompts: [Vec<u32>; 3] = [
+            (0..5).map(|i| (i * 7 + 1) % V as u32).collect(),
+            (0..270).map(|i| (i * 13 + 5) % V as u32).collect(),
+            (0..40).map(|i| (i * 3 + 2) % V as u32).collect(),
+        ];
+        // Each sequence alone: its prompt in chunks of 64, then greedy decode steps.
+        let steps = 12;
+        let mut solo = Vec::new();
+        for p in &prompts {
+            let mut ctx = Ctx::new::<Toy>(2, CTX, 64).unwrap();
+            let mut logits = vec![ctx.eval::<Toy>(p, 0, p.len() - 1).to_vec()];
+            for pos in p.len()..p.len() + steps {
+                let next = argmax(logits.last().unwrap());
+                logits.push(ctx.eval::<Toy>(&[next], pos, 0).to_vec());
+            }
+            solo.push(logits);
+        }
+        // Together: sequence s joins at step 4 * s; one cache, one decode call per step.
+        let mut ctx = Ctx::with_sequences::<Toy>(2, CTX, 64, 3).unwrap();
+        let mut state: Vec<Option<(usize, Vec<f32>, usize)>> = vec![None, None, None];
+        for step in 0..steps + 8 {
+            for (s, p) in prompts.iter().enumerate() {
+                if step == 4 * s {
+                    let l = ctx.eval_seq::<Toy>(s, p, 0, p.len() - 1).to_vec();
+                    assert_eq!(bits(&l), bits(&solo[s][0]), "prompt of sequence {s}");
+                    state[s] = Some((p.len(), l, 1));
+                }
+            }
+            let batch: Vec<(usize, usize, u32)> = state
+                .iter()
+                .enumerate()
+                .filter_map(|(s, st)| {
+                    st.as_ref()
+                        .filter(|st| st.2 <= steps)
+                        .map(|st| (s, st.0, argmax(&st.1)))
+                })
+                .collect();
+            if batch.is_empty() {
+                continue;
+            }
+            let out = ctx.decode::<Toy>(&batch).to_vec();
+            for (&(s, _, _), l) in batch.iter().zip(out.chunks_exact(V)) {
+                let st = state[s].as_mut().unwrap();
+                assert_eq!(bits(l), bits(&solo[s][st.2]), "sequence {s}, step {}", st.2);
+                (st.0, st.1, st.2) = (st.0 + 1, l.to_vec(), st.2 + 1);
+            }
+        }
+        assert!(state.iter().all(|st| st.as_ref().unwrap().2 == steps + 1));
+    }
 
     #[test]
     fn act_scratch_quantizes_each_input_once_per_format() {
