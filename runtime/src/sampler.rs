@@ -22,6 +22,10 @@ pub struct SamplerConfig {
     pub min_p: f32,
     /// Divide positive (multiply non-positive) logits of recent tokens; 1 = off.
     pub repeat_penalty: f32,
+    /// Subtract this times its count in the recent tokens from a token's logit; 0 = off.
+    pub frequency_penalty: f32,
+    /// Subtract this from the logit of every token among the recent ones; 0 = off.
+    pub presence_penalty: f32,
     /// How many of the most recent tokens the penalty looks at.
     pub repeat_last_n: usize,
     /// RNG seed.
@@ -36,6 +40,8 @@ impl Default for SamplerConfig {
             top_p: 0.95,
             min_p: 0.05,
             repeat_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             repeat_last_n: 64,
             seed: 0,
         }
@@ -164,8 +170,8 @@ impl Sampler {
         };
         let penalised = self.penalised(history);
         for (id, &l) in logits.iter().enumerate() {
-            let l = match penalised.binary_search(&(id as u32)) {
-                Ok(_) => self.penalise(l),
+            let l = match penalised.binary_search_by_key(&(id as u32), |p| p.0) {
+                Ok(i) => self.penalise(l, penalised[i].1),
                 Err(_) => l,
             };
             // Strict `>` keeps the first (lowest id) of equal maxima, as llama.cpp's
@@ -180,28 +186,39 @@ impl Sampler {
         best.id
     }
 
-    /// Sorted, deduplicated ids of the last `repeat_last_n` tokens, or none when the
-    /// penalty is off.
-    fn penalised(&self, history: &[u32]) -> Vec<u32> {
-        if self.cfg.repeat_penalty == 1.0 || self.cfg.repeat_last_n == 0 {
+    /// The distinct ids of the last `repeat_last_n` tokens with their counts, sorted by
+    /// id, or none when every penalty is off.
+    fn penalised(&self, history: &[u32]) -> Vec<(u32, u32)> {
+        let c = &self.cfg;
+        let off =
+            c.repeat_penalty == 1.0 && c.frequency_penalty == 0.0 && c.presence_penalty == 0.0;
+        if off || c.repeat_last_n == 0 {
             return Vec::new();
         }
-        let start = history.len().saturating_sub(self.cfg.repeat_last_n);
+        let start = history.len().saturating_sub(c.repeat_last_n);
         let mut ids = history[start..].to_vec();
         ids.sort_unstable();
-        ids.dedup();
-        ids
+        let mut counted: Vec<(u32, u32)> = Vec::new();
+        for id in ids {
+            match counted.last_mut() {
+                Some(last) if last.0 == id => last.1 += 1,
+                _ => counted.push((id, 1)),
+            }
+        }
+        counted
     }
 
-    /// llama.cpp's repeat penalty: non-positive logits are multiplied, positive ones
-    /// divided, so the token always becomes less likely. Applied once per distinct
-    /// token however often it repeats.
-    fn penalise(&self, logit: f32) -> f32 {
-        if logit <= 0.0 {
-            logit * self.cfg.repeat_penalty
+    /// llama.cpp's penalties for a token seen `count` times: the repeat penalty
+    /// multiplies non-positive logits and divides positive ones (once however often the
+    /// token repeats), then `count * frequency + presence` is subtracted.
+    fn penalise(&self, logit: f32, count: u32) -> f32 {
+        let c = &self.cfg;
+        let logit = if logit <= 0.0 {
+            logit * c.repeat_penalty
         } else {
-            logit / self.cfg.repeat_penalty
-        }
+            logit / c.repeat_penalty
+        };
+        logit - count as f32 * c.frequency_penalty - c.presence_penalty
     }
 
     /// Penalty, top-k, top-p, min-p, temperature; returns candidates sorted by
@@ -215,9 +232,9 @@ impl Sampler {
                 logit,
             })
             .collect();
-        for id in self.penalised(history) {
+        for (id, count) in self.penalised(history) {
             if let Some(c) = cands.get_mut(id as usize) {
-                c.logit = self.penalise(c.logit);
+                c.logit = self.penalise(c.logit, count);
             }
         }
 
@@ -328,6 +345,23 @@ mod tests {
         assert_eq!(s.sample(&[5.0, 5.0], &[]), 0);
         assert_eq!(s.sample(&[f32::NEG_INFINITY, f32::NEG_INFINITY], &[]), 0);
         assert_eq!(s.candidates(&[0.0, 7.0, 7.0], &[]), vec![(1, 1.0)]);
+    }
+
+    #[test]
+    fn frequency_and_presence_penalties_subtract_per_count_and_once() {
+        let s = Sampler::new(SamplerConfig {
+            temp: 0.0,
+            frequency_penalty: 0.5,
+            presence_penalty: 1.0,
+            ..Default::default()
+        });
+        // Token 0 seen three times: 4.0 - 3 * 0.5 - 1.0 = 1.5, below token 1 (2.0);
+        // token 2 never seen keeps 1.9.
+        assert_eq!(s.penalised(&[0, 3, 0, 0]), vec![(0, 3), (3, 1)]);
+        assert_eq!(s.penalise(4.0, 3), 1.5);
+        let mut s = s;
+        assert_eq!(s.sample(&[4.0, 2.0, 1.9, 9.0], &[0, 3, 0, 0]), 3);
+        assert_eq!(s.sample(&[4.0, 2.0, 1.9, 2.1], &[0, 3, 0, 0]), 1);
     }
 
     #[test]

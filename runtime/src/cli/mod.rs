@@ -90,7 +90,22 @@ struct SamplingArgs {
         allow_negative_numbers = true
     )]
     repeat_penalty: f32,
-    /// How many recent tokens the repeat penalty looks at (0 = off, -1 = the context).
+    /// Subtract N times its count among the last --repeat-last-n tokens from a token's
+    /// logit (0 = off).
+    #[arg(
+        long = "frequency-penalty",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    frequency_penalty: f32,
+    /// Subtract N from the logit of every token among the last --repeat-last-n (0 = off).
+    #[arg(
+        long = "presence-penalty",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    presence_penalty: f32,
+    /// How many recent tokens the penalties look at (0 = off, -1 = the context).
     #[arg(
         long = "repeat-last-n",
         default_value_t = 64,
@@ -126,6 +141,14 @@ impl SamplingArgs {
                 self.repeat_penalty
             ));
         }
+        for (flag, v) in [
+            ("--frequency-penalty", self.frequency_penalty),
+            ("--presence-penalty", self.presence_penalty),
+        ] {
+            if !v.is_finite() {
+                return Err(format!("{flag} must be a number, got {v}"));
+            }
+        }
         let repeat_last_n = match self.repeat_last_n {
             -1 => n_ctx,
             n if n >= 0 => n as usize,
@@ -142,6 +165,8 @@ impl SamplingArgs {
             top_p: self.top_p,
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
             repeat_last_n,
             seed,
         })
