@@ -405,6 +405,7 @@ fn first_token_distribution_follows_the_model() {
         repeat_penalty: 1.0,
         repeat_last_n: 64,
         seed: 0,
+        ..SamplerConfig::default()
     };
     let probs = Sampler::new(cfg).candidates(&logits, &ids);
 

@@ -5,6 +5,7 @@
 //! thread pool, tokenizer, sampler and the command line of the emitted binary.
 //! Nothing here may look up a tensor's type at run time: callers are monomorphised.
 
+pub mod chat_template;
 pub mod cli;
 pub mod float16;
 pub mod gpu;
@@ -15,6 +16,8 @@ pub mod perplexity;
 pub mod pool;
 pub mod quant;
 pub mod sampler;
+pub mod serve;
+pub mod stop;
 pub mod tier;
 pub mod tokenizer;
 #[cfg(test)]

@@ -5,11 +5,9 @@
 
 use std::io::Write;
 
-use minijinja::{context, Environment, Error, ErrorKind};
-use serde::Serialize;
-
 use super::session::{Session, Stop};
 use super::SamplingArgs;
+use crate::chat_template::{ChatTemplate, Message};
 use crate::model::Model;
 use crate::sampler::Sampler;
 
@@ -29,44 +27,6 @@ pub(super) struct ChatArgs {
     threads: Option<usize>,
     #[command(flatten)]
     sampling: SamplingArgs,
-}
-
-#[derive(Serialize)]
-struct Message {
-    role: &'static str,
-    content: String,
-}
-
-/// Renders a conversation with a GGUF chat template.
-struct Template<'t> {
-    env: Environment<'t>,
-    bos: String,
-    eos: String,
-}
-
-impl<'t> Template<'t> {
-    fn new(source: &'t str, bos: String, eos: String) -> Result<Self, String> {
-        let mut env = Environment::new();
-        // Hugging Face templates call Python string methods and raise_exception().
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
-            Err(Error::new(ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template("chat", source)
-            .map_err(|e| format!("the model's chat template does not parse: {e}"))?;
-        Ok(Template { env, bos, eos })
-    }
-
-    fn render(&self, messages: &[Message]) -> Result<String, String> {
-        let tmpl = self.env.get_template("chat").map_err(|e| e.to_string())?;
-        tmpl.render(context! {
-            messages => messages,
-            add_generation_prompt => true,
-            bos_token => self.bos,
-            eos_token => self.eos,
-        })
-        .map_err(|e| format!("chat template: {e}"))
-    }
 }
 
 /// Writes to stdout and keeps a copy of the text.
@@ -102,20 +62,8 @@ pub(super) fn chat<M: Model>(args: &ChatArgs) -> Result<(), String> {
     let threads = super::threads_or_default(args.threads)?;
     let mut sampler = Sampler::new(args.sampling.config(n_ctx)?);
     let mut session = Session::<M>::new(threads, n_ctx, 512)?;
-    let source = session
-        .tok
-        .chat_template()
-        .ok_or("this model has no chat template (tokenizer.chat_template in its GGUF); use plain generation with -p instead")?
-        .to_string();
-    let text_of = |id: Option<u32>| {
-        id.map(|id| String::from_utf8_lossy(session.tok.token_text(id)).into_owned())
-            .unwrap_or_default()
-    };
-    let template = Template::new(
-        &source,
-        text_of(session.tok.bos()),
-        text_of(session.tok.eos()),
-    )?;
+    let template = ChatTemplate::of(&session.tok)
+        .map_err(|e| format!("{e}; use plain generation with -p instead"))?;
     let budget = if args.n_predict < 0 {
         usize::MAX
     } else {
@@ -125,7 +73,7 @@ pub(super) fn chat<M: Model>(args: &ChatArgs) -> Result<(), String> {
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
         messages.push(Message {
-            role: "system",
+            role: "system".into(),
             content: system.clone(),
         });
     }
@@ -145,16 +93,10 @@ pub(super) fn chat<M: Model>(args: &ChatArgs) -> Result<(), String> {
         }
         let _ = editor.add_history_entry(line.as_str());
         messages.push(Message {
-            role: "user",
+            role: "user".into(),
             content: line,
         });
-        let rendered = template.render(&messages)?;
-        let mut ids = session.tok.encode(&rendered, false, true);
-        if let (true, Some(bos)) = (session.tok.add_bos(), session.tok.bos()) {
-            if ids.first() != Some(&bos) {
-                ids.insert(0, bos);
-            }
-        }
+        let ids = template.prompt(&session.tok, &messages)?;
         let common = session
             .history
             .iter()
@@ -177,7 +119,7 @@ pub(super) fn chat<M: Model>(args: &ChatArgs) -> Result<(), String> {
         let _ = writeln!(tee.out);
         let reply = String::from_utf8_lossy(&tee.text).into_owned();
         messages.push(Message {
-            role: "assistant",
+            role: "assistant".into(),
             content: reply,
         });
         match stop {

@@ -2,7 +2,7 @@
 //! feel at home. Generated text streams to stdout; timings and diagnostics go to stderr.
 //!
 //! Subcommands: (none) generate from a prompt, `chat`, `bench`, `perplexity`, `logits`,
-//! `info`.
+//! `serve`, `info`.
 
 mod bench;
 mod chat;
@@ -66,6 +66,9 @@ enum Cmd {
     /// with other engines): u32 n_tokens, u32 n_vocab, the token ids (u32), then
     /// n_tokens x n_vocab f32.
     Logits(tools::LogitsArgs),
+    /// An OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, ...)
+    /// generating up to --parallel replies at once.
+    Serve(crate::serve::ServeArgs),
 }
 
 /// Sampling flags shared by generation and chat.
@@ -201,6 +204,7 @@ fn run<M: Model>(gpu: Option<&'static crate::gpu::GpuModel>, tier: &'static str)
         Some(Cmd::Bench(args)) => bench::bench::<M>(&args),
         Some(Cmd::Perplexity(args)) => tools::run_perplexity::<M>(&args),
         Some(Cmd::Logits(args)) => tools::dump_logits::<M>(&args),
+        Some(Cmd::Serve(args)) => crate::serve::serve::<M>(&args),
         None => generate::generate::<M>(&cli.gen),
     };
     match result {
@@ -250,7 +254,7 @@ fn default_threads() -> usize {
     cores.len().clamp(1, logical)
 }
 
-fn threads_or_default(threads: Option<usize>) -> Result<usize, String> {
+pub(crate) fn threads_or_default(threads: Option<usize>) -> Result<usize, String> {
     match threads {
         Some(0) => Err("--threads must be at least 1".into()),
         Some(n) => Ok(n),
@@ -258,7 +262,7 @@ fn threads_or_default(threads: Option<usize>) -> Result<usize, String> {
     }
 }
 
-fn read_text(path: &std::path::Path) -> Result<String, String> {
+pub(crate) fn read_text(path: &std::path::Path) -> Result<String, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     String::from_utf8(bytes).map_err(|e| {
         format!(
@@ -269,6 +273,6 @@ fn read_text(path: &std::path::Path) -> Result<String, String> {
     })
 }
 
-fn load_tokenizer<M: Model>() -> Result<Tokenizer, String> {
+pub(crate) fn load_tokenizer<M: Model>() -> Result<Tokenizer, String> {
     Tokenizer::from_bytes(M::tokenizer()).map_err(|e| format!("embedded tokenizer: {e}"))
 }
