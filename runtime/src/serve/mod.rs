@@ -231,6 +231,8 @@ async fn listen(
                         continue;
                     }
                 };
+                // Streamed tokens go out as they come, not held back for a fuller packet.
+                let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 let service = service_fn(move |req| http::handle(req, shared.clone()));
                 let conn = http1::Builder::new()
