@@ -235,10 +235,54 @@ pub fn matmul<W: WeightType>(
     if let Some(gemm) = W::GEMM {
         return gemm(pool, w, act, n_tokens, out);
     }
-    let row_bytes = rb * size_of::<W::Block>();
     if W::batched(n_tokens) {
         return matmul_batched::<W>(pool, w, act, n_tokens, out);
     }
+    matmul_tiled::<W>(pool, w, act, n_tokens, out)
+}
+
+/// `n_tokens` decode steps at once (one token of each of several sequences): each
+/// token's `out` row is bit for bit what [`matvec`] gives it alone, while the weights are
+/// read from memory once for all. One-row formats go through the tiles of
+/// [`WeightType::vec_dot_tile`], which are `vec_dot`s by contract; row-interleaved ones
+/// dot each cache-sized piece of rows with every token ([`MatvecPart`]).
+pub fn matvecs<W: WeightType>(
+    pool: &Pool,
+    w: &[W::Block],
+    act: &[ActBlock<W>],
+    n_tokens: usize,
+    out: &mut [f32],
+) {
+    if n_tokens == 1 {
+        return matvec::<W>(pool, w, act, out);
+    }
+    if W::ROW_GROUP > 1 {
+        return matvec_parts(pool, &[MatvecPart::new::<W>(pool, w, act, n_tokens, out)]);
+    }
+    assert!(act.len().is_multiple_of(n_tokens) && out.len().is_multiple_of(n_tokens));
+    let rb = row_blocks::<W>(act.len() / n_tokens);
+    check_weights::<W>("matvecs", w.len(), out.len() / n_tokens, rb);
+    if rb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    matmul_tiled::<W>(pool, w, act, n_tokens, out)
+}
+
+/// The batch path whose every element is one `vec_dot` ([`WeightType::vec_dot_tile`]
+/// for whole tiles): `matmul` for the formats llama.cpp computes that way, and
+/// [`matvecs`] for all one-row formats.
+fn matmul_tiled<W: WeightType>(
+    pool: &Pool,
+    w: &[W::Block],
+    act: &[ActBlock<W>],
+    n_tokens: usize,
+    out: &mut [f32],
+) {
+    let act_row = act.len() / n_tokens;
+    let rows = out.len() / n_tokens;
+    let rb = row_blocks::<W>(act_row);
+    let row_bytes = rb * size_of::<W::Block>();
     // whole tiles of rows per chunk, so that only the last chunk has a ragged end
     let chunk = rows_per_chunk::<W>(rows, row_bytes, pool.n_threads())
         .min((MATMUL_TASK_BYTES / row_bytes).max(1))
@@ -563,8 +607,9 @@ mod tests {
         }
     }
 
-    /// A part over several decode tokens gives each token its own matvec, bit for bit,
-    /// for plain and row-interleaved formats and rows wider than one cache piece.
+    /// A part over several decode tokens, and `matvecs`, give each token its own matvec,
+    /// bit for bit, for plain and row-interleaved formats (whole tiles of tokens and a
+    /// ragged one) and rows wider than one cache piece.
     #[test]
     fn matvec_part_of_several_tokens_is_each_tokens_matvec() {
         use crate::quant::q4_k_x8::{interleave, Q4_KX8};
@@ -592,12 +637,24 @@ mod tests {
                     "{} with {threads} threads",
                     W::NAME
                 );
+                let mut got = vec![f32::NAN; n_tokens * rows];
+                matvecs::<W>(&pool, w, &act, n_tokens, &mut got);
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "{} matvecs, {threads} threads",
+                    W::NAME
+                );
             }
         }
         let (w, _) = matrix::<Q8_0>(300, 2048);
         check_cols::<Q8_0>(&w, 300, 2048);
         let (w, _) = matrix::<Q4_1>(77, 128);
         check_cols::<Q4_1>(&w, 77, 128);
+        let (w, _) = matrix::<Q5_0>(130, 576);
+        check_cols::<Q5_0>(&w, 130, 576);
+        let (w, _) = matrix::<Q4_K>(33, 512);
+        check_cols::<Q4_K>(&w, 33, 512);
         let (plain, _) = matrix::<Q4_K>(64, 512);
         let grouped: Vec<_> = plain
             .chunks_exact(8 * 2)

@@ -901,11 +901,8 @@ fn project<T: Tensor>(
     let slot = act.quantize::<ActOf<T>>(pool, &input[..n * T::COLS], T::COLS);
     let blocks = act.get::<ActOf<T>>(slot);
     let out = &mut out[..n * T::ROWS];
-    if n == 1 {
-        matmul::matvec::<T::W>(pool, w.blocks(blob), blocks, out);
-    } else if decode {
-        let part = matmul::MatvecPart::new::<T::W>(pool, w.blocks(blob), blocks, n, out);
-        matmul::matvec_parts(pool, &[part]);
+    if n == 1 || decode {
+        matmul::matvecs::<T::W>(pool, w.blocks(blob), blocks, n, out);
     } else {
         matmul::matmul::<T::W>(pool, w.blocks(blob), blocks, n, out);
     }
@@ -915,27 +912,40 @@ fn project<T: Tensor>(
 /// up), its weight type erased so that [`project_all`] can take them together.
 trait Projection {
     /// `out = W · input` for a batch of `n` tokens: one `project`.
-    fn batch(&mut self, pool: &Pool, blob: &[u8], act: &mut ActScratch, input: &[f32], n: usize);
-    /// The `n` tokens' input in the weights' activation format: its `act` slot.
-    fn quantize(&self, pool: &Pool, act: &mut ActScratch, input: &[f32], n: usize) -> usize;
-    /// The matvecs of `n` decode tokens, from their quantized input in `slot`.
+    fn batch(
+        &mut self,
+        pool: &Pool,
+        blob: &[u8],
+        act: &mut ActScratch,
+        input: &[f32],
+        batch: (usize, bool),
+    );
+    /// One token's input in the weights' activation format: its `act` slot.
+    fn quantize(&self, pool: &Pool, act: &mut ActScratch, input: &[f32]) -> usize;
+    /// The matvec of one token, from its quantized input in `slot`.
     fn part<'a>(
         &'a mut self,
         pool: &Pool,
         blob: &'a [u8],
         act: &'a ActScratch,
         slot: usize,
-        n: usize,
     ) -> matmul::MatvecPart<'a>;
 }
 
 impl<T: Tensor> Projection for (&T, &mut [f32]) {
-    fn batch(&mut self, pool: &Pool, blob: &[u8], act: &mut ActScratch, input: &[f32], n: usize) {
-        project(pool, blob, act, self.0, input, (n, false), self.1);
+    fn batch(
+        &mut self,
+        pool: &Pool,
+        blob: &[u8],
+        act: &mut ActScratch,
+        input: &[f32],
+        batch: (usize, bool),
+    ) {
+        project(pool, blob, act, self.0, input, batch, self.1);
     }
 
-    fn quantize(&self, pool: &Pool, act: &mut ActScratch, input: &[f32], n: usize) -> usize {
-        act.quantize::<ActOf<T>>(pool, &input[..n * T::COLS], T::COLS)
+    fn quantize(&self, pool: &Pool, act: &mut ActScratch, input: &[f32]) -> usize {
+        act.quantize::<ActOf<T>>(pool, &input[..T::COLS], T::COLS)
     }
 
     fn part<'a>(
@@ -944,40 +954,37 @@ impl<T: Tensor> Projection for (&T, &mut [f32]) {
         blob: &'a [u8],
         act: &'a ActScratch,
         slot: usize,
-        n: usize,
     ) -> matmul::MatvecPart<'a> {
-        let out = &mut self.1[..n * T::ROWS];
+        let out = &mut self.1[..T::ROWS];
         let act = act.get::<ActOf<T>>(slot);
-        matmul::MatvecPart::new::<T::W>(pool, self.0.blocks(blob), act, n, out)
+        matmul::MatvecPart::new::<T::W>(pool, self.0.blocks(blob), act, 1, out)
     }
 }
 
-/// Projections of the same input: for decode tokens in a single dispatch of the pool
+/// Projections of the same input: for one token in a single dispatch of the pool
 /// ([`matmul::matvec_parts`]: K and V alone are too small to stream at full speed, and
-/// each dispatch wakes and joins the pool), for a prompt batch as one matmul each.
-/// Results are those of one `project` per projection.
+/// each dispatch wakes and joins the pool), for a batch as one `project` each. Results
+/// are those of one `project` per projection.
 fn project_all<const N: usize>(
     pool: &Pool,
     blob: &[u8],
     act: &mut ActScratch,
     input: &[f32],
-    (n, decode): (usize, bool),
+    batch: (usize, bool),
     mut projections: [&mut dyn Projection; N],
 ) {
-    if n != 1 && !decode {
+    if batch.0 != 1 {
         for p in projections {
-            p.batch(pool, blob, act, input, n);
+            p.batch(pool, blob, act, input, batch);
         }
         return;
     }
-    let slots = projections
-        .each_ref()
-        .map(|p| p.quantize(pool, act, input, n));
+    let slots = projections.each_ref().map(|p| p.quantize(pool, act, input));
     let act = &*act;
     let parts: Vec<_> = projections
         .iter_mut()
         .zip(slots)
-        .map(|(p, slot)| p.part(pool, blob, act, slot, n))
+        .map(|(p, slot)| p.part(pool, blob, act, slot))
         .collect();
     matmul::matvec_parts(pool, &parts);
 }

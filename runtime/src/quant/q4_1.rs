@@ -87,6 +87,17 @@ impl WeightType for Q4_1 {
     }
 
     #[cfg(x86_simd)]
+    #[inline(always)]
+    fn vec_dot_tile(
+        w: &[BlockQ4_1],
+        act: &[BlockQ8_1],
+        stride: usize,
+        out: &mut [[f32; super::TILE]; super::TILE],
+    ) {
+        super::x86_avx2::tiles::tile_q4_1_q8_1(w, act, stride, out)
+    }
+
+    #[cfg(x86_simd)]
     const GEMM: Option<super::Gemm<Self>> = Some(super::x86_avx2::gemm::matmul_q4_1);
 }
 

@@ -93,6 +93,17 @@ impl WeightType for Q5_0 {
     }
 
     #[cfg(x86_simd)]
+    #[inline(always)]
+    fn vec_dot_tile(
+        w: &[BlockQ5_0],
+        act: &[BlockQ8_0],
+        stride: usize,
+        out: &mut [[f32; super::TILE]; super::TILE],
+    ) {
+        super::x86_avx2::tiles::tile_q5_0_q8_0(w, act, stride, out)
+    }
+
+    #[cfg(x86_simd)]
     const GEMM: Option<super::Gemm<Self>> = Some(super::x86_avx2::gemm::matmul_q5_0);
 }
 

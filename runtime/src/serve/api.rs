@@ -70,6 +70,9 @@ pub struct Request {
     pub include_usage: bool,
     /// The completions endpoint's `echo`: the prompt's text before the completion.
     pub echo: bool,
+    /// llama-server's and vLLM's `ignore_eos`: generate past end-of-generation tokens
+    /// (benchmarks use it to get replies of a fixed length).
+    pub ignore_eos: bool,
 }
 
 #[derive(Debug)]
@@ -218,6 +221,7 @@ pub fn parse(
         }
     }
     let echo = endpoint == Endpoint::Completions && f.boolean("echo")?.unwrap_or(false);
+    let ignore_eos = f.boolean("ignore_eos")?.unwrap_or(false);
     Ok(Request {
         prompt,
         max_tokens,
@@ -228,6 +232,7 @@ pub fn parse(
         stream,
         include_usage,
         echo,
+        ignore_eos,
     })
 }
 

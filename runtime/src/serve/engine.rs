@@ -46,6 +46,8 @@ pub struct Job {
     pub sampling: SamplerConfig,
     /// Report each token's log-probability and this many alternatives.
     pub logprobs: Option<usize>,
+    /// Go on past end-of-generation tokens (as text) until `max_tokens`.
+    pub ignore_eos: bool,
     pub events: UnboundedSender<Event>,
     pub submitted: Instant,
 }
@@ -310,7 +312,7 @@ impl<F: Forward> Engine<F> {
                 .observe((now - a.last_token_at).as_secs_f64());
         }
         a.last_token_at = now;
-        if (self.is_eog)(id) {
+        if !a.job.ignore_eos && (self.is_eog)(id) {
             self.finish(i, Some(Finish::Stop));
             return;
         }

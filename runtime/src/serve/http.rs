@@ -370,6 +370,7 @@ async fn complete(
                 max_tokens,
                 sampling,
                 logprobs: req.logprobs,
+                ignore_eos: req.ignore_eos,
                 events: tx,
                 submitted: Instant::now(),
             };

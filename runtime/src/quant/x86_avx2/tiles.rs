@@ -1,6 +1,7 @@
 //! Multi-row kernels of the legacy formats: 4 rows × 1 token for the decode matvec
 //! (every 32-value format), and 4 rows × 4 tokens for prompt batches of Q4_0 and IQ4_NL
-//! (the 8-lane formats Q8_0, Q5_0 and Q4_1 take `gemm` for batches).
+//! and for decode steps of several sequences (the 8-lane formats Q8_0, Q5_0 and Q4_1
+//! take `gemm` for prompt batches, whose rounding is llama.cpp's batch kernel's).
 //!
 //! Several rows (and tokens) share the work that a lone dot repeats: each activation
 //! block is loaded once for 4 rows, each weight block unpacked once for 4 tokens, and
@@ -280,6 +281,95 @@ fn quad_8_lanes<W: LegacyBlock, A: ActBlock, const OFFSETS: bool>(
             sum
         }
     })
+}
+
+/// The 8-lane scheme for 4 rows × 4 tokens (a decode step of several sequences: their
+/// columns must be what a one-token step gives, so not `gemm`'s arithmetic): per (row,
+/// token) `acc += (d_w d_a) * lanes` per block and `hsum(acc)`, exactly as
+/// [`quad_8_lanes`], with each weight block unpacked once for the 4 tokens.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile_8_lanes<W: LegacyBlock, A: ActBlock, const OFFSETS: bool>(
+    w: &[W],
+    act: &[A],
+    stride: usize,
+    out: &mut [[f32; TILE]; TILE],
+    offset_of: impl Fn(&W) -> f16,
+) {
+    let rb = tile_shape::<_, _, TILE>("8-lane", w, act, stride);
+    let mut acc = [[_mm256_setzero_ps(); TILE]; TILE];
+    // per token, a lane per row
+    let mut offsets = [_mm_setzero_ps(); TILE];
+    let mut scales = [0f32; TILE];
+    for k in 0..rb {
+        let blocks: [&W; TILE] = std::array::from_fn(|r| &w[r * rb + k]);
+        let d_w = f16x4(blocks.map(|b| b.d()));
+        let quants = blocks.map(|b| b.quants());
+        let m = if OFFSETS {
+            f16x4(blocks.map(&offset_of))
+        } else {
+            _mm_setzero_ps()
+        };
+        for t in 0..TILE {
+            let a = &act[t * stride + k];
+            let bytes = ActBytes::new(a.qs(), W::BIAS);
+            let d = _mm_mul_ps(d_w, _mm_set1_ps(a.d().to_f32()));
+            // SAFETY: 4 writable f32.
+            unsafe { _mm_storeu_ps(scales.as_mut_ptr(), d) };
+            if OFFSETS {
+                offsets[t] = _mm_fmadd_ps(m, _mm_set1_ps(a.s().to_f32()), offsets[t]);
+            }
+            for r in 0..TILE {
+                let lanes = bytes.dot(quants[r], W::BIAS);
+                acc[r][t] = _mm256_fmadd_ps(
+                    _mm256_set1_ps(scales[r]),
+                    _mm256_cvtepi32_ps(lanes),
+                    acc[r][t],
+                );
+            }
+        }
+    }
+    for t in 0..TILE {
+        let mut off = [0f32; TILE];
+        // SAFETY: 4 writable f32.
+        unsafe { _mm_storeu_ps(off.as_mut_ptr(), offsets[t]) };
+        for r in 0..TILE {
+            let sum = hsum_f32x8(acc[r][t]);
+            out[r][t] = if OFFSETS { sum + off[r] } else { sum };
+        }
+    }
+}
+
+/// Q8_0 rows · Q8_0 activations, 4 × 4, each bit for bit `vec_dot_q8_0_q8_0`.
+pub fn tile_q8_0_q8_0(
+    w: &[BlockQ8_0],
+    act: &[BlockQ8_0],
+    stride: usize,
+    out: &mut [[f32; TILE]; TILE],
+) {
+    // SAFETY: this module is only built with AVX2, FMA and F16C enabled.
+    unsafe { tile_8_lanes::<_, _, false>(w, act, stride, out, |_| f16::ZERO) }
+}
+
+/// Q5_0 rows · Q8_0 activations, 4 × 4, each bit for bit `vec_dot_q5_0_q8_0`.
+pub fn tile_q5_0_q8_0(
+    w: &[BlockQ5_0],
+    act: &[BlockQ8_0],
+    stride: usize,
+    out: &mut [[f32; TILE]; TILE],
+) {
+    // SAFETY: as above.
+    unsafe { tile_8_lanes::<_, _, false>(w, act, stride, out, |_| f16::ZERO) }
+}
+
+/// Q4_1 rows · Q8_1 activations, 4 × 4, each bit for bit `vec_dot_q4_1_q8_1`.
+pub fn tile_q4_1_q8_1(
+    w: &[BlockQ4_1],
+    act: &[BlockQ8_1],
+    stride: usize,
+    out: &mut [[f32; TILE]; TILE],
+) {
+    // SAFETY: as above.
+    unsafe { tile_8_lanes::<_, _, true>(w, act, stride, out, |b| b.m) }
 }
 
 /// `out[r] = dot(row r, act)` for the rows of `w` (`act.len()` blocks each), 4 rows per
@@ -589,6 +679,13 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn eight_lane_tiles_are_vec_dots() {
+        check::<Q8_0>();
+        check::<Q5_0>();
+        check::<Q4_1>();
     }
 
     #[test]
