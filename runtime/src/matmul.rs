@@ -122,21 +122,57 @@ impl<'a> MatvecPart<'a> {
         let piece = match n_cols {
             1 => chunk,
             _ => (COLS_TILE_BYTES / row_bytes.max(1))
-                .max(1)
-                .next_multiple_of(W::ROW_GROUP),
+                .max(TILE)
+                .next_multiple_of(W::ROW_GROUP.max(TILE)),
+        };
+        // One-row formats dot whole groups of TILE tokens with TILE rows at a time
+        // (`vec_dot_tile`: vec_dots by contract, each weight block unpacked once for the
+        // tokens); the other tokens take the format's several-row kernel.
+        let tiled_cols = match W::ROW_GROUP {
+            1 => n_cols / TILE * TILE,
+            _ => 0,
         };
         let base = SyncPtr(out.as_mut_ptr());
         MatvecPart {
             chunks: rows.div_ceil(chunk),
             run: Box::new(move |c| {
                 let chunk_rows = c * chunk..((c + 1) * chunk).min(rows);
+                // SAFETY (every `base.slice` and write below): chunk `c` is claimed by one
+                // thread alone (`matvec_parts`); chunks are disjoint row ranges of each
+                // token's output inside `out`, borrowed mutably for 'a.
                 for start in chunk_rows.clone().step_by(piece) {
                     let r = start..(start + piece).min(chunk_rows.end);
+                    let quads_end = r.start + (r.len() / TILE) * TILE;
+                    for t0 in (0..tiled_cols).step_by(TILE) {
+                        for r0 in (r.start..quads_end).step_by(TILE) {
+                            let mut tile = [[0f32; TILE]; TILE];
+                            W::vec_dot_tile(
+                                &w[r0 * rb..(r0 + TILE) * rb],
+                                &act[t0 * act_row..],
+                                act_row,
+                                &mut tile,
+                            );
+                            for (i, row) in tile.iter().enumerate() {
+                                for (dt, &v) in row.iter().enumerate() {
+                                    unsafe {
+                                        base.slice(
+                                            (t0 + dt) * rows + r0 + i
+                                                ..(t0 + dt) * rows + r0 + i + 1,
+                                        )[0] = v
+                                    };
+                                }
+                            }
+                        }
+                        for row in quads_end..r.end {
+                            for t in t0..t0 + TILE {
+                                let a = &act[t * act_row..(t + 1) * act_row];
+                                let v = W::vec_dot(&w[row * rb..(row + 1) * rb], a);
+                                unsafe { base.slice(t * rows + row..t * rows + row + 1)[0] = v };
+                            }
+                        }
+                    }
                     let blocks = blocks_of_rows::<W>(r.start, rb)..blocks_of_rows::<W>(r.end, rb);
-                    for t in 0..n_cols {
-                        // SAFETY: chunk `c` is claimed by one thread alone
-                        // (`matvec_parts`); chunks are disjoint row ranges of each token's
-                        // output inside `out`, borrowed mutably for 'a.
+                    for t in tiled_cols..n_cols {
                         let out = unsafe { base.slice(t * rows + r.start..t * rows + r.end) };
                         let act = &act[t * act_row..(t + 1) * act_row];
                         W::vec_dot_rows(&w[blocks.clone()], act, out);
@@ -243,9 +279,7 @@ pub fn matmul<W: WeightType>(
 
 /// `n_tokens` decode steps at once (one token of each of several sequences): each
 /// token's `out` row is bit for bit what [`matvec`] gives it alone, while the weights are
-/// read from memory once for all. One-row formats go through the tiles of
-/// [`WeightType::vec_dot_tile`], which are `vec_dot`s by contract; row-interleaved ones
-/// dot each cache-sized piece of rows with every token ([`MatvecPart`]).
+/// read from memory once for all ([`MatvecPart`] of `n_tokens`).
 pub fn matvecs<W: WeightType>(
     pool: &Pool,
     w: &[W::Block],
@@ -256,22 +290,11 @@ pub fn matvecs<W: WeightType>(
     if n_tokens == 1 {
         return matvec::<W>(pool, w, act, out);
     }
-    if W::ROW_GROUP > 1 {
-        return matvec_parts(pool, &[MatvecPart::new::<W>(pool, w, act, n_tokens, out)]);
-    }
-    assert!(act.len().is_multiple_of(n_tokens) && out.len().is_multiple_of(n_tokens));
-    let rb = row_blocks::<W>(act.len() / n_tokens);
-    check_weights::<W>("matvecs", w.len(), out.len() / n_tokens, rb);
-    if rb == 0 {
-        out.fill(0.0);
-        return;
-    }
-    matmul_tiled::<W>(pool, w, act, n_tokens, out)
+    matvec_parts(pool, &[MatvecPart::new::<W>(pool, w, act, n_tokens, out)]);
 }
 
 /// The batch path whose every element is one `vec_dot` ([`WeightType::vec_dot_tile`]
-/// for whole tiles): `matmul` for the formats llama.cpp computes that way, and
-/// [`matvecs`] for all one-row formats.
+/// for whole tiles), for the formats llama.cpp computes batches that way.
 fn matmul_tiled<W: WeightType>(
     pool: &Pool,
     w: &[W::Block],
@@ -614,7 +637,11 @@ mod tests {
     fn matvec_part_of_several_tokens_is_each_tokens_matvec() {
         use crate::quant::q4_k_x8::{interleave, Q4_KX8};
         fn check_cols<W: WeightType>(w: &[W::Block], rows: usize, cols: usize) {
-            let n_tokens = 5;
+            for n_tokens in [2, 5, 8] {
+                check_n::<W>(w, rows, cols, n_tokens);
+            }
+        }
+        fn check_n<W: WeightType>(w: &[W::Block], rows: usize, cols: usize, n_tokens: usize) {
             let x = testing::activations(n_tokens * cols, 11);
             let mut act = Vec::new();
             quantize_act::<W::Act>(&x, cols, &mut act);
