@@ -73,11 +73,21 @@ async fn route(req: Request<Incoming>, shared: &Arc<Shared>) -> Result<Response<
             })
         }
     };
-    let public = matches!(path.as_str(), "/health" | "/");
+    // The page asks for the key itself when the API needs one.
+    let public = matches!(path.as_str(), "/health" | "/" | "/index.html");
     if !public {
         check_key(&req, shared)?;
     }
     match path.as_str() {
+        "/" | "/index.html" => {
+            allow("GET, HEAD")?;
+            let mut r = Response::new(full(super::page::PAGE));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            Ok(r)
+        }
         "/health" => {
             allow("GET, HEAD")?;
             Ok(json_response(200, &json!({"status": "ok"})))

@@ -10,6 +10,7 @@ mod api;
 mod engine;
 mod http;
 mod metrics;
+mod page;
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;
