@@ -41,6 +41,7 @@ def test_invalid_fields_are_named(server):
         ({**chat, "top_logprobs": 50, "logprobs": True}, "top_logprobs"),
         ({**chat, "stop": {"a": 1}}, "stop"),
         ({**chat, "response_format": {"type": "xml"}}, "response_format"),
+        ({**chat, "response_format": {"type": "json_schema", "json_schema": {"schema": 5}}}, "response_format"),
         ({"messages": "hi"}, "messages"),
         ({"messages": [{"role": "user", "content": {"x": 1}}]}, "messages[0].content"),
         ({"messages": [{"content": "hi"}]}, "messages[0].role"),

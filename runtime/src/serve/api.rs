@@ -73,6 +73,8 @@ pub struct Request {
     /// llama-server's and vLLM's `ignore_eos`: generate past end-of-generation tokens
     /// (benchmarks use it to get replies of a fixed length).
     pub ignore_eos: bool,
+    /// `response_format`, checked by the grammar compiler when the job is made.
+    pub response_format: Option<Value>,
 }
 
 #[derive(Debug)]
@@ -208,18 +210,16 @@ pub fn parse(
             ))
         }
     };
-    if let Some(rf) = o.get("response_format").filter(|v| !v.is_null()) {
-        let kind = rf.get("type").and_then(Value::as_str);
-        if kind != Some("text") {
+    let response_format = match o.get("response_format") {
+        None | Some(Value::Null) => None,
+        Some(v @ Value::Object(_)) => Some(v.clone()),
+        Some(v) => {
             return Err(ApiError::invalid(
                 "response_format",
-                format!(
-                    "response_format {} is not supported by this server yet; only {{\"type\": \"text\"}}",
-                    rf
-                ),
-            ));
+                format!("response_format must be an object, got {}", kind_of(v)),
+            ))
         }
-    }
+    };
     let echo = endpoint == Endpoint::Completions && f.boolean("echo")?.unwrap_or(false);
     let ignore_eos = f.boolean("ignore_eos")?.unwrap_or(false);
     Ok(Request {
@@ -233,6 +233,7 @@ pub fn parse(
         include_usage,
         echo,
         ignore_eos,
+        response_format,
     })
 }
 

@@ -48,6 +48,8 @@ pub struct Job {
     pub logprobs: Option<usize>,
     /// Go on past end-of-generation tokens (as text) until `max_tokens`.
     pub ignore_eos: bool,
+    /// The token mask of a structured-output request (`response_format`).
+    pub constraint: Option<llguidance::Matcher>,
     pub events: UnboundedSender<Event>,
     pub submitted: Instant,
 }
@@ -300,7 +302,17 @@ impl<F: Forward> Engine<F> {
         let n_ctx = self.limits.n_ctx;
         let slot = &mut self.slots[i];
         let a = slot.active.as_mut().expect("sampling an active slot");
-        let id = a.sampler.sample(logits, &slot.tokens);
+        let id = match a.job.constraint.as_mut() {
+            None => a.sampler.sample(logits, &slot.tokens),
+            Some(matcher) => {
+                let mut masked = logits.to_vec();
+                if super::grammar::mask_logits(matcher, &mut masked).is_err() {
+                    self.finish(i, Some(Finish::Stop));
+                    return;
+                }
+                a.sampler.sample(&masked, &slot.tokens)
+            }
+        };
         let now = Instant::now();
         if a.generated == 0 {
             self.metrics
@@ -312,7 +324,7 @@ impl<F: Forward> Engine<F> {
                 .observe((now - a.last_token_at).as_secs_f64());
         }
         a.last_token_at = now;
-        if !a.job.ignore_eos && (self.is_eog)(id) {
+        if (!a.job.ignore_eos || a.job.constraint.is_some()) && (self.is_eog)(id) {
             self.finish(i, Some(Finish::Stop));
             return;
         }
@@ -320,6 +332,13 @@ impl<F: Forward> Engine<F> {
         a.generated += 1;
         self.metrics.generated_tokens.inc();
         let _ = a.job.events.send(Event::Token { id, logprob });
+        if let Some(matcher) = a.job.constraint.as_mut() {
+            // The grammar is complete (or the token was refused): nothing may follow.
+            if matcher.consume_token(id).is_err() || matcher.is_stopped() {
+                self.finish(i, Some(Finish::Stop));
+                return;
+            }
+        }
         if a.generated >= a.job.max_tokens || slot.tokens.len() + 1 >= n_ctx {
             // The last token is not evaluated: nothing would read its logits.
             self.finish(i, Some(Finish::Length));

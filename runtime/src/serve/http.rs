@@ -30,6 +30,7 @@ pub type Body = BoxBody<Bytes, Infallible>;
 pub struct Shared {
     pub tok: Tokenizer,
     pub template: Option<ChatTemplate>,
+    pub grammars: super::grammar::Grammars,
     pub jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
     pub in_flight: Arc<AtomicUsize>,
     pub metrics: Arc<Metrics>,
@@ -349,6 +350,17 @@ async fn complete(
         .max_tokens
         .unwrap_or(usize::MAX)
         .min(n_ctx - prompt.len());
+    let mut constraints = Vec::with_capacity(req.n);
+    if let Some(format) = &req.response_format {
+        for _ in 0..req.n {
+            let m = shared
+                .grammars
+                .matcher(format)
+                .map_err(|e| ApiError::invalid("response_format", e))?;
+            constraints.push(m);
+        }
+    }
+    let mut constraints = constraints.into_iter();
     // Admission: running plus queued stays within parallel + queue.
     let cap = parallel + shared.queue;
     let admitted = shared
@@ -381,6 +393,7 @@ async fn complete(
                 sampling,
                 logprobs: req.logprobs,
                 ignore_eos: req.ignore_eos,
+                constraint: constraints.next().flatten(),
                 events: tx,
                 submitted: Instant::now(),
             };

@@ -8,6 +8,7 @@
 
 mod api;
 mod engine;
+mod grammar;
 mod http;
 mod metrics;
 mod page;
@@ -130,6 +131,7 @@ pub fn serve<M: Model>(args: &ServeArgs) -> Result<(), String> {
     let threads = crate::cli::threads_or_default(args.threads)?;
     let tok = crate::cli::load_tokenizer::<M>()?;
     let template = ChatTemplate::of(&tok).ok();
+    let grammars = grammar::Grammars::new(crate::cli::load_tokenizer::<M>()?)?;
     let limits = Limits {
         parallel: args.parallel,
         n_ctx,
@@ -173,6 +175,7 @@ pub fn serve<M: Model>(args: &ServeArgs) -> Result<(), String> {
     let shared = Arc::new(http::Shared {
         tok,
         template,
+        grammars,
         jobs: std::sync::Mutex::new(jobs_tx),
         in_flight,
         metrics,
