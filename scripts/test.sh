@@ -9,12 +9,16 @@ cd "$(dirname "$0")/.."
 bash scripts/fetch-models.sh
 python3 -c 'import gguf, numpy' 2>/dev/null || python3 -m pip install -q gguf==0.19.0 numpy
 # The server suite (tests/serve, run by tests/e2e_serve.rs) drives it with OpenAI's client.
-python3 -c 'import openai, pytest, requests, playwright' 2>/dev/null \
-  || python3 -m pip install -q openai==3.63.0 pytest==9.2.0 requests==2.34.2 playwright==1.65.3
-# Its chat-page test drives Debian's Chromium through Playwright, and must not skip here.
-command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-  apt-get install -y -qq chromium >/dev/null; }
-export MCC_REQUIRE_CHROMIUM=1
+python3 -c 'import openai, pytest, requests, jsonschema, playwright' 2>/dev/null \
+  || python3 -m pip install -q openai==3.63.0 pytest==9.2.0 requests==2.34.2 \
+    jsonschema==4.26.0 playwright==1.65.3
+# Its chat-page test drives Debian's Chromium through Playwright, and its replica test
+# runs HAProxy; neither may skip here.
+if ! command -v chromium >/dev/null || ! [ -x /usr/sbin/haproxy ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium haproxy >/dev/null
+fi
+export MCC_REQUIRE_CHROMIUM=1 MCC_REQUIRE_HAPROXY=1
 # Rust's musl target, for the static build (tests/e2e_static.rs).
 rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl \
   || rustup target add x86_64-unknown-linux-musl
