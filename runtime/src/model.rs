@@ -376,6 +376,16 @@ impl Ctx {
         self.n_seq
     }
 
+    /// Writes every page of the KV cache now. Its zeroed allocation is only mapped
+    /// where it is first written, so a server's resident memory would otherwise grow
+    /// for as long as its sequences keep reaching cells they have not reached before;
+    /// this takes the whole cache at start (as llama.cpp's cache clear does), so that
+    /// memory stays flat under load and a machine without room fails at once.
+    pub fn take_kv_memory(&mut self) {
+        self.k_cache.fill(f16::ZERO);
+        self.v_cache.fill(f16::ZERO);
+    }
+
     /// Evaluates `tokens` at positions `pos0..`, in batches of at most `n_batch`, and
     /// returns the logits of `tokens[first_logit..]`, `n_vocab` per token (pass
     /// `tokens.len() - 1` for the last token only). The caller keeps

@@ -137,13 +137,14 @@ pub fn serve<M: Model>(args: &ServeArgs) -> Result<(), String> {
         n_ctx,
         chunk: args.batch_size.min(n_ctx),
     };
-    let ctx = Ctx::with_sequences::<M>(
+    let mut ctx = Ctx::with_sequences::<M>(
         threads,
         n_ctx,
         limits.chunk.max(args.parallel),
         args.parallel,
     )
     .map_err(|e| e.to_string())?;
+    ctx.take_kv_memory();
     let metrics = Arc::new(metrics::Metrics::new(args.parallel * n_ctx));
     let in_flight = Arc::new(AtomicUsize::new(0));
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
