@@ -13,8 +13,8 @@ pub struct ApiError {
     pub kind: &'static str,
     pub message: String,
     pub param: Option<String>,
-    /// Seconds for a `Retry-After` header.
-    pub retry_after: Option<u32>,
+    /// A header the response carries (`Retry-After` for 503, `Allow` for 405).
+    pub header: Option<(&'static str, String)>,
 }
 
 impl ApiError {
@@ -24,7 +24,7 @@ impl ApiError {
             kind: "invalid_request_error",
             message: message.into(),
             param: Some(param.to_string()),
-            retry_after: None,
+            header: None,
         }
     }
 
@@ -34,7 +34,7 @@ impl ApiError {
             kind,
             message: message.into(),
             param: None,
-            retry_after: None,
+            header: None,
         }
     }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -65,7 +65,7 @@ async fn route(req: Request<Incoming>, shared: &Arc<Shared>) -> Result<Response<
             Ok(())
         } else {
             Err(ApiError {
-                retry_after: None,
+                header: Some(("allow", methods.to_string())),
                 ..ApiError::new(
                     405,
                     "invalid_request_error",
@@ -223,14 +223,9 @@ fn json_response(status: u16, value: &Value) -> Response<Body> {
 
 pub fn error_response(e: &ApiError) -> Response<Body> {
     let mut r = json_response(e.status, &e.body());
-    if let Some(s) = e.retry_after {
-        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
-    }
-    if e.status == 405 {
-        if let Some(methods) = e.message.rsplit("; use ").next() {
-            if let Ok(v) = HeaderValue::from_str(methods) {
-                r.headers_mut().insert(ALLOW, v);
-            }
+    if let Some((name, value)) = &e.header {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            r.headers_mut().insert(*name, v);
         }
     }
     r
@@ -371,7 +366,7 @@ async fn complete(
     if admitted.is_err() {
         shared.metrics.rejected.inc();
         return Err(ApiError {
-            retry_after: Some(1),
+            header: Some(("retry-after", "1".into())),
             ..ApiError::new(
                 503,
                 "server_busy_error",
