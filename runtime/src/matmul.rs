@@ -132,14 +132,14 @@ impl<'a> MatvecPart<'a> {
             1 => n_cols / TILE * TILE,
             _ => 0,
         };
-        let base = SyncPtr(out.as_mut_ptr());
+        let out = DisjointOut::new(out);
         MatvecPart {
             chunks: rows.div_ceil(chunk),
             run: Box::new(move |c| {
                 let chunk_rows = c * chunk..((c + 1) * chunk).min(rows);
-                // SAFETY (every `base.slice` and write below): chunk `c` is claimed by one
-                // thread alone (`matvec_parts`); chunks are disjoint row ranges of each
-                // token's output inside `out`, borrowed mutably for 'a.
+                // SAFETY (every write to `out` below): chunk `c` is claimed by one thread
+                // alone (`matvec_parts`); chunks are disjoint row ranges of each token's
+                // output.
                 for start in chunk_rows.clone().step_by(piece) {
                     let r = start..(start + piece).min(chunk_rows.end);
                     let quads_end = r.start + (r.len() / TILE) * TILE;
@@ -154,28 +154,22 @@ impl<'a> MatvecPart<'a> {
                             );
                             for (i, row) in tile.iter().enumerate() {
                                 for (dt, &v) in row.iter().enumerate() {
-                                    unsafe {
-                                        base.slice(
-                                            (t0 + dt) * rows + r0 + i
-                                                ..(t0 + dt) * rows + r0 + i + 1,
-                                        )[0] = v
-                                    };
+                                    unsafe { out.write((t0 + dt) * rows + r0 + i, v) };
                                 }
                             }
                         }
-                        for row in quads_end..r.end {
-                            for t in t0..t0 + TILE {
-                                let a = &act[t * act_row..(t + 1) * act_row];
-                                let v = W::vec_dot(&w[row * rb..(row + 1) * rb], a);
-                                unsafe { base.slice(t * rows + row..t * rows + row + 1)[0] = v };
-                            }
-                        }
                     }
-                    let blocks = blocks_of_rows::<W>(r.start, rb)..blocks_of_rows::<W>(r.end, rb);
-                    for t in tiled_cols..n_cols {
-                        let out = unsafe { base.slice(t * rows + r.start..t * rows + r.end) };
-                        let act = &act[t * act_row..(t + 1) * act_row];
-                        W::vec_dot_rows(&w[blocks.clone()], act, out);
+                    // The tiled tokens' leftover rows, and the other tokens' rows.
+                    for t in 0..n_cols {
+                        let r = if t < tiled_cols {
+                            quads_end..r.end
+                        } else {
+                            r.clone()
+                        };
+                        let blocks =
+                            blocks_of_rows::<W>(r.start, rb)..blocks_of_rows::<W>(r.end, rb);
+                        let out = unsafe { out.slice(t * rows + r.start..t * rows + r.end) };
+                        W::vec_dot_rows(&w[blocks], &act[t * act_row..(t + 1) * act_row], out);
                     }
                 }
             }),
@@ -207,23 +201,6 @@ pub fn matvec_parts(pool: &Pool, parts: &[MatvecPart]) {
         claim();
     } else {
         pool.run(&|_, _| claim());
-    }
-}
-
-/// A raw output pointer shared by the threads of one dispatch.
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: used only to hand disjoint ranges to the threads of one `Pool::run`.
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-
-impl SyncPtr {
-    /// # Safety
-    /// `range` lies inside the buffer, and no other thread touches it meanwhile.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, range: std::ops::Range<usize>) -> &mut [f32] {
-        // SAFETY: per the caller's contract.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(range.start), range.len()) }
     }
 }
 
@@ -271,41 +248,10 @@ pub fn matmul<W: WeightType>(
     if let Some(gemm) = W::GEMM {
         return gemm(pool, w, act, n_tokens, out);
     }
+    let row_bytes = rb * size_of::<W::Block>();
     if W::batched(n_tokens) {
         return matmul_batched::<W>(pool, w, act, n_tokens, out);
     }
-    matmul_tiled::<W>(pool, w, act, n_tokens, out)
-}
-
-/// `n_tokens` decode steps at once (one token of each of several sequences): each
-/// token's `out` row is bit for bit what [`matvec`] gives it alone, while the weights are
-/// read from memory once for all ([`MatvecPart`] of `n_tokens`).
-pub fn matvecs<W: WeightType>(
-    pool: &Pool,
-    w: &[W::Block],
-    act: &[ActBlock<W>],
-    n_tokens: usize,
-    out: &mut [f32],
-) {
-    if n_tokens == 1 {
-        return matvec::<W>(pool, w, act, out);
-    }
-    matvec_parts(pool, &[MatvecPart::new::<W>(pool, w, act, n_tokens, out)]);
-}
-
-/// The batch path whose every element is one `vec_dot` ([`WeightType::vec_dot_tile`]
-/// for whole tiles), for the formats llama.cpp computes batches that way.
-fn matmul_tiled<W: WeightType>(
-    pool: &Pool,
-    w: &[W::Block],
-    act: &[ActBlock<W>],
-    n_tokens: usize,
-    out: &mut [f32],
-) {
-    let act_row = act.len() / n_tokens;
-    let rows = out.len() / n_tokens;
-    let rb = row_blocks::<W>(act_row);
-    let row_bytes = rb * size_of::<W::Block>();
     // whole tiles of rows per chunk, so that only the last chunk has a ragged end
     let chunk = rows_per_chunk::<W>(rows, row_bytes, pool.n_threads())
         .min((MATMUL_TASK_BYTES / row_bytes).max(1))
@@ -357,6 +303,22 @@ fn matmul_tiled<W: WeightType>(
             }
         }
     });
+}
+
+/// `n_tokens` decode steps at once (one token of each of several sequences): each
+/// token's `out` row is bit for bit what [`matvec`] gives it alone, while the weights are
+/// read from memory once for all ([`MatvecPart`] of `n_tokens`).
+pub fn matvecs<W: WeightType>(
+    pool: &Pool,
+    w: &[W::Block],
+    act: &[ActBlock<W>],
+    n_tokens: usize,
+    out: &mut [f32],
+) {
+    if n_tokens == 1 {
+        return matvec::<W>(pool, w, act, out);
+    }
+    matvec_parts(pool, &[MatvecPart::new::<W>(pool, w, act, n_tokens, out)]);
 }
 
 /// [`matmul`] for the formats whose batches llama.cpp computes with its own kernels

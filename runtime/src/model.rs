@@ -45,6 +45,11 @@ impl Config {
         self.n_head_kv * self.head_dim
     }
 
+    /// Values of one sequence's K (or V) cache: `n_layer x n_head_kv x n_ctx x head_dim`.
+    pub const fn kv_seq_len(&self) -> usize {
+        self.n_layer * self.n_ctx * self.kv_dim()
+    }
+
     /// Where KV head `h` of `layer` starts in a KV cache of `n_ctx` cells laid out
     /// `n_layer x n_head_kv x n_ctx x head_dim`. Each head's rows are contiguous, so
     /// attention over one head reads one sequential stream, which the hardware
@@ -316,7 +321,7 @@ impl Ctx {
         let n_threads = n_threads.max(1);
         let n_seq = n_seq.max(1);
         let cache = n_seq
-            .checked_mul(cfg.n_layer * n_ctx * cfg.kv_dim())
+            .checked_mul(cfg.kv_seq_len())
             .ok_or(CtxError::OutOfMemory {
                 what: "KV cache",
                 bytes: usize::MAX,
@@ -370,10 +375,6 @@ impl Ctx {
 
     pub fn n_ctx(&self) -> usize {
         self.cfg.n_ctx
-    }
-
-    pub fn n_seq(&self) -> usize {
-        self.n_seq
     }
 
     /// Writes every page of the KV cache now. Its zeroed allocation is only mapped
@@ -465,11 +466,6 @@ impl Ctx {
         self.tokens.len()
     }
 
-    /// Values of one sequence's K (or V) cache: `n_layer x n_head_kv x n_ctx x head_dim`.
-    fn seq_cache_len(&self) -> usize {
-        self.cfg.n_layer * self.cfg.n_ctx * self.cfg.kv_dim()
-    }
-
     /// x[t] = row `tokens[t]` of the embedding table.
     pub fn embed<E: Tensor>(&mut self, table: &E) {
         let n_embd = self.cfg.n_embd;
@@ -513,7 +509,7 @@ impl Ctx {
         );
 
         // Rotate Q and K, then append K and V to their sequence's cache.
-        let seq_len = self.seq_cache_len();
+        let seq_len = cfg.kv_seq_len();
         for t in 0..n {
             let (seq, pos) = self.rows[t];
             self.rope
@@ -560,7 +556,7 @@ impl Ctx {
         (seq, layer): (usize, usize),
         n_kv: usize,
     ) -> impl Fn(usize) -> (&'a [f16], &'a [f16]) + Sync + 'a {
-        let base = seq * cfg.n_layer * cfg.n_ctx * cfg.kv_dim();
+        let base = seq * cfg.kv_seq_len();
         move |h| {
             let at = base + cfg.kv_head_offset(layer, h);
             let len = n_kv * cfg.head_dim;

@@ -341,6 +341,22 @@ impl<'a> DisjointOut<'a> {
         unsafe { self.ptr.get().add(i).write(v) }
     }
 
+    /// `out[range]`, for a kernel that writes its results in place.
+    ///
+    /// # Safety
+    /// No other thread may access those indices while the returned slice lives.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, range: std::ops::Range<usize>) -> &mut [f32] {
+        assert!(
+            range.start <= range.end && range.end <= self.len,
+            "DisjointOut: {range:?} out of {}",
+            self.len
+        );
+        // SAFETY: in bounds (checked); exclusive per the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.get().add(range.start), range.len()) }
+    }
+
     /// Writes `out[at..at + src.len()] = src`.
     ///
     /// # Safety

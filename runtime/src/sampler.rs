@@ -48,6 +48,13 @@ impl Default for SamplerConfig {
     }
 }
 
+/// A seed from the clock, for a run that asks for none.
+pub fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// A candidate token: id and (depending on the stage) logit or probability.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Cand {

@@ -157,11 +157,7 @@ impl SamplingArgs {
             n if n >= 0 => n as usize,
             n => return Err(format!("--repeat-last-n must be -1 or more, got {n}")),
         };
-        let seed = self.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        });
+        let seed = self.seed.unwrap_or_else(crate::sampler::clock_seed);
         Ok(SamplerConfig {
             temp: self.temp.max(0.0),
             top_k: self.top_k,

@@ -142,7 +142,7 @@ pub fn parse(
         sampling.repeat_penalty = p as f32;
     }
     sampling.seed = match o.get("seed") {
-        None | Some(Value::Null) => fresh_seed(),
+        None | Some(Value::Null) => crate::sampler::clock_seed(),
         Some(v) => match (v.as_u64(), v.as_i64()) {
             (Some(s), _) => s,
             (None, Some(s)) => s as u64,
@@ -235,12 +235,6 @@ pub fn parse(
         ignore_eos,
         response_format,
     })
-}
-
-fn fresh_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Typed access to optional fields, with errors that name the field.

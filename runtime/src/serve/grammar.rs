@@ -15,7 +15,7 @@ use crate::tokenizer::Tokenizer;
 /// Our tokenizer as llguidance sees it: every token's bytes (control tokens marked as
 /// special), and text to tokens for the grammar's forced strings.
 struct Env {
-    tok: Tokenizer,
+    tok: Arc<Tokenizer>,
     trie: TokTrie,
 }
 
@@ -38,7 +38,7 @@ pub struct Grammars {
 }
 
 impl Grammars {
-    pub fn new(tok: Tokenizer) -> Result<Grammars, String> {
+    pub fn new(tok: Arc<Tokenizer>) -> Result<Grammars, String> {
         let n = tok.n_vocab();
         let words: Vec<Vec<u8>> = (0..n as u32)
             .map(|id| {

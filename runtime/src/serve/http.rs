@@ -28,7 +28,7 @@ pub type Body = BoxBody<Bytes, Infallible>;
 
 /// Everything the request handlers share.
 pub struct Shared {
-    pub tok: Tokenizer,
+    pub tok: Arc<Tokenizer>,
     pub template: Option<ChatTemplate>,
     pub grammars: super::grammar::Grammars,
     pub jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
@@ -287,13 +287,9 @@ fn detokenize(shared: &Shared, body: &[u8]) -> Result<Response<Body>, ApiError> 
                 format!("tokens must be a list of token ids below {n_vocab}"),
             )
         })?;
-    let mut bytes = Vec::new();
-    for id in ids {
-        bytes.extend_from_slice(shared.tok.token_bytes(id));
-    }
     Ok(json_response(
         200,
-        &json!({ "content": String::from_utf8_lossy(&bytes) }),
+        &json!({ "content": shared.tok.decode(&ids, true) }),
     ))
 }
 
@@ -420,13 +416,7 @@ async fn complete(
         logprobs: req.logprobs.is_some(),
         echo: req.echo.then(|| match &req.prompt {
             Prompt::Text(s) => s.clone(),
-            _ => String::from_utf8_lossy(
-                &prompt
-                    .iter()
-                    .flat_map(|&t| shared.tok.token_bytes(t).to_vec())
-                    .collect::<Vec<u8>>(),
-            )
-            .into_owned(),
+            _ => shared.tok.decode(&prompt, true),
         }),
     };
     if req.stream {
@@ -469,7 +459,7 @@ async fn complete(
     }
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -129,9 +129,11 @@ pub fn serve<M: Model>(args: &ServeArgs) -> Result<(), String> {
         (None, None) => None,
     };
     let threads = crate::cli::threads_or_default(args.threads)?;
-    let tok = crate::cli::load_tokenizer::<M>()?;
+    // One tokenizer for the HTTP side, the scheduler's end-of-generation test and the
+    // grammar engine.
+    let tok = Arc::new(crate::cli::load_tokenizer::<M>()?);
     let template = ChatTemplate::of(&tok).ok();
-    let grammars = grammar::Grammars::new(crate::cli::load_tokenizer::<M>()?)?;
+    let grammars = grammar::Grammars::new(tok.clone())?;
     let limits = Limits {
         parallel: args.parallel,
         n_ctx,
@@ -148,7 +150,7 @@ pub fn serve<M: Model>(args: &ServeArgs) -> Result<(), String> {
     let metrics = Arc::new(metrics::Metrics::new(args.parallel * n_ctx));
     let in_flight = Arc::new(AtomicUsize::new(0));
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
-    let eog_tok = crate::cli::load_tokenizer::<M>()?;
+    let eog_tok = tok.clone();
     let engine = engine::Engine::new(
         CpuForward::<M> {
             ctx,
@@ -187,9 +189,7 @@ pub fn serve<M: Model>(args: &ServeArgs) -> Result<(), String> {
         model,
         max_body: args.max_body,
         body_timeout: Duration::from_secs(30),
-        started: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        started: http::unix_now(),
         next_id: AtomicU64::new(1),
     });
     let addr = format!("{}:{}", args.host, args.port);

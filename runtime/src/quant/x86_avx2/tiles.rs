@@ -241,67 +241,24 @@ fn tile_shape<W, A, const T: usize>(name: &str, w: &[W], act: &[A], stride: usiz
 }
 
 /// The 8-lane scheme of `legacy` (Q8_0, Q5_0, and Q4_1 with `OFFSETS`) for 4 rows and
-/// one token (the decode matvec): `acc[r] += (d_w d_a) * lanes` per block,
-/// `out[r] = hsum(acc[r])` (+ the Q4_1 offset sum `Σ fma(m_w, s_a)`, a vector with a
-/// lane per row). Prompt batches take `gemm`, which computes the same per (row, token).
+/// `T` tokens: per (row, token) `acc += (d_w d_a) * lanes` per block and
+/// `out = hsum(acc)` (+ the Q4_1 offset sum `Σ fma(m_w, s_a)`, a vector with a lane per
+/// row), each weight block unpacked once for the `T` tokens. One token is the decode
+/// matvec; 4 tokens a decode step of several sequences, whose columns must be what a
+/// one-token step gives (prompt batches take `gemm`, llama.cpp's batch arithmetic).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn quad_8_lanes<W: LegacyBlock, A: ActBlock, const OFFSETS: bool>(
+fn lanes_8<W: LegacyBlock, A: ActBlock, const OFFSETS: bool, const T: usize>(
     rows: [&[W]; TILE],
-    act: &[A],
+    tokens: [&[A]; T],
     offset_of: impl Fn(&W) -> f16,
-) -> [f32; TILE] {
-    let mut acc = [_mm256_setzero_ps(); TILE];
-    let mut offsets = _mm_setzero_ps();
+) -> [[f32; T]; TILE] {
+    let mut acc = [[_mm256_setzero_ps(); T]; TILE];
+    // per token, a lane per row
+    let mut offsets = [_mm_setzero_ps(); T];
     // d_w * d_a per row, stored so that each can be broadcast from memory
     let mut scales = [0f32; TILE];
-    for (k, a) in act.iter().enumerate() {
+    for k in 0..tokens[0].len() {
         let blocks: [&W; TILE] = rows.map(|row| &row[k]);
-        let d_w = f16x4(blocks.map(|b| b.d()));
-        let bytes = ActBytes::new(a.qs(), W::BIAS);
-        let d = _mm_mul_ps(d_w, _mm_set1_ps(a.d().to_f32()));
-        // SAFETY: 4 writable f32.
-        unsafe { _mm_storeu_ps(scales.as_mut_ptr(), d) };
-        if OFFSETS {
-            let m = f16x4(blocks.map(&offset_of));
-            offsets = _mm_fmadd_ps(m, _mm_set1_ps(a.s().to_f32()), offsets);
-        }
-        for r in 0..TILE {
-            let lanes = bytes.dot(blocks[r].quants(), W::BIAS);
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(scales[r]), _mm256_cvtepi32_ps(lanes), acc[r]);
-        }
-    }
-    let mut off = [0f32; TILE];
-    // SAFETY: 4 writable f32.
-    unsafe { _mm_storeu_ps(off.as_mut_ptr(), offsets) };
-    std::array::from_fn(|r| {
-        let sum = hsum_f32x8(acc[r]);
-        if OFFSETS {
-            sum + off[r]
-        } else {
-            sum
-        }
-    })
-}
-
-/// The 8-lane scheme for 4 rows × 4 tokens (a decode step of several sequences: their
-/// columns must be what a one-token step gives, so not `gemm`'s arithmetic): per (row,
-/// token) `acc += (d_w d_a) * lanes` per block and `hsum(acc)`, exactly as
-/// [`quad_8_lanes`], with each weight block unpacked once for the 4 tokens.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn tile_8_lanes<W: LegacyBlock, A: ActBlock, const OFFSETS: bool>(
-    w: &[W],
-    act: &[A],
-    stride: usize,
-    out: &mut [[f32; TILE]; TILE],
-    offset_of: impl Fn(&W) -> f16,
-) {
-    let rb = tile_shape::<_, _, TILE>("8-lane", w, act, stride);
-    let mut acc = [[_mm256_setzero_ps(); TILE]; TILE];
-    // per token, a lane per row
-    let mut offsets = [_mm_setzero_ps(); TILE];
-    let mut scales = [0f32; TILE];
-    for k in 0..rb {
-        let blocks: [&W; TILE] = std::array::from_fn(|r| &w[r * rb + k]);
         let d_w = f16x4(blocks.map(|b| b.d()));
         let quants = blocks.map(|b| b.quants());
         let m = if OFFSETS {
@@ -309,8 +266,8 @@ fn tile_8_lanes<W: LegacyBlock, A: ActBlock, const OFFSETS: bool>(
         } else {
             _mm_setzero_ps()
         };
-        for t in 0..TILE {
-            let a = &act[t * stride + k];
+        for t in 0..T {
+            let a = &tokens[t][k];
             let bytes = ActBytes::new(a.qs(), W::BIAS);
             let d = _mm_mul_ps(d_w, _mm_set1_ps(a.d().to_f32()));
             // SAFETY: 4 writable f32.
@@ -328,15 +285,37 @@ fn tile_8_lanes<W: LegacyBlock, A: ActBlock, const OFFSETS: bool>(
             }
         }
     }
-    for t in 0..TILE {
+    let off: [[f32; TILE]; T] = std::array::from_fn(|t| {
         let mut off = [0f32; TILE];
         // SAFETY: 4 writable f32.
         unsafe { _mm_storeu_ps(off.as_mut_ptr(), offsets[t]) };
-        for r in 0..TILE {
+        off
+    });
+    std::array::from_fn(|r| {
+        std::array::from_fn(|t| {
             let sum = hsum_f32x8(acc[r][t]);
-            out[r][t] = if OFFSETS { sum + off[r] } else { sum };
-        }
-    }
+            if OFFSETS {
+                sum + off[t][r]
+            } else {
+                sum
+            }
+        })
+    })
+}
+
+/// [`lanes_8`] for the 4 × 4 tile `vec_dot_tile` asks for.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile_8_lanes<W: LegacyBlock, A: ActBlock, const OFFSETS: bool>(
+    w: &[W],
+    act: &[A],
+    stride: usize,
+    out: &mut [[f32; TILE]; TILE],
+    offset_of: impl Fn(&W) -> f16,
+) {
+    let rb = tile_shape::<_, _, TILE>("8-lane", w, act, stride);
+    let rows = std::array::from_fn(|r| &w[r * rb..(r + 1) * rb]);
+    let tokens = std::array::from_fn(|t| &act[t * stride..t * stride + rb]);
+    *out = lanes_8::<W, A, OFFSETS, TILE>(rows, tokens, offset_of);
 }
 
 /// Q8_0 rows · Q8_0 activations, 4 × 4, each bit for bit `vec_dot_q8_0_q8_0`.
@@ -427,7 +406,7 @@ fn rows_8_lanes<W: LegacyBlock, A: ActBlock, const OFFSETS: bool>(
         w,
         act.len(),
         out,
-        |rows| quad_8_lanes::<W, A, OFFSETS>(rows, act, offset_of),
+        |rows| lanes_8::<W, A, OFFSETS, 1>(rows, [act], offset_of).map(|[v]| v),
         |row| one(row, act),
     )
 }
