@@ -25,7 +25,32 @@ fi
 src="$CACHE/llama.cpp"
 if [ ! -f "$src/models/ggml-vocab-llama-bpe.gguf" ]; then
   echo "fetching llama.cpp sources (llama-cpp-python $LLAMA_VER sdist from PyPI)" >&2
-  ( cd "$CACHE/dl" && [ -f "llama_cpp_python-$LLAMA_VER.tar.gz" ] || python3 -m pip download -q --no-deps --no-binary :all: --no-build-isolation -d . "llama-cpp-python==$LLAMA_VER" )
+  # Straight from PyPI's simple index (its JSON form, as pip reads it), checked against
+  # its sha256: `pip download` of an sdist runs the package's build backend
+  # (scikit-build-core) for its metadata, which a fresh machine lacks.
+  # ../shared/scripts/llama-ref.sh then finds the tarball here.
+  sdist="$CACHE/dl/llama_cpp_python-$LLAMA_VER.tar.gz"
+  [ -f "$sdist" ] || python3 - "$sdist" <<'PY'
+import hashlib, json, os, sys, urllib.request
+dest = sys.argv[1]
+name = os.path.basename(dest)
+req = urllib.request.Request("https://pypi.org/simple/llama-cpp-python/",
+                             headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+with urllib.request.urlopen(req) as r:
+    files = [f for f in json.load(r)["files"] if f["filename"] == name]
+if not files:
+    sys.exit(f"PyPI's index of llama-cpp-python has no {name}")
+url, sha = files[0]["url"], files[0]["hashes"]["sha256"]
+h = hashlib.sha256()
+with urllib.request.urlopen(url) as r, open(dest + ".part", "wb") as out:
+    while chunk := r.read(1 << 20):
+        h.update(chunk)
+        out.write(chunk)
+if h.hexdigest() != sha:
+    os.remove(dest + ".part")
+    sys.exit(f"{url}: sha256 {h.hexdigest()}, PyPI says {sha}")
+os.replace(dest + ".part", dest)
+PY
   tmp=$(mktemp -d "$CACHE/dl/src.XXXXXX")
   tar -xzf "$CACHE/dl/llama_cpp_python-$LLAMA_VER.tar.gz" -C "$tmp"
   rm -rf "$src"
