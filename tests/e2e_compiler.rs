@@ -111,6 +111,39 @@ fn a_rebuild_from_scratch_gives_the_same_binary() {
     mcc::build::run(&a).unwrap();
     let second = std::fs::read(a.output.as_ref().unwrap()).unwrap();
     assert!(first == second, "two builds of the same model differ");
+    // A new crate's dependencies are the versions of mcc's own lock file.
+    let locked = |path: &Path| -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let value = |l: &str| l.split('"').nth(1).unwrap().to_string();
+        (1..lines.len())
+            .filter(|&i| lines[i - 1].starts_with("name = ") && lines[i].starts_with("version = "))
+            .map(|i| (value(lines[i - 1]), value(lines[i])))
+            .collect()
+    };
+    let ours = locked(
+        &a.generated_dir
+            .as_ref()
+            .unwrap()
+            .join(name)
+            .join("Cargo.lock"),
+    );
+    let mcc = locked(&mcc_e2e::repo_root().join("Cargo.lock"));
+    let shared: Vec<_> = ours
+        .iter()
+        .filter(|(n, _)| mcc.iter().any(|(m, _)| m == n))
+        .collect();
+    assert!(
+        shared.len() > 50,
+        "{} packages shared with mcc's lock",
+        shared.len()
+    );
+    for (n, v) in shared {
+        assert!(
+            mcc.iter().any(|(m, w)| m == n && w == v),
+            "{n} {v} in the emitted crate's lock file, not in mcc's"
+        );
+    }
     let out = run(a.output.as_ref().unwrap(), &["info"]);
     assert!(out.status.success());
     remove_artifacts(name, None);

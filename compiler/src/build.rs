@@ -532,11 +532,18 @@ fn write_crate_atomically(dir: &Path, files: &[EmittedFile]) -> Result<()> {
             }
         }
     }
-    // Keep cargo's lock file of a previous build, so that dependency versions stay put.
+    // Keep cargo's lock file of a previous build, so that dependency versions stay put;
+    // a new crate starts from mcc's own lock file, so that the runtime's dependencies
+    // are the versions mcc was built and tested with, not whatever is newest on
+    // crates.io today (cargo drops the entries the crate does not use).
     let lock = dir.join("Cargo.lock");
     if lock.exists() {
         std::fs::copy(&lock, tmp.0.join("Cargo.lock"))
             .with_context(|| format!("{}: cannot copy", lock.display()))?;
+    } else {
+        let lock = tmp.0.join("Cargo.lock");
+        std::fs::write(&lock, crate::runtime_copy::WORKSPACE_LOCK)
+            .with_context(|| format!("{}: cannot write", lock.display()))?;
     }
     // The old crate moves aside before the new one moves in, so that at every instant
     // the crate directory is either a whole crate or absent.

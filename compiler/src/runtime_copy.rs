@@ -17,6 +17,10 @@ mod embedded {
     include!(concat!(env!("OUT_DIR"), "/runtime_sources.rs"));
 }
 
+/// mcc's own lock file (the workspace's), which a newly emitted crate starts from: its
+/// runtime then builds with the dependency versions mcc was tested with.
+pub const WORKSPACE_LOCK: &str = include_str!("../../Cargo.lock");
+
 /// The SIMD tiers, which get a copy of the runtime each; the scalar tier is the runtime
 /// itself, compiled for the x86-64 baseline like the rest of the binary.
 pub const SIMD_TIERS: [Tier; 2] = [Tier::Avx512, Tier::Avx2];
