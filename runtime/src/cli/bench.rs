@@ -1,7 +1,9 @@
 //! `bench`: prompt processing (ppN) and text generation (tgN) throughput, measured like
 //! llama-bench (a warm-up run, then repetitions; mean ± sample standard deviation) and
 //! printed as its markdown table. With `-d N` both run after N tokens of context, as
-//! `llama-bench -d N` (labelled `pp512 @ d2048`).
+//! `llama-bench -d N` (labelled `pp512 @ d2048`). With `--parallel N` the tg test decodes
+//! N sequences at once, one token of each per step, as a server's continuous batching
+//! does (`tg128 x16`: the aggregate tokens/s of the 16), like `llama-batched-bench`.
 
 use std::time::Instant;
 
@@ -28,6 +30,9 @@ pub(super) struct BenchArgs {
     /// positions N.. (as `llama-bench -d`).
     #[arg(short = 'd', long = "n-depth", default_value_t = 0)]
     depth: usize,
+    /// Sequences decoded together in the tg test (each filled to the depth first).
+    #[arg(long = "parallel", default_value_t = 1)]
+    parallel: usize,
 }
 
 /// Deterministic stand-in tokens (the content does not change the cost).
@@ -65,14 +70,36 @@ pub(super) fn bench<M: Model>(args: &BenchArgs) -> Result<(), String> {
             args.depth, cfg.n_ctx
         ));
     }
+    if args.parallel == 0 {
+        return Err("--parallel must be at least 1".into());
+    }
     let threads = super::threads_or_default(args.threads)?;
-    let mut ctx = Ctx::new::<M>(threads, cfg.n_ctx, args.batch_size).map_err(|e| e.to_string())?;
+    let n_seq = args.parallel;
+    // Each sequence holds just what the tests write (16 Minitron sequences of its whole
+    // context would take 8 GiB).
+    let n_ctx = if n_seq > 1 {
+        args.depth + test
+    } else {
+        cfg.n_ctx
+    };
+    let mut ctx = Ctx::with_sequences::<M>(threads, n_ctx, args.batch_size, n_seq)
+        .map_err(|e| e.to_string())?;
     let mut gpu = crate::gpu::open::<M>(cfg.n_ctx);
+    if gpu.is_some() && n_seq > 1 {
+        return Err("--parallel runs on the CPU only (MCC_GPU=0)".into());
+    }
     let backend = if gpu.is_some() {
         "CUDA (mcc)".to_string()
     } else {
         format!("CPU (mcc, {})", crate::tier::compiled().name())
     };
+    // Every sequence is filled to the depth (untimed) on the CPU, the first one below.
+    if args.depth > 0 {
+        let history = tokens(args.depth, cfg.n_vocab, 3);
+        for seq in 1..n_seq {
+            ctx.eval_seq::<M>(seq, &history, 0, args.depth - 1);
+        }
+    }
     // On the GPU, generation steps keep the logits on the device and bring back only
     // the greedy pick (the sampler's work is not part of tg either).
     let mut eval = |tokens: &[u32], pos: usize, first: usize| -> Result<(), String> {
@@ -126,7 +153,7 @@ pub(super) fn bench<M: Model>(args: &BenchArgs) -> Result<(), String> {
         }
         report(format!("pp{}{at_depth}", args.n_prompt), &rates);
     }
-    if args.n_gen > 0 {
+    if args.n_gen > 0 && n_seq == 1 {
         let gen = tokens(args.n_gen, cfg.n_vocab, 2);
         eval(&gen[..1], depth, 0)?; // warm-up
         let mut rates = Vec::with_capacity(args.reps);
@@ -138,6 +165,25 @@ pub(super) fn bench<M: Model>(args: &BenchArgs) -> Result<(), String> {
             rates.push(args.n_gen as f64 / t0.elapsed().as_secs_f64());
         }
         report(format!("tg{}{at_depth}", args.n_gen), &rates);
+    } else if args.n_gen > 0 {
+        // sequence s decodes its own stand-in tokens, one per step
+        let gen: Vec<Vec<u32>> = (0..n_seq)
+            .map(|s| tokens(args.n_gen, cfg.n_vocab, 2 + s as u64))
+            .collect();
+        let step = |ctx: &mut Ctx, i: usize| {
+            let steps: Vec<_> = (0..n_seq).map(|s| (s, depth + i, gen[s][i])).collect();
+            ctx.decode::<M>(&steps);
+        };
+        step(&mut ctx, 0); // warm-up
+        let mut rates = Vec::with_capacity(args.reps);
+        for _ in 0..args.reps {
+            let t0 = Instant::now();
+            for i in 0..args.n_gen {
+                step(&mut ctx, i);
+            }
+            rates.push((args.n_gen * n_seq) as f64 / t0.elapsed().as_secs_f64());
+        }
+        report(format!("tg{}{at_depth} x{n_seq}", args.n_gen), &rates);
     }
     Ok(())
 }
