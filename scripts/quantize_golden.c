@@ -8,9 +8,10 @@
 // quantizers: normal weights, outliers, all-zero rows and groups, tiny values (down to
 // subnormals, and scales whose reciprocal overflows), signed zeros, all-positive,
 // all-negative and constant groups, bf16-valued and integer-valued weights (rounding
-// ties), sub-blocks of very different magnitudes, scales beyond f16 range, NaN and inf.
-// Importance vectors: log-uniform values with zeros scattered and in whole blocks, one
-// all zero, one all one.
+// ties, and halves where Q8_0 rounds), sub-blocks of very different magnitudes, scales
+// beyond f16 range, inf, and NaNs with payloads. Importance vectors: log-uniform values
+// with zeros scattered and in whole blocks, one all zero, one all one, one with negative
+// values.
 //
 // Writes into the given directory (default runtime/src/quant/golden_quantize):
 //   inputs.bin   u32 n_imatrix, then per importance vector: u32 width, f32 v[width]
@@ -57,7 +58,7 @@ static float to_bf16(float f) {
 
 enum kind {
     NORMAL, OUTLIERS, UNIFORM, ZEROS, SPARSE, TINY, SIGNED_ZEROS, POSITIVE, NEGATIVE,
-    CONSTANT, BF16, INTEGERS, MAGNITUDES, HUGE_VALUES, NAN_INF, N_KINDS
+    CONSTANT, BF16, INTEGERS, HALVES, MAGNITUDES, HUGE_VALUES, INFS, NANS, NEG_NANS, N_KINDS
 };
 
 static void fill_row(enum kind k, float * x, int n) {
@@ -123,6 +124,15 @@ static void fill_row(enum kind k, float * x, int n) {
             x[i] = ldexpf((float)v, -(int)((i / 64) % 6));
         }
         break;
+    case HALVES:
+        // per group of 32: the largest magnitude 127 (times a power of two) and the rest
+        // halfway between integers, so that x / d lands exactly on .5 (Q8_0's roundf)
+        for (int i = 0; i < n; i++) {
+            int v = (int)(next_u64() % 253) - 126;
+            float h = i % 32 == 17 ? (v < 0 ? -127.0f : 127.0f) : (float)v + (v < 0 ? -0.5f : 0.5f);
+            x[i] = ldexpf(h, -(int)((i / 32) % 5));
+        }
+        break;
     case MAGNITUDES:
         for (int i = 0; i < n; i++) {
             double m = pow(10.0, (double)((i / 16) * 7 % 11) / 2.0 - 3.0);
@@ -132,30 +142,51 @@ static void fill_row(enum kind k, float * x, int n) {
     case HUGE_VALUES:
         for (int i = 0; i < n; i++) x[i] = (float)((i / 32 % 2 ? 1e6 : 3e4) * normal());
         break;
-    case NAN_INF:
+    case INFS:
         for (int i = 0; i < n; i++) {
-            int g = (i / 32) % 4;
+            int g = (i / 32) % 8, j = i % 32;
             x[i] = (float)(0.02 * normal());
-            if (g == 0 && i % 32 == 9) x[i] = NAN;
-            if (g == 1 && i % 32 == 0) x[i] = INFINITY;
-            if (g == 2 && i % 32 == 31) x[i] = -INFINITY;
-            if (g == 3 && i % 32 == 4) x[i] = -NAN;
+            if ((g == 1 && j == 0) || (g == 3 && j == 17)) x[i] = INFINITY;
+            if ((g == 2 && j == 31) || (g == 3 && j == 5)) x[i] = -INFINITY;
+            if (g == 4) x[i] = INFINITY;
         }
         break;
+    case NANS:
+    case NEG_NANS: {
+        // NaNs with a payload (which ggml's f16 conversion drops and F16C keeps): one
+        // first in its block (where the min/max searches start), one last (where ggml's
+        // MAX keeps it), two in one group, a whole block. One bit pattern per row: where
+        // two NaNs meet in an operation, which one comes out depends on the operand order
+        // the compiler picked, which C and Rust need not share.
+        const uint32_t bits = k == NANS ? 0x7fc12345u : 0xffd0f00du;
+        float nan;
+        memcpy(&nan, &bits, 4);
+        for (int i = 0; i < n; i++) {
+            int g = (i / 32) % 8, j = i % 32;
+            x[i] = (float)(0.02 * normal());
+            if ((g == 0 && j == 9) || (g == 1 && j == 31) || (g == 2 && j == 0) ||
+                (g == 3 && (j == 3 || j == 11)) || g == 4)
+                x[i] = nan;
+        }
+        break;
+    }
     default:
         abort();
     }
 }
 
-enum imat { IM_LOG, IM_ZERO, IM_ONE };
+enum imat { IM_LOG, IM_ZERO, IM_ONE, IM_SIGNED };
 
 // log-uniform over 1e-4..1e2, with every 7th value zero, a zero block of 32 and a
-// block of 16 ones
+// block of 16 ones; IM_SIGNED also flips the sign of half of them (llama-quantize
+// only checks that an imatrix is finite, and negative weights reach the searches'
+// unusual branches)
 static void fill_imatrix(enum imat k, float * v, int n) {
     for (int i = 0; i < n; i++) {
         if (k == IM_ZERO) { v[i] = 0.0f; continue; }
         if (k == IM_ONE) { v[i] = 1.0f; continue; }
         v[i] = (float)pow(10.0, 6.0 * unit() - 4.0);
+        if (k == IM_SIGNED && next_u64() % 2 == 0) v[i] = -v[i];
         if (i % 7 == 3 || (i >= 64 && i < 96)) v[i] = 0.0f;
         if (i >= 160 && i < 176) v[i] = 1.0f;
     }
@@ -165,16 +196,17 @@ struct row { int width, imat; enum kind kind; };
 struct im { int width; enum imat kind; };
 
 static const struct im IMATS[] = {
-    {1024, IM_LOG}, {512, IM_LOG}, {256, IM_LOG}, {512, IM_ZERO}, {256, IM_ONE},
-    {32, IM_LOG}, {96, IM_LOG},
+    {512, IM_LOG}, {256, IM_LOG}, {512, IM_ZERO}, {256, IM_ONE}, {32, IM_LOG},
+    {96, IM_LOG}, {1024, IM_SIGNED},
 };
 static const struct row ROWS[] = {
-    {1024, 0, NORMAL},    {1024, 0, OUTLIERS},   {512, 1, UNIFORM},   {256, 2, ZEROS},
-    {512, 1, SPARSE},     {512, 1, TINY},        {256, 2, SIGNED_ZEROS},
-    {256, 2, POSITIVE},   {256, 2, NEGATIVE},    {256, 2, CONSTANT},  {1024, 0, BF16},
-    {512, 1, INTEGERS},   {512, 1, MAGNITUDES},  {256, 2, HUGE_VALUES},
-    {256, 2, NAN_INF},    {512, 3, NORMAL},      {256, 4, OUTLIERS},
-    {32, 5, NORMAL},      {96, 6, OUTLIERS},     {32, 5, TINY},
+    {512, 0, NORMAL},     {512, 0, OUTLIERS},    {512, 0, UNIFORM},    {256, 1, ZEROS},
+    {512, 0, SPARSE},     {512, 0, TINY},        {256, 1, SIGNED_ZEROS},
+    {256, 1, POSITIVE},   {256, 1, NEGATIVE},    {256, 1, CONSTANT},   {512, 0, BF16},
+    {512, 0, INTEGERS},   {512, 0, MAGNITUDES},  {256, 1, HUGE_VALUES},
+    {256, 1, INFS},       {256, 1, NANS},        {256, 1, NEG_NANS},   {512, 2, NORMAL},
+    {256, 3, OUTLIERS},   {32, 4, NORMAL},       {96, 5, OUTLIERS},    {32, 4, TINY},
+    {256, 1, HALVES},     {1024, 6, NORMAL},     {1024, 6, MAGNITUDES},
 };
 
 struct qtype { const char * name; enum ggml_type type; };
@@ -224,11 +256,12 @@ int main(int argc, char ** argv) {
             widths[r] = 256 * (1 + (int)(next_u64() % 16));
             im_widths[e] = widths[r];
             ims[e] = malloc(sizeof(float) * widths[r]);
-            fill_imatrix(next_u64() % 8 == 0 ? IM_ZERO : IM_LOG, ims[e], widths[r]);
+            const uint64_t pick = next_u64() % 8;
+            fill_imatrix(pick == 0 ? IM_ZERO : pick == 1 ? IM_SIGNED : IM_LOG, ims[e], widths[r]);
             imat_of[r] = e;
             xs[r] = malloc(sizeof(float) * widths[r]);
-            // no NaN/inf rows among the extra ones: one per type is enough
-            fill_row((enum kind)(next_u64() % NAN_INF), xs[r], widths[r]);
+            // no NaN/inf rows among the extra ones
+            fill_row((enum kind)(next_u64() % INFS), xs[r], widths[r]);
         }
     }
 
