@@ -12,7 +12,7 @@ if [ ! -f "$L/build/bin/libggml-base.so" ]; then
   if [ -f "$L/build/build.ninja" ]; then
     cmake --build "$L/build" --target ggml-base >&2
   else
-    "$(dirname "$0")/../../shared/scripts/llama-ref.sh" >/dev/null
+    bash "$(dirname "$0")/../../shared/scripts/llama-ref.sh" >/dev/null
   fi
 fi
 mkdir -p "$OUT"

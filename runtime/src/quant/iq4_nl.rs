@@ -175,7 +175,7 @@ pub(crate) fn iq4_block_scale(x: &[f32], weights: &[f32], idx: &mut [u8]) -> f32
 }
 
 impl Quantize for IQ4_NL {
-    /// Per block: the scale of [`iq4_block_scale`] (weights of [`iq4_weights`]), stored
+    /// Per block: the scale of `iq4_block_scale` (weights of `iq4_weights`), stored
     /// as f16, and each weight's nearest level against that (unrounded) scale. This is
     /// what `ggml_quantize_chunk` does with and without an importance matrix; ggml's
     /// `quantize_row_iq4_nl_ref`, which skips the candidate scales, is not used to write
@@ -219,7 +219,7 @@ mod tests {
 
     #[test]
     fn quantize_round_trip() {
-        testing::check_quantize_round_trip::<IQ4_NL>(0.12);
+        testing::check_quantize_round_trip::<IQ4_NL>(16);
     }
 
     #[test]

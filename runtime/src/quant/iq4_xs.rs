@@ -201,7 +201,7 @@ mod tests {
 
     #[test]
     fn quantize_round_trip() {
-        testing::check_quantize_round_trip::<IQ4_XS>(0.12);
+        testing::check_quantize_round_trip::<IQ4_XS>(16);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! Each format file holds the `#[repr(C)]` block struct with its size asserted, a doc
 //! comment with layout, formula and bits per weight, the scalar reference
-//! `dequantize_ref` / `vec_dot_ref`, and the `WeightType` impl. SIMD versions live in
+//! `dequantize_ref` / `vec_dot_ref`, the `WeightType` impl, and for the formats
+//! `mcc quantize` writes, the model-file quantizer ([`Quantize`], with what the formats
+//! share in `quantize`). SIMD versions live in
 //! the ISA modules (`x86_avx2`, `aarch64_neon`) under the same function names and are
 //! chosen at compile time with `cfg(target_feature)`; the scalar code is the fallback.
 //!

@@ -307,7 +307,7 @@ mod tests {
 
     #[test]
     fn quantize_round_trip() {
-        testing::check_quantize_round_trip::<Q2_K>(0.6);
+        testing::check_quantize_round_trip::<Q2_K>(4);
     }
 
     #[test]

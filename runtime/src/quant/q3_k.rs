@@ -315,7 +315,7 @@ mod tests {
 
     #[test]
     fn quantize_round_trip() {
-        testing::check_quantize_round_trip::<Q3_K>(0.3);
+        testing::check_quantize_round_trip::<Q3_K>(8);
     }
 
     #[test]

@@ -404,6 +404,6 @@ mod tests {
 
     #[test]
     fn quantize_round_trip() {
-        testing::check_quantize_round_trip::<Q4_K>(0.15);
+        testing::check_quantize_round_trip::<Q4_K>(16);
     }
 }

@@ -11,6 +11,13 @@
 //!
 //! The searches return the quants through `out` slices the caller owns, so quantizing a
 //! row allocates nothing.
+//!
+//! One thing cannot be matched: where an operation meets two NaNs with different
+//! payloads, x86 returns one of them by operand position, and C and Rust compilers
+//! order commutative operands as they like. Weights with NaNs of one bit pattern give
+//! ggml's bytes; mixed NaNs (or NaNs beside infinities, whose products make the default
+//! NaN) may not. llama-quantize rejects what such rows quantize to whenever a scale
+//! comes out NaN or infinite.
 
 use crate::float16::f16;
 

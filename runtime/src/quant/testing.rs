@@ -382,19 +382,29 @@ pub fn sane_f16(v: u64) -> crate::float16::f16 {
     crate::float16::f16::from_f32(sign * mag)
 }
 
-/// The rows of `golden_quantize/` (written by `scripts/quantize_golden.c`) and llama.cpp's
-/// quantization of them: `(row id, x, imatrix, ggml's blocks without the imatrix, with
-/// it)`, for the rows whose width is a multiple of `W`'s block. `MCC_QUANTIZE_GOLDEN`
-/// names another directory of the same files (a larger set made for a one-off check).
-#[allow(clippy::type_complexity)]
-pub fn quantize_golden<W: WeightType>() -> Vec<(usize, Vec<f32>, Vec<f32>, Vec<u8>, Vec<u8>)> {
+/// One row of `golden_quantize/` and llama.cpp's quantizations of it.
+pub struct QuantizeCase {
+    /// The row's index in `inputs.bin`.
+    pub row: usize,
+    pub x: Vec<f32>,
+    /// The row's importance vector.
+    pub imatrix: Vec<f32>,
+    /// ggml's blocks, as bytes, without the importance vector and with it.
+    pub plain: Vec<u8>,
+    pub weighted: Vec<u8>,
+}
+
+/// The rows of `golden_quantize/` (written by `scripts/quantize_golden.c`) whose width is
+/// a multiple of `W`'s block, with ggml's quantizations of them. `MCC_QUANTIZE_GOLDEN`
+/// names another directory of such files (a larger set made for a one-off check).
+pub fn quantize_golden<W: WeightType>() -> Vec<QuantizeCase> {
     let dir = std::env::var("MCC_QUANTIZE_GOLDEN")
         .unwrap_or_else(|_| format!("{}/src/quant/golden_quantize", env!("CARGO_MANIFEST_DIR")));
     let read = |name: &str| {
         let path = format!("{dir}/{name}");
         std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     };
-    let (inputs, types) = (read("inputs.bin"), read(&format!("{}.bin", W::NAME)));
+    let (inputs, outputs) = (read("inputs.bin"), read(&format!("{}.bin", W::NAME)));
     let word = |b: &[u8], at: &mut usize| {
         let w = u32::from_le_bytes(b[*at..*at + 4].try_into().unwrap()) as usize;
         *at += 4;
@@ -425,26 +435,31 @@ pub fn quantize_golden<W: WeightType>() -> Vec<(usize, Vec<f32>, Vec<f32>, Vec<u
     assert_eq!(at, inputs.len(), "{dir}/inputs.bin: size");
 
     let mut at = 0;
-    let block_bytes = word(&types, &mut at);
-    let block_elems = word(&types, &mut at);
+    let block_bytes = word(&outputs, &mut at);
+    let block_elems = word(&outputs, &mut at);
     assert_eq!(
         (block_bytes, block_elems),
         (std::mem::size_of::<W::Block>(), W::BLOCK_ELEMS),
         "{}: block size and elements in the golden file",
         W::NAME
     );
-    let cases = (0..word(&types, &mut at))
+    let cases = (0..word(&outputs, &mut at))
         .map(|_| {
-            let id = word(&types, &mut at);
-            let (x, imatrix) = &rows[id];
+            let row = word(&outputs, &mut at);
+            let (x, imatrix) = &rows[row];
             let n = x.len() / block_elems * block_bytes;
-            let plain = types[at..at + n].to_vec();
-            let weighted = types[at + n..at + 2 * n].to_vec();
+            let case = QuantizeCase {
+                row,
+                x: x.clone(),
+                imatrix: imatrices[*imatrix].clone(),
+                plain: outputs[at..at + n].to_vec(),
+                weighted: outputs[at + n..at + 2 * n].to_vec(),
+            };
             at += 2 * n;
-            (id, x.clone(), imatrices[*imatrix].clone(), plain, weighted)
+            case
         })
         .collect();
-    assert_eq!(at, types.len(), "{dir}/{}.bin: size", W::NAME);
+    assert_eq!(at, outputs.len(), "{dir}/{}.bin: size", W::NAME);
     cases
 }
 
@@ -462,21 +477,21 @@ pub fn block_bytes<W: WeightType>(blocks: &[W::Block]) -> &[u8] {
 
 /// `W::quantize_row` on every golden row, with and without the importance vector, must
 /// give ggml's bytes exactly. Reports every block that differs (row, block, which run,
-/// first differing byte) and fails if there is one. Returns the blocks compared per run.
-pub fn check_quantize<W: Quantize>() -> usize {
+/// first differing byte) and fails if there is one.
+pub fn check_quantize<W: Quantize>() {
     let cases = quantize_golden::<W>();
     assert!(!cases.is_empty(), "{}: no golden rows", W::NAME);
     let size = std::mem::size_of::<W::Block>();
     let mut failures = Vec::new();
     let mut n_blocks = 0;
-    for (id, x, imatrix, plain, weighted) in &cases {
-        let mut out = zeroed_blocks::<W>(x.len() / W::BLOCK_ELEMS);
+    for case in &cases {
+        let mut out = zeroed_blocks::<W>(case.x.len() / W::BLOCK_ELEMS);
         n_blocks += out.len();
         for (run, imatrix, want) in [
-            ("without imatrix", None, plain),
-            ("with imatrix", Some(&imatrix[..]), weighted),
+            ("without imatrix", None, &case.plain),
+            ("with imatrix", Some(&case.imatrix[..]), &case.weighted),
         ] {
-            W::quantize_row(x, imatrix, &mut out);
+            W::quantize_row(&case.x, imatrix, &mut out);
             let got = block_bytes::<W>(&out);
             for (b, (g, w)) in got
                 .chunks_exact(size)
@@ -485,9 +500,10 @@ pub fn check_quantize<W: Quantize>() -> usize {
             {
                 if let Some(k) = g.iter().zip(w).position(|(a, b)| a != b) {
                     failures.push(format!(
-                        "{} row {id} block {b} {run}: byte {k} is {:#04x}, ggml {:#04x}\n  \
+                        "{} row {} block {b} {run}: byte {k} is {:#04x}, ggml {:#04x}\n  \
                          ours {g:02x?}\n  ggml {w:02x?}",
                         W::NAME,
+                        case.row,
                         g[k],
                         w[k]
                     ));
@@ -502,13 +518,20 @@ pub fn check_quantize<W: Quantize>() -> usize {
         2 * n_blocks,
         failures[..failures.len().min(8)].join("\n")
     );
-    n_blocks
 }
 
 /// Quantizing and dequantizing a row of normal-looking weights (with outliers) must stay
-/// close to it, with and without an importance vector: root-mean-square error at most
-/// `rel_limit` times the row's root mean square.
-pub fn check_quantize_round_trip<W: Quantize>(rel_limit: f64) {
+/// close to it, with and without an importance vector, for a format with `levels` evenly
+/// spaced quant values per block.
+///
+/// Rounding to a grid of step `s` leaves an RMS error of about `s / √12`, and a block
+/// spread over `levels` values has `s = span / (levels - 1)`. On this row the RMS span
+/// of a block of 32 (`2 max |x|`, the widest a format spans) is 6.3 times the row's RMS,
+/// so the relative RMS error should stay below `6.3 / ((levels - 1) √12)`; a quarter
+/// more leaves room for the searches' other choices. A wrong bit layout or scale gives
+/// an error near 1.
+pub fn check_quantize_round_trip<W: Quantize>(levels: u32) {
+    let rel_limit = 1.25 * 6.3 / ((levels - 1) as f64 * 12f64.sqrt());
     let n = 4096;
     let x = activations(n, 7);
     let imatrix: Vec<f32> = activations(n, 8).iter().map(|v| v * v).collect();
