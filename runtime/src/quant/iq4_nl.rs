@@ -16,8 +16,10 @@
 use crate::float16::f16;
 
 use super::iq_grids::KVALUES_IQ4NL;
+use super::q4_0::pack_nibbles;
 use super::q8_0::{BlockQ8_0, Q8_0, QK8_0};
-use super::WeightType;
+use super::quantize::{best_index_int8, ggml_f16, GROUP_MAX_EPS};
+use super::{check_quantize_lengths, Quantize, WeightType};
 
 /// Weights per IQ4_NL block.
 pub const QK4_NL: usize = 32;
@@ -106,6 +108,98 @@ impl WeightType for IQ4_NL {
     }
 }
 
+/// The weight of each value of a super-block `x` in the IQ4 searches:
+/// `imatrix[i] * sqrt(sigma2 + x_i²)` with `sigma2` twice the super-block's mean square,
+/// or `x_i²` without an importance matrix.
+pub(crate) fn iq4_weights(x: &[f32], imatrix: Option<&[f32]>, out: &mut [f32]) {
+    let mut sigma2 = 0f32;
+    for &v in x {
+        sigma2 += v * v;
+    }
+    sigma2 *= 2.0 / x.len() as f32;
+    for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
+        *o = match imatrix {
+            Some(qw) => qw[i] * (sigma2 + v * v).sqrt(),
+            None => v * v,
+        };
+    }
+}
+
+/// The scale of a block of 32 for the IQ4 levels that minimises `Σ w (x - d level)²`, and
+/// its level indices in `idx`; 0, with `idx` untouched, when the block's largest
+/// magnitude is below [`GROUP_MAX_EPS`].
+///
+/// The first candidate maps the value of largest magnitude to the level `-127`; for its
+/// indices the best scale is `Σ w level x / Σ w level²`. 15 more inverse scales,
+/// `(k - 127) / max` for `k = -7..=7`, give other indices; one whose
+/// `(Σ w level x)² / Σ w level²` beats the best so far takes over (its indices are not
+/// kept: the caller rounds again against the final scale).
+pub(crate) fn iq4_block_scale(x: &[f32], weights: &[f32], idx: &mut [u8]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        return 0.0;
+    }
+    let levels = &KVALUES_IQ4NL;
+    // Σ w level x and Σ w level² of the indices an inverse scale gives
+    let sums = |id: f32, mut idx: Option<&mut [u8]>| {
+        let (mut sumqx, mut sumq2) = (0f32, 0f32);
+        for (j, (&v, &w)) in x.iter().zip(weights).enumerate() {
+            let l = best_index_int8(levels, id * v);
+            if let Some(idx) = idx.as_deref_mut() {
+                idx[j] = l as u8;
+            }
+            let q = levels[l] as f32;
+            sumqx += w * q * v;
+            sumq2 += w * q * q;
+        }
+        (sumqx, sumq2)
+    };
+    let d = -max / levels[0] as f32;
+    let (sumqx, sumq2) = sums(1.0 / d, Some(idx));
+    let mut d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
+    let mut best = d * sumqx;
+    for k in -7..=7 {
+        let (sumqx, sumq2) = sums((k + levels[0] as i32) as f32 / max, None);
+        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+            d = sumqx / sumq2;
+            best = d * sumqx;
+        }
+    }
+    d
+}
+
+impl Quantize for IQ4_NL {
+    /// Per block: the scale of `iq4_block_scale` (weights of `iq4_weights`), stored
+    /// as f16, and each weight's nearest level against that (unrounded) scale. This is
+    /// what `ggml_quantize_chunk` does with and without an importance matrix; ggml's
+    /// `quantize_row_iq4_nl_ref`, which skips the candidate scales, is not used to write
+    /// model files.
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [BlockIQ4NL]) {
+        check_quantize_lengths::<IQ4_NL>(x, imatrix, out);
+        let mut weights = [0f32; QK4_NL];
+        let mut idx = [0u8; QK4_NL];
+        for (ib, (b, xb)) in out.iter_mut().zip(x.chunks_exact(QK4_NL)).enumerate() {
+            let qw = imatrix.map(|m| &m[QK4_NL * ib..QK4_NL * (ib + 1)]);
+            iq4_weights(xb, qw, &mut weights);
+            let d = iq4_block_scale(xb, &weights, &mut idx);
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            for (i, &v) in idx.iter_mut().zip(xb) {
+                *i = best_index_int8(&KVALUES_IQ4NL, id * v) as u8;
+            }
+            *b = BlockIQ4NL {
+                d: ggml_f16(d),
+                qs: pack_nibbles(&idx),
+            };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{IQ4_NL, QK4_NL};
@@ -116,6 +210,16 @@ mod tests {
     fn dequantize_matches_gguf_py() {
         // One f32 product d * level, exact (11 + 7 significant bits), as in gguf-py.
         testing::check_dequantize::<IQ4_NL>(0);
+    }
+
+    #[test]
+    fn quantize_matches_ggml() {
+        testing::check_quantize::<IQ4_NL>();
+    }
+
+    #[test]
+    fn quantize_round_trip() {
+        testing::check_quantize_round_trip::<IQ4_NL>(16);
     }
 
     #[test]

@@ -19,11 +19,13 @@
 
 use crate::float16::f16;
 
-use super::iq4_nl::levels_dot;
+use super::iq4_nl::{iq4_block_scale, iq4_weights, levels_dot};
 use super::iq_grids::KVALUES_IQ4NL;
+use super::q4_0::pack_nibbles;
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::quantize::{best_index_int8, ggml_f16, nearest_int};
 use super::superblock::{self, Batched, Ints, SuperBlock};
-use super::WeightType;
+use super::{check_quantize_lengths, Quantize, WeightType};
 
 /// One IQ4_XS super-block of 256 weights.
 #[repr(C)]
@@ -127,6 +129,60 @@ impl SuperBlock for IQ4_XS {
     }
 }
 
+/// One super-block: each block of 32 gets its scale from [`iq4_block_scale`]
+/// (weights of [`iq4_weights`] over the super-block); the scales are quantized to 6
+/// bits against `d = -max / 32`, `max` the scale of largest magnitude (so it maps to
+/// `-32`), and each weight takes the nearest level against its block's quantized (but
+/// not f16-rounded) scale `d * l`.
+fn quantize_block(x: &[f32], imatrix: Option<&[f32]>) -> BlockIQ4XS {
+    let mut weights = [0f32; QK_K];
+    iq4_weights(x, imatrix, &mut weights);
+    let mut idx = [0u8; QK_K];
+    let mut scales = [0f32; QK_K / 32];
+    let (mut max_scale, mut amax_scale) = (0f32, 0f32);
+    for (ib, s) in scales.iter_mut().enumerate() {
+        let range = 32 * ib..32 * ib + 32;
+        *s = iq4_block_scale(&x[range.clone()], &weights[range.clone()], &mut idx[range]);
+        if s.abs() > amax_scale {
+            amax_scale = s.abs();
+            max_scale = *s;
+        }
+    }
+    let d = -max_scale / 32.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let (mut scales_h, mut scales_l) = (0u16, [0u8; QK_K / 64]);
+    for (ib, &s) in scales.iter().enumerate() {
+        let l = nearest_int(id * s).clamp(-32, 31);
+        let dl = d * l as f32;
+        let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+        for i in 32 * ib..32 * ib + 32 {
+            idx[i] = best_index_int8(&KVALUES_IQ4NL, idl * x[i]) as u8;
+        }
+        let biased = (l + 32) as u8;
+        scales_l[ib / 2] |= (biased & 0xf) << (4 * (ib % 2));
+        scales_h |= ((biased >> 4) as u16) << (2 * ib);
+    }
+    let mut qs = [0u8; QK_K / 2];
+    for (q, chunk) in qs.chunks_exact_mut(16).zip(idx.chunks_exact(32)) {
+        q.copy_from_slice(&pack_nibbles(chunk.try_into().expect("32 indices")));
+    }
+    BlockIQ4XS {
+        d: ggml_f16(d),
+        scales_h,
+        scales_l,
+        qs,
+    }
+}
+
+impl Quantize for IQ4_XS {
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [BlockIQ4XS]) {
+        check_quantize_lengths::<IQ4_XS>(x, imatrix, out);
+        for (i, (b, xb)) in out.iter_mut().zip(x.chunks_exact(QK_K)).enumerate() {
+            *b = quantize_block(xb, imatrix.map(|qw| &qw[QK_K * i..QK_K * (i + 1)]));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::IQ4_XS;
@@ -136,6 +192,16 @@ mod tests {
     fn dequantize_matches_gguf_py() {
         // (d * (ls - 32)) * level in f32, exact (11 + 6 + 7 significant bits), as gguf-py.
         testing::check_dequantize::<IQ4_XS>(0);
+    }
+
+    #[test]
+    fn quantize_matches_ggml() {
+        testing::check_quantize::<IQ4_XS>();
+    }
+
+    #[test]
+    fn quantize_round_trip() {
+        testing::check_quantize_round_trip::<IQ4_XS>(16);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! Each format file holds the `#[repr(C)]` block struct with its size asserted, a doc
 //! comment with layout, formula and bits per weight, the scalar reference
-//! `dequantize_ref` / `vec_dot_ref`, and the `WeightType` impl. SIMD versions live in
+//! `dequantize_ref` / `vec_dot_ref`, the `WeightType` impl, and for the formats
+//! `mcc quantize` writes, the model-file quantizer ([`Quantize`], with what the formats
+//! share in `quantize`). SIMD versions live in
 //! the ISA modules (`x86_avx2`, `aarch64_neon`) under the same function names and are
 //! chosen at compile time with `cfg(target_feature)`; the scalar code is the fallback.
 //!
@@ -42,6 +44,7 @@ pub mod q6_k_x8;
 pub mod q8_0;
 pub mod q8_1;
 pub mod q8_k;
+pub(crate) mod quantize;
 pub mod superblock;
 pub mod x8;
 
@@ -50,6 +53,46 @@ pub mod x86_avx2;
 
 #[cfg(test)]
 pub(crate) mod testing;
+
+/// A weight format `mcc quantize` writes: f32 rows to blocks, bit for bit as llama.cpp's
+/// `llama-quantize` writes them (through ggml's `ggml_quantize_chunk`).
+///
+/// Rows are independent, and a row's blocks depend on nothing but the row and its
+/// importance vector, so any split of a tensor's rows over threads gives the same bytes.
+pub trait Quantize: WeightType {
+    /// Quantizes one row, `x.len() == out.len() * BLOCK_ELEMS`. `imatrix`, when given,
+    /// holds one importance per column of the tensor (llama-imatrix's mean squared
+    /// activation of that input), `x.len()` values; the formats that have no use for
+    /// one (Q8_0) ignore it.
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [Self::Block]);
+}
+
+/// Checks the lengths [`Quantize::quantize_row`] takes.
+#[inline]
+pub(crate) fn check_quantize_lengths<W: WeightType>(
+    x: &[f32],
+    imatrix: Option<&[f32]>,
+    out: &[W::Block],
+) {
+    assert_eq!(
+        x.len(),
+        out.len() * W::BLOCK_ELEMS,
+        "{} quantize: {} values for {} blocks",
+        W::NAME,
+        x.len(),
+        out.len()
+    );
+    if let Some(imatrix) = imatrix {
+        assert_eq!(
+            imatrix.len(),
+            x.len(),
+            "{} quantize: importance vector of {} for a row of {}",
+            W::NAME,
+            imatrix.len(),
+            x.len()
+        );
+    }
+}
 
 /// A ggml tensor type as it is stored in the weight blob: each row is a run of blocks.
 pub trait WeightType: Copy + Send + Sync + 'static {

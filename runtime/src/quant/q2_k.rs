@@ -19,8 +19,11 @@
 use crate::float16::f16;
 
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::quantize::{
+    ggml_f16, importance_weights, make_qkx_quants, make_qp_quants, nearest_int, MinSearch,
+};
 use super::superblock::{self, Batched, Ints, SuperBlock};
-use super::WeightType;
+use super::{check_quantize_lengths, Quantize, WeightType};
 
 /// One Q2_K super-block: 256 weights.
 #[repr(C)]
@@ -51,6 +54,147 @@ fn unpack_quants(b: &BlockQ2K) -> [u8; QK_K] {
         }
     }
     q
+}
+
+/// Packs 256 two-bit quants (weight order) into `qs`: the inverse of [`unpack_quants`].
+/// Q3_K stores its low bits the same way.
+#[inline(always)]
+pub(crate) fn pack_2bit(q: &[u8; QK_K]) -> [u8; QK_K / 4] {
+    let mut qs = [0u8; QK_K / 4];
+    for h in 0..2 {
+        for l in 0..32 {
+            let at = |k: usize| q[128 * h + 32 * k + l];
+            qs[32 * h + l] = at(0) | (at(1) << 2) | (at(2) << 4) | (at(3) << 6);
+        }
+    }
+    qs
+}
+
+/// The final quants of a block once its scales are fixed: each sub-block whose scale
+/// `d * sc` is not zero is rounded again against the stored (f16) `d`, `dmin` and its
+/// 4-bit scale and minimum; the others keep the quants of the search.
+fn requantize(x: &[f32], scales: &[u8; QK_K / 16], d: f16, dmin: f16, q: &mut [u8; QK_K]) {
+    for (j, &sc) in scales.iter().enumerate() {
+        let dl = d.to_f32() * (sc & 0xf) as f32;
+        if dl == 0.0 {
+            continue;
+        }
+        let ml = dmin.to_f32() * (sc >> 4) as f32;
+        for i in 16 * j..16 * j + 16 {
+            q[i] = nearest_int((x[i] + ml) / dl).clamp(0, 3) as u8;
+        }
+    }
+}
+
+/// One block without importance weights. Each sub-block of 16 gets its scale and
+/// minimum from the search of least weighted absolute error, weights `|x|`; then both
+/// are quantized to 4 bits against the largest of each (`d = max / 15`), and the quants
+/// are rounded again against the stored values.
+fn quantize_block_plain(x: &[f32]) -> BlockQ2K {
+    const SEARCH: MinSearch = MinSearch {
+        nmax: 3,
+        rmin: -0.5,
+        rdelta: 0.1,
+        nstep: 15,
+        use_mad: true,
+    };
+    let mut q = [0u8; QK_K];
+    let (mut scales, mut mins) = ([0f32; QK_K / 16], [0f32; QK_K / 16]);
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for (j, (xs, qs)) in x.chunks_exact(16).zip(q.chunks_exact_mut(16)).enumerate() {
+        let weights: [f32; 16] = std::array::from_fn(|i| xs[i].abs());
+        (scales[j], mins[j]) = make_qkx_quants(xs, &weights, &SEARCH, qs);
+        if scales[j] > max_scale {
+            max_scale = scales[j];
+        }
+        if mins[j] > max_min {
+            max_min = mins[j];
+        }
+    }
+    let mut sc = [0u8; QK_K / 16];
+    let d = if max_scale > 0.0 {
+        let iscale = 15.0 / max_scale;
+        for (s, &v) in sc.iter_mut().zip(&scales) {
+            *s = nearest_int(iscale * v) as u8;
+        }
+        ggml_f16(max_scale / 15.0)
+    } else {
+        ggml_f16(0.0)
+    };
+    let dmin = if max_min > 0.0 {
+        let iscale = 15.0 / max_min;
+        for (s, &v) in sc.iter_mut().zip(&mins) {
+            *s |= (nearest_int(iscale * v) << 4) as u8;
+        }
+        ggml_f16(max_min / 15.0)
+    } else {
+        ggml_f16(0.0)
+    };
+    requantize(x, &sc, d, dmin, &mut q);
+    BlockQ2K {
+        scales: sc,
+        qs: pack_2bit(&q),
+        d,
+        dmin,
+    }
+}
+
+/// One block with importance weights `imatrix[i] * sqrt(sigma2 + x_i²)` (`sigma2` the
+/// block's mean square): scale and minimum per sub-block from the weighted
+/// least-squares search, then the 16 scales and the 16 minimums quantized to 4 bits by
+/// the search of [`make_qp_quants`], weighted by each sub-block's total weight.
+fn quantize_block_weighted(x: &[f32], imatrix: &[f32]) -> BlockQ2K {
+    const SEARCH: MinSearch = MinSearch {
+        nmax: 3,
+        rmin: -0.9,
+        rdelta: 0.05,
+        nstep: 36,
+        use_mad: false,
+    };
+    let mut sum_x2 = 0f32;
+    for &v in x {
+        sum_x2 += v * v;
+    }
+    let sigma2 = sum_x2 / QK_K as f32;
+    let mut q = [0u8; QK_K];
+    let (mut scales, mut mins) = ([0f32; QK_K / 16], [0f32; QK_K / 16]);
+    let mut sub_weights = [0f32; QK_K / 16];
+    let mut weights = [0f32; 16];
+    for (j, ((xs, qw), qs)) in x
+        .chunks_exact(16)
+        .zip(imatrix.chunks_exact(16))
+        .zip(q.chunks_exact_mut(16))
+        .enumerate()
+    {
+        importance_weights(xs, qw, sigma2, &mut weights);
+        for &w in &weights {
+            sub_weights[j] += w;
+        }
+        (scales[j], mins[j]) = make_qkx_quants(xs, &weights, &SEARCH, qs);
+    }
+    let (mut ls, mut lm) = ([0u8; QK_K / 16], [0u8; QK_K / 16]);
+    let d = ggml_f16(make_qp_quants(&scales, 15, &mut ls, &sub_weights));
+    let dmin = ggml_f16(make_qp_quants(&mins, 15, &mut lm, &sub_weights));
+    let sc: [u8; QK_K / 16] = std::array::from_fn(|j| ls[j] | (lm[j] << 4));
+    requantize(x, &sc, d, dmin, &mut q);
+    BlockQ2K {
+        scales: sc,
+        qs: pack_2bit(&q),
+        d,
+        dmin,
+    }
+}
+
+impl Quantize for Q2_K {
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [BlockQ2K]) {
+        check_quantize_lengths::<Q2_K>(x, imatrix, out);
+        for (i, (b, xb)) in out.iter_mut().zip(x.chunks_exact(QK_K)).enumerate() {
+            *b = match imatrix {
+                None => quantize_block_plain(xb),
+                Some(qw) => quantize_block_weighted(xb, &qw[QK_K * i..QK_K * (i + 1)]),
+            };
+        }
+    }
 }
 
 /// Scalar reference dot product of a Q2_K row with Q8_K activations.
@@ -154,5 +298,27 @@ mod tests {
         // can each be several times Σ|w x|, so the slack matters more than for Q4_K; a
         // few 2^-24 times a factor ~10 is still far below 1e-5.
         testing::check_vec_dot::<Q2_K>(1e-5);
+    }
+
+    #[test]
+    fn quantize_matches_ggml() {
+        testing::check_quantize::<Q2_K>();
+    }
+
+    #[test]
+    fn quantize_round_trip() {
+        testing::check_quantize_round_trip::<Q2_K>(4);
+    }
+
+    #[test]
+    fn pack_inverts_unpack() {
+        let q: [u8; QK_K] = std::array::from_fn(|i| ((i * 7 + i / 5) % 4) as u8);
+        let b = BlockQ2K {
+            scales: [0; 16],
+            qs: pack_2bit(&q),
+            d: f16::ZERO,
+            dmin: f16::ZERO,
+        };
+        assert_eq!(unpack_quants(&b), q);
     }
 }

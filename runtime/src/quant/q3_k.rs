@@ -19,9 +19,11 @@
 
 use crate::float16::f16;
 
+use super::q2_k::pack_2bit;
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::quantize::{ggml_f16, importance_weights, make_q3_quants, make_qx_quants, nearest_int};
 use super::superblock::{self, Batched, Ints, SuperBlock};
-use super::WeightType;
+use super::{check_quantize_lengths, Quantize, WeightType};
 
 /// One Q3_K super-block: 256 weights.
 #[repr(C)]
@@ -89,6 +91,131 @@ fn unpack_quants(b: &BlockQ3K) -> [i8; QK_K] {
         }
     }
     q
+}
+
+/// Packs 16 scales stored with their offset (`sc + 32`, `0..=63`): the inverse of
+/// [`unpack_scales`].
+fn pack_scales(biased: &[u8; 16]) -> [u8; 12] {
+    let mut p = [0u8; 12];
+    for (j, &l) in biased.iter().enumerate() {
+        if j < 8 {
+            p[j] = l & 0xf;
+        } else {
+            p[j - 8] |= (l & 0xf) << 4;
+        }
+        p[8 + j % 4] |= (l >> 4) << (2 * (j / 4));
+    }
+    p
+}
+
+/// The block once its scales are fixed: each sub-block whose scale `d * sc` is not zero
+/// is rounded again against the stored (f16) `d` and its 6-bit scale, the others keep
+/// the quants of the search (`q` holds `-4..=3` plus 4); then the high bits go to
+/// `hmask` and the low two to `qs`.
+fn finish_block(x: &[f32], scales: [u8; 12], d: f16, q: &mut [i8; QK_K]) -> BlockQ3K {
+    for (j, sc) in unpack_scales(&scales).into_iter().enumerate() {
+        let dl = d.to_f32() * sc as f32;
+        if dl == 0.0 {
+            continue;
+        }
+        for i in 16 * j..16 * j + 16 {
+            q[i] = (nearest_int(x[i] / dl).clamp(-4, 3) + 4) as i8;
+        }
+    }
+    let mut hmask = [0u8; QK_K / 8];
+    let mut low = [0u8; QK_K];
+    for (i, (&v, lo)) in q.iter().zip(&mut low).enumerate() {
+        if v > 3 {
+            hmask[i % 32] |= 1 << (i / 32);
+            *lo = (v - 4) as u8;
+        } else {
+            *lo = v as u8;
+        }
+    }
+    BlockQ3K {
+        hmask,
+        qs: pack_2bit(&low),
+        scales,
+        d,
+    }
+}
+
+/// One block without importance weights: each sub-block of 16 gets its quants and
+/// scale from [`make_q3_quants`] (weights `x²`); the scales are quantized to 6 bits
+/// against the one of largest magnitude, which maps to `-32`, and the quants are
+/// rounded again against the stored scales.
+fn quantize_block_plain(x: &[f32]) -> BlockQ3K {
+    let mut q = [0i8; QK_K];
+    let mut scales = [0f32; QK_K / 16];
+    let (mut max_scale, mut amax) = (0f32, 0f32);
+    for ((s, xs), qs) in scales
+        .iter_mut()
+        .zip(x.chunks_exact(16))
+        .zip(q.chunks_exact_mut(16))
+    {
+        *s = make_q3_quants(xs, 4, qs);
+        if s.abs() > amax {
+            amax = s.abs();
+            max_scale = *s;
+        }
+    }
+    let mut packed = [0u8; 12];
+    let d = if max_scale != 0.0 {
+        let iscale = -32.0 / max_scale;
+        // through an i8, as ggml stores it, before the clamp
+        let biased = scales.map(|s| ((nearest_int(iscale * s) as i8).clamp(-32, 31) + 32) as u8);
+        packed = pack_scales(&biased);
+        ggml_f16(1.0 / iscale)
+    } else {
+        ggml_f16(0.0)
+    };
+    finish_block(x, packed, d, &mut q)
+}
+
+/// One block with importance weights `imatrix[i] * sqrt(sigma2 + x_i²)` (`sigma2` twice
+/// the block's mean square): each sub-block's quants and scale from
+/// [`make_qx_quants`], then the 16 scales themselves quantized to 6 bits by the same
+/// search, weighted by each sub-block's total weight.
+fn quantize_block_weighted(x: &[f32], imatrix: &[f32]) -> BlockQ3K {
+    let mut sum_x2 = 0f32;
+    for &v in x {
+        sum_x2 += v * v;
+    }
+    let sigma2 = 2.0 * sum_x2 / QK_K as f32;
+    let mut q = [0i8; QK_K];
+    let mut scales = [0f32; QK_K / 16];
+    let mut sub_weights = [0f32; QK_K / 16];
+    let mut weights = [0f32; 16];
+    for (j, ((xs, qw), qs)) in x
+        .chunks_exact(16)
+        .zip(imatrix.chunks_exact(16))
+        .zip(q.chunks_exact_mut(16))
+        .enumerate()
+    {
+        importance_weights(xs, qw, sigma2, &mut weights);
+        let mut sum = 0f32;
+        for &w in &weights {
+            sum += w;
+        }
+        sub_weights[j] = sum;
+        scales[j] = make_qx_quants(xs, 4, qs, Some(&weights));
+    }
+    let mut biased = [0i8; QK_K / 16];
+    let d_block = make_qx_quants(&scales, 32, &mut biased, Some(&sub_weights));
+    let packed = pack_scales(&biased.map(|l| l as u8));
+    finish_block(x, packed, ggml_f16(d_block), &mut q)
+}
+
+impl Quantize for Q3_K {
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [BlockQ3K]) {
+        check_quantize_lengths::<Q3_K>(x, imatrix, out);
+        for (i, (b, xb)) in out.iter_mut().zip(x.chunks_exact(QK_K)).enumerate() {
+            *b = match imatrix {
+                None => quantize_block_plain(xb),
+                Some(qw) => quantize_block_weighted(xb, &qw[QK_K * i..QK_K * (i + 1)]),
+            };
+        }
+    }
 }
 
 /// Scalar reference dot product of a Q3_K row with Q8_K activations.
@@ -179,6 +306,23 @@ mod tests {
         // with isum and of the running sum, a few 2^-24 relative to Σ|w x|; 1e-5 is
         // two orders of slack.
         testing::check_vec_dot::<Q3_K>(1e-5);
+    }
+
+    #[test]
+    fn quantize_matches_ggml() {
+        testing::check_quantize::<Q3_K>();
+    }
+
+    #[test]
+    fn quantize_round_trip() {
+        testing::check_quantize_round_trip::<Q3_K>(8);
+    }
+
+    #[test]
+    fn scales_pack_inverts_unpack() {
+        let biased: [u8; 16] = std::array::from_fn(|g| ((g * 23 + 5) % 64) as u8);
+        let want = biased.map(|b| b as i8 - 32);
+        assert_eq!(unpack_scales(&pack_scales(&biased)), want);
     }
 
     #[test]

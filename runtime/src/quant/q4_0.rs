@@ -4,7 +4,8 @@
 use crate::float16::f16;
 
 use super::q8_0::{BlockQ8_0, Q8_0};
-use super::WeightType;
+use super::quantize::{c_float_to_int, ggml_f16, importance_weights, make_qx_quants, row_sigma2};
+use super::{check_quantize_lengths, Quantize, WeightType};
 
 /// Weights per Q4_0 block.
 pub const QK4_0: usize = 32;
@@ -108,10 +109,79 @@ impl WeightType for Q4_0 {
     }
 }
 
+/// Packs 32 quants (`0..16`, value order) two per byte: `q[j]` low, `q[j + 16]` high.
+#[inline(always)]
+pub(crate) fn pack_nibbles(q: &[u8; 32]) -> [u8; 16] {
+    std::array::from_fn(|j| q[j] | (q[j + 16] << 4))
+}
+
+/// One block without importance weights: the value of largest magnitude `max` gets the
+/// quant 0, `d = max / -8`, and every value rounds to `q = trunc(x / d + 8.5)`, at most
+/// 15. (`trunc` as C converts: see [`c_float_to_int`]; the result goes through an i8,
+/// as ggml's does.)
+fn quantize_block_plain(x: &[f32]) -> BlockQ4_0 {
+    let mut amax = 0f32;
+    let mut max = 0f32;
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let d = max / -8.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let q: [u8; 32] =
+        std::array::from_fn(|j| (c_float_to_int(x[j] * id + 8.5) as i8).min(15) as u8);
+    BlockQ4_0 {
+        d: ggml_f16(d),
+        qs: pack_nibbles(&q),
+    }
+}
+
+impl Quantize for Q4_0 {
+    /// Without an importance matrix, each block on its own (`quantize_block_plain`).
+    /// With one, the weight of value `i` is `imatrix[i] * sqrt(sigma2 + x_i²)`, `sigma2`
+    /// the mean square of the whole row, and the block's quants and scale are the best of
+    /// ggml's candidate scales for that weighted error
+    /// (`make_qx_quants`, quants `-8..8`).
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [BlockQ4_0]) {
+        check_quantize_lengths::<Q4_0>(x, imatrix, out);
+        let Some(imatrix) = imatrix else {
+            for (b, xb) in out.iter_mut().zip(x.chunks_exact(QK4_0)) {
+                *b = quantize_block_plain(xb);
+            }
+            return;
+        };
+        let sigma2 = row_sigma2(x);
+        let mut weights = [0f32; QK4_0];
+        let mut l = [0i8; QK4_0];
+        for ((b, xb), qw) in out
+            .iter_mut()
+            .zip(x.chunks_exact(QK4_0))
+            .zip(imatrix.chunks_exact(QK4_0))
+        {
+            importance_weights(xb, qw, sigma2, &mut weights);
+            let d = make_qx_quants(xb, 8, &mut l, Some(&weights));
+            b.d = ggml_f16(d);
+            b.qs = pack_nibbles(&l.map(|v| v as u8));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::quant::testing;
+
+    #[test]
+    fn quantize_matches_ggml() {
+        testing::check_quantize::<Q4_0>();
+    }
+
+    #[test]
+    fn quantize_round_trip() {
+        testing::check_quantize_round_trip::<Q4_0>(16);
+    }
 
     #[test]
     fn dequantize_matches_gguf_py() {

@@ -4,9 +4,12 @@
 
 use crate::float16::f16;
 
-use super::q4_0::unpack_nibbles;
+use super::q4_0::{pack_nibbles, unpack_nibbles};
 use super::q8_1::{BlockQ8_1, Q8_1};
-use super::WeightType;
+use super::quantize::{
+    c_float_to_int, ggml_f16, importance_weights, make_qkx_quants, row_sigma2, MinSearch,
+};
+use super::{check_quantize_lengths, Quantize, WeightType};
 
 /// Weights per Q4_1 block.
 pub const QK4_1: usize = 32;
@@ -101,10 +104,94 @@ impl WeightType for Q4_1 {
     const GEMM: Option<super::Gemm<Self>> = Some(super::x86_avx2::gemm::matmul_q4_1);
 }
 
+/// The smallest and largest value of a block (`min` from `f32::MAX`, `max` from
+/// `-f32::MAX`, compared in order).
+#[inline(always)]
+pub(crate) fn block_min_max(x: &[f32]) -> (f32, f32) {
+    let (mut min, mut max) = (f32::MAX, -f32::MAX);
+    for &v in x {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    (min, max)
+}
+
+/// The search for the scale and minimum of a legacy block under importance weights:
+/// quants `0..=nmax`, 37 candidate scales around `(nmax - 0.9 + k / 20) / (max - min)`.
+pub(crate) const fn legacy_min_search(nmax: i32) -> MinSearch {
+    MinSearch {
+        nmax,
+        rmin: -0.9,
+        rdelta: 0.05,
+        nstep: 36,
+        use_mad: false,
+    }
+}
+
+/// One block without importance weights: `m = min`, `d = (max - min) / 15`, and
+/// `q = trunc((x - min) / d + 0.5)`, at most 15.
+fn quantize_block_plain(x: &[f32]) -> BlockQ4_1 {
+    let (min, max) = block_min_max(x);
+    let d = (max - min) / 15.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let q: [u8; 32] =
+        std::array::from_fn(|j| (c_float_to_int((x[j] - min) * id + 0.5) as i8).min(15) as u8);
+    BlockQ4_1 {
+        d: ggml_f16(d),
+        m: ggml_f16(min),
+        qs: pack_nibbles(&q),
+    }
+}
+
+impl Quantize for Q4_1 {
+    /// Without an importance matrix, each block on its own (`quantize_block_plain`).
+    /// With one, the weight of value `i` is `imatrix[i] * sqrt(sigma2 + x_i²)` (`sigma2`
+    /// the row's mean square), and scale and minimum come from the weighted
+    /// least-squares search `make_qkx_quants`.
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [BlockQ4_1]) {
+        check_quantize_lengths::<Q4_1>(x, imatrix, out);
+        let Some(imatrix) = imatrix else {
+            for (b, xb) in out.iter_mut().zip(x.chunks_exact(QK4_1)) {
+                *b = quantize_block_plain(xb);
+            }
+            return;
+        };
+        let sigma2 = row_sigma2(x);
+        let search = legacy_min_search(15);
+        let mut weights = [0f32; QK4_1];
+        let mut q = [0u8; QK4_1];
+        for ((b, xb), qw) in out
+            .iter_mut()
+            .zip(x.chunks_exact(QK4_1))
+            .zip(imatrix.chunks_exact(QK4_1))
+        {
+            importance_weights(xb, qw, sigma2, &mut weights);
+            let (d, neg_min) = make_qkx_quants(xb, &weights, &search, &mut q);
+            b.d = ggml_f16(d);
+            b.m = ggml_f16(-neg_min);
+            b.qs = pack_nibbles(&q);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::quant::testing;
+
+    #[test]
+    fn quantize_matches_ggml() {
+        testing::check_quantize::<Q4_1>();
+    }
+
+    #[test]
+    fn quantize_round_trip() {
+        testing::check_quantize_round_trip::<Q4_1>(16);
+    }
 
     #[test]
     fn dequantize_matches_gguf_py() {

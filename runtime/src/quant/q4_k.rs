@@ -20,8 +20,11 @@
 use crate::float16::f16;
 
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::quantize::{
+    ggml_f16, importance_weights, make_qkx_quants, make_qp_quants, nearest_int, MinSearch,
+};
 use super::superblock::{self, Batched, Ints, SuperBlock};
-use super::WeightType;
+use super::{check_quantize_lengths, Quantize, WeightType};
 
 /// One Q4_K super-block: 256 weights.
 #[repr(C)]
@@ -71,6 +74,189 @@ pub fn unpack_scales_mins(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
         [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]]
     };
     (bytes(sc), bytes(m))
+}
+
+/// Packs 8 scales and 8 minimums of 6 bits into 12 bytes: the inverse of
+/// [`unpack_scales_mins`]. Written as ggml's byte operations, so that an out-of-range
+/// value (which only Q4_K's importance-weighted search can produce, see
+/// [`super::quantize::make_qp_quants`]) spills into the same bits as in ggml.
+pub(crate) fn pack_scales_mins(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
+    let mut p = [0u8; 12];
+    for j in 0..8 {
+        if j < 4 {
+            p[j] = sc[j];
+            p[j + 4] = m[j];
+        } else {
+            p[j + 4] = (sc[j] & 0xf) | ((m[j] & 0xf) << 4);
+            p[j - 4] |= (sc[j] >> 4) << 6;
+            p[j] |= (m[j] >> 4) << 6;
+        }
+    }
+    p
+}
+
+/// The shared steps of the K-quant blocks with minimums (Q4_K, Q5_K), without and
+/// with importance weights. The quants are `0..=nmax` per sub-block of 32.
+pub(crate) struct KQuantWithMin {
+    pub nmax: i32,
+    /// The search of a sub-block's scale and minimum without importance weights.
+    pub plain: MinSearch,
+}
+
+/// Scale, minimum and packed 6-bit sub-block scales of a block, with its quants.
+pub(crate) struct ScaledBlock {
+    pub d: f16,
+    pub dmin: f16,
+    pub scales: [u8; 12],
+    pub q: [u8; QK_K],
+}
+
+impl KQuantWithMin {
+    /// Without importance weights: each sub-block's scale and minimum from the search of
+    /// least weighted squared error, weights `sqrt(mean x²) + |x|` of the sub-block; then
+    /// scales and minimums quantized to 6 bits against the largest of each
+    /// (`d = max / 63`), and the quants rounded again against the stored values.
+    pub fn quantize_plain(&self, x: &[f32]) -> ScaledBlock {
+        let mut q = [0u8; QK_K];
+        let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
+        let (mut max_scale, mut max_min) = (0f32, 0f32);
+        for (j, (xs, qs)) in x.chunks_exact(32).zip(q.chunks_exact_mut(32)).enumerate() {
+            let mut sum_x2 = 0f32;
+            for &v in xs {
+                sum_x2 += v * v;
+            }
+            let av_x = (sum_x2 / 32.0).sqrt();
+            let weights: [f32; 32] = std::array::from_fn(|i| av_x + xs[i].abs());
+            (scales[j], mins[j]) = make_qkx_quants(xs, &weights, &self.plain, qs);
+            if scales[j] > max_scale {
+                max_scale = scales[j];
+            }
+            if mins[j] > max_min {
+                max_min = mins[j];
+            }
+        }
+        let inv_scale = if max_scale > 0.0 {
+            63.0 / max_scale
+        } else {
+            0.0
+        };
+        let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+        // each through a u8 (as ggml stores it) before the clamp
+        let ls = scales.map(|s| (nearest_int(inv_scale * s) as u8).min(63));
+        let lm = mins.map(|m| (nearest_int(inv_min * m) as u8).min(63));
+        let mut block = ScaledBlock {
+            d: ggml_f16(max_scale / 63.0),
+            dmin: ggml_f16(max_min / 63.0),
+            scales: pack_scales_mins(&ls, &lm),
+            q,
+        };
+        self.requantize(x, &mut block);
+        block
+    }
+
+    /// With importance weights `imatrix[i] * sqrt(sigma2 + x_i²)` (`sigma2` twice the
+    /// block's mean square): each sub-block's scale and minimum from the weighted
+    /// least-squares search, then the 8 scales and the 8 minimums quantized to 6 bits by
+    /// [`make_qp_quants`], weighted by each sub-block's total weight. `clamp` caps them
+    /// at 63 before packing (Q5_K does; Q4_K packs them as they come).
+    pub fn quantize_weighted(&self, x: &[f32], imatrix: &[f32], clamp: bool) -> ScaledBlock {
+        let search = MinSearch {
+            nmax: self.nmax,
+            rmin: -0.9,
+            rdelta: 0.05,
+            nstep: 36,
+            use_mad: false,
+        };
+        let mut sum_x2 = 0f32;
+        for &v in x {
+            sum_x2 += v * v;
+        }
+        let sigma2 = 2.0 * sum_x2 / QK_K as f32;
+        let mut q = [0u8; QK_K];
+        let (mut scales, mut mins, mut sub_weights) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+        let mut weights = [0f32; 32];
+        for (j, ((xs, qw), qs)) in x
+            .chunks_exact(32)
+            .zip(imatrix.chunks_exact(32))
+            .zip(q.chunks_exact_mut(32))
+            .enumerate()
+        {
+            importance_weights(xs, qw, sigma2, &mut weights);
+            let mut sum = 0f32;
+            for &w in &weights {
+                sum += w;
+            }
+            sub_weights[j] = sum;
+            (scales[j], mins[j]) = make_qkx_quants(xs, &weights, &search, qs);
+        }
+        let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
+        let d = make_qp_quants(&scales, 63, &mut ls, &sub_weights);
+        let m = make_qp_quants(&mins, 63, &mut lm, &sub_weights);
+        if clamp {
+            ls = ls.map(|l| l.min(63));
+            lm = lm.map(|l| l.min(63));
+        }
+        let mut block = ScaledBlock {
+            d: ggml_f16(d),
+            dmin: ggml_f16(m),
+            scales: pack_scales_mins(&ls, &lm),
+            q,
+        };
+        self.requantize(x, &mut block);
+        block
+    }
+
+    /// Rounds each sub-block again against the stored (f16) `d`, `dmin` and its 6-bit
+    /// scale and minimum, where `d * sc` is not zero; the others keep the search's quants.
+    fn requantize(&self, x: &[f32], block: &mut ScaledBlock) {
+        let (sc, m) = unpack_scales_mins(&block.scales);
+        for j in 0..8 {
+            let d = block.d.to_f32() * sc[j] as f32;
+            if d == 0.0 {
+                continue;
+            }
+            let dm = block.dmin.to_f32() * m[j] as f32;
+            let quants = &mut block.q[32 * j..32 * j + 32];
+            for (q, &v) in quants.iter_mut().zip(&x[32 * j..32 * j + 32]) {
+                *q = nearest_int((v + dm) / d).clamp(0, self.nmax) as u8;
+            }
+        }
+    }
+}
+
+const Q4_K_QUANT: KQuantWithMin = KQuantWithMin {
+    nmax: 15,
+    plain: MinSearch {
+        nmax: 15,
+        rmin: -1.0,
+        rdelta: 0.1,
+        nstep: 20,
+        use_mad: false,
+    },
+};
+
+impl Quantize for Q4_K {
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [BlockQ4K]) {
+        check_quantize_lengths::<Q4_K>(x, imatrix, out);
+        for (i, (b, xb)) in out.iter_mut().zip(x.chunks_exact(QK_K)).enumerate() {
+            let block = match imatrix {
+                None => Q4_K_QUANT.quantize_plain(xb),
+                Some(qw) => Q4_K_QUANT.quantize_weighted(xb, &qw[QK_K * i..QK_K * (i + 1)], false),
+            };
+            let mut qs = [0u8; QK_K / 2];
+            for (c, bytes) in qs.chunks_exact_mut(32).enumerate() {
+                for (l, byte) in bytes.iter_mut().enumerate() {
+                    *byte = block.q[64 * c + l] | (block.q[64 * c + 32 + l] << 4);
+                }
+            }
+            *b = BlockQ4K {
+                d: block.d,
+                dmin: block.dmin,
+                scales: block.scales,
+                qs,
+            };
+        }
+    }
 }
 
 /// `Σ_j mins[j] * (bsums[2j] + bsums[2j + 1])`: the activation sum each sub-block's
@@ -208,5 +394,16 @@ mod tests {
             p[j + 8] = (sc[j + 4] & 15) | ((m[j + 4] & 15) << 4);
         }
         assert_eq!(unpack_scales_mins(&p), (sc, m));
+        assert_eq!(pack_scales_mins(&sc, &m), p);
+    }
+
+    #[test]
+    fn quantize_matches_ggml() {
+        testing::check_quantize::<Q4_K>();
+    }
+
+    #[test]
+    fn quantize_round_trip() {
+        testing::check_quantize_round_trip::<Q4_K>(16);
     }
 }

@@ -5,7 +5,8 @@ use crate::float16::f16;
 
 use super::q4_0::unpack_nibbles;
 use super::q8_0::{BlockQ8_0, Q8_0};
-use super::WeightType;
+use super::quantize::{c_float_to_int, ggml_f16, importance_weights, make_qx_quants, row_sigma2};
+use super::{check_quantize_lengths, Quantize, WeightType};
 
 /// Weights per Q5_0 block.
 pub const QK5_0: usize = 32;
@@ -40,6 +41,18 @@ pub(crate) fn unpack_q5(qh: &[u8; 4], qs: &[u8; 16]) -> [u8; 32] {
         *v |= (((high >> i) & 1) as u8) << 4;
     }
     q
+}
+
+/// Packs 32 quants (value order; bits above the fifth are dropped) into `qh` and `qs`:
+/// the inverse of [`unpack_q5`].
+#[inline(always)]
+pub(crate) fn pack_q5(q: &[u8; 32]) -> ([u8; 4], [u8; 16]) {
+    let mut high = 0u32;
+    for (i, &v) in q.iter().enumerate() {
+        high |= (((v & 0x10) >> 4) as u32) << i;
+    }
+    let qs = std::array::from_fn(|j| (q[j] & 0x0f) | ((q[j + 16] & 0x0f) << 4));
+    (high.to_le_bytes(), qs)
 }
 
 /// Scalar dot of a Q5_0 row with Q8_0 activations: per block the integer sum
@@ -107,10 +120,73 @@ impl WeightType for Q5_0 {
     const GEMM: Option<super::Gemm<Self>> = Some(super::x86_avx2::gemm::matmul_q5_0);
 }
 
+/// One block without importance weights: the value of largest magnitude `max` gets the
+/// quant 0, `d = max / -16`, and every value rounds to `q = trunc(x / d + 16.5)`, at
+/// most 31 (through an i8, as ggml's does).
+fn quantize_block_plain(x: &[f32]) -> BlockQ5_0 {
+    let mut amax = 0f32;
+    let mut max = 0f32;
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let d = max / -16.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let q: [u8; 32] =
+        std::array::from_fn(|j| (c_float_to_int(x[j] * id + 16.5) as i8).min(31) as u8);
+    let (qh, qs) = pack_q5(&q);
+    BlockQ5_0 {
+        d: ggml_f16(d),
+        qh,
+        qs,
+    }
+}
+
+impl Quantize for Q5_0 {
+    /// Without an importance matrix, each block on its own (`quantize_block_plain`).
+    /// With one, as Q4_0 does with quants `-16..16`: weights
+    /// `imatrix[i] * sqrt(sigma2 + x_i²)`, the best of ggml's candidate scales
+    /// (`make_qx_quants`).
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [BlockQ5_0]) {
+        check_quantize_lengths::<Q5_0>(x, imatrix, out);
+        let Some(imatrix) = imatrix else {
+            for (b, xb) in out.iter_mut().zip(x.chunks_exact(QK5_0)) {
+                *b = quantize_block_plain(xb);
+            }
+            return;
+        };
+        let sigma2 = row_sigma2(x);
+        let mut weights = [0f32; QK5_0];
+        let mut l = [0i8; QK5_0];
+        for ((b, xb), qw) in out
+            .iter_mut()
+            .zip(x.chunks_exact(QK5_0))
+            .zip(imatrix.chunks_exact(QK5_0))
+        {
+            importance_weights(xb, qw, sigma2, &mut weights);
+            let d = make_qx_quants(xb, 16, &mut l, Some(&weights));
+            b.d = ggml_f16(d);
+            (b.qh, b.qs) = pack_q5(&l.map(|v| v as u8));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::quant::testing;
+
+    #[test]
+    fn quantize_matches_ggml() {
+        testing::check_quantize::<Q5_0>();
+    }
+
+    #[test]
+    fn quantize_round_trip() {
+        testing::check_quantize_round_trip::<Q5_0>(32);
+    }
 
     #[test]
     fn dequantize_matches_gguf_py() {

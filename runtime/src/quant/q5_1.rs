@@ -3,9 +3,11 @@
 
 use crate::float16::f16;
 
-use super::q5_0::unpack_q5;
+use super::q4_1::{block_min_max, legacy_min_search};
+use super::q5_0::{pack_q5, unpack_q5};
 use super::q8_1::{BlockQ8_1, Q8_1};
-use super::WeightType;
+use super::quantize::{c_float_to_int, ggml_f16, importance_weights, make_qkx_quants, row_sigma2};
+use super::{check_quantize_lengths, Quantize, WeightType};
 
 /// Weights per Q5_1 block.
 pub const QK5_1: usize = 32;
@@ -78,10 +80,65 @@ impl WeightType for Q5_1 {
     }
 }
 
+/// One block without importance weights: `m = min`, `d = (max - min) / 31`, and
+/// `q = trunc((x - min) / d + 0.5)` (no clamp: the largest value lands on 31).
+fn quantize_block_plain(x: &[f32]) -> BlockQ5_1 {
+    let (min, max) = block_min_max(x);
+    let d = (max - min) / 31.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let q: [u8; 32] = std::array::from_fn(|j| c_float_to_int((x[j] - min) * id + 0.5) as u8);
+    let (qh, qs) = pack_q5(&q);
+    BlockQ5_1 {
+        d: ggml_f16(d),
+        m: ggml_f16(min),
+        qh,
+        qs,
+    }
+}
+
+impl Quantize for Q5_1 {
+    /// Without an importance matrix, each block on its own (`quantize_block_plain`).
+    /// With one, as Q4_1 does with quants `0..=31`.
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [BlockQ5_1]) {
+        check_quantize_lengths::<Q5_1>(x, imatrix, out);
+        let Some(imatrix) = imatrix else {
+            for (b, xb) in out.iter_mut().zip(x.chunks_exact(QK5_1)) {
+                *b = quantize_block_plain(xb);
+            }
+            return;
+        };
+        let sigma2 = row_sigma2(x);
+        let search = legacy_min_search(31);
+        let mut weights = [0f32; QK5_1];
+        let mut q = [0u8; QK5_1];
+        for ((b, xb), qw) in out
+            .iter_mut()
+            .zip(x.chunks_exact(QK5_1))
+            .zip(imatrix.chunks_exact(QK5_1))
+        {
+            importance_weights(xb, qw, sigma2, &mut weights);
+            let (d, neg_min) = make_qkx_quants(xb, &weights, &search, &mut q);
+            b.d = ggml_f16(d);
+            b.m = ggml_f16(-neg_min);
+            (b.qh, b.qs) = pack_q5(&q);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::quant::testing;
+
+    #[test]
+    fn quantize_matches_ggml() {
+        testing::check_quantize::<Q5_1>();
+    }
+
+    #[test]
+    fn quantize_round_trip() {
+        testing::check_quantize_round_trip::<Q5_1>(32);
+    }
 
     #[test]
     fn dequantize_matches_gguf_py() {

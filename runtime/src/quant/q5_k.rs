@@ -19,10 +19,11 @@
 
 use crate::float16::f16;
 
-use super::q4_k::{min_sum_of, unpack_scales_mins};
+use super::q4_k::{min_sum_of, unpack_scales_mins, KQuantWithMin};
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::quantize::MinSearch;
 use super::superblock::{self, Batched, Ints, SuperBlock};
-use super::WeightType;
+use super::{check_quantize_lengths, Quantize, WeightType};
 
 /// One Q5_K super-block: 256 weights.
 #[repr(C)]
@@ -54,6 +55,59 @@ fn unpack_quants(b: &BlockQ5K) -> [u8; QK_K] {
         }
     }
     q
+}
+
+/// Packs 256 quants (`0..=31`, weight order) into `qh` and `qs`: the inverse of
+/// [`unpack_quants`].
+fn pack_quants(q: &[u8; QK_K]) -> ([u8; QK_K / 8], [u8; QK_K / 2]) {
+    let (mut qh, mut qs) = ([0u8; QK_K / 8], [0u8; QK_K / 2]);
+    for (c, bytes) in qs.chunks_exact_mut(32).enumerate() {
+        for (l, byte) in bytes.iter_mut().enumerate() {
+            let (mut lo, mut hi) = (q[64 * c + l], q[64 * c + 32 + l]);
+            if lo > 15 {
+                lo -= 16;
+                qh[l] |= 1 << (2 * c);
+            }
+            if hi > 15 {
+                hi -= 16;
+                qh[l] |= 2 << (2 * c);
+            }
+            *byte = lo | (hi << 4);
+        }
+    }
+    (qh, qs)
+}
+
+const Q5_K_QUANT: KQuantWithMin = KQuantWithMin {
+    nmax: 31,
+    plain: MinSearch {
+        nmax: 31,
+        rmin: -0.5,
+        rdelta: 0.1,
+        nstep: 15,
+        use_mad: false,
+    },
+};
+
+impl Quantize for Q5_K {
+    /// As Q4_K (see `KQuantWithMin`) with quants `0..=31`.
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [BlockQ5K]) {
+        check_quantize_lengths::<Q5_K>(x, imatrix, out);
+        for (i, (b, xb)) in out.iter_mut().zip(x.chunks_exact(QK_K)).enumerate() {
+            let block = match imatrix {
+                None => Q5_K_QUANT.quantize_plain(xb),
+                Some(qw) => Q5_K_QUANT.quantize_weighted(xb, &qw[QK_K * i..QK_K * (i + 1)], true),
+            };
+            let (qh, qs) = pack_quants(&block.q);
+            *b = BlockQ5K {
+                d: block.d,
+                dmin: block.dmin,
+                scales: block.scales,
+                qh,
+                qs,
+            };
+        }
+    }
 }
 
 /// Scalar reference dot product of a Q5_K row with Q8_K activations.
@@ -153,5 +207,29 @@ mod tests {
         // times Σ|w x| of its block), and of the running sum. A few 2^-24 times that
         // factor; 1e-5 leaves ample slack while any indexing error shows up at ~1e-2.
         testing::check_vec_dot::<Q5_K>(1e-5);
+    }
+
+    #[test]
+    fn quantize_matches_ggml() {
+        testing::check_quantize::<Q5_K>();
+    }
+
+    #[test]
+    fn quantize_round_trip() {
+        testing::check_quantize_round_trip::<Q5_K>(32);
+    }
+
+    #[test]
+    fn pack_inverts_unpack() {
+        let q: [u8; QK_K] = std::array::from_fn(|i| ((i * 13 + i / 7) % 32) as u8);
+        let (qh, qs) = pack_quants(&q);
+        let b = BlockQ5K {
+            d: f16::ZERO,
+            dmin: f16::ZERO,
+            scales: [0; 12],
+            qh,
+            qs,
+        };
+        assert_eq!(unpack_quants(&b), q);
     }
 }

@@ -22,8 +22,9 @@
 use crate::float16::f16;
 
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::quantize::{ggml_f16, make_qx_quants, nearest_int, GROUP_MAX_EPS};
 use super::superblock::{self, Batched, Ints, SuperBlock};
-use super::WeightType;
+use super::{check_quantize_lengths, Quantize, WeightType};
 
 /// One Q6_K super-block: 256 weights.
 #[repr(C)]
@@ -76,6 +77,63 @@ pub(crate) fn pack_quants(q: &[u8; QK_K]) -> ([u8; QK_K / 2], [u8; QK_K / 4]) {
         }
     }
     (ql, qh)
+}
+
+/// One block: each sub-block of 16 gets its quants (`-32..32`) and scale from
+/// [`make_qx_quants`], weighted by `imatrix` as it is when there is one (unlike the
+/// other K-quants, without a `sigma2` term) and by `x²` otherwise; the scales are
+/// quantized to 8 bits against the one of largest magnitude, which maps to `-128`, and
+/// the quants rounded again against the stored scales. A block whose scales are all
+/// below [`GROUP_MAX_EPS`] is all zero bytes.
+fn quantize_block(x: &[f32], imatrix: Option<&[f32]>) -> BlockQ6K {
+    let mut q = [0i8; QK_K];
+    let mut scales = [0f32; QK_K / 16];
+    let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
+    for (j, (xs, qs)) in x.chunks_exact(16).zip(q.chunks_exact_mut(16)).enumerate() {
+        let weights = imatrix.map(|qw| &qw[16 * j..16 * j + 16]);
+        scales[j] = make_qx_quants(xs, 32, qs, weights);
+        if scales[j].abs() > max_abs_scale {
+            max_abs_scale = scales[j].abs();
+            max_scale = scales[j];
+        }
+    }
+    if max_abs_scale < GROUP_MAX_EPS {
+        return BlockQ6K {
+            ql: [0; QK_K / 2],
+            qh: [0; QK_K / 4],
+            scales: [0; QK_K / 16],
+            d: ggml_f16(0.0),
+        };
+    }
+    let iscale = -128.0 / max_scale;
+    let d = ggml_f16(1.0 / iscale);
+    // capped at 127 as an int, then stored through an i8
+    let sc = scales.map(|s| nearest_int(iscale * s).min(127) as i8);
+    for (j, &s) in sc.iter().enumerate() {
+        let dl = d.to_f32() * s as f32;
+        if dl == 0.0 {
+            continue;
+        }
+        for i in 16 * j..16 * j + 16 {
+            q[i] = (nearest_int(x[i] / dl).clamp(-32, 31) + 32) as i8;
+        }
+    }
+    let (ql, qh) = pack_quants(&q.map(|v| v as u8));
+    BlockQ6K {
+        ql,
+        qh,
+        scales: sc,
+        d,
+    }
+}
+
+impl Quantize for Q6_K {
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [BlockQ6K]) {
+        check_quantize_lengths::<Q6_K>(x, imatrix, out);
+        for (i, (b, xb)) in out.iter_mut().zip(x.chunks_exact(QK_K)).enumerate() {
+            *b = quantize_block(xb, imatrix.map(|qw| &qw[QK_K * i..QK_K * (i + 1)]));
+        }
+    }
 }
 
 /// Scalar reference dot product of a Q6_K row with Q8_K activations.
@@ -167,5 +225,15 @@ mod tests {
         // the only error is f32 rounding of d_a * d, of the product with isum and of the
         // running sum: a few 2^-24 relative to Σ|w x|. 1e-5 leaves two orders of slack.
         testing::check_vec_dot::<Q6_K>(1e-5);
+    }
+
+    #[test]
+    fn quantize_matches_ggml() {
+        testing::check_quantize::<Q6_K>();
+    }
+
+    #[test]
+    fn quantize_round_trip() {
+        testing::check_quantize_round_trip::<Q6_K>(64);
     }
 }

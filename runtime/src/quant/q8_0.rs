@@ -6,7 +6,8 @@
 
 use crate::float16::f16;
 
-use super::{ActType, WeightType};
+use super::quantize::{c_float_to_int, ggml_f16};
+use super::{check_quantize_lengths, ActType, Quantize, WeightType};
 
 /// Values per Q8_0 block.
 pub const QK8_0: usize = 32;
@@ -151,10 +152,45 @@ impl WeightType for Q8_0 {
     const GEMM: Option<super::Gemm<Self>> = Some(super::x86_avx2::gemm::matmul_q8_0);
 }
 
+impl Quantize for Q8_0 {
+    /// The model-file quantizer, which differs from the activation one above in two
+    /// places that decide last bits: the quants are `round(x * (1 / d))` with
+    /// `d = amax / 127` (the multiplier is the f32 reciprocal of the f32 scale) and ties
+    /// round away from zero. ggml has no importance-weighted Q8_0, so `imatrix` is
+    /// ignored. (`amax` keeps ggml's comparison `amax > |x| ? amax : |x|`, which a NaN
+    /// input resets.)
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [BlockQ8_0]) {
+        check_quantize_lengths::<Q8_0>(x, imatrix, out);
+        for (b, xb) in out.iter_mut().zip(x.chunks_exact(QK8_0)) {
+            let mut amax = 0f32;
+            for &v in xb {
+                amax = if amax > v.abs() { amax } else { v.abs() };
+            }
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            b.d = ggml_f16(d);
+            for (q, &v) in b.qs.iter_mut().zip(xb) {
+                *q = c_float_to_int((v * id).round()) as i8;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::quant::testing;
+
+    #[test]
+    fn quantize_matches_ggml() {
+        testing::check_quantize::<Q8_0>();
+    }
+
+    #[test]
+    fn quantize_round_trip() {
+        // d = amax / 127: 2 amax in 254 steps
+        testing::check_quantize_round_trip::<Q8_0>(255);
+    }
 
     #[test]
     fn dequantize_matches_gguf_py() {

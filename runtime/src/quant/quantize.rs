@@ -1,0 +1,487 @@
+//! What the model-file quantizers of the formats share: ggml's rounding and f16
+//! conversion, and its searches for the scale (and minimum) of a group of weights that
+//! minimise a weighted error.
+//!
+//! [`super::Quantize`] must write the bytes `llama-quantize` writes, so every function
+//! here does ggml's float operations in ggml's order, in f32: `w * x * l` is
+//! `(w * x) * l`, integers become f32 where ggml converts them, and nothing is fused.
+//! (ggml-base, where the quantizers live, is built for the x86-64 baseline, which has no
+//! FMA instruction for gcc to contract into.) Comparisons are written as ggml writes
+//! them (`a > b`, never `f32::max`), so that NaNs and signed zeros take ggml's branches.
+//!
+//! The searches return the quants through `out` slices the caller owns, so quantizing a
+//! row allocates nothing.
+//!
+//! One thing cannot be matched: where an operation meets two NaNs with different
+//! payloads, x86 returns one of them by operand position, and C and Rust compilers
+//! order commutative operands as they like. Weights with NaNs of one bit pattern give
+//! ggml's bytes; mixed NaNs (or NaNs beside infinities, whose products make the default
+//! NaN) may not. llama-quantize rejects what such rows quantize to whenever a scale
+//! comes out NaN or infinite.
+
+use crate::float16::f16;
+
+/// Below this largest magnitude a group counts as all zero and gets scale 0.
+pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// f32 to f16 as ggml's quantizers store their scales: to nearest even, overflowing to
+/// infinity. ggml-base converts in software (it is built without F16C); that gives the
+/// F16C result for every f32 but NaN, which becomes the quiet NaN `sign | 0x7e00` where
+/// F16C would keep the top payload bits.
+#[inline]
+pub(crate) fn ggml_f16(x: f32) -> f16 {
+    if x.is_nan() {
+        let sign = (x.to_bits() >> 16) as u16 & 0x8000;
+        f16::from_bits(sign | 0x7e00)
+    } else {
+        f16::from_f32(x)
+    }
+}
+
+/// `x` rounded to the nearest integer, ties to even, for `|x| < 2^22`. Adding
+/// `1.5 * 2^23` puts the rounded integer in the low 22 bits of the sum's mantissa
+/// (offset by `2^22`); the current rounding mode (to nearest even) does the rounding.
+/// Outside that range the result is whatever the bits say (NaN gives 0), as in ggml.
+#[inline(always)]
+pub(crate) fn nearest_int(x: f32) -> i32 {
+    let biased = x + 12_582_912.0;
+    (biased.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
+/// C's conversion of a float to an integer type as x86-64 executes it (`cvttss2si`,
+/// `cvttps2dq`): toward zero, and `i32::MIN` (the "integer indefinite") for NaN and for
+/// values out of the i32 range, where Rust's `as` saturates. A store into an 8-bit
+/// type then keeps the low byte, which the caller's `as i8` / `as u8` does.
+#[inline(always)]
+pub(crate) fn c_float_to_int(x: f32) -> i32 {
+    if (-2_147_483_648.0..2_147_483_648.0).contains(&x) {
+        x as i32
+    } else {
+        i32::MIN
+    }
+}
+
+/// The value of largest magnitude in `x` (the first one on ties), or 0 when every value
+/// is zero. (It keeps its sign: the scale search maps it to the most negative quant.)
+#[inline(always)]
+fn signed_absmax(x: &[f32]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        let a = v.abs();
+        if a > amax {
+            amax = a;
+            max = v;
+        }
+    }
+    max
+}
+
+/// Symmetric quants for `x` and the scale that goes with them: `l` in `-nmax..nmax`,
+/// stored as `l + nmax` in `out`, chosen to minimise `Σ w (x - scale l)²` with
+/// `w = weights[i]`, or `x²` without weights. (ggml's `make_qx_quants` with its
+/// `rmse_type` 1, the only kind its model-file quantizers use.)
+///
+/// The first candidate maps the value of largest magnitude, `max`, to `-nmax`:
+/// `l = round(-nmax x / max)`, and for given quants the best scale is
+/// `Σ w x l / Σ w l²`. Then 18 more candidates `-(nmax + k / 10) / max`, `k = ±1..=±9`,
+/// are tried in order of `k`; one whose `(Σ w x l)² / Σ w l²` is larger than the best
+/// so far (so whose error is smaller) takes over. A group whose largest magnitude is
+/// below [`GROUP_MAX_EPS`] gets quants 0 (not `nmax`) and scale 0.
+pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, out: &mut [i8], weights: Option<&[f32]>) -> f32 {
+    debug_assert_eq!(x.len(), out.len());
+    let max = signed_absmax(x);
+    if max.abs() < GROUP_MAX_EPS {
+        out.fill(0);
+        return 0.0;
+    }
+    let weight = |i: usize| match weights {
+        Some(w) => w[i],
+        None => x[i] * x[i],
+    };
+    let quant = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+    // Σ w x l and Σ w l² of the quants an inverse scale gives.
+    let sums = |iscale: f32| {
+        let (mut sumlx, mut suml2) = (0f32, 0f32);
+        for (i, &v) in x.iter().enumerate() {
+            let l = quant(iscale, v) as f32;
+            let w = weight(i);
+            sumlx += w * v * l;
+            suml2 += w * l * l;
+        }
+        (sumlx, suml2)
+    };
+
+    let iscale = -(nmax as f32) / max;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (quant(iscale, v) + nmax) as i8;
+    }
+    let (sumlx, suml2) = sums(iscale);
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for k in (-9..=9).filter(|&k| k != 0) {
+        let iscale = -(nmax as f32 + 0.1 * k as f32) / max;
+        let (sumlx, suml2) = sums(iscale);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = (quant(iscale, v) + nmax) as i8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// Symmetric quants in `-nmax..nmax` (stored `+ nmax`) and their scale, for weights
+/// `x²`, refined one quant at a time. (ggml's `make_q3_quants` as Q3_K uses it, with
+/// `do_rmse`.)
+///
+/// Starts from the quants of the scale that maps the largest magnitude to `-nmax`.
+/// Then up to 5 passes over the group: for each `i`, the sums without it give the best
+/// scale of the others, and `round(x_i / that scale)` is tried in its place; it is kept
+/// when it raises `(Σ w x l)² / Σ w l²`. A pass that changes nothing ends the search.
+/// Returns `Σ w x l / Σ w l²` of the final quants.
+pub(crate) fn make_q3_quants(x: &[f32], nmax: i32, out: &mut [i8]) -> f32 {
+    debug_assert_eq!(x.len(), out.len());
+    let max = signed_absmax(x);
+    if max.abs() < GROUP_MAX_EPS {
+        out.fill(0);
+        return 0.0;
+    }
+    let iscale = -(nmax as f32) / max;
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    for (o, &v) in out.iter_mut().zip(x) {
+        let l = nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+        *o = l as i8;
+        let w = v * v;
+        sumlx += w * v * l as f32;
+        suml2 += w * l as f32 * l as f32;
+    }
+    for _ in 0..5 {
+        let mut changed = false;
+        for (o, &v) in out.iter_mut().zip(x) {
+            let w = v * v;
+            let old = *o as f32;
+            let mut slx = sumlx - w * v * old;
+            if slx > 0.0 {
+                let mut sl2 = suml2 - w * old * old;
+                let new = nearest_int(v * sl2 / slx).clamp(-nmax, nmax - 1);
+                if new != *o as i32 {
+                    slx += w * v * new as f32;
+                    sl2 += w * new as f32 * new as f32;
+                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        *o = new as i8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    for o in out.iter_mut() {
+        *o += nmax as i8;
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// The parameters of a [`make_qkx_quants`] search.
+pub(crate) struct MinSearch {
+    /// Largest quant: quants are `0..=nmax`.
+    pub nmax: i32,
+    /// Candidate inverse scales are `(rmin + rdelta k + nmax) / (max - min)`,
+    /// `k = 0..=nstep`.
+    pub rmin: f32,
+    pub rdelta: f32,
+    pub nstep: i32,
+    /// Minimise the weighted absolute error instead of the squared one.
+    pub use_mad: bool,
+}
+
+/// Asymmetric quants `l` in `0..=nmax` (in `out`) with a scale and a minimum,
+/// `x ≈ scale l + min`, minimising `Σ w |scale l + min - x|` (or its square). Returns
+/// `(scale, -min)`; `min <= 0` always. (ggml's `make_qkx2_quants` and
+/// `make_qkx3_quants`, which give the same results for the weights both are called
+/// with; `x.len() <= 32`.)
+///
+/// The first candidate spreads `[min(x, 0), max(x)]` over `0..=nmax`. Each further
+/// candidate inverse scale rounds `x` to quants, then solves the weighted least-squares
+/// line through them for scale and minimum (keeping the minimum at or below 0, else
+/// refitting the scale alone); it takes over when its error is smaller than the best so
+/// far. A constant group gets quants 0, scale 0 and its minimum.
+pub(crate) fn make_qkx_quants(
+    x: &[f32],
+    weights: &[f32],
+    search: &MinSearch,
+    out: &mut [u8],
+) -> (f32, f32) {
+    let n = x.len();
+    debug_assert!(n <= 32 && weights.len() == n && out.len() == n);
+    let MinSearch {
+        nmax,
+        rmin,
+        rdelta,
+        nstep,
+        use_mad,
+    } = *search;
+    let (mut min, mut max) = (x[0], x[0]);
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for (&v, &w) in x.iter().zip(weights).skip(1) {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+        sum_w += w;
+        sum_x += w * v;
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        out.fill(0);
+        return (0.0, -min);
+    }
+    let quant = |iscale: f32, v: f32, min: f32| nearest_int(iscale * (v - min)).clamp(0, nmax);
+    // Σ w err of quants `l` under scale and minimum.
+    let error = |l: &[u8], scale: f32, min: f32| {
+        let mut err = 0f32;
+        for ((&q, &v), &w) in l.iter().zip(x).zip(weights) {
+            let diff = scale * q as f32 + min - v;
+            err += w * if use_mad { diff.abs() } else { diff * diff };
+        }
+        err
+    };
+
+    let iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = quant(iscale, v, min) as u8;
+    }
+    let mut best_error = error(out, scale, min);
+
+    let mut aux = [0u8; 32];
+    let aux = &mut aux[..n];
+    for k in 0..=nstep {
+        let iscale = (rmin + rdelta * k as f32 + nmax as f32) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for ((a, &v), &w) in aux.iter_mut().zip(x).zip(weights) {
+            let l = quant(iscale, v, min);
+            *a = l as u8;
+            let l = l as f32;
+            sum_l += w * l;
+            sum_l2 += w * l * l;
+            sum_xl += w * l * v;
+        }
+        let det = sum_w * sum_l2 - sum_l * sum_l;
+        if det > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let err = error(aux, this_scale, this_min);
+            if err < best_error {
+                out.copy_from_slice(aux);
+                best_error = err;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// Quants in `0..=nmax` for non-negative values `x` (the sub-block scales or minimums
+/// of a K-quant block) and their scale, minimising `Σ w (x - scale l)²`. (ggml's
+/// `make_qp_quants`.)
+///
+/// Tries the inverse scales `(nmax + k / 10) / max`, `k = 0, ±1..=±4`, keeping the one
+/// of least error; then up to 5 passes that re-round one quant at a time against the
+/// best scale of the others, as [`make_q3_quants`] does. The quants are stored as u8
+/// (ggml's `uint8_t`): a negative quant, possible when the search wanders, wraps, and
+/// the passes then read it back wrapped, as ggml does.
+pub(crate) fn make_qp_quants(x: &[f32], nmax: i32, out: &mut [u8], weights: &[f32]) -> f32 {
+    debug_assert!(x.len() == out.len() && x.len() == weights.len());
+    let mut max = 0f32;
+    for &v in x {
+        max = if max > v { max } else { v };
+    }
+    if max < GROUP_MAX_EPS {
+        out.fill(0);
+        return 0.0;
+    }
+    let mut iscale = nmax as f32 / max;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = nearest_int(iscale * v) as u8;
+    }
+    let scale = 1.0 / iscale;
+    let mut best_mse = 0f32;
+    for ((&q, &v), &w) in out.iter().zip(x).zip(weights) {
+        let diff = v - scale * q as f32;
+        best_mse += w * diff * diff;
+    }
+    for k in (-4..=4).filter(|&k| k != 0) {
+        let iscale_k = (0.1 * k as f32 + nmax as f32) / max;
+        let scale_k = 1.0 / iscale_k;
+        let mut mse = 0f32;
+        for (&v, &w) in x.iter().zip(weights) {
+            let l = nearest_int(iscale_k * v).min(nmax);
+            let diff = v - scale_k * l as f32;
+            mse += w * diff * diff;
+        }
+        if mse < best_mse {
+            best_mse = mse;
+            iscale = iscale_k;
+        }
+    }
+    // The sums take the quants as integers; the stored bytes may have wrapped.
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weights) {
+        let l = nearest_int(iscale * v).min(nmax);
+        *o = l as u8;
+        sumlx += w * v * l as f32;
+        suml2 += w * l as f32 * l as f32;
+    }
+    for _ in 0..5 {
+        let mut changed = false;
+        for ((o, &v), &w) in out.iter_mut().zip(x).zip(weights) {
+            let old = *o as f32;
+            let mut slx = sumlx - w * v * old;
+            let mut sl2 = suml2 - w * old * old;
+            if slx > 0.0 && sl2 > 0.0 {
+                let new = nearest_int(v * sl2 / slx).min(nmax);
+                if new != *o as i32 {
+                    slx += w * v * new as f32;
+                    sl2 += w * new as f32 * new as f32;
+                    if slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        *o = new as u8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// The index of the entry of the ascending table `values` nearest to `x` (the upper one
+/// on a tie), by bisection. (ggml's `best_index_int8`.)
+#[inline]
+pub(crate) fn best_index_int8(values: &[i8; 16], x: f32) -> usize {
+    if x <= values[0] as f32 {
+        return 0;
+    }
+    if x >= values[15] as f32 {
+        return 15;
+    }
+    let (mut lo, mut hi) = (0, 15);
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if x < values[mid] as f32 {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    if x - (values[hi - 1] as f32) < values[hi] as f32 - x {
+        hi - 1
+    } else {
+        hi
+    }
+}
+
+/// `Σ x² / n` over a whole row, ggml's `sigma2` for the legacy formats' importance
+/// weights `imatrix[i] * sqrt(sigma2 + x_i²)`.
+pub(crate) fn row_sigma2(x: &[f32]) -> f32 {
+    let mut sum_x2 = 0f32;
+    for &v in x {
+        sum_x2 += v * v;
+    }
+    sum_x2 / x.len() as f32
+}
+
+/// The weights of a group under an importance matrix: `imatrix[i] * sqrt(sigma2 + x_i²)`.
+#[inline]
+pub(crate) fn importance_weights(x: &[f32], imatrix: &[f32], sigma2: f32, out: &mut [f32]) {
+    for ((o, &v), &q) in out.iter_mut().zip(x).zip(imatrix) {
+        *o = q * (sigma2 + v * v).sqrt();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_int_rounds_half_to_even() {
+        let cases = [
+            (0.5, 0),
+            (1.5, 2),
+            (2.5, 2),
+            (-0.5, 0),
+            (-1.5, -2),
+            (-2.49, -2),
+            (3.51, 4),
+            (-0.0, 0),
+            (4_194_303.0, 4_194_303),
+            (-4_194_303.0, -4_194_303),
+        ];
+        for (x, want) in cases {
+            assert_eq!(nearest_int(x), want, "nearest_int({x})");
+        }
+        assert_eq!(nearest_int(f32::NAN), 0);
+    }
+
+    #[test]
+    fn float_to_int_like_x86() {
+        assert_eq!(c_float_to_int(-7.9), -7);
+        assert_eq!(c_float_to_int(15.99), 15);
+        assert_eq!(c_float_to_int(f32::NAN), i32::MIN);
+        assert_eq!(c_float_to_int(f32::INFINITY), i32::MIN);
+        assert_eq!(c_float_to_int(3e9), i32::MIN);
+        assert_eq!(c_float_to_int(-2_147_483_648.0), i32::MIN);
+        assert_eq!(c_float_to_int(2_147_483_520.0), 2_147_483_520);
+    }
+
+    #[test]
+    fn nan_scales_become_ggml_canonical_nan() {
+        let quiet_payload = f32::from_bits(0x7fc0_1234);
+        assert_eq!(ggml_f16(quiet_payload).to_bits(), 0x7e00);
+        assert_eq!(ggml_f16(-quiet_payload).to_bits(), 0xfe00);
+        assert_eq!(ggml_f16(-0.0).to_bits(), 0x8000);
+        assert_eq!(ggml_f16(65520.0).to_bits(), 0x7c00);
+    }
+
+    #[test]
+    fn best_index_takes_the_nearest_level() {
+        let v = &crate::quant::iq_grids::KVALUES_IQ4NL;
+        for (i, &level) in v.iter().enumerate() {
+            assert_eq!(best_index_int8(v, level as f32), i);
+        }
+        assert_eq!(best_index_int8(v, -200.0), 0);
+        assert_eq!(best_index_int8(v, 200.0), 15);
+        // halfway between -10 and 1: the upper one
+        assert_eq!(best_index_int8(v, -4.5), 8);
+        assert_eq!(best_index_int8(v, -4.6), 7);
+    }
+}
