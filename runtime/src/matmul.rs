@@ -125,56 +125,42 @@ impl<'a> MatvecPart<'a> {
                 .max(TILE)
                 .next_multiple_of(W::ROW_GROUP.max(TILE)),
         };
-        // One-row formats dot whole groups of TILE tokens with TILE rows at a time
-        // (`vec_dot_tile`: vec_dots by contract, each weight block unpacked once for the
-        // tokens); the other tokens take the format's several-row kernel.
-        let tiled_cols = match W::ROW_GROUP {
-            1 => n_cols / TILE * TILE,
-            _ => 0,
-        };
         let out = DisjointOut::new(out);
         MatvecPart {
             chunks: rows.div_ceil(chunk),
             run: Box::new(move |c| {
                 let chunk_rows = c * chunk..((c + 1) * chunk).min(rows);
+                let token = |t: usize| &act[t * act_row..(t + 1) * act_row];
+                let blocks = |r: &std::ops::Range<usize>| {
+                    &w[blocks_of_rows::<W>(r.start, rb)..blocks_of_rows::<W>(r.end, rb)]
+                };
                 // SAFETY (every write to `out` below): chunk `c` is claimed by one thread
                 // alone (`matvec_parts`); chunks are disjoint row ranges of each token's
                 // output.
-                for start in chunk_rows.clone().step_by(piece) {
-                    let r = start..(start + piece).min(chunk_rows.end);
-                    let quads_end = r.start + (r.len() / TILE) * TILE;
-                    for t0 in (0..tiled_cols).step_by(TILE) {
-                        for r0 in (r.start..quads_end).step_by(TILE) {
-                            let mut tile = [[0f32; TILE]; TILE];
-                            W::vec_dot_tile(
-                                &w[r0 * rb..(r0 + TILE) * rb],
-                                &act[t0 * act_row..],
-                                act_row,
-                                &mut tile,
-                            );
-                            for (i, row) in tile.iter().enumerate() {
-                                for (dt, &v) in row.iter().enumerate() {
-                                    unsafe { out.write((t0 + dt) * rows + r0 + i, v) };
-                                }
-                            }
+                if n_cols == 1 {
+                    let out = unsafe { out.slice(chunk_rows.clone()) };
+                    return W::vec_dot_rows(blocks(&chunk_rows), token(0), out);
+                }
+                // Each piece's dots with every token, token-major, then into place.
+                PIECE_DOTS.with_borrow_mut(|dots| {
+                    for start in chunk_rows.clone().step_by(piece) {
+                        let r = start..(start + piece).min(chunk_rows.end);
+                        dots.resize(r.len() * n_cols, 0.0);
+                        W::rows_token_dots(blocks(&r), act, act_row, n_cols, dots);
+                        for (t, dots) in dots.chunks_exact(r.len()).enumerate() {
+                            let out = unsafe { out.slice(t * rows + r.start..t * rows + r.end) };
+                            out.copy_from_slice(dots);
                         }
                     }
-                    // The tiled tokens' leftover rows, and the other tokens' rows.
-                    for t in 0..n_cols {
-                        let r = if t < tiled_cols {
-                            quads_end..r.end
-                        } else {
-                            r.clone()
-                        };
-                        let blocks =
-                            blocks_of_rows::<W>(r.start, rb)..blocks_of_rows::<W>(r.end, rb);
-                        let out = unsafe { out.slice(t * rows + r.start..t * rows + r.end) };
-                        W::vec_dot_rows(&w[blocks], &act[t * act_row..(t + 1) * act_row], out);
-                    }
-                }
+                });
             }),
         }
     }
+}
+
+thread_local! {
+    /// A decode piece's dots with every token ([`MatvecPart`]).
+    static PIECE_DOTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Several matvecs in one dispatch of the pool (Q, K and V of one token; its gate and up
@@ -597,9 +583,14 @@ mod tests {
     /// ragged one) and rows wider than one cache piece.
     #[test]
     fn matvec_part_of_several_tokens_is_each_tokens_matvec() {
-        use crate::quant::q4_k_x8::{interleave, Q4_KX8};
+        use crate::quant::iq4_xs::IQ4_XS;
+        use crate::quant::iq4_xs_x8::{self, IQ4_XSX8};
+        use crate::quant::q4_k_x8::{self, Q4_KX8};
+        use crate::quant::q4_x8::{self, Q4_0X8};
+        use crate::quant::q6_k::Q6_K;
+        use crate::quant::q6_k_x8::{self, Q6_KX8};
         fn check_cols<W: WeightType>(w: &[W::Block], rows: usize, cols: usize) {
-            for n_tokens in [2, 5, 8] {
+            for n_tokens in [2, 4, 5, 9] {
                 check_n::<W>(w, rows, cols, n_tokens);
             }
         }
@@ -644,12 +635,26 @@ mod tests {
         check_cols::<Q5_0>(&w, 130, 576);
         let (w, _) = matrix::<Q4_K>(33, 512);
         check_cols::<Q4_K>(&w, 33, 512);
-        let (plain, _) = matrix::<Q4_K>(64, 512);
-        let grouped: Vec<_> = plain
-            .chunks_exact(8 * 2)
-            .flat_map(|g| (0..2).map(move |k| interleave(std::array::from_fn(|r| &g[r * 2 + k]))))
-            .collect();
-        check_cols::<Q4_KX8>(&grouped, 64, 512);
+        // the row-interleaved formats: 8 rows per group, blocks interleaved
+        fn grouped<P: WeightType, B>(
+            rows: usize,
+            cols: usize,
+            interleave: impl Fn([&P::Block; 8]) -> B,
+        ) -> Vec<B> {
+            let (plain, _) = matrix::<P>(rows, cols);
+            let rb = cols / P::BLOCK_ELEMS;
+            let group = |g: &[P::Block], k| interleave(std::array::from_fn(|r| &g[r * rb + k]));
+            let groups = plain.chunks_exact(8 * rb);
+            groups
+                .flat_map(|g| (0..rb).map(move |k| group(g, k)))
+                .collect()
+        }
+        check_cols::<Q4_KX8>(&grouped::<Q4_K, _>(64, 512, q4_k_x8::interleave), 64, 512);
+        check_cols::<Q6_KX8>(&grouped::<Q6_K, _>(48, 768, q6_k_x8::interleave), 48, 768);
+        let iq4_xs = grouped::<IQ4_XS, _>(40, 512, iq4_xs_x8::interleave);
+        check_cols::<IQ4_XSX8>(&iq4_xs, 40, 512);
+        let q4_0 = grouped::<Q4_0, _>(56, 256, |r| q4_x8::interleave(r.map(|b| (b.d, b.qs))));
+        check_cols::<Q4_0X8>(&q4_0, 56, 256);
     }
 
     #[test]

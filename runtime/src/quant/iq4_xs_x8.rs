@@ -249,6 +249,17 @@ impl WeightType for IQ4_XSX8 {
         groups_dots(w, act, rb, 1, out);
     }
 
+    /// Several tokens' `vec_dot_rows` at once.
+    fn rows_token_dots(
+        w: &[BlockIQ4XSX8],
+        act: &[BlockQ8K],
+        act_row: usize,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        groups_dots(w, act, act_row, n_tokens, out);
+    }
+
     /// Batches that IQ4_XS computes with its one-token dot take the 8-row kernel per
     /// token (equal to that dot). The others put the groups' rows back into IQ4_XS
     /// blocks (once, in a per-thread buffer) and take IQ4_XS's batch path for them: the

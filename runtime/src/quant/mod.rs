@@ -140,6 +140,51 @@ pub trait WeightType: Copy + Send + Sync + 'static {
         }
     }
 
+    /// The dots of consecutive rows (`w`, as for [`Self::vec_dot_rows`]) with `n_tokens`
+    /// tokens, each bit for bit what [`Self::vec_dot_rows`] gives that token: token `t`'s
+    /// activations are `act[t * act_row..(t + 1) * act_row]`, and row `i`'s dot with it
+    /// goes to `out[t * n_rows + i]`. A decode step of several sequences calls this
+    /// ([`crate::matmul::MatvecPart`]) with rows that stay in cache while the tokens go
+    /// by. One-row formats dot whole tiles of [`TILE`] rows × [`TILE`] tokens with
+    /// [`Self::vec_dot_tile`]; the row-interleaved formats override it with kernels that
+    /// unpack each block once for several tokens.
+    fn rows_token_dots(
+        w: &[Self::Block],
+        act: &[ActBlock<Self>],
+        act_row: usize,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        let n_rows = out.len() / n_tokens;
+        let rb = w.len() * Self::ROW_GROUP / n_rows; // weight blocks per row
+        let token = |t: usize| &act[t * act_row..(t + 1) * act_row];
+        let (rows_tiled, tokens_tiled) = match Self::ROW_GROUP {
+            1 => (n_rows / TILE * TILE, n_tokens / TILE * TILE),
+            _ => (0, 0),
+        };
+        // Rows outer: a tile's rows stay in L1 while every token's activations (a few
+        // KiB each) go by.
+        for r0 in (0..rows_tiled).step_by(TILE) {
+            for t0 in (0..tokens_tiled).step_by(TILE) {
+                let mut tile = [[0f32; TILE]; TILE];
+                let rows = &w[r0 * rb..(r0 + TILE) * rb];
+                Self::vec_dot_tile(rows, &act[t0 * act_row..], act_row, &mut tile);
+                for (i, row) in tile.iter().enumerate() {
+                    for (dt, &v) in row.iter().enumerate() {
+                        out[(t0 + dt) * n_rows + r0 + i] = v;
+                    }
+                }
+            }
+        }
+        // the tiled tokens' other rows, and the other tokens' rows
+        for t in 0..n_tokens {
+            let r0 = if t < tokens_tiled { rows_tiled } else { 0 };
+            let blocks = r0 / Self::ROW_GROUP * rb..;
+            let out = &mut out[t * n_rows + r0..(t + 1) * n_rows];
+            Self::vec_dot_rows(&w[blocks], token(t), out);
+        }
+    }
+
     /// The dots of [`TILE`] consecutive rows with [`TILE`] activation rows: `w` holds the
     /// rows one after another (`w.len() / TILE` blocks each), token `t`'s blocks start at
     /// `act[t * stride]`, and `out[r][t]` must be `vec_dot(row r, token t)` bit for bit.

@@ -254,6 +254,18 @@ impl WeightType for Q4_KX8 {
         }
     }
 
+    /// Several tokens' `vec_dot_rows` at once: each block unpacked once for 4 tokens.
+    #[cfg(x86_simd)]
+    fn rows_token_dots(
+        w: &[BlockQ4KX8],
+        act: &[BlockQ8K],
+        act_row: usize,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        super::x86_avx2::q4_k_x8::groups_dots(w, act, act_row, n_tokens, out);
+    }
+
     /// Q4_K's batch arithmetic (llama.cpp's repacked GEMM for whole groups of 4 tokens,
     /// `vec_dot` for the rest; see [`super::superblock`]) straight from the interleaved
     /// blocks on x86: 8 rows × 4 tokens per kernel call. Elsewhere the groups' rows are

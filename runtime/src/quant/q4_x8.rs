@@ -236,6 +236,17 @@ impl<P: Nibbles> WeightType for X8<P> {
         groups_dots::<P>(w, act, rb, 1, out);
     }
 
+    /// Several tokens' `vec_dot_rows` at once.
+    fn rows_token_dots(
+        w: &[BlockX8],
+        act: &[BlockQ8_0],
+        act_row: usize,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        groups_dots::<P>(w, act, act_row, n_tokens, out);
+    }
+
     /// The dots straight from the interleaved blocks: one row per lane, as in decode,
     /// which is also the plain format's arithmetic for a batch (its tile kernels equal
     /// its `vec_dot`).

@@ -294,6 +294,17 @@ impl WeightType for Q6_KX8 {
         groups_dots(w, act, rb, 1, out);
     }
 
+    /// Several tokens' `vec_dot_rows` at once (each block unpacked once for 4 tokens).
+    fn rows_token_dots(
+        w: &[BlockQ6KX8],
+        act: &[BlockQ8K],
+        act_row: usize,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        groups_dots(w, act, act_row, n_tokens, out);
+    }
+
     /// Batches that Q6_K computes with its one-token dot take the 8-row one-token kernel
     /// per token (equal to that dot). Batches of 8 or more tokens take the tiled
     /// arithmetic straight from the interleaved blocks on x86 (8 rows × 8 or 4 tokens per

@@ -3,7 +3,7 @@
 //! blocks, streamed one group at a time so that a multi-gigabyte tensor never sits in
 //! memory.
 
-use super::WeightType;
+use super::{WeightType, TILE};
 
 /// Rows per group.
 pub const ROWS: usize = 8;
@@ -45,24 +45,38 @@ pub fn check_groups(
 }
 
 /// Rows of the consecutive 8-row `groups` (`act_row` blocks each) times tokens
-/// `0..n_tokens` of `act` (token `t`'s blocks at `act[t * act_row..]`), one group and
-/// token at a time with `dot` (a group's blocks, a token's blocks → the 8 rows' dots):
-/// row `i`'s dot with token `t` goes to `out[t * n_rows + i]`. `name` is the format's,
-/// for the panic on mismatched buffers.
-pub fn each_group_and_token<B, A>(
+/// `0..n_tokens` of `act` (token `t`'s blocks at `act[t * act_row..]`), one group at a
+/// time, its tokens [`TILE`] at a time with `tile` (a group's blocks, the tokens' blocks →
+/// each token's 8 dots) and the rest one by one with `dot`: row `i`'s dot with token `t`
+/// goes to `out[t * n_rows + i]`. `name` is the format's, for the panic on mismatched
+/// buffers.
+pub fn each_group_and_token<B, A, Tile, Dot>(
     name: &str,
     groups: &[B],
     act: &[A],
     act_row: usize,
     n_tokens: usize,
     out: &mut [f32],
-    dot: impl Fn(&[B], &[A]) -> [f32; ROWS],
-) {
+    (tile, dot): (Tile, Dot),
+) where
+    Tile: Fn(&[B], [&[A]; TILE]) -> [[f32; ROWS]; TILE],
+    Dot: Fn(&[B], &[A]) -> [f32; ROWS],
+{
     let n_rows = check_groups(name, groups.len(), act.len(), act_row, n_tokens, out.len());
+    let token = |t: usize| &act[t * act_row..(t + 1) * act_row];
+    let tiled = n_tokens / TILE * TILE;
     for (g, group) in groups.chunks_exact(act_row).enumerate() {
-        for t in 0..n_tokens {
-            let dots = dot(group, &act[t * act_row..(t + 1) * act_row]);
-            out[t * n_rows + g * ROWS..][..ROWS].copy_from_slice(&dots);
+        let mut put = |t: usize, dots: &[f32; ROWS]| {
+            out[t * n_rows + g * ROWS..][..ROWS].copy_from_slice(dots);
+        };
+        for t0 in (0..tiled).step_by(TILE) {
+            let dots = tile(group, std::array::from_fn(|i| token(t0 + i)));
+            for (i, d) in dots.iter().enumerate() {
+                put(t0 + i, d);
+            }
+        }
+        for t in tiled..n_tokens {
+            put(t, &dot(group, token(t)));
         }
     }
 }

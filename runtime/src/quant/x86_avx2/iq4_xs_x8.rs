@@ -88,10 +88,11 @@ pub fn groups_dots(
         act_row,
         n_tokens,
         out,
-        |group, token| {
-            // SAFETY: this module is compiled only with AVX2, FMA and F16C enabled.
-            unsafe { dot(group, token) }
-        },
+        // SAFETY (both): this module is compiled only with AVX2, FMA and F16C enabled.
+        (
+            |group, tokens| tokens.map(|token| unsafe { dot(group, token) }),
+            |group, token| unsafe { dot(group, token) },
+        ),
     );
 }
 

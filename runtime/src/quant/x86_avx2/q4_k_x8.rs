@@ -24,6 +24,7 @@ use std::arch::x86_64::*;
 
 use crate::quant::q4_k_x8::{BlockQ4KX8, ROWS};
 use crate::quant::q8_k::BlockQ8K;
+use crate::quant::{x8, TILE};
 
 use super::vnni::{broadcast4, dpbusd, dpwssd, VNNI};
 
@@ -99,6 +100,33 @@ pub fn vec_dot_q4_kx8_q8_k(w: &[BlockQ4KX8], act: &[BlockQ8K], out: &mut [f32; R
     );
     // SAFETY: this module is compiled only with AVX2, FMA and F16C enabled.
     [*out] = unsafe { dot_q4_kx8::<1, false>(w, [act]) };
+}
+
+/// Rows of the consecutive 8-row `groups` (`act_row` blocks each) times tokens
+/// `0..n_tokens` of `act` (token `t`'s blocks at `act[t * act_row..]`), each with the
+/// one-token arithmetic (a decode step of several sequences), 4 tokens per kernel call:
+/// row `i`'s dot with token `t` goes to `out[t * n_rows + i]`, bit for bit
+/// [`crate::quant::q4_k_x8::vec_dot_q4_kx8_q8_k_ref`].
+pub fn groups_dots(
+    groups: &[BlockQ4KX8],
+    act: &[BlockQ8K],
+    act_row: usize,
+    n_tokens: usize,
+    out: &mut [f32],
+) {
+    x8::each_group_and_token(
+        "Q4_KX8",
+        groups,
+        act,
+        act_row,
+        n_tokens,
+        out,
+        // SAFETY (both): this module is compiled only with AVX2, FMA and F16C enabled.
+        (
+            |group, tokens| unsafe { dot_q4_kx8::<TILE, false>(group, tokens) },
+            |group, token| unsafe { dot_q4_kx8::<1, false>(group, [token])[0] },
+        ),
+    );
 }
 
 /// Group of 8 rows · 4 tokens with the f32 steps of llama.cpp's repacked Q4_K GEMM
