@@ -4,7 +4,7 @@
 
 use crate::float16::bf16;
 
-use super::{ActType, WeightType};
+use super::{check_quantize_lengths, ActType, Quantize, WeightType};
 
 /// Marker for the BF16 format (ggml type 30), as weights and as activations.
 #[derive(Clone, Copy, Debug, Default)]
@@ -91,5 +91,16 @@ mod tests {
         let mut out = [bf16::ZERO; 3];
         BF16::quantize(&x, &mut out);
         assert_eq!(out.map(|b| b.to_bits()), [0x3F80, 0x3F82, 0x3F81]);
+    }
+}
+
+/// ggml's model-file conversion to BF16: the top half of each f32, rounded to nearest
+/// even, a NaN kept with its quiet bit forced (no use for the importance vector).
+impl Quantize for BF16 {
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [bf16]) {
+        check_quantize_lengths::<BF16>(x, imatrix, out);
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = bf16::from_f32(v);
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! F32: plain IEEE single floats, one "block" per weight (32 bits per weight).
 //! Dotted with f32 activations, as ggml does.
 
-use super::{ActType, WeightType};
+use super::{check_quantize_lengths, ActType, Quantize, WeightType};
 
 #[derive(Clone, Copy, Debug, Default)]
 #[allow(non_camel_case_types)]
@@ -50,5 +50,13 @@ mod tests {
     #[test]
     fn vec_dot_within_f64_reference() {
         testing::check_vec_dot::<F32>(1e-6);
+    }
+}
+
+/// F32 "quantization" is a copy, as in ggml.
+impl Quantize for F32 {
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [f32]) {
+        check_quantize_lengths::<F32>(x, imatrix, out);
+        out.copy_from_slice(x);
     }
 }
