@@ -905,6 +905,52 @@ mod tests {
     }
 
     #[test]
+    fn streamed_tensors_and_a_padded_end() {
+        let mut w = GgufWriter::new();
+        w.add_kv("general.architecture", Value::String("llama".into()));
+        w.add_tensor("a", &[3], GgmlType::F32, TensorData::Streamed)
+            .add_tensor("b", &[5], GgmlType::F16, TensorData::Streamed)
+            .pad_end(true);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.gguf");
+        let mut asked = Vec::new();
+        let layout = w
+            .write_streamed(&path, WriteMode::Full, &mut |i, t| {
+                asked.push(t.name.clone());
+                Ok(vec![i as u8 + 1; t.n_bytes as usize])
+            })
+            .unwrap();
+        assert_eq!(asked, ["a", "b"]);
+        let bytes = std::fs::read(&path).unwrap();
+        // Both tensors padded to 32 bytes, the last one too, as ggml writes files.
+        assert_eq!(layout.file_len, layout.data_offset + 64);
+        assert_eq!(bytes.len() as u64, layout.file_len);
+        let g = GgufFile::open(&path).unwrap();
+        assert_eq!(g.tensor_data(g.tensor("b").unwrap()), [2u8; 10]);
+        assert!(bytes[bytes.len() - 22..].iter().all(|&b| b == 0));
+
+        // A producer that fails, or gives the wrong length, leaves nothing behind.
+        std::fs::remove_file(&path).unwrap();
+        let e = w
+            .write_streamed(&path, WriteMode::Full, &mut |_, t| {
+                Ok(vec![0; t.n_bytes as usize + 1])
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("tensor `a` streamed data"), "{e}");
+        let e = w
+            .write_streamed(&path, WriteMode::Full, &mut |_, t| {
+                Err(WriteError::Source {
+                    tensor: t.name.clone(),
+                    source: "no data".into(),
+                })
+            })
+            .unwrap_err();
+        assert_eq!(e.to_string(), "tensor `a`: no data");
+        assert!(w.write(&path, WriteMode::Full).is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
     fn alignment_key_is_honoured() {
         let mut w = sample();
         w.add_kv("general.alignment", Value::U32(256));

@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::gguf::{GgmlType, GgufFile, Value, MAGIC};
+use crate::gguf::{GgmlType, GgufError, GgufFile, Value, MAGIC};
 
 /// A loaded importance matrix.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,25 +34,24 @@ pub struct Imatrix {
 
 /// Why an importance matrix could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("{}: {what}", path.display())]
-pub struct ImatrixError {
-    pub path: PathBuf,
-    pub what: String,
+pub enum ImatrixError {
+    #[error("{}: {what}", path.display())]
+    Bad { path: PathBuf, what: String },
+    /// A file with the GGUF magic that the GGUF reader rejects (its message names the file).
+    #[error("importance matrix {0}")]
+    Gguf(#[from] GgufError),
 }
 
 impl Imatrix {
     /// Reads `path`: GGUF when it starts with the GGUF magic, else the legacy format.
     pub fn load(path: &Path) -> Result<Imatrix, ImatrixError> {
-        let err = |what: String| ImatrixError {
+        let err = |what: String| ImatrixError::Bad {
             path: path.to_path_buf(),
             what,
         };
         let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
         let im = if bytes.starts_with(&MAGIC) {
-            let g = GgufFile::from_bytes(path, bytes).map_err(|e| ImatrixError {
-                path: path.to_path_buf(),
-                what: format!("not a valid GGUF importance matrix: {e}"),
-            })?;
+            let g = GgufFile::from_bytes(path, bytes)?;
             Imatrix::from_gguf(&g).map_err(err)?
         } else {
             Imatrix::from_legacy(&bytes).map_err(err)?
