@@ -192,11 +192,10 @@ fn model_facts(g: &GgufFile) -> anyhow::Result<ModelFacts> {
     };
     let n_layer = small("llama.block_count", n_layer)?;
     let n_expert = small("llama.expert_count", n_expert)?;
-    let n_gqa = if n_head_kv == 0 {
-        0
-    } else {
-        small("llama.attention.head_count", n_head / n_head_kv)?
-    };
+    let n_gqa = small(
+        "llama.attention.head_count",
+        n_head.checked_div(n_head_kv).unwrap_or(0),
+    )?;
     Ok(ModelFacts {
         n_layer,
         n_gqa,

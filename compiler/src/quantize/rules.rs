@@ -277,7 +277,7 @@ impl Chooser {
         if role == Role::Output || (self.tied_embeddings && role == Role::TokenEmbd) {
             // The output (or the embeddings standing in for it) gets 6 bits at least.
             let nx = t.dims[0];
-            if nx % ty.block_elems() != 0 {
+            if !nx.is_multiple_of(ty.block_elems()) {
                 ty = G::Q8_0;
             } else if matches!(
                 ft,
@@ -336,15 +336,11 @@ impl Chooser {
                 } else {
                     G::IQ3_XXS
                 };
-            } else if matches!(ft, F::IQ3_XS | F::IQ3_S) && n_gqa >= 4 {
-                ty = G::Q4_K;
-            } else if ft == F::IQ3_M {
+            } else if (matches!(ft, F::IQ3_XS | F::IQ3_S) && n_gqa >= 4) || ft == F::IQ3_M {
                 ty = G::Q4_K;
             } else if ft == F::Q3_K_M {
                 ty = if i < 2 { G::Q5_K } else { G::Q4_K };
-            } else if ft == F::Q3_K_L {
-                ty = G::Q5_K;
-            } else if matches!(ft, F::IQ4_NL | F::IQ4_XS) && n_gqa >= 4 {
+            } else if ft == F::Q3_K_L || (matches!(ft, F::IQ4_NL | F::IQ4_XS) && n_gqa >= 4) {
                 ty = G::Q5_K;
             } else if matches!(ft, F::Q4_K_M | F::Q5_K_M) && more_bits(i, n) {
                 ty = G::Q6_K;
@@ -453,7 +449,7 @@ impl Chooser {
     fn fallback(&mut self, t: &TensorShape, ty: GgmlType) -> Result<GgmlType, String> {
         use GgmlType as G;
         let ncols = t.dims[0];
-        if ncols % ty.block_elems() == 0 {
+        if ncols.is_multiple_of(ty.block_elems()) {
             return Ok(ty);
         }
         self.n_fallback += 1;
@@ -479,7 +475,7 @@ impl Chooser {
                 ))
             }
         };
-        if ncols % to.block_elems() != 0 {
+        if !ncols.is_multiple_of(to.block_elems()) {
             to = G::F16;
         }
         Ok(to)

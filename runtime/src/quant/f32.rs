@@ -37,6 +37,14 @@ impl WeightType for F32 {
     }
 }
 
+/// F32 "quantization" is a copy, as in ggml.
+impl Quantize for F32 {
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [f32]) {
+        check_quantize_lengths::<F32>(x, imatrix, out);
+        out.copy_from_slice(x);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::F32;
@@ -50,13 +58,5 @@ mod tests {
     #[test]
     fn vec_dot_within_f64_reference() {
         testing::check_vec_dot::<F32>(1e-6);
-    }
-}
-
-/// F32 "quantization" is a copy, as in ggml.
-impl Quantize for F32 {
-    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [f32]) {
-        check_quantize_lengths::<F32>(x, imatrix, out);
-        out.copy_from_slice(x);
     }
 }

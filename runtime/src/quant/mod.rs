@@ -79,7 +79,9 @@ pub fn quantize_rows_to_bytes<W: Quantize>(
     let blocks_per_row = n_per_row / W::BLOCK_ELEMS;
     let row_bytes = blocks_per_row * size_of::<W::Block>();
     assert!(
-        n_per_row > 0 && x.len().is_multiple_of(n_per_row) && n_per_row % W::BLOCK_ELEMS == 0,
+        n_per_row > 0
+            && x.len().is_multiple_of(n_per_row)
+            && n_per_row.is_multiple_of(W::BLOCK_ELEMS),
         "{} quantize: {} values in rows of {n_per_row}",
         W::NAME,
         x.len()
