@@ -255,19 +255,30 @@ fn plan(
         });
     }
 
+    // Every type mcc cannot write yet, with the first tensor that would get it.
+    let mut missing: Vec<(GgmlType, &str)> = Vec::new();
+    for p in &plans {
+        let t = &g.tensors[p.index];
+        if p.to != t.ggml_type && quantizer(p.to).is_none() && !missing.iter().any(|m| m.0 == p.to)
+        {
+            missing.push((p.to, &t.name));
+        }
+    }
+    if !missing.is_empty() {
+        let list: Vec<String> = missing
+            .iter()
+            .map(|(ty, name)| format!("the {ty} quantizer (tensor `{name}` becomes {ty})"))
+            .collect();
+        bail!(
+            "{ftype} is not supported yet: needs {}, which mcc does not have yet",
+            list.join(" and ")
+        );
+    }
+
     for p in &mut plans {
         let t = &g.tensors[p.index];
         if p.to == t.ggml_type {
             continue;
-        }
-        if quantizer(p.to).is_none() {
-            bail!(
-                "{ftype} is not supported yet: needs the {} quantizer (tensor `{}` becomes {}), \
-                 which mcc does not have yet",
-                p.to,
-                t.name,
-                p.to
-            );
         }
         if is_quantized(t.ggml_type) && !allow_requantize {
             bail!(
