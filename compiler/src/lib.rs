@@ -4,7 +4,8 @@
 //! config, tensor roles and tokenizer from the metadata), `plan` (kernel and blob layout
 //! per tensor), `emit` (the generated crate's sources) and `build` (cargo, progress, the
 //! final binary). `inspect` and `synth` are tools over the same stages; `ppl_table`
-//! builds several files and tabulates their perplexity.
+//! builds several files and tabulates their perplexity; `quantize` rewrites a model in
+//! another file type, as llama.cpp's llama-quantize does.
 
 pub mod build;
 pub mod describe;
@@ -14,5 +15,6 @@ pub mod gpu;
 pub mod inspect;
 pub mod plan;
 pub mod ppl_table;
+pub mod quantize;
 pub mod runtime_copy;
 pub mod synth;

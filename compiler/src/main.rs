@@ -18,6 +18,8 @@ enum Cmd {
     Synth(mcc::synth::Args),
     /// Compile several quantizations of a model and print their perplexity table.
     PplTable(mcc::ppl_table::Args),
+    /// Quantize a llama GGUF to another file type (the file llama-quantize writes).
+    Quantize(mcc::quantize::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +34,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Inspect(args) => mcc::inspect::run(&args),
         Cmd::Synth(args) => mcc::synth::run(&args),
         Cmd::PplTable(args) => mcc::ppl_table::run(&args),
+        Cmd::Quantize(args) => mcc::quantize::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

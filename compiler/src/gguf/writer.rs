@@ -12,7 +12,12 @@
 //!
 //! The layout matches what the reader expects: header, key/values, tensor infos, zero
 //! padding to the alignment (`general.alignment`, default 32), then each tensor at the
-//! next multiple of the alignment in the order added.
+//! next multiple of the alignment in the order added. The file ends right after the last
+//! tensor's bytes, unless [`GgufWriter::pad_end`] asks for ggml's layout, where the last
+//! tensor is padded to the alignment like the others.
+//!
+//! Tensors too big to hold all at once ([`TensorData::Streamed`]) are produced one at a
+//! time while the file is written ([`GgufWriter::write_streamed`]).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -34,6 +39,28 @@ pub enum WriteError {
         found: String,
         expected: String,
     },
+    /// The producer of a [`TensorData::Streamed`] tensor failed.
+    #[error("tensor `{tensor}`: {source}")]
+    Source {
+        tensor: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Makes the bytes of [`TensorData::Streamed`] tensors while the file is written: called
+/// once per such tensor, in file order, with its index among all tensors and its info.
+pub type Producer<'a> = dyn FnMut(usize, &TensorInfo) -> Result<Vec<u8>, WriteError> + 'a;
+
+/// Why streaming a file image stopped.
+enum StreamError {
+    Io(std::io::Error),
+    Source(WriteError),
+}
+
+impl From<std::io::Error> for StreamError {
+    fn from(e: std::io::Error) -> StreamError {
+        StreamError::Io(e)
+    }
 }
 
 fn invalid(what: String, found: impl ToString, expected: impl ToString) -> WriteError {
@@ -58,6 +85,9 @@ pub enum TensorData {
     RandomNormal { seed: u64, std: f32 },
     /// Every element equal to the value (F32, F16, BF16), e.g. norm weights of 1.
     Constant(f32),
+    /// Made while writing, by the producer given to [`GgufWriter::write_streamed`] (so
+    /// only one such tensor is in memory at a time).
+    Streamed,
 }
 
 /// How much of the file to write.
@@ -94,6 +124,7 @@ pub struct Layout {
 pub struct GgufWriter {
     metadata: Vec<(String, Value)>,
     tensors: Vec<PendingTensor>,
+    pad_end: bool,
 }
 
 impl GgufWriter {
@@ -114,6 +145,13 @@ impl GgufWriter {
             Some(slot) => slot.1 = value,
             None => self.metadata.push((key, value)),
         }
+        self
+    }
+
+    /// Pads the last tensor with zeros to the alignment, as ggml's writer does (by
+    /// default the file ends with the last tensor's last byte).
+    pub fn pad_end(&mut self, pad: bool) -> &mut Self {
+        self.pad_end = pad;
         self
     }
 
@@ -252,8 +290,13 @@ impl GgufWriter {
                 n_bytes,
             });
         }
-        // The file ends right after the last tensor's bytes (no trailing padding).
-        let data_len = tensors.last().map_or(0, |t| t.offset + t.n_bytes);
+        // The file ends right after the last tensor's bytes, or at the next multiple of
+        // the alignment after them.
+        let data_len = match tensors.last() {
+            None => 0,
+            Some(_) if self.pad_end => next,
+            Some(t) => t.offset + t.n_bytes,
+        };
         let file_len = data_offset
             .checked_add(data_len)
             .ok_or_else(|| invalid("file length".into(), "overflow", "< 2^64"))?;
@@ -302,17 +345,34 @@ impl GgufWriter {
     }
 
     /// Writes the whole file image to any sink (header and, unless `HeaderOnly`, data).
-    fn stream(&self, layout: &Layout, mode: WriteMode, out: &mut dyn Sink) -> std::io::Result<()> {
+    fn stream(
+        &self,
+        layout: &Layout,
+        mode: WriteMode,
+        out: &mut dyn Sink,
+        produce: &mut Producer<'_>,
+    ) -> Result<(), StreamError> {
         out.write_all(&self.header_bytes(layout))?;
         if mode == WriteMode::HeaderOnly {
             return Ok(());
         }
         let mut buf = Vec::with_capacity(CHUNK_BYTES);
         let mut pos = 0u64;
-        for (t, info) in self.tensors.iter().zip(&layout.tensors) {
+        for (i, (t, info)) in self.tensors.iter().zip(&layout.tensors).enumerate() {
             out.zeros(info.offset - pos)?;
             match &t.data {
                 TensorData::Bytes(b) => out.write_all(b)?,
+                TensorData::Streamed => {
+                    let b = produce(i, info).map_err(StreamError::Source)?;
+                    if b.len() as u64 != info.n_bytes {
+                        return Err(StreamError::Source(invalid(
+                            format!("tensor `{}` streamed data", t.name),
+                            format!("{} bytes", b.len()),
+                            format!("{} bytes", info.n_bytes),
+                        )));
+                    }
+                    out.write_all(&b)?
+                }
                 TensorData::Constant(x) if *x == 0.0 && x.is_sign_positive() => {
                     out.zeros(info.n_bytes)?
                 }
@@ -335,17 +395,23 @@ impl GgufWriter {
             }
             pos = info.offset + info.n_bytes;
         }
-        out.flush()
+        // A padded end is real zeros here; `write` extends the file over a hole.
+        out.zeros(layout.file_len - layout.data_offset - pos)?;
+        Ok(out.flush()?)
     }
 
     /// Serialises the whole file in memory (tests and small fixtures).
     pub fn to_bytes(&self, mode: WriteMode) -> Result<Vec<u8>, WriteError> {
         let layout = self.layout()?;
         let mut out = Vec::new();
-        self.stream(&layout, mode, &mut out)
-            .map_err(|err| WriteError::Io {
-                path: PathBuf::from("<memory>"),
-                err,
+        let mut none = no_producer;
+        self.stream(&layout, mode, &mut out, &mut none)
+            .map_err(|e| match e {
+                StreamError::Io(err) => WriteError::Io {
+                    path: PathBuf::from("<memory>"),
+                    err,
+                },
+                StreamError::Source(e) => e,
             })?;
         if mode == WriteMode::HeaderOnly {
             out.resize(layout.file_len as usize, 0);
@@ -355,6 +421,18 @@ impl GgufWriter {
 
     /// Writes the file to `path` atomically and returns its layout.
     pub fn write(&self, path: &Path, mode: WriteMode) -> Result<Layout, WriteError> {
+        self.write_streamed(path, mode, &mut no_producer)
+    }
+
+    /// Writes the file to `path` atomically, asking `produce` for the bytes of each
+    /// [`TensorData::Streamed`] tensor as its turn comes; returns the layout. When
+    /// `produce` fails, or gives the wrong number of bytes, nothing is left at `path`.
+    pub fn write_streamed(
+        &self,
+        path: &Path,
+        mode: WriteMode,
+        produce: &mut Producer<'_>,
+    ) -> Result<Layout, WriteError> {
         let layout = self.layout()?;
         let tmp = TempFile::create(path)?;
         let io = |err| WriteError::Io {
@@ -363,7 +441,11 @@ impl GgufWriter {
         };
         {
             let mut w = std::io::BufWriter::with_capacity(1 << 20, &tmp.file);
-            self.stream(&layout, mode, &mut w).map_err(io)?;
+            self.stream(&layout, mode, &mut w, produce)
+                .map_err(|e| match e {
+                    StreamError::Io(err) => io(err),
+                    StreamError::Source(e) => e,
+                })?;
             w.flush().map_err(io)?;
         }
         // A trailing hole (and HeaderOnly's whole data section) has no bytes yet.
@@ -371,6 +453,15 @@ impl GgufWriter {
         tmp.persist(path)?;
         Ok(layout)
     }
+}
+
+/// The producer of a writer that has no [`TensorData::Streamed`] tensors.
+fn no_producer(_: usize, t: &TensorInfo) -> Result<Vec<u8>, WriteError> {
+    Err(invalid(
+        format!("tensor `{}`", t.name),
+        "streamed data",
+        "a producer (`write_streamed`)",
+    ))
 }
 
 /// Bytes per generated chunk: big enough to amortise the write call, small enough for L2.
@@ -811,6 +902,52 @@ mod tests {
             let blocks = std::fs::metadata(&path).unwrap().blocks();
             assert!(blocks * 512 < 8 << 20, "{blocks} blocks allocated");
         }
+    }
+
+    #[test]
+    fn streamed_tensors_and_a_padded_end() {
+        let mut w = GgufWriter::new();
+        w.add_kv("general.architecture", Value::String("llama".into()));
+        w.add_tensor("a", &[3], GgmlType::F32, TensorData::Streamed)
+            .add_tensor("b", &[5], GgmlType::F16, TensorData::Streamed)
+            .pad_end(true);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.gguf");
+        let mut asked = Vec::new();
+        let layout = w
+            .write_streamed(&path, WriteMode::Full, &mut |i, t| {
+                asked.push(t.name.clone());
+                Ok(vec![i as u8 + 1; t.n_bytes as usize])
+            })
+            .unwrap();
+        assert_eq!(asked, ["a", "b"]);
+        let bytes = std::fs::read(&path).unwrap();
+        // Both tensors padded to 32 bytes, the last one too, as ggml writes files.
+        assert_eq!(layout.file_len, layout.data_offset + 64);
+        assert_eq!(bytes.len() as u64, layout.file_len);
+        let g = GgufFile::open(&path).unwrap();
+        assert_eq!(g.tensor_data(g.tensor("b").unwrap()), [2u8; 10]);
+        assert!(bytes[bytes.len() - 22..].iter().all(|&b| b == 0));
+
+        // A producer that fails, or gives the wrong length, leaves nothing behind.
+        std::fs::remove_file(&path).unwrap();
+        let e = w
+            .write_streamed(&path, WriteMode::Full, &mut |_, t| {
+                Ok(vec![0; t.n_bytes as usize + 1])
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("tensor `a` streamed data"), "{e}");
+        let e = w
+            .write_streamed(&path, WriteMode::Full, &mut |_, t| {
+                Err(WriteError::Source {
+                    tensor: t.name.clone(),
+                    source: "no data".into(),
+                })
+            })
+            .unwrap_err();
+        assert_eq!(e.to_string(), "tensor `a`: no data");
+        assert!(w.write(&path, WriteMode::Full).is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

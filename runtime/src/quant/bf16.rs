@@ -4,7 +4,7 @@
 
 use crate::float16::bf16;
 
-use super::{ActType, WeightType};
+use super::{check_quantize_lengths, ActType, Quantize, WeightType};
 
 /// Marker for the BF16 format (ggml type 30), as weights and as activations.
 #[derive(Clone, Copy, Debug, Default)]
@@ -63,6 +63,17 @@ impl WeightType for BF16 {
     }
 }
 
+/// ggml's model-file conversion to BF16: the top half of each f32, rounded to nearest
+/// even, a NaN kept with its quiet bit forced (no use for the importance vector).
+impl Quantize for BF16 {
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [bf16]) {
+        check_quantize_lengths::<BF16>(x, imatrix, out);
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = bf16::from_f32(v);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +102,19 @@ mod tests {
         let mut out = [bf16::ZERO; 3];
         BF16::quantize(&x, &mut out);
         assert_eq!(out.map(|b| b.to_bits()), [0x3F80, 0x3F82, 0x3F81]);
+    }
+
+    #[test]
+    fn model_file_conversion_is_ggmls() {
+        // Ties to even; a NaN keeps its top payload bits with the quiet bit forced.
+        let x = [
+            f32::from_bits(0x3f80_8000),
+            f32::from_bits(0x3f81_8000),
+            f32::from_bits(0x7f80_0001 | 0x0010_0000),
+        ];
+        let mut out = [bf16::ZERO; 3];
+        <BF16 as Quantize>::quantize_row(&x, None, &mut out);
+        let bits: Vec<u16> = out.iter().map(|h| h.to_bits()).collect();
+        assert_eq!(bits, [0x3f80, 0x3f82, 0x7fd0]);
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::float16::f16;
 
-use super::{ActType, WeightType};
+use super::{check_quantize_lengths, ActType, Quantize, WeightType};
 
 /// Marker for the F16 format (ggml type 1), as weights and as activations.
 #[derive(Clone, Copy, Debug, Default)]
@@ -69,6 +69,18 @@ impl WeightType for F16 {
     }
 }
 
+/// ggml's model-file conversion to F16: each value rounded to nearest even, overflowing
+/// to infinity, a NaN becoming the quiet NaN `sign | 0x7e00` (ggml converts in software;
+/// the importance vector has no use here).
+impl Quantize for F16 {
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [f16]) {
+        check_quantize_lengths::<F16>(x, imatrix, out);
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = super::quantize::ggml_f16(v);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +115,20 @@ mod tests {
         let want: f64 = w.iter().zip(&a).map(|(w, a)| w.to_f64() * a.to_f64()).sum();
         assert!((F16::vec_dot(&w, &a) as f64 - want).abs() < 1e-5 * 300.0);
         assert_eq!(F16::vec_dot_ref(&w, &a), want as f32);
+    }
+
+    #[test]
+    fn model_file_conversion_is_ggmls() {
+        // Ties to even, overflow to infinity, NaN to the quiet NaN without payload.
+        let x = [
+            1.0 + 1.0 / 2048.0,
+            70000.0,
+            f32::from_bits(0xffc1_2345),
+            -0.0,
+        ];
+        let mut out = [f16::ZERO; 4];
+        <F16 as Quantize>::quantize_row(&x, None, &mut out);
+        let bits: Vec<u16> = out.iter().map(|h| h.to_bits()).collect();
+        assert_eq!(bits, [0x3c00, 0x7c00, 0xfe00, 0x8000]);
     }
 }

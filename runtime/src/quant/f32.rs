@@ -1,7 +1,7 @@
 //! F32: plain IEEE single floats, one "block" per weight (32 bits per weight).
 //! Dotted with f32 activations, as ggml does.
 
-use super::{ActType, WeightType};
+use super::{check_quantize_lengths, ActType, Quantize, WeightType};
 
 #[derive(Clone, Copy, Debug, Default)]
 #[allow(non_camel_case_types)]
@@ -34,6 +34,14 @@ impl WeightType for F32 {
 
     fn vec_dot_ref(row: &[f32], act: &[f32]) -> f32 {
         row.iter().zip(act).map(|(w, a)| w * a).sum()
+    }
+}
+
+/// F32 "quantization" is a copy, as in ggml.
+impl Quantize for F32 {
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [f32]) {
+        check_quantize_lengths::<F32>(x, imatrix, out);
+        out.copy_from_slice(x);
     }
 }
 

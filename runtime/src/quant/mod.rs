@@ -67,6 +67,81 @@ pub trait Quantize: WeightType {
     fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [Self::Block]);
 }
 
+/// Quantizes the rows of `x` (`n_per_row` values each) into `out` as format `W`'s bytes,
+/// one row after another as ggml lays a tensor out. `imatrix`, when given, holds
+/// `n_per_row` importances, the same for every row (a tensor's column importances).
+pub fn quantize_rows_to_bytes<W: Quantize>(
+    x: &[f32],
+    n_per_row: usize,
+    imatrix: Option<&[f32]>,
+    out: &mut [u8],
+) {
+    let blocks_per_row = n_per_row / W::BLOCK_ELEMS;
+    let row_bytes = blocks_per_row * size_of::<W::Block>();
+    assert!(
+        n_per_row > 0
+            && x.len().is_multiple_of(n_per_row)
+            && n_per_row.is_multiple_of(W::BLOCK_ELEMS),
+        "{} quantize: {} values in rows of {n_per_row}",
+        W::NAME,
+        x.len()
+    );
+    assert_eq!(
+        out.len(),
+        x.len() / n_per_row * row_bytes,
+        "{} quantize: output bytes",
+        W::NAME
+    );
+    let mut row = zeroed_blocks::<W>(blocks_per_row);
+    for (x, out) in x
+        .chunks_exact(n_per_row)
+        .zip(out.chunks_exact_mut(row_bytes))
+    {
+        W::quantize_row(x, imatrix, &mut row);
+        out.copy_from_slice(bytes_of_blocks::<W>(&row));
+    }
+}
+
+/// Dequantizes `bytes` (whole blocks of format `W`, at any alignment) into `out`
+/// (`BLOCK_ELEMS` values per block) with the scalar reference.
+pub fn dequantize_bytes<W: WeightType>(bytes: &[u8], out: &mut [f32]) {
+    let size = size_of::<W::Block>();
+    assert!(
+        bytes.len().is_multiple_of(size) && out.len() == bytes.len() / size * W::BLOCK_ELEMS,
+        "{} dequantize: {} bytes into {} values",
+        W::NAME,
+        bytes.len(),
+        out.len()
+    );
+    let mut blocks = zeroed_blocks::<W>(bytes.len() / size);
+    // SAFETY: `blocks` owns exactly `bytes.len()` bytes (checked above), the two buffers
+    // are distinct allocations, and every bit pattern is a valid block (see `blocks_of`).
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            blocks.as_mut_ptr().cast::<u8>(),
+            bytes.len(),
+        );
+    }
+    W::dequantize_ref(&blocks, out);
+}
+
+/// `n` all-zero blocks.
+fn zeroed_blocks<W: WeightType>(n: usize) -> Vec<W::Block> {
+    // SAFETY: every block type is a `#[repr(C)]` struct of integers and f16 (or a plain
+    // float), for which all-zero bits are a valid value (see `blocks_of`).
+    vec![unsafe { std::mem::zeroed::<W::Block>() }; n]
+}
+
+/// The bytes of `blocks`, as ggml stores them.
+fn bytes_of_blocks<W: WeightType>(blocks: &[W::Block]) -> &[u8] {
+    // SAFETY: block types have no padding (each format asserts its size is the sum of
+    // its fields), so every byte is initialised; u8 has no alignment to meet.
+    unsafe {
+        std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks))
+    }
+}
+
 /// Checks the lengths [`Quantize::quantize_row`] takes.
 #[inline]
 pub(crate) fn check_quantize_lengths<W: WeightType>(
