@@ -12,4 +12,7 @@ bash ../shared/scripts/llama-ref.sh >/dev/null
 bash scripts/make-minitron.sh
 [ -x scripts/make-models.sh ] && bash scripts/make-models.sh
 bash scripts/test.sh -- --include-ignored
+# mcc quantize against llama-quantize's ladder files, every type: a debug build checks
+# only F16 and Q8_0 (the K-quant searches take minutes unoptimised).
+cargo test --release --test e2e_quantize
 bash scripts/check-install.sh
