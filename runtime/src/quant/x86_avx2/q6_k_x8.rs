@@ -55,7 +55,7 @@ pub fn groups_dots(
         // SAFETY (both): this module is compiled only with AVX2, FMA and F16C enabled.
         (
             |group, tokens| unsafe { dots::<TILE>(group, tokens) },
-            |group, token| unsafe { dots::<1>(group, [token])[0] },
+            |group, token| unsafe { dot(group, token) },
         ),
     );
 }
@@ -272,9 +272,60 @@ fn neg_pairs(a: &BlockQ8K) -> [i32; 8] {
     out
 }
 
+/// The one-token dots of one group's 8 rows (`group`: its blocks) with one token.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot(group: &[BlockQ6KX8], act: &[BlockQ8K]) -> [f32; ROWS] {
+    let spread = spread();
+    let mut acc = [_mm256_setzero_ps(); 8];
+    for (b, a) in group.iter().zip(act) {
+        let neg = neg_pairs(a);
+        // lane m starts at -32 (scale[2m] bsums[2m] + scale[2m + 1] bsums[2m + 1]);
+        // scale[p][e]: sub-block 2p + e's scale of each row as an i16 pair
+        let mut lanes = [_mm256_setzero_si256(); 8];
+        let mut scale = [[_mm256_setzero_si256(); 2]; 8];
+        for p in 0..8 {
+            let pairs = scale_pairs(b, p);
+            let offset = _mm256_madd_epi16(pairs, _mm256_set1_epi32(neg[p]));
+            lanes[p] = _mm256_slli_epi32::<5>(offset);
+            scale[p] = [
+                _mm256_shuffle_epi8(pairs, spread[0]),
+                _mm256_shuffle_epi8(pairs, spread[1]),
+            ];
+        }
+        for h in 0..2 {
+            for m in 0..8 {
+                let q = quants(b, h, m);
+                for (k, &q) in q.iter().enumerate() {
+                    let a = broadcast4(&a.qs, 128 * h + 32 * k + 4 * m);
+                    let pairs = _mm256_maddubs_epi16(q, a);
+                    lanes[m] = dpwssd(lanes[m], pairs, scale[4 * h + k][m / 4]);
+                }
+            }
+        }
+        // SAFETY: 8 f16 are 16 readable bytes.
+        let d_w = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(b.d.as_ptr().cast()) });
+        let d = _mm256_mul_ps(d_w, _mm256_set1_ps(a.d));
+        for (acc, &lane) in acc.iter_mut().zip(&lanes) {
+            *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lane), *acc);
+        }
+    }
+    let v = acc;
+    let sum = _mm256_add_ps(
+        _mm256_add_ps(_mm256_add_ps(v[0], v[4]), _mm256_add_ps(v[2], v[6])),
+        _mm256_add_ps(_mm256_add_ps(v[1], v[5]), _mm256_add_ps(v[3], v[7])),
+    );
+    let mut out = [0f32; ROWS];
+    // SAFETY: 8 writable f32.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum) };
+    out
+}
+
 /// The one-token dots of one group's 8 rows (`group`: its blocks) with `T` tokens, each
-/// token's as if alone: `out[t][r]` is row `r` · token `t`. Per block, each position
-/// group `m`'s quants are unpacked once for the `T` tokens.
+/// bit for bit [`dot`] of the token alone: `out[t][r]` is row `r` · token `t`. Per block,
+/// each position group `m`'s quants are unpacked once for the `T` tokens. (With one
+/// token this loop order is 7% slower than [`dot`]'s on Minitron's decode, so one token
+/// takes [`dot`].)
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dots<const T: usize>(group: &[BlockQ6KX8], acts: [&[BlockQ8K]; T]) -> [[f32; ROWS]; T] {
