@@ -166,10 +166,7 @@ fn quantize_block_weighted(x: &[f32], imatrix: &[f32]) -> BlockQ2K {
         .zip(q.chunks_exact_mut(16))
         .enumerate()
     {
-        importance_weights(xs, qw, sigma2, &mut weights);
-        for &w in &weights {
-            sub_weights[j] += w;
-        }
+        sub_weights[j] = importance_weights(xs, qw, sigma2, &mut weights);
         (scales[j], mins[j]) = make_qkx_quants(xs, &weights, &SEARCH, qs);
     }
     let (mut ls, mut lm) = ([0u8; QK_K / 16], [0u8; QK_K / 16]);

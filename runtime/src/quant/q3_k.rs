@@ -192,12 +192,7 @@ fn quantize_block_weighted(x: &[f32], imatrix: &[f32]) -> BlockQ3K {
         .zip(q.chunks_exact_mut(16))
         .enumerate()
     {
-        importance_weights(xs, qw, sigma2, &mut weights);
-        let mut sum = 0f32;
-        for &w in &weights {
-            sum += w;
-        }
-        sub_weights[j] = sum;
+        sub_weights[j] = importance_weights(xs, qw, sigma2, &mut weights);
         scales[j] = make_qx_quants(xs, 4, qs, Some(&weights));
     }
     let mut biased = [0i8; QK_K / 16];

@@ -6,9 +6,7 @@ use crate::float16::f16;
 
 use super::q4_0::{pack_nibbles, unpack_nibbles};
 use super::q8_1::{BlockQ8_1, Q8_1};
-use super::quantize::{
-    c_float_to_int, ggml_f16, importance_weights, make_qkx_quants, row_sigma2, MinSearch,
-};
+use super::quantize::{c_float_to_int, ggml_f16, make_qkx_quants, quantize_legacy_row, MinSearch};
 use super::{check_quantize_lengths, Quantize, WeightType};
 
 /// Weights per Q4_1 block.
@@ -154,27 +152,22 @@ impl Quantize for Q4_1 {
     /// least-squares search `make_qkx_quants`.
     fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [BlockQ4_1]) {
         check_quantize_lengths::<Q4_1>(x, imatrix, out);
-        let Some(imatrix) = imatrix else {
-            for (b, xb) in out.iter_mut().zip(x.chunks_exact(QK4_1)) {
-                *b = quantize_block_plain(xb);
-            }
-            return;
-        };
-        let sigma2 = row_sigma2(x);
         let search = legacy_min_search(15);
-        let mut weights = [0f32; QK4_1];
-        let mut q = [0u8; QK4_1];
-        for ((b, xb), qw) in out
-            .iter_mut()
-            .zip(x.chunks_exact(QK4_1))
-            .zip(imatrix.chunks_exact(QK4_1))
-        {
-            importance_weights(xb, qw, sigma2, &mut weights);
-            let (d, neg_min) = make_qkx_quants(xb, &weights, &search, &mut q);
-            b.d = ggml_f16(d);
-            b.m = ggml_f16(-neg_min);
-            b.qs = pack_nibbles(&q);
-        }
+        quantize_legacy_row(
+            x,
+            imatrix,
+            out,
+            quantize_block_plain,
+            |xb, w: &[f32; QK4_1]| {
+                let mut q = [0u8; QK4_1];
+                let (d, neg_min) = make_qkx_quants(xb, w, &search, &mut q);
+                BlockQ4_1 {
+                    d: ggml_f16(d),
+                    m: ggml_f16(-neg_min),
+                    qs: pack_nibbles(&q),
+                }
+            },
+        );
     }
 }
 

@@ -181,12 +181,7 @@ impl KQuantWithMin {
             .zip(q.chunks_exact_mut(32))
             .enumerate()
         {
-            importance_weights(xs, qw, sigma2, &mut weights);
-            let mut sum = 0f32;
-            for &w in &weights {
-                sum += w;
-            }
-            sub_weights[j] = sum;
+            sub_weights[j] = importance_weights(xs, qw, sigma2, &mut weights);
             (scales[j], mins[j]) = make_qkx_quants(xs, &weights, &search, qs);
         }
         let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);

@@ -5,7 +5,7 @@ use crate::float16::f16;
 
 use super::q4_0::unpack_nibbles;
 use super::q8_0::{BlockQ8_0, Q8_0};
-use super::quantize::{c_float_to_int, ggml_f16, importance_weights, make_qx_quants, row_sigma2};
+use super::quantize::{c_float_to_int, ggml_f16, make_qx_quants, quantize_legacy_row};
 use super::{check_quantize_lengths, Quantize, WeightType};
 
 /// Weights per Q5_0 block.
@@ -151,25 +151,22 @@ impl Quantize for Q5_0 {
     /// (`make_qx_quants`).
     fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [BlockQ5_0]) {
         check_quantize_lengths::<Q5_0>(x, imatrix, out);
-        let Some(imatrix) = imatrix else {
-            for (b, xb) in out.iter_mut().zip(x.chunks_exact(QK5_0)) {
-                *b = quantize_block_plain(xb);
-            }
-            return;
-        };
-        let sigma2 = row_sigma2(x);
-        let mut weights = [0f32; QK5_0];
-        let mut l = [0i8; QK5_0];
-        for ((b, xb), qw) in out
-            .iter_mut()
-            .zip(x.chunks_exact(QK5_0))
-            .zip(imatrix.chunks_exact(QK5_0))
-        {
-            importance_weights(xb, qw, sigma2, &mut weights);
-            let d = make_qx_quants(xb, 16, &mut l, Some(&weights));
-            b.d = ggml_f16(d);
-            (b.qh, b.qs) = pack_q5(&l.map(|v| v as u8));
-        }
+        quantize_legacy_row(
+            x,
+            imatrix,
+            out,
+            quantize_block_plain,
+            |xb, w: &[f32; QK5_0]| {
+                let mut l = [0i8; QK5_0];
+                let d = make_qx_quants(xb, 16, &mut l, Some(w));
+                let (qh, qs) = pack_q5(&l.map(|v| v as u8));
+                BlockQ5_0 {
+                    d: ggml_f16(d),
+                    qh,
+                    qs,
+                }
+            },
+        );
     }
 }
 

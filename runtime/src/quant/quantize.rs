@@ -420,11 +420,43 @@ pub(crate) fn row_sigma2(x: &[f32]) -> f32 {
     sum_x2 / x.len() as f32
 }
 
-/// The weights of a group under an importance matrix: `imatrix[i] * sqrt(sigma2 + x_i²)`.
+/// The weights of a group under an importance matrix, `imatrix[i] * sqrt(sigma2 + x_i²)`,
+/// into `out`; returns their sum, added in order (the K-quants' sub-block weight).
 #[inline]
-pub(crate) fn importance_weights(x: &[f32], imatrix: &[f32], sigma2: f32, out: &mut [f32]) {
+pub(crate) fn importance_weights(x: &[f32], imatrix: &[f32], sigma2: f32, out: &mut [f32]) -> f32 {
+    let mut sum = 0f32;
     for ((o, &v), &q) in out.iter_mut().zip(x).zip(imatrix) {
         *o = q * (sigma2 + v * v).sqrt();
+        sum += *o;
+    }
+    sum
+}
+
+/// Quantizes a row of a legacy format (32-value blocks) block by block: without an
+/// importance matrix each block on its own (`plain`); with one, from the block's values
+/// and their [`importance_weights`] under the whole row's [`row_sigma2`] (`weighted`).
+pub(crate) fn quantize_legacy_row<B, const N: usize>(
+    x: &[f32],
+    imatrix: Option<&[f32]>,
+    out: &mut [B],
+    plain: impl Fn(&[f32]) -> B,
+    weighted: impl Fn(&[f32], &[f32; N]) -> B,
+) {
+    let Some(imatrix) = imatrix else {
+        for (b, xb) in out.iter_mut().zip(x.chunks_exact(N)) {
+            *b = plain(xb);
+        }
+        return;
+    };
+    let sigma2 = row_sigma2(x);
+    let mut weights = [0f32; N];
+    for ((b, xb), qw) in out
+        .iter_mut()
+        .zip(x.chunks_exact(N))
+        .zip(imatrix.chunks_exact(N))
+    {
+        importance_weights(xb, qw, sigma2, &mut weights);
+        *b = weighted(xb, &weights);
     }
 }
 
