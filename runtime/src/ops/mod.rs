@@ -355,10 +355,11 @@ fn reduce_lanes_dot(v: &[f32]) -> f32 {
     }
 }
 
-/// Horizontal sum of one block in `ggml_vec_soft_max_f32`: 16 lanes reduce like
-/// [`reduce_lanes_dot`]; 8 lanes go halves, then `movehl` and `movehdup`, which gives
-/// `(t0 + t2) + (t1 + t3)` (not the dot product's `(t0 + t1) + (t2 + t3)`).
-fn reduce_lanes_softmax(v: &[f32]) -> f32 {
+/// Horizontal sum of one block in `ggml_vec_soft_max_f32`, and llamafile's `hsum` (its
+/// F16 GEMM's): 16 lanes reduce like [`reduce_lanes_dot`]; 8 lanes go halves, then
+/// `movehl` and `movehdup`, which gives `(t0 + t2) + (t1 + t3)` (not the dot product's
+/// `(t0 + t1) + (t2 + t3)`).
+pub(crate) fn reduce_lanes_softmax(v: &[f32]) -> f32 {
     match v.len() {
         16 => reduce_lanes_dot(v),
         8 => {

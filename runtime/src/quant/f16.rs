@@ -62,10 +62,94 @@ impl WeightType for F16 {
         vec_dot_f16_f16_ref(row, act)
     }
 
-    #[cfg(x86_simd)]
+    /// ggml's `ggml_vec_dot_f16` for this tier ([`crate::ops::dot_f16`], which the
+    /// attention's Q·K takes too), as llama.cpp computes a one-token matvec.
     #[inline(always)]
     fn vec_dot(row: &[f16], act: &[f16]) -> f32 {
-        super::x86_avx2::legacy::vec_dot_f16_f16(row, act)
+        crate::ops::dot_f16(row, act)
+    }
+
+    /// llama.cpp sends every batch of two or more tokens through llamafile's tinyBLAS
+    /// GEMM on the SIMD tiers (its portable build has no tinyBLAS for F16).
+    #[inline(always)]
+    fn batched(n_tokens: usize) -> bool {
+        SGEMM_LANES > 0 && n_tokens >= 2
+    }
+
+    /// tinyBLAS's dots ([`sgemm_dot_ref`]) when the row is a whole number of its vectors;
+    /// otherwise tinyBLAS declines and ggml takes its one-token dot per token.
+    fn batch_row_dots(
+        row: &[f16],
+        act: &[f16],
+        act_row: usize,
+        tokens: std::ops::Range<usize>,
+        _n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        let token = |t: usize| &act[t * act_row..t * act_row + row.len()];
+        if SGEMM_LANES == 0 || !row.len().is_multiple_of(SGEMM_LANES) {
+            for (o, t) in out.iter_mut().zip(tokens) {
+                *o = Self::vec_dot(row, token(t));
+            }
+            return;
+        }
+        sgemm_dots(row, act, act_row, tokens, out);
+    }
+}
+
+/// Lanes of llamafile's tinyBLAS F16 GEMM in llama.cpp's build for this tier: 16 with
+/// AVX-512, 8 with AVX2 and F16C, none in the portable build.
+const SGEMM_LANES: usize = if cfg!(all(target_arch = "x86_64", target_feature = "avx512f")) {
+    16
+} else if cfg!(x86_simd) {
+    8
+} else {
+    0
+};
+
+/// One dot of llamafile's tinyBLAS GEMM (`gemm_bloc`, F16 × F16 → F32), as llama.cpp
+/// computes every (row, token) of a batch: `lanes` f32 accumulators, lane `l` taking the
+/// products at `l, l + lanes, ...` in order with FMA (a product of two f16 is exact in
+/// f32, so each FMA rounds like an add), then its `hsum` tree
+/// ([`crate::ops::reduce_lanes_softmax`]). `row.len()` is a multiple of `lanes`.
+pub fn sgemm_dot_ref(row: &[f16], act: &[f16], lanes: usize) -> f32 {
+    let mut acc = [0f32; 16];
+    for (w, a) in row.chunks_exact(lanes).zip(act.chunks_exact(lanes)) {
+        for ((s, w), a) in acc.iter_mut().zip(w).zip(a) {
+            *s += w.to_f32() * a.to_f32();
+        }
+    }
+    crate::ops::reduce_lanes_softmax(&acc[..lanes])
+}
+
+/// [`sgemm_dot_ref`] of `row` with tokens `tokens` (token `t`'s activations at
+/// `act[t * act_row..]`), four tokens' accumulators side by side, in vector registers
+/// where the tier has them.
+fn sgemm_dots(
+    row: &[f16],
+    act: &[f16],
+    act_row: usize,
+    tokens: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    let k = row.len();
+    let token = |t: usize| &act[t * act_row..t * act_row + k];
+    let mut t = tokens.start;
+    let mut o = 0;
+    while t + 4 <= tokens.end {
+        let acts = [token(t), token(t + 1), token(t + 2), token(t + 3)];
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+        let dots = super::x86_avx2::legacy::sgemm_dots4_w16(row, acts);
+        #[cfg(all(x86_simd, not(target_feature = "avx512f")))]
+        let dots = super::x86_avx2::legacy::sgemm_dots4_w8(row, acts);
+        #[cfg(not(x86_simd))]
+        let dots = acts.map(|a| sgemm_dot_ref(row, a, SGEMM_LANES));
+        out[o..o + 4].copy_from_slice(&dots);
+        (t, o) = (t + 4, o + 4);
+    }
+    for t in t..tokens.end {
+        out[o] = sgemm_dot_ref(row, token(t), SGEMM_LANES);
+        o += 1;
     }
 }
 
@@ -115,6 +199,37 @@ mod tests {
         let want: f64 = w.iter().zip(&a).map(|(w, a)| w.to_f64() * a.to_f64()).sum();
         assert!((F16::vec_dot(&w, &a) as f64 - want).abs() < 1e-5 * 300.0);
         assert_eq!(F16::vec_dot_ref(&w, &a), want as f32);
+    }
+
+    #[test]
+    fn batch_dots_are_tinyblas_dots() {
+        // Values spanning many binades, so that any change of summation order shows.
+        let k = 576;
+        let val = |i: usize| {
+            f16::from_f32(((i * 7919 % 1013) as f32 - 506.0) * 1.37f32.powi((i % 23) as i32 - 11))
+        };
+        let row: Vec<f16> = (0..k).map(val).collect();
+        let n = 7;
+        let act: Vec<f16> = (0..n * k).map(|i| val(i * 31 + 5)).collect();
+        if !F16::batched(n) {
+            return; // the portable build has no tinyBLAS
+        }
+        let mut out = vec![0f32; n];
+        F16::batch_row_dots(&row, &act, k, 0..n, n, &mut out);
+        for (t, &o) in out.iter().enumerate() {
+            let want = sgemm_dot_ref(&row, &act[t * k..(t + 1) * k], SGEMM_LANES);
+            assert_eq!(o.to_bits(), want.to_bits(), "token {t}: {o} vs {want}");
+        }
+        // A width tinyBLAS declines takes the one-token dot.
+        let short = &row[..k - 4];
+        let acts: Vec<f16> = (0..n)
+            .flat_map(|t| act[t * k..t * k + k - 4].to_vec())
+            .collect();
+        F16::batch_row_dots(short, &acts, k - 4, 1..3, n, &mut out[..2]);
+        assert_eq!(
+            out[0].to_bits(),
+            F16::vec_dot(short, &acts[k - 4..2 * (k - 4)]).to_bits()
+        );
     }
 
     #[test]

@@ -288,40 +288,75 @@ fn quantize_q8_1_impl(x: &[f32], out: &mut [BlockQ8_1]) {
     }
 }
 
-/// F16 row · f16 activations. Products of two f16 are exact in f32; they are summed with
-/// FMA into four 8-lane f32 accumulators (32 values per step) for throughput, the tail
-/// (fewer than 32 values) in scalar f32.
+/// Four tokens' dots with one F16 row, each llamafile's 8-lane tinyBLAS dot
+/// ([`crate::quant::f16::sgemm_dot_ref`]): one FMA accumulator per token, the row's
+/// vector loaded once for the four; `hsum_f32x8` is tinyBLAS's `hsum` tree.
 #[cfg(target_feature = "f16c")]
-pub fn vec_dot_f16_f16(row: &[f16], act: &[f16]) -> f32 {
+pub fn sgemm_dots4_w8(row: &[f16], acts: [&[f16]; 4]) -> [f32; 4] {
     // SAFETY: this module is only built with avx2, fma, f16c enabled (see the module doc).
-    unsafe { vec_dot_f16_f16_impl(row, act) }
+    unsafe { sgemm_dots4_w8_impl(row, acts) }
 }
 
 #[cfg(target_feature = "f16c")]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn vec_dot_f16_f16_impl(row: &[f16], act: &[f16]) -> f32 {
-    assert_eq!(row.len(), act.len(), "F16 vec_dot: length");
-    // SAFETY: 8 f16 are 16 readable bytes; unaligned load.
-    let load = |p: &[f16]| _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.as_ptr().cast()) });
+fn sgemm_dots4_w8_impl(row: &[f16], acts: [&[f16]; 4]) -> [f32; 4] {
+    let k = row.len();
+    assert!(
+        k.is_multiple_of(8) && acts.iter().all(|a| a.len() == k),
+        "F16 GEMM: lengths"
+    );
+    // SAFETY: i + 8 <= k, inside the row and every token's slice; unaligned loads.
+    let load =
+        |p: &[f16], i: usize| _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.as_ptr().add(i).cast()) });
     let mut acc = [_mm256_setzero_ps(); 4];
-    let (w_main, w_tail) = row.split_at(row.len() / 32 * 32);
-    let (a_main, a_tail) = act.split_at(w_main.len());
-    for (w, a) in w_main.chunks_exact(32).zip(a_main.chunks_exact(32)) {
-        for (k, acc) in acc.iter_mut().enumerate() {
-            *acc = _mm256_fmadd_ps(load(&w[8 * k..]), load(&a[8 * k..]), *acc);
+    for i in (0..k).step_by(8) {
+        let w = load(row, i);
+        for (acc, a) in acc.iter_mut().zip(acts) {
+            *acc = _mm256_fmadd_ps(w, load(a, i), *acc);
         }
     }
-    let acc = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let tail: f32 = w_tail
-        .iter()
-        .zip(a_tail)
-        .map(|(w, a)| w.to_f32() * a.to_f32())
-        .sum();
-    hsum_f32x8(acc) + tail
+    acc.map(|v| hsum_f32x8(v))
+}
+
+/// [`sgemm_dots4_w8`] with llama.cpp's AVX-512 build's 16 lanes; the lanes are summed in
+/// GCC's `_mm512_reduce_add_ps` tree ([`crate::ops::reduce_lanes_softmax`]; Rust's own
+/// reduce intrinsic leaves the order to LLVM).
+#[cfg(target_feature = "avx512f")]
+pub fn sgemm_dots4_w16(row: &[f16], acts: [&[f16]; 4]) -> [f32; 4] {
+    // SAFETY: the build enables AVX-512F (cfg above).
+    unsafe { sgemm_dots4_w16_impl(row, acts) }
+}
+
+#[cfg(target_feature = "avx512f")]
+#[target_feature(enable = "avx512f")]
+fn sgemm_dots4_w16_impl(row: &[f16], acts: [&[f16]; 4]) -> [f32; 4] {
+    let k = row.len();
+    assert!(
+        k.is_multiple_of(16) && acts.iter().all(|a| a.len() == k),
+        "F16 GEMM: lengths"
+    );
+    // SAFETY: i + 16 <= k, inside the row and every token's slice; unaligned loads.
+    let load = |p: &[f16], i: usize| unsafe {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p.as_ptr().add(i).cast()))
+    };
+    let mut acc = [_mm512_setzero_ps(); 4];
+    for i in (0..k).step_by(16) {
+        let w = load(row, i);
+        for (acc, a) in acc.iter_mut().zip(acts) {
+            *acc = _mm512_fmadd_ps(w, load(a, i), *acc);
+        }
+    }
+    acc.map(|v| {
+        let mut lanes = [0f32; 16];
+        // SAFETY: 16 f32 of room; unaligned store.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), v) };
+        crate::ops::reduce_lanes_softmax(&lanes)
+    })
 }
 
 /// BF16 row · bf16 activations. A bf16 is the top half of an f32, so widening is a
-/// zero-extend and a 16-bit shift; otherwise as `vec_dot_f16_f16`.
+/// zero-extend and a 16-bit shift; the products are summed with FMA into four 8-lane
+/// f32 accumulators (32 values per step), the tail in scalar f32.
 pub fn vec_dot_bf16_bf16(row: &[bf16], act: &[bf16]) -> f32 {
     // SAFETY: this module is only built with avx2, fma enabled (see the module doc).
     unsafe { vec_dot_bf16_bf16_impl(row, act) }
