@@ -104,6 +104,35 @@ fn default_generated_dir() -> PathBuf {
     }
 }
 
+/// Builds `model` into `dir/PREFIX-STEM` for one of mcc's own commands that runs the
+/// model (`ppl-table`, `imatrix`), its crate under `dir/generated`, with a KV cache of at
+/// least `n_ctx` tokens; returns the executable. A rebuild of an unchanged model is a
+/// cargo no-op.
+pub fn build_tool(
+    model: &Path,
+    dir: &Path,
+    prefix: &str,
+    n_ctx: usize,
+    target_cpu: Option<String>,
+) -> Result<PathBuf> {
+    let stem = model.file_stem().unwrap_or_default().to_string_lossy();
+    let name = format!("{prefix}-{stem}");
+    let exe = dir.join(&name);
+    let build = Args {
+        model: model.to_path_buf(),
+        output: Some(exe.clone()),
+        name: Some(name),
+        ctx: (n_ctx > 4096).then_some(n_ctx),
+        target_cpu,
+        emit_only: false,
+        jobs: None,
+        generated_dir: Some(dir.join("generated")),
+        static_link: false,
+    };
+    run(&build).with_context(|| format!("building {}", model.display()))?;
+    Ok(exe)
+}
+
 /// mcc's cache: `$MCC_CACHE`, default `~/.cache/mcc`.
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("MCC_CACHE")

@@ -778,7 +778,7 @@ fn emit_layer(l: usize, plan: &Plan) -> TokenStream {
         #[doc = #doc]
         fn #name(ctx: &mut Ctx) {
             ctx.attention(#layer, &#an, &#q, &#k, &#v, &#o);
-            ctx.ffn(&#fnn, &#g, &#u, &#d);
+            ctx.ffn(#layer, &#fnn, &#g, &#u, &#d);
         }
     }
 }

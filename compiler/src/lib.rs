@@ -12,6 +12,7 @@ pub mod describe;
 pub mod emit;
 pub mod gguf;
 pub mod gpu;
+pub mod imatrix;
 pub mod inspect;
 pub mod plan;
 pub mod ppl_table;

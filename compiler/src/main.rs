@@ -20,6 +20,9 @@ enum Cmd {
     PplTable(mcc::ppl_table::Args),
     /// Quantize a llama GGUF to another file type (the file llama-quantize writes).
     Quantize(mcc::quantize::Args),
+    /// Compute an importance matrix over a calibration text (the file llama-imatrix
+    /// writes), for `quantize --imatrix`.
+    Imatrix(mcc::imatrix::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +38,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Synth(args) => mcc::synth::run(&args),
         Cmd::PplTable(args) => mcc::ppl_table::run(&args),
         Cmd::Quantize(args) => mcc::quantize::run(&args),
+        Cmd::Imatrix(args) => mcc::imatrix::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -85,7 +85,10 @@ pub fn run(args: &Args) -> Result<()> {
     if !args.file.is_file() {
         bail!("{}: no such file", args.file.display());
     }
-    let dir = args.build_dir.clone().unwrap_or_else(default_build_dir);
+    let dir = args
+        .build_dir
+        .clone()
+        .unwrap_or_else(|| crate::build::cache_dir().join("ppl-table"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut rows = Vec::with_capacity(args.models.len());
     for (i, model) in args.models.iter().enumerate() {
@@ -99,7 +102,8 @@ pub fn run(args: &Args) -> Result<()> {
             args.models.len(),
             model.display()
         );
-        let exe = build_one(args, model, &dir)?;
+        let exe =
+            crate::build::build_tool(model, &dir, "ppl", args.ctx_size, args.target_cpu.clone())?;
         let (ppl, ppl_err) = measure(args, &exe)?;
         eprintln!("ppl-table: {quant}: PPL = {ppl:.4} +/- {ppl_err:.5}");
         rows.push(Row {
@@ -114,15 +118,6 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// `$MCC_CACHE/ppl-table` (MCC_CACHE defaults to ~/.cache/mcc).
-fn default_build_dir() -> PathBuf {
-    std::env::var_os("MCC_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mcc")))
-        .unwrap_or_else(|| std::env::temp_dir().join("mcc"))
-        .join("ppl-table")
-}
-
 /// The file type name from the metadata, or the file name's last dotted part
 /// (`x.Q4_K_M.gguf`) when the metadata has none.
 fn quant_name(model: &Path) -> Result<String> {
@@ -133,28 +128,6 @@ fn quant_name(model: &Path) -> Result<String> {
     }
     let stem = model.file_stem().unwrap_or_default().to_string_lossy();
     Ok(stem.rsplit('.').next().unwrap_or(&stem).to_string())
-}
-
-/// Compiles `model` into `dir/ppl-<stem>` (crate of the same name under `dir/generated`).
-fn build_one(args: &Args, model: &Path, dir: &Path) -> Result<PathBuf> {
-    let stem = model.file_stem().unwrap_or_default().to_string_lossy();
-    let name = format!("ppl-{stem}");
-    let exe = dir.join(&name);
-    let build = crate::build::Args {
-        model: model.to_path_buf(),
-        output: Some(exe.clone()),
-        name: Some(name),
-        // The default (training context, capped at 4096) covers the usual -c values;
-        // only a longer chunk needs a bigger cache.
-        ctx: (args.ctx_size > 4096).then_some(args.ctx_size),
-        target_cpu: args.target_cpu.clone(),
-        emit_only: false,
-        jobs: None,
-        generated_dir: Some(dir.join("generated")),
-        static_link: false,
-    };
-    crate::build::run(&build).with_context(|| format!("building {}", model.display()))?;
-    Ok(exe)
 }
 
 /// Runs `exe perplexity` over the text and returns (PPL, its error estimate).

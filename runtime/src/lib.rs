@@ -9,6 +9,7 @@ pub mod chat_template;
 pub mod cli;
 pub mod float16;
 pub mod gpu;
+pub mod imatrix;
 pub mod matmul;
 pub mod model;
 pub mod ops;

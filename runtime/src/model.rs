@@ -7,6 +7,7 @@
 //! batch, the activation buffers, the KV cache and the thread pool.
 
 use crate::float16::f16;
+use crate::imatrix::{Collector, Input};
 
 use crate::matmul;
 use crate::ops::{self, Rope};
@@ -293,6 +294,8 @@ pub struct Ctx {
     /// Per-thread scratch of the tiled prompt-batch attention, made on first use.
     tiled: Vec<std::sync::Mutex<ops::TiledScratch>>,
     act: ActScratch,
+    /// Importance-matrix sums of the projections' inputs, while `imatrix` collects.
+    imatrix: Option<Box<Collector>>,
 }
 
 impl Ctx {
@@ -365,6 +368,7 @@ impl Ctx {
             split_stats: vec![(0.0, 0.0); n_threads * cfg.n_head],
             tiled: Vec::new(),
             act: ActScratch::default(),
+            imatrix: None,
             cfg,
         })
     }
@@ -375,6 +379,19 @@ impl Ctx {
 
     pub fn n_ctx(&self) -> usize {
         self.cfg.n_ctx
+    }
+
+    /// Starts collecting importance-matrix sums of every projection's input into
+    /// `collector` (`Some`), or stops (`None`); returns the collector that was running.
+    pub fn set_imatrix(&mut self, collector: Option<Collector>) -> Option<Collector> {
+        std::mem::replace(&mut self.imatrix, collector.map(Box::new)).map(|c| *c)
+    }
+
+    /// Adds the batch's rows of `x` to the importance-matrix sums of `input`, if collecting.
+    fn collect(imatrix: &mut Option<Box<Collector>>, layer: usize, input: Input, x: &[f32]) {
+        if let Some(c) = imatrix {
+            c.add(layer, input, x);
+        }
     }
 
     /// Writes every page of the KV cache now. Its zeroed allocation is only mapped
@@ -494,6 +511,12 @@ impl Ctx {
         let n = self.n();
         let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
         self.rms_norm(norm);
+        Self::collect(
+            &mut self.imatrix,
+            layer,
+            Input::Attention,
+            &self.xn[..n * cfg.n_embd],
+        );
         self.act.begin();
         project_all(
             &self.pool,
@@ -535,6 +558,12 @@ impl Ctx {
             self.attend_rows(layer);
         }
 
+        Self::collect(
+            &mut self.imatrix,
+            layer,
+            Input::AttentionOut,
+            &self.att[..n * q_dim],
+        );
         self.act.begin();
         project(
             &self.pool,
@@ -782,6 +811,7 @@ impl Ctx {
     /// One feed-forward block: x += Wdown · (silu(Wgate·xn) * Wup·xn), xn = rmsnorm(x).
     pub fn ffn<N: Tensor<W = F32>, G: Tensor, U: Tensor, D: Tensor>(
         &mut self,
+        layer: usize,
         norm: &N,
         w_gate: &G,
         w_up: &U,
@@ -789,6 +819,12 @@ impl Ctx {
     ) {
         let (n, n_ff) = (self.n(), self.cfg.n_ff);
         self.rms_norm(norm);
+        Self::collect(
+            &mut self.imatrix,
+            layer,
+            Input::Ffn,
+            &self.xn[..n * self.cfg.n_embd],
+        );
         self.act.begin();
         project_all(
             &self.pool,
@@ -813,6 +849,12 @@ impl Ctx {
                     ops::swiglu(g, u);
                 }
             });
+        Self::collect(
+            &mut self.imatrix,
+            layer,
+            Input::FfnDown,
+            &self.gate[..n * n_ff],
+        );
         self.act.begin();
         project(
             &self.pool,
@@ -835,6 +877,8 @@ impl Ctx {
         }
         self.rms_norm(norm);
         let rows = n - self.out_from;
+        let collected = &self.xn[self.out_from * n_embd..n * n_embd];
+        Self::collect(&mut self.imatrix, 0, Input::Output, collected);
         let xn = &self.xn[self.out_from * n_embd..n * n_embd];
         let out = &mut self.logits[self.out_at..self.out_at + rows * n_vocab];
         self.act.begin();

@@ -32,7 +32,7 @@ fn max_and_sum_exp(logits: &[f32]) -> (f32, f64) {
 }
 
 /// Negative log-likelihood of `tok` under `logits`.
-fn nll(logits: &[f32], tok: u32) -> f64 {
+pub(crate) fn nll(logits: &[f32], tok: u32) -> f64 {
     let (max, sum) = max_and_sum_exp(logits);
     -((logits[tok as usize] - max) as f64 - sum.ln())
 }

@@ -128,9 +128,9 @@ impl Model for Toy {
     fn forward(ctx: &mut Ctx) {
         ctx.embed(&TOK);
         ctx.attention(0, &AN0, &Q0, &K0, &V0, &O0);
-        ctx.ffn(&FN0, &G0, &U0, &D0);
+        ctx.ffn(0, &FN0, &G0, &U0, &D0);
         ctx.attention(1, &AN1, &Q1, &K1, &V1, &O1);
-        ctx.ffn(&FN1, &G1, &U1, &D1);
+        ctx.ffn(1, &FN1, &G1, &U1, &D1);
         ctx.output(&ON, &OUT);
     }
 }

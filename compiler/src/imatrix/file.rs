@@ -13,13 +13,14 @@
 //! times `ncall`); then optionally `chunk_count: i32`, `dataset_len: i32` and the
 //! dataset name. The importance is `value / ncall` (the value itself where `ncall <= 0`).
 //!
-//! This module reads and checks the files only; which tensor uses which entry is
-//! `super`'s.
+//! [`Imatrix::load`] reads and checks either format (which tensor uses which entry is
+//! `mcc quantize`'s business); [`write_gguf`] writes the GGUF one, as llama-imatrix does.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::gguf::{GgmlType, GgufError, GgufFile, Value, MAGIC};
+use crate::gguf::writer::{GgufWriter, TensorData, WriteError, WriteMode};
+use crate::gguf::{Array, GgmlType, GgufError, GgufFile, Value, ValueType, MAGIC};
 
 /// A loaded importance matrix.
 #[derive(Clone, Debug, PartialEq)]
@@ -221,6 +222,61 @@ impl Imatrix {
             chunk_count,
         })
     }
+}
+
+/// One matrix's statistics for [`write_gguf`].
+pub struct Entry {
+    /// The weight tensor's name.
+    pub name: String,
+    /// Input rows (tokens) summed.
+    pub rows: u64,
+    /// Per column, the sum of its squared inputs.
+    pub sums: Vec<f32>,
+}
+
+/// Writes the GGUF format (see the module doc) to `path` as llama-imatrix does: metadata
+/// `general.type`, the datasets, chunk count and size in that order, then
+/// `NAME.in_sum2` (`[n_cols]`) and `NAME.counts` (`[1]`) per entry, names sorted (ggml
+/// writes a tensor's dimensions without the trailing ones of size 1);
+/// every tensor padded to the 32-byte alignment. Written under a temporary name and
+/// renamed.
+pub fn write_gguf(
+    path: &Path,
+    entries: &[Entry],
+    datasets: &[String],
+    chunk_count: u32,
+    chunk_size: u32,
+) -> Result<(), WriteError> {
+    let mut w = GgufWriter::new();
+    w.pad_end(true);
+    w.add_kv("general.type", Value::String("imatrix".into()));
+    w.add_kv(
+        "imatrix.datasets",
+        Value::Array(Array {
+            elem_type: ValueType::String,
+            items: datasets.iter().map(|d| Value::String(d.clone())).collect(),
+        }),
+    );
+    w.add_kv("imatrix.chunk_count", Value::U32(chunk_count));
+    w.add_kv("imatrix.chunk_size", Value::U32(chunk_size));
+    let mut sorted: Vec<&Entry> = entries.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    for e in sorted {
+        w.add_tensor(
+            format!("{}.in_sum2", e.name),
+            &[e.sums.len() as u64],
+            GgmlType::F32,
+            TensorData::Bytes(le(&e.sums)),
+        );
+        w.add_tensor(
+            format!("{}.counts", e.name),
+            &[1],
+            GgmlType::F32,
+            TensorData::Bytes(le(&[e.rows as f32])),
+        );
+    }
+    w.write(path, WriteMode::Full).map(|_| ())
 }
 
 /// Little-endian f32s from bytes (a whole number of them).

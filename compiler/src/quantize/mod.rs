@@ -12,7 +12,7 @@
 //!    chunk counts).
 //! 4. Data: a tensor that keeps its type is copied byte for byte; any other is converted
 //!    to f32 (the scalar reference dequantizers) and quantized row by row, with the
-//!    tensor's importances when the matrix has them ([`imatrix`]). Each row's scales
+//!    tensor's importances when the matrix has them ([`crate::imatrix::file`]). Each row's scales
 //!    are checked finite, as llama-quantize checks them. Every tensor, the last too, is
 //!    padded with zeros to the 32-byte alignment.
 //!
@@ -20,7 +20,6 @@
 //! leaves nothing at OUT.
 
 pub mod ftype;
-pub mod imatrix;
 pub mod rules;
 #[cfg(test)]
 mod tests;
@@ -35,8 +34,8 @@ use mcc_runtime::quant as rq;
 
 use crate::gguf::writer::{GgufWriter, TensorData, WriteError, WriteMode};
 use crate::gguf::{Array, GgmlType, GgufFile, TensorInfo, Value};
+use crate::imatrix::file::Imatrix;
 use ftype::{is_quantized, FileType};
-use imatrix::Imatrix;
 use rules::{Chooser, ModelFacts, TensorShape};
 
 /// `mcc quantize`'s arguments.

@@ -1,8 +1,8 @@
 use super::ftype::FileType;
-use super::imatrix::Imatrix;
 use super::rules::{self, Chooser, ModelFacts, TensorShape};
 use crate::gguf::writer::{GgufWriter, TensorData, WriteMode};
 use crate::gguf::{Array, GgmlType, GgufFile, Value, ValueType};
+use crate::imatrix::file::Imatrix;
 
 /// A legacy .dat file as llama-imatrix writes one: entries, then the chunk count and
 /// the data set's name.

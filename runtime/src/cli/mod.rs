@@ -62,6 +62,10 @@ enum Cmd {
     /// Perplexity of a text by llama.cpp's method (second half of each n_ctx chunk
     /// scored), or KL divergence against a base model's saved log-probabilities.
     Perplexity(tools::PerplexityArgs),
+    /// The forward pass of `mcc imatrix`: importance-matrix sums over a calibration text,
+    /// written in mcc's raw form (mcc writes llama.cpp's imatrix GGUF from them).
+    #[command(hide = true)]
+    Imatrix(tools::ImatrixArgs),
     /// Evaluate a prompt and write every position's logits to a file (for comparisons
     /// with other engines): u32 n_tokens, u32 n_vocab, the token ids (u32), then
     /// n_tokens x n_vocab f32.
@@ -200,6 +204,7 @@ fn run<M: Model>(gpu: Option<&'static crate::gpu::GpuModel>, tier: &'static str)
         Some(Cmd::Bench(args)) => bench::bench::<M>(&args),
         Some(Cmd::Perplexity(args)) => tools::run_perplexity::<M>(&args),
         Some(Cmd::Logits(args)) => tools::dump_logits::<M>(&args),
+        Some(Cmd::Imatrix(args)) => tools::run_imatrix::<M>(&args),
         Some(Cmd::Serve(args)) => crate::serve::serve::<M>(&args),
         None => generate::generate::<M>(&cli.gen),
     };
@@ -223,7 +228,7 @@ fn catch_interrupts() {
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
 }
 
-fn interrupted() -> bool {
+pub(crate) fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 

@@ -1,5 +1,5 @@
 //! Subcommands for measuring the model against a text or another engine: `perplexity`
-//! and `logits`.
+//! and `logits`; and `imatrix`, the forward pass of `mcc imatrix`.
 
 use std::time::Instant;
 
@@ -47,6 +47,35 @@ pub(super) struct LogitsArgs {
     /// Most prompt tokens evaluated in one forward pass.
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     batch_size: usize,
+}
+
+#[derive(clap::Args, Debug)]
+pub(super) struct ImatrixArgs {
+    /// The calibration text.
+    #[arg(short = 'f', long = "file")]
+    file: std::path::PathBuf,
+    /// Where to write the sums, in the raw form `mcc imatrix` reads (see the runtime's
+    /// `imatrix` module).
+    #[arg(long = "raw-out", value_name = "FILE")]
+    raw_out: std::path::PathBuf,
+    /// Chunk length in tokens.
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
+    ctx_size: usize,
+    /// Most tokens evaluated in one forward pass.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    batch_size: usize,
+    /// Use at most this many chunks.
+    #[arg(long = "chunks")]
+    chunks: Option<usize>,
+    /// Threads for the forward pass (default: one per physical core).
+    #[arg(short = 't', long = "threads")]
+    threads: Option<usize>,
+    /// Also collect the input of output.weight.
+    #[arg(long = "process-output")]
+    process_output: bool,
+    /// Skip the perplexity estimate (and the logits it needs).
+    #[arg(long = "no-ppl")]
+    no_ppl: bool,
 }
 
 pub(super) fn run_perplexity<M: Model>(args: &PerplexityArgs) -> Result<(), String> {
@@ -132,4 +161,71 @@ pub(super) fn dump_logits<M: Model>(args: &LogitsArgs) -> Result<(), String> {
         .iter()
         .for_each(|l| bytes.extend_from_slice(&l.to_le_bytes()));
     std::fs::write(&args.out, bytes).map_err(|e| format!("{}: {e}", args.out.display()))
+}
+
+pub(super) fn run_imatrix<M: Model>(args: &ImatrixArgs) -> Result<(), String> {
+    if args.ctx_size < 4 || args.ctx_size > M::CONFIG.n_ctx {
+        return Err(format!(
+            "-c must be between 4 and {} (the context this binary was compiled for), got {}",
+            M::CONFIG.n_ctx,
+            args.ctx_size
+        ));
+    }
+    let tokenizer = super::load_tokenizer::<M>()?;
+    let t0 = Instant::now();
+    // llama-imatrix tokenizes as perplexity does: BOS per the model, no special tokens.
+    let tokens = tokenizer.encode(&super::read_text(&args.file)?, true, false);
+    eprintln!(
+        "imatrix: tokenized {} into {} tokens in {:.0} ms",
+        args.file.display(),
+        tokens.len(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    let threads = super::threads_or_default(args.threads)?;
+    let mut ctx =
+        Ctx::new::<M>(threads, args.ctx_size, args.batch_size).map_err(|e| e.to_string())?;
+    let bos = tokenizer.add_bos().then(|| tokenizer.bos()).flatten();
+    super::catch_interrupts();
+    let stdout = std::io::stdout();
+    let start = Instant::now();
+    let mut progress = |done: usize, all: usize| {
+        let secs = start.elapsed().as_secs_f64();
+        let eta = secs / done as f64 * (all - done) as f64;
+        eprintln!(
+            "imatrix: chunk {done}/{all}, {:.2} s per chunk, {:.0} s elapsed, ETA {:.0} s",
+            secs / done as f64,
+            secs,
+            eta
+        );
+    };
+    let (collector, done) = crate::imatrix::collect::<M>(
+        &mut ctx,
+        crate::imatrix::Collector::new::<M>(args.process_output),
+        &tokens,
+        &crate::imatrix::Pass {
+            bos,
+            max_chunks: args.chunks,
+            ppl: !args.no_ppl,
+        },
+        &mut stdout.lock(),
+        &mut progress,
+    )?;
+    if super::interrupted() {
+        return Err(format!(
+            "interrupted after {} chunks; nothing written",
+            done.n_chunks
+        ));
+    }
+    let raw = collector.to_raw(done.n_chunks as u32, args.ctx_size as u32);
+    std::fs::write(&args.raw_out, raw).map_err(|e| format!("{}: {e}", args.raw_out.display()))?;
+    if let Some(ppl) = done.ppl {
+        eprintln!("imatrix: final estimate: PPL = {ppl:.4}");
+    }
+    eprintln!(
+        "imatrix: {} chunks of {} tokens in {:.2} s",
+        done.n_chunks,
+        args.ctx_size,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
