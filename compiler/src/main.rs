@@ -20,6 +20,9 @@ enum Cmd {
     PplTable(mcc::ppl_table::Args),
     /// Quantize a llama GGUF to another file type (the file llama-quantize writes).
     Quantize(mcc::quantize::Args),
+    /// Convert a Hugging Face Llama checkpoint (safetensors) to GGUF, as llama.cpp's
+    /// convert_hf_to_gguf.py does.
+    Convert(mcc::convert::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +38,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Synth(args) => mcc::synth::run(&args),
         Cmd::PplTable(args) => mcc::ppl_table::run(&args),
         Cmd::Quantize(args) => mcc::quantize::run(&args),
+        Cmd::Convert(args) => mcc::convert::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
