@@ -8,6 +8,7 @@
 //! another file type, as llama.cpp's llama-quantize does.
 
 pub mod build;
+pub mod convert;
 pub mod describe;
 pub mod emit;
 pub mod gguf;

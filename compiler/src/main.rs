@@ -23,6 +23,9 @@ enum Cmd {
     /// Compute an importance matrix over a calibration text (the file llama-imatrix
     /// writes), for `quantize --imatrix`.
     Imatrix(mcc::imatrix::Args),
+    /// Convert a Hugging Face Llama checkpoint (safetensors) to GGUF, as llama.cpp's
+    /// convert_hf_to_gguf.py does.
+    Convert(mcc::convert::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +42,7 @@ fn main() -> std::process::ExitCode {
         Cmd::PplTable(args) => mcc::ppl_table::run(&args),
         Cmd::Quantize(args) => mcc::quantize::run(&args),
         Cmd::Imatrix(args) => mcc::imatrix::run(&args),
+        Cmd::Convert(args) => mcc::convert::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
