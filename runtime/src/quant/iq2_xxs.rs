@@ -389,6 +389,52 @@ mod tests {
     }
 
     #[test]
+    fn lattice_lookups_are_ggml_neighbour_lists() {
+        use crate::quant::iq_grids::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID};
+        use crate::quant::quantize::{Lattice, Nearest};
+        let levels_of = |p: u64| {
+            p.to_le_bytes()
+                .map(|b| [8, 25, 43].iter().position(|&m| m == b).unwrap() as i8)
+        };
+        // (a spread of the cube points: steps prime to 3 vary every level)
+        for (grid, nwant, step) in [
+            (&IQ2XXS_GRID[..], 2, 2),
+            (&IQ2XS_GRID[..], 2, 5),
+            (&IQ2S_GRID[..], 1, 11),
+        ] {
+            let lattice = Lattice::from_iq2_grid(grid, nwant);
+            let points: Vec<[i8; 8]> = grid.iter().map(|&p| levels_of(p)).collect();
+            let dist = |a: &[i8; 8], b: &[i8; 8]| -> i32 {
+                a.iter()
+                    .zip(b)
+                    .map(|(&x, &y)| (x as i32 - y as i32).pow(2))
+                    .sum()
+            };
+            for code in (0..6561).step_by(step) {
+                let c: [i8; 8] = std::array::from_fn(|i| (code / 3usize.pow(i as u32) % 3) as i8);
+                match lattice.find(&c) {
+                    Nearest::On(j) => assert_eq!(points[j as usize], c),
+                    Nearest::Near(near) => {
+                        assert!(!points.contains(&c), "{c:?} is on the lattice");
+                        // every point at the nwant smallest distances, by distance then
+                        // index, and nothing else
+                        let mut all: Vec<(i32, u16)> = (0..points.len() as u16)
+                            .map(|j| (dist(&points[j as usize], &c), j))
+                            .collect();
+                        all.sort_unstable();
+                        let mut distinct: Vec<i32> = all.iter().map(|a| a.0).collect();
+                        distinct.dedup();
+                        let cut = distinct[nwant.min(distinct.len()) - 1];
+                        let want: Vec<u16> =
+                            all.iter().take_while(|a| a.0 <= cut).map(|a| a.1).collect();
+                        assert_eq!(near, &want[..], "{c:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn quantize_round_trip() {
         // Magnitudes 1, 3, 5 times the scale, with signs: 6 evenly spaced levels, fewer
         // where the lattice (and parity of the signs) rules out combinations. Counted as

@@ -496,8 +496,21 @@ impl Lattice {
         for (j, p) in points.iter().enumerate() {
             slots[cube_code(&p.map(|l| l as i8))] = j as u32;
         }
+        // A point as two masks of its coordinates, those at level 1 or more and those at
+        // 2: where two points' levels differ by 1 one mask differs, by 2 both do, so
+        // their squared distance is `|x1| + |x2| + 2 |x1 & x2|`, `x1`, `x2` the masks'
+        // differences and `|.|` the number of bits set.
+        let masks = |levels: &[u8; 8]| {
+            levels
+                .iter()
+                .enumerate()
+                .fold((0u8, 0u8), |(m1, m2), (i, &l)| {
+                    (m1 | u8::from(l >= 1) << i, m2 | u8::from(l >= 2) << i)
+                })
+        };
+        let lattice_masks: Vec<(u8, u8)> = points.iter().map(masks).collect();
         let mut near = Vec::new();
-        // Squared distances are at most 8 * 2²; `dist[j]` is point j's.
+        // `dist[j]`: point j's squared distance, at most 8 * 2².
         let mut dist = vec![0u8; points.len()];
         for (code, slot) in slots.iter_mut().enumerate() {
             if *slot != NEAR {
@@ -509,9 +522,11 @@ impl Lattice {
                 *l = (rest % 3) as u8;
                 rest /= 3;
             }
+            let (c1, c2) = masks(&c);
             let mut present = [false; 33];
-            for (d, p) in dist.iter_mut().zip(points) {
-                *d = p.iter().zip(&c).map(|(&a, &b)| a.abs_diff(b).pow(2)).sum();
+            for (d, &(p1, p2)) in dist.iter_mut().zip(&lattice_masks) {
+                let (x1, x2) = (p1 ^ c1, p2 ^ c2);
+                *d = (x1.count_ones() + x2.count_ones() + 2 * (x1 & x2).count_ones()) as u8;
                 present[*d as usize] = true;
             }
             *slot = NEAR | near.len() as u32;
