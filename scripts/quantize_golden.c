@@ -1,6 +1,7 @@
 // Golden model-file quantizations from llama.cpp's ggml: what llama-quantize writes for a
 // row of f32 weights, with and without an importance matrix (imatrix), for Q4_0, Q4_1,
-// Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL and IQ4_XS.
+// Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL and IQ4_XS; and for IQ2_XXS, IQ2_XS and IQ2_S,
+// whose quantizers may abort (see write_aborting_types).
 //
 // Each row goes through ggml_quantize_chunk (libggml-base), as llama-quantize calls it,
 // once with imatrix NULL and once with the row's importance vector. The rows are
@@ -32,6 +33,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "ggml.h"
 
@@ -58,7 +62,7 @@ static float to_bf16(float f) {
 
 enum kind {
     NORMAL, OUTLIERS, UNIFORM, ZEROS, SPARSE, TINY, SIGNED_ZEROS, POSITIVE, NEGATIVE,
-    CONSTANT, BF16, INTEGERS, HALVES, MAGNITUDES, HUGE_VALUES, INFS, NANS, NEG_NANS, N_KINDS
+    CONSTANT, BF16, INTEGERS, HALVES, MAGNITUDES, HUGE_VALUES, INFS, NANS, NEG_NANS, NEG_SCALE, N_KINDS
 };
 
 static void fill_row(enum kind k, float * x, int n) {
@@ -170,12 +174,20 @@ static void fill_row(enum kind k, float * x, int n) {
         }
         break;
     }
+    case NEG_SCALE:
+        // no random numbers (rows before it stay as they were): per group of 8, one
+        // small negative weight among larger positive ones; under IM_SKEWED it is the
+        // one the IQ2 sign parity flips, and it outweighs the rest, so the best IQ2
+        // scale comes out negative (ggml's "should never happen" branch)
+        for (int i = 0; i < n; i++)
+            x[i] = i % 8 == 0 ? -0.001f : 1.0f + 0.0625f * (float)(i % 7);
+        break;
     default:
         abort();
     }
 }
 
-enum imat { IM_LOG, IM_ZERO, IM_ONE, IM_SIGNED };
+enum imat { IM_LOG, IM_ZERO, IM_ONE, IM_SIGNED, IM_SKEWED };
 
 // log-uniform over 1e-4..1e2, with every 7th value zero, a zero block of 32 and a
 // block of 16 ones; IM_SIGNED also flips the sign of half of them (llama-quantize
@@ -185,6 +197,8 @@ static void fill_imatrix(enum imat k, float * v, int n) {
     for (int i = 0; i < n; i++) {
         if (k == IM_ZERO) { v[i] = 0.0f; continue; }
         if (k == IM_ONE) { v[i] = 1.0f; continue; }
+        // one weight in 8 important (no random numbers, for NEG_SCALE)
+        if (k == IM_SKEWED) { v[i] = i % 8 == 0 ? 1.0f : 1e-6f; continue; }
         v[i] = (float)pow(10.0, 6.0 * unit() - 4.0);
         if (k == IM_SIGNED && next_u64() % 2 == 0) v[i] = -v[i];
         if (i % 7 == 3 || (i >= 64 && i < 96)) v[i] = 0.0f;
@@ -197,7 +211,7 @@ struct im { int width; enum imat kind; };
 
 static const struct im IMATS[] = {
     {512, IM_LOG}, {256, IM_LOG}, {512, IM_ZERO}, {256, IM_ONE}, {32, IM_LOG},
-    {96, IM_LOG}, {1024, IM_SIGNED},
+    {96, IM_LOG}, {1024, IM_SIGNED}, {256, IM_SKEWED},
 };
 static const struct row ROWS[] = {
     {512, 0, NORMAL},     {512, 0, OUTLIERS},    {512, 0, UNIFORM},    {256, 1, ZEROS},
@@ -206,7 +220,7 @@ static const struct row ROWS[] = {
     {512, 0, INTEGERS},   {512, 0, MAGNITUDES},  {256, 1, HUGE_VALUES},
     {256, 1, INFS},       {256, 1, NANS},        {256, 1, NEG_NANS},   {512, 2, NORMAL},
     {256, 3, OUTLIERS},   {32, 4, NORMAL},       {96, 5, OUTLIERS},    {32, 4, TINY},
-    {256, 1, HALVES},     {1024, 6, NORMAL},     {1024, 6, MAGNITUDES},
+    {256, 1, HALVES},     {1024, 6, NORMAL},     {1024, 6, MAGNITUDES}, {256, 7, NEG_SCALE},
 };
 
 struct qtype { const char * name; enum ggml_type type; };
@@ -225,6 +239,81 @@ static FILE * open_out(const char * dir, const char * name) {
     FILE * f = fopen(path, "wb");
     if (!f) { perror(path); exit(1); }
     return f;
+}
+
+// ---- Types whose quantizer may abort: IQ2_XXS, IQ2_XS, IQ2_S -------------------------
+//
+// ggml aborts (GGML_ASSERT) instead of returning: IQ2_XXS and IQ2_XS without an
+// importance vector, and any IQ2 type where NaN or infinite weights leave a group with
+// no grid point at a finite distance or a scale that is NaN. Each run is made in a
+// child process; the file records which runs ggml finished:
+//   <TYPE>.bin   u32 block_bytes, u32 block_elems, u32 n_rows, then per row: u32 row id,
+//                u32 runs (bit 0: without imatrix, bit 1: with), the blocks of each
+//                finished run in that order
+
+struct qtype_abort { const char * name; enum ggml_type type; };
+static const struct qtype_abort ABORTING_TYPES[] = {
+    {"IQ2_XXS", GGML_TYPE_IQ2_XXS}, {"IQ2_XS", GGML_TYPE_IQ2_XS}, {"IQ2_S", GGML_TYPE_IQ2_S},
+};
+
+// ggml_quantize_chunk of one row in a child process: 1 with the bytes in `out`, 0 if
+// ggml aborted.
+static int quantize_or_abort(enum ggml_type type, const float * x, int width,
+                             const float * imatrix, void * out, size_t row_bytes) {
+    void * shared = mmap(NULL, row_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (shared == MAP_FAILED) { perror("mmap"); exit(1); }
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) { perror("fork"); exit(1); }
+    if (pid == 0) {
+        if (!freopen("/dev/null", "w", stderr)) _exit(3);
+        ggml_quantize_chunk(type, x, shared, 0, 1, width, imatrix);
+        _exit(0);
+    }
+    int status;
+    if (waitpid(pid, &status, 0) < 0) { perror("waitpid"); exit(1); }
+    const int ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (ok) memcpy(out, shared, row_bytes);
+    munmap(shared, row_bytes);
+    return ok;
+}
+
+static void write_aborting_types(const char * dir, int n_rows, const int * widths,
+                                 float ** xs, float ** ims, const int * imat_of) {
+    setenv("GGML_NO_BACKTRACE", "1", 1);
+    for (size_t t = 0; t < sizeof ABORTING_TYPES / sizeof ABORTING_TYPES[0]; t++) {
+        const enum ggml_type type = ABORTING_TYPES[t].type;
+        const int64_t blck = ggml_blck_size(type);
+        ggml_quantize_init(type); // once here, not in every child
+        char name[64];
+        snprintf(name, sizeof name, "%s.bin", ABORTING_TYPES[t].name);
+        FILE * f = open_out(dir, name);
+        uint32_t n_taken = 0;
+        for (int r = 0; r < n_rows; r++) n_taken += widths[r] % blck == 0;
+        put_u32(f, (uint32_t)ggml_type_size(type));
+        put_u32(f, (uint32_t)blck);
+        put_u32(f, n_taken);
+        int n_runs = 0, n_aborted = 0;
+        for (int r = 0; r < n_rows; r++) {
+            if (widths[r] % blck != 0) continue;
+            const size_t row_bytes = ggml_row_size(type, widths[r]);
+            void * plain = calloc(1, row_bytes);
+            void * weighted = calloc(1, row_bytes);
+            const int has_plain = quantize_or_abort(type, xs[r], widths[r], NULL, plain, row_bytes);
+            const int has_weighted =
+                quantize_or_abort(type, xs[r], widths[r], ims[imat_of[r]], weighted, row_bytes);
+            put_u32(f, (uint32_t)r);
+            put_u32(f, (uint32_t)(has_plain | has_weighted << 1));
+            if (has_plain) fwrite(plain, 1, row_bytes, f);
+            if (has_weighted) fwrite(weighted, 1, row_bytes, f);
+            n_runs += 2;
+            n_aborted += !has_plain + !has_weighted;
+            free(plain);
+            free(weighted);
+        }
+        fclose(f);
+        printf("%s: %d runs, %d aborted\n", ABORTING_TYPES[t].name, n_runs, n_aborted);
+    }
 }
 
 int main(int argc, char ** argv) {
@@ -306,6 +395,7 @@ int main(int argc, char ** argv) {
         }
         fclose(f);
     }
+    write_aborting_types(dir, n_rows, widths, xs, ims, imat_of);
     printf("%d rows, %d importance vectors -> %s\n", n_rows, n_imat + n_extra, dir);
     return 0;
 }

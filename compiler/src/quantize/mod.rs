@@ -48,7 +48,8 @@ pub struct Args {
     pub output: PathBuf,
     /// The file type, by llama-quantize's name or number: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
     /// Q2_K, Q2_K_S, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K,
-    /// IQ4_NL, IQ4_XS, F16, BF16, F32 (the IQ1/IQ2/IQ3 mixes are not written yet).
+    /// IQ2_XXS, IQ2_XS, IQ4_NL, IQ4_XS, F16, BF16, F32 (the IQ1/IQ3 mixes, and IQ2_S and
+    /// IQ2_M, which need IQ3_S tensors, are not written yet).
     #[arg(value_name = "TYPE")]
     pub ftype: String,
     /// Importance matrix from llama-imatrix (GGUF, or the legacy .dat format).
@@ -441,9 +442,10 @@ fn quantizer(t: GgmlType) -> Option<QuantizeFn> {
         G::Q6_K => q::<rq::q6_k::Q6_K>,
         G::IQ4_NL => q::<rq::iq4_nl::IQ4_NL>,
         G::IQ4_XS => q::<rq::iq4_xs::IQ4_XS>,
-        G::IQ1_S | G::IQ1_M | G::IQ2_XXS | G::IQ2_XS | G::IQ2_S | G::IQ3_XXS | G::IQ3_S => {
-            return None
-        }
+        G::IQ2_XXS => q::<rq::iq2_xxs::IQ2_XXS>,
+        G::IQ2_XS => q::<rq::iq2_xs::IQ2_XS>,
+        G::IQ2_S => q::<rq::iq2_s::IQ2_S>,
+        G::IQ1_S | G::IQ1_M | G::IQ3_XXS | G::IQ3_S => return None,
     })
 }
 
@@ -483,6 +485,7 @@ fn scale_offsets(t: GgmlType) -> &'static [usize] {
     use GgmlType as G;
     match t {
         G::Q4_0 | G::Q5_0 | G::Q8_0 | G::IQ4_NL | G::IQ4_XS => &[0],
+        G::IQ2_XXS | G::IQ2_XS | G::IQ2_S => &[0],
         G::Q4_1 | G::Q5_1 | G::Q4_K | G::Q5_K => &[0, 2],
         G::Q2_K => &[80, 82],
         G::Q3_K => &[108],

@@ -16,12 +16,18 @@
 //! The dot product with Q8_K keeps `Σ (2s + 1) * Σ grid * sign * q8` in integers per
 //! super-block and applies `d_w * d_a / 8` at the end (`(0.5 + s) / 4 = (2s + 1) / 8`).
 
+use std::sync::OnceLock;
+
 use crate::float16::f16;
 
 use super::iq_grids::{IQ2XXS_GRID, KSIGNS_IQ2XS};
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::quantize::{
+    ggml_f16, importance_weights, make_qp_quants, nearest_int, row_sigma2, Lattice, Nearest,
+    GROUP_MAX_EPS,
+};
 use super::superblock::{self, signed_group, Batched, Ints, SuperBlock};
-use super::WeightType;
+use super::{check_quantize_lengths, Quantize, WeightType};
 
 /// One IQ2_XXS super-block of 256 weights.
 #[repr(C)]
@@ -138,6 +144,216 @@ impl SuperBlock for IQ2_XXS {
     }
 }
 
+/// The IQ2_XXS lattice with the near points of the 2 nearest distances (ggml's choice).
+fn lattice() -> &'static Lattice {
+    static LATTICE: OnceLock<Lattice> = OnceLock::new();
+    LATTICE.get_or_init(|| Lattice::from_iq2_grid(&IQ2XXS_GRID, 2))
+}
+
+impl Quantize for IQ2_XXS {
+    /// ggml's `quantize_row_iq2_xxs_impl`. It needs the importance vector: ggml asserts
+    /// one (llama-quantize refuses IQ2_XXS without an importance matrix), and so does
+    /// this, by panicking.
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [BlockIQ2XXS]) {
+        check_quantize_lengths::<IQ2_XXS>(x, imatrix, out);
+        let imatrix = imatrix.expect("IQ2_XXS quantization needs an importance vector");
+        let lattice = lattice();
+        for ((b, x), qw) in out
+            .iter_mut()
+            .zip(x.chunks_exact(QK_K))
+            .zip(imatrix.chunks_exact(QK_K))
+        {
+            *b = quantize_block(lattice, x, qw);
+        }
+    }
+}
+
+/// The magnitudes of 8 weights (into `xval`) and their sign bits, with an even number
+/// of them set as KSIGNS_IQ2XS stores them (7 bits; the 8th is the parity). Where an odd
+/// number of weights are negative, the one of least `w x²` gets the other sign bit and
+/// its value in `xval` changes sign, so that `sign * xval = x` still holds: the search
+/// then fits a negative value to the non-negative grid. (Shared with IQ2_XS.)
+pub(super) fn even_signs(x: &[f32], w: &[f32], xval: &mut [f32]) -> u8 {
+    let mut signs = 0u8;
+    for (i, (v, &x)) in xval[..8].iter_mut().zip(x).enumerate() {
+        if x >= 0.0 {
+            *v = x;
+        } else {
+            *v = -x;
+            signs |= 1 << i;
+        }
+    }
+    if signs.count_ones() % 2 == 1 {
+        let mut imin = 0;
+        let mut min = w[0] * x[0] * x[0];
+        for i in 1..8 {
+            let ax = w[i] * x[i] * x[i];
+            if ax < min {
+                min = ax;
+                imin = i;
+            }
+        }
+        xval[imin] = -xval[imin];
+        signs ^= 1 << imin;
+    }
+    signs & 127
+}
+
+/// `Σ w x q` and `Σ w q²` for the quants `q = 2 level + 1`. (Shared with IQ2_XS and
+/// IQ2_S.)
+#[inline(always)]
+pub(super) fn level_sums(w: &[f32], xval: &[f32], levels: &[i8]) -> (f32, f32) {
+    let (mut sumqx, mut sumq2) = (0f32, 0f32);
+    for ((&w, &x), &l) in w.iter().zip(xval).zip(levels) {
+        let q = (2 * l as i32 + 1) as f32;
+        sumqx += w * x * q;
+        sumq2 += w * q * q;
+    }
+    (sumqx, sumq2)
+}
+
+/// The levels `round((x / scale - 1) / 2)` in `0..=2` of the 8 values `xval` (times
+/// `id = 1 / scale`) into `levels`, moved to the nearest lattice point (under the
+/// weights `waux`) where they are off the lattice. Returns whether they were on it.
+/// (Shared with IQ2_XS and IQ2_S.)
+#[inline(always)]
+pub(super) fn fit_group(
+    lattice: &Lattice,
+    xval: &[f32],
+    waux: &[f32],
+    id: f32,
+    scale: f32,
+    levels: &mut [i8],
+) -> bool {
+    for (l, &x) in levels[..8].iter_mut().zip(xval) {
+        *l = nearest_int(0.5 * (id * x - 1.0)).clamp(0, 2) as i8;
+    }
+    match lattice.find(levels) {
+        Nearest::On(_) => true,
+        Nearest::Near(near) => {
+            lattice.best_neighbour(near, xval, waux, scale, levels);
+            false
+        }
+    }
+}
+
+/// One super-block. Per sub-block of 32: weights `qw sqrt(σ² + x²)` (σ² the
+/// super-block's mean square), magnitudes with even signs per group of 8; a first scale
+/// from [`make_qp_quants`] (levels 0..4), then 13 candidate inverse scales
+/// `(5 + k / 10) / (3 scale)`, `k = -6..=6`: each rounds the magnitudes to levels
+/// (moved onto the lattice where off it) and takes over when it raises
+/// `(Σ w x q)² / Σ w q²`. The best scale is refined once: every group re-rounded
+/// against it and the scale refitted. The sub-block scales become 4-bit multiples of
+/// `d = max / 31` (`scale ≈ d (2 l + 1)`).
+fn quantize_block(lattice: &Lattice, x: &[f32], qw: &[f32]) -> BlockIQ2XXS {
+    let sigma2 = row_sigma2(x);
+    // per sub-block: grid indices, then signs and the 4-bit scale
+    let mut words = [0u32; QK_K / 16];
+    let mut scales = [0f32; QK_K / 32];
+    let mut max_scale = 0f32;
+    for (ib, (xb, qw)) in x.chunks_exact(32).zip(qw.chunks_exact(32)).enumerate() {
+        let mut weight = [0f32; 32];
+        importance_weights(xb, qw, sigma2, &mut weight);
+        let waux = weight.map(f32::sqrt);
+        let mut xval = [0f32; 32];
+        let mut signs = [0u8; 4];
+        for (k, s) in signs.iter_mut().enumerate() {
+            let g = 8 * k..8 * k + 8;
+            *s = even_signs(&xb[g.clone()], &weight[g.clone()], &mut xval[g]);
+        }
+        let max = xval[1..]
+            .iter()
+            .fold(xval[0], |m, &v| if m > v { m } else { v });
+        if max < GROUP_MAX_EPS {
+            continue;
+        }
+        let mut first = [0u8; 32];
+        let mut scale = make_qp_quants(&xval, 4, &mut first, &weight);
+        let eff_max = scale * 3.0;
+        if eff_max <= 0.0 {
+            continue;
+        }
+        // ggml keeps the first levels (possibly 3 or 4, off the lattice) where no
+        // candidate wins and the scale is not positive, which happens only for NaN.
+        let mut levels = first.map(|l| l as i8);
+        let mut aux = [0i8; 32];
+        let mut best = 0f32;
+        for k in -6..=6 {
+            let id = (5.0 + k as f32 * 0.1) / eff_max;
+            let this_scale = 1.0 / id;
+            for g in 0..4 {
+                let r = 8 * g..8 * g + 8;
+                fit_group(
+                    lattice,
+                    &xval[r.clone()],
+                    &waux[r.clone()],
+                    id,
+                    this_scale,
+                    &mut aux[r],
+                );
+            }
+            let (sumqx, sumq2) = level_sums(&weight, &xval, &aux);
+            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+                scale = sumqx / sumq2;
+                best = scale * sumqx;
+                levels = aux;
+            }
+        }
+        if scale > 0.0 {
+            let id = 1.0 / scale;
+            for g in 0..4 {
+                let r = 8 * g..8 * g + 8;
+                fit_group(
+                    lattice,
+                    &xval[r.clone()],
+                    &waux[r.clone()],
+                    id,
+                    scale,
+                    &mut levels[r],
+                );
+            }
+            let (sumqx, sumq2) = level_sums(&weight, &xval, &levels);
+            if sumq2 > 0.0 {
+                scale = sumqx / sumq2;
+            }
+        }
+        if scale < 0.0 {
+            // ggml's guard: the stored scale is unsigned, so the signs turn instead
+            scale = -scale;
+            for s in &mut signs {
+                *s = !*s & 127;
+            }
+        }
+        for (g, &s) in signs.iter().enumerate() {
+            let index = lattice.index_of(&levels[8 * g..]);
+            words[2 * ib] |= (index as u32) << (8 * g);
+            words[2 * ib + 1] |= (s as u32) << (7 * g);
+        }
+        assert!(scale >= 0.0, "IQ2_XXS quantize: scale {scale}");
+        scales[ib] = scale;
+        max_scale = if max_scale > scale { max_scale } else { scale };
+    }
+    let mut block = BlockIQ2XXS {
+        d: ggml_f16(0.0),
+        qs: [0; QK_K / 8],
+    };
+    if max_scale == 0.0 {
+        return block;
+    }
+    let d = max_scale / 31.0;
+    block.d = ggml_f16(d);
+    let id = 1.0 / d;
+    for (ib, &scale) in scales.iter().enumerate() {
+        let l = nearest_int(0.5 * (id * scale - 1.0)).clamp(0, 15);
+        words[2 * ib + 1] |= (l as u32) << 28;
+    }
+    for (q, w) in block.qs.chunks_exact_mut(2).zip(words) {
+        q[0] = w as u16;
+        q[1] = (w >> 16) as u16;
+    }
+    block
+}
+
 #[cfg(test)]
 mod tests {
     use super::IQ2_XXS;
@@ -165,5 +381,64 @@ mod tests {
         // Bit-exact with ggml's x86 AVX2 dot on the same blocks (fast path); the scalar
         // reference within the limit derived above.
         crate::quant::iq_golden_dot::check_ggml_dot::<IQ2_XXS>(2e-6);
+    }
+
+    #[test]
+    fn quantize_matches_ggml() {
+        testing::check_quantize_or_abort::<IQ2_XXS>();
+    }
+
+    #[test]
+    fn lattice_lookups_are_ggml_neighbour_lists() {
+        use crate::quant::iq_grids::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID};
+        use crate::quant::quantize::{Lattice, Nearest};
+        let levels_of = |p: u64| {
+            p.to_le_bytes()
+                .map(|b| [8, 25, 43].iter().position(|&m| m == b).unwrap() as i8)
+        };
+        // (a spread of the cube points: steps prime to 3 vary every level)
+        for (grid, nwant, step) in [
+            (&IQ2XXS_GRID[..], 2, 2),
+            (&IQ2XS_GRID[..], 2, 5),
+            (&IQ2S_GRID[..], 1, 11),
+        ] {
+            let lattice = Lattice::from_iq2_grid(grid, nwant);
+            let points: Vec<[i8; 8]> = grid.iter().map(|&p| levels_of(p)).collect();
+            let dist = |a: &[i8; 8], b: &[i8; 8]| -> i32 {
+                a.iter()
+                    .zip(b)
+                    .map(|(&x, &y)| (x as i32 - y as i32).pow(2))
+                    .sum()
+            };
+            for code in (0..6561).step_by(step) {
+                let c: [i8; 8] = std::array::from_fn(|i| (code / 3usize.pow(i as u32) % 3) as i8);
+                match lattice.find(&c) {
+                    Nearest::On(j) => assert_eq!(points[j as usize], c),
+                    Nearest::Near(near) => {
+                        assert!(!points.contains(&c), "{c:?} is on the lattice");
+                        // every point at the nwant smallest distances, by distance then
+                        // index, and nothing else
+                        let mut all: Vec<(i32, u16)> = (0..points.len() as u16)
+                            .map(|j| (dist(&points[j as usize], &c), j))
+                            .collect();
+                        all.sort_unstable();
+                        let mut distinct: Vec<i32> = all.iter().map(|a| a.0).collect();
+                        distinct.dedup();
+                        let cut = distinct[nwant.min(distinct.len()) - 1];
+                        let want: Vec<u16> =
+                            all.iter().take_while(|a| a.0 <= cut).map(|a| a.1).collect();
+                        assert_eq!(near, &want[..], "{c:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantize_round_trip() {
+        // Magnitudes 1, 3, 5 times the scale, with signs: 6 evenly spaced levels, fewer
+        // where the lattice (and parity of the signs) rules out combinations. Counted as
+        // 5 levels (limit 0.57); this row gives 0.53. A wrong layout gives ~1.
+        testing::check_quantize_round_trip_weighted::<IQ2_XXS>(5);
     }
 }

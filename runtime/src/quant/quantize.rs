@@ -460,6 +460,184 @@ pub(crate) fn quantize_legacy_row<B, const N: usize>(
     }
 }
 
+// ---- Lattice searches of the IQ2 formats (ggml's `iq2xs_init_impl` tables) ----------
+
+/// A lattice of points of 8 coordinates, each at one of the levels 0, 1, 2, with what
+/// ggml's IQ2 quantizers look up while they search: for any point of the cube
+/// `{0, 1, 2}^8`, its index in the lattice, or, off the lattice, the lattice points
+/// nearest to it. (ggml's `iq2xs_init_impl`: built once, here from the dequantization
+/// grid, which lists the points in ggml's order.)
+///
+/// A point `p` is near the cube point `c` when `Σ (p_i - c_i)²` is one of the `nwant`
+/// smallest distinct distances from `c` to the lattice; the near points are listed by
+/// distance, then by index (ggml sorts with that order, which has no ties).
+pub(crate) struct Lattice {
+    /// Each point's coordinates as the searches weigh them: `2 level + 1`.
+    odd: Vec<[f32; 8]>,
+    /// Per cube point, by [`cube_code`]: the lattice index, or [`NEAR`] and the start of
+    /// the point's run in `near`.
+    slots: Vec<u32>,
+    /// Runs of lattice indices, each its length and then the indices.
+    near: Vec<u16>,
+}
+
+/// Set in a [`Lattice`] slot of a cube point that is not on the lattice.
+const NEAR: u32 = 1 << 31;
+
+/// Points of the cube `{0, 1, 2}^8`.
+const CUBE: usize = 6561;
+
+/// A cube point's slot: `Σ l_i 3^i`.
+#[inline(always)]
+fn cube_code(levels: &[i8]) -> usize {
+    levels[..8]
+        .iter()
+        .rev()
+        .fold(0, |code, &l| 3 * code + l as usize)
+}
+
+/// What a [`Lattice`] knows of a cube point.
+pub(crate) enum Nearest<'a> {
+    /// It is lattice point `.0`.
+    On(u16),
+    /// It is off the lattice; these are the lattice points nearest to it.
+    Near(&'a [u16]),
+}
+
+impl Lattice {
+    /// The lattice of an IQ2 dequantization grid (magnitudes 8, 25, 43 for the levels
+    /// 0, 1, 2), with the near points of `nwant` distances.
+    pub(crate) fn from_iq2_grid(grid: &[u64], nwant: usize) -> Lattice {
+        let points: Vec<[u8; 8]> = grid
+            .iter()
+            .map(|p| {
+                p.to_le_bytes().map(|b| match b {
+                    8 => 0,
+                    25 => 1,
+                    43 => 2,
+                    _ => panic!("IQ2 grid magnitude {b}"),
+                })
+            })
+            .collect();
+        Lattice::new(&points, nwant)
+    }
+
+    fn new(points: &[[u8; 8]], nwant: usize) -> Lattice {
+        assert!(points.len() <= u16::MAX as usize && nwant > 0);
+        let mut slots = vec![NEAR; CUBE];
+        for (j, p) in points.iter().enumerate() {
+            slots[cube_code(&p.map(|l| l as i8))] = j as u32;
+        }
+        // A point as two masks of its coordinates, those at level 1 or more and those at
+        // 2: where two points' levels differ by 1 one mask differs, by 2 both do, so
+        // their squared distance is `|x1| + |x2| + 2 |x1 & x2|`, `x1`, `x2` the masks'
+        // differences and `|.|` the number of bits set.
+        let masks = |levels: &[u8; 8]| {
+            levels
+                .iter()
+                .enumerate()
+                .fold((0u8, 0u8), |(m1, m2), (i, &l)| {
+                    (m1 | u8::from(l >= 1) << i, m2 | u8::from(l >= 2) << i)
+                })
+        };
+        let lattice_masks: Vec<(u8, u8)> = points.iter().map(masks).collect();
+        let mut near = Vec::new();
+        // `dist[j]`: point j's squared distance, at most 8 * 2².
+        let mut dist = vec![0u8; points.len()];
+        for (code, slot) in slots.iter_mut().enumerate() {
+            if *slot != NEAR {
+                continue;
+            }
+            let mut c = [0u8; 8];
+            let mut rest = code;
+            for l in &mut c {
+                *l = (rest % 3) as u8;
+                rest /= 3;
+            }
+            let (c1, c2) = masks(&c);
+            let mut present = [false; 33];
+            for (d, &(p1, p2)) in dist.iter_mut().zip(&lattice_masks) {
+                let (x1, x2) = (p1 ^ c1, p2 ^ c2);
+                *d = (x1.count_ones() + x2.count_ones() + 2 * (x1 & x2).count_ones()) as u8;
+                present[*d as usize] = true;
+            }
+            *slot = NEAR | near.len() as u32;
+            let len_at = near.len();
+            near.push(0);
+            for d in (0..=32u8).filter(|&d| present[d as usize]).take(nwant) {
+                near.extend((0..points.len() as u16).filter(|&j| dist[j as usize] == d));
+            }
+            near[len_at] = (near.len() - len_at - 1) as u16;
+        }
+        let odd = points
+            .iter()
+            .map(|p| p.map(|l| (2 * l + 1) as f32))
+            .collect();
+        Lattice { odd, slots, near }
+    }
+
+    /// The lattice index of the cube point `levels` (8 levels in `0..=2`), or its
+    /// nearest lattice points.
+    #[inline(always)]
+    pub(crate) fn find(&self, levels: &[i8]) -> Nearest<'_> {
+        let slot = self.slots[cube_code(levels)];
+        if slot & NEAR == 0 {
+            Nearest::On(slot as u16)
+        } else {
+            let start = (slot & !NEAR) as usize;
+            let len = self.near[start] as usize;
+            Nearest::Near(&self.near[start + 1..start + 1 + len])
+        }
+    }
+
+    /// The lattice index of `levels`, which the search left on the lattice. ggml aborts
+    /// where it is not (only a NaN scale gets there).
+    pub(crate) fn index_of(&self, levels: &[i8]) -> u16 {
+        let on = levels[..8].iter().all(|l| (0..=2).contains(l));
+        match on.then(|| self.find(levels)) {
+            Some(Nearest::On(j)) => j,
+            _ => panic!(
+                "IQ2 quantize: levels {:?} are not on the grid",
+                &levels[..8]
+            ),
+        }
+    }
+
+    /// Of the points `near`, the one nearest to `x / scale` under the weights `w`:
+    /// least `Σ w (scale p_i - x_i)²` (`p_i` = `2 level + 1`), the first on ties. Writes
+    /// its levels into `levels` and returns its index. (ggml's `iq2_find_best_neighbour`,
+    /// which aborts where no distance is below `f32::MAX`, as for NaN weights.)
+    #[inline]
+    pub(crate) fn best_neighbour(
+        &self,
+        near: &[u16],
+        x: &[f32],
+        w: &[f32],
+        scale: f32,
+        levels: &mut [i8],
+    ) -> u16 {
+        let mut best_d2 = f32::MAX;
+        let mut best = None;
+        for &j in near {
+            let p = &self.odd[j as usize];
+            let mut d2 = 0f32;
+            for i in 0..8 {
+                let diff = scale * p[i] - x[i];
+                d2 += w[i] * diff * diff;
+            }
+            if d2 < best_d2 {
+                best_d2 = d2;
+                best = Some(j);
+            }
+        }
+        let j = best.expect("IQ2 quantize: no grid point at a finite distance (NaN weights?)");
+        for (l, &p) in levels[..8].iter_mut().zip(&self.odd[j as usize]) {
+            *l = ((p as i32 - 1) / 2) as i8;
+        }
+        j
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

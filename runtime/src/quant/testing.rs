@@ -556,3 +556,179 @@ pub fn check_quantize_round_trip<W: Quantize>(levels: u32) {
         );
     }
 }
+
+// ---- Goldens of quantizers that may abort (IQ2_XXS, IQ2_XS, IQ2_S) ------------------
+
+/// One row of `golden_quantize/` and what ggml made of it, for a format whose ggml
+/// quantizer aborts on some inputs: `None` for a run where it aborted.
+pub struct AbortCase {
+    /// The row's index in `inputs.bin`.
+    pub row: usize,
+    pub x: Vec<f32>,
+    pub imatrix: Vec<f32>,
+    /// ggml's blocks, as bytes, without the importance vector and with it.
+    pub plain: Option<Vec<u8>>,
+    pub weighted: Option<Vec<u8>>,
+}
+
+/// The rows of `golden_quantize/` whose width is a multiple of `W`'s block, with ggml's
+/// quantizations of them where it did not abort (the `<TYPE>.bin` layout of
+/// `write_aborting_types` in `scripts/quantize_golden.c`). `MCC_QUANTIZE_GOLDEN` names
+/// another directory, as for [`quantize_golden`].
+pub fn quantize_golden_or_abort<W: WeightType>() -> Vec<AbortCase> {
+    let dir = std::env::var("MCC_QUANTIZE_GOLDEN")
+        .unwrap_or_else(|_| format!("{}/src/quant/golden_quantize", env!("CARGO_MANIFEST_DIR")));
+    let read = |name: &str| {
+        let path = format!("{dir}/{name}");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    struct Cursor<'a>(&'a [u8]);
+    impl Cursor<'_> {
+        fn bytes(&mut self, n: usize) -> &[u8] {
+            let (head, tail) = self.0.split_at(n);
+            self.0 = tail;
+            head
+        }
+        fn word(&mut self) -> usize {
+            u32::from_le_bytes(self.bytes(4).try_into().unwrap()) as usize
+        }
+        fn floats(&mut self, n: usize) -> Vec<f32> {
+            self.bytes(4 * n)
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        }
+    }
+    let inputs = read("inputs.bin");
+    let mut c = Cursor(&inputs);
+    let imatrices: Vec<Vec<f32>> = (0..c.word())
+        .map(|_| {
+            let width = c.word();
+            c.floats(width)
+        })
+        .collect();
+    let rows: Vec<(Vec<f32>, usize)> = (0..c.word())
+        .map(|_| {
+            let width = c.word();
+            let imatrix = c.word();
+            (c.floats(width), imatrix)
+        })
+        .collect();
+    assert!(c.0.is_empty(), "{dir}/inputs.bin: size");
+
+    let outputs = read(&format!("{}.bin", W::NAME));
+    let mut c = Cursor(&outputs);
+    let (block_bytes, block_elems) = (c.word(), c.word());
+    assert_eq!(
+        (block_bytes, block_elems),
+        (std::mem::size_of::<W::Block>(), W::BLOCK_ELEMS),
+        "{}: block size and elements in the golden file",
+        W::NAME
+    );
+    let cases = (0..c.word())
+        .map(|_| {
+            let (row, runs) = (c.word(), c.word());
+            let (x, imatrix) = &rows[row];
+            let n = x.len() / block_elems * block_bytes;
+            let plain = (runs & 1 != 0).then(|| c.bytes(n).to_vec());
+            let weighted = (runs & 2 != 0).then(|| c.bytes(n).to_vec());
+            AbortCase {
+                row,
+                x: x.clone(),
+                imatrix: imatrices[*imatrix].clone(),
+                plain,
+                weighted,
+            }
+        })
+        .collect();
+    assert!(c.0.is_empty(), "{dir}/{}.bin: size", W::NAME);
+    cases
+}
+
+/// `W::quantize_row` on every golden row of [`quantize_golden_or_abort`], with and
+/// without the importance vector: where ggml finished it must give ggml's bytes exactly,
+/// and where ggml aborted it must panic. Reports every difference and fails if there is
+/// one.
+pub fn check_quantize_or_abort<W: Quantize>() {
+    let cases = quantize_golden_or_abort::<W>();
+    let size = std::mem::size_of::<W::Block>();
+    let mut failures = Vec::new();
+    let (mut n_blocks, mut n_aborts) = (0, 0);
+    for case in &cases {
+        for (run, imatrix, want) in [
+            ("without imatrix", None, &case.plain),
+            ("with imatrix", Some(&case.imatrix[..]), &case.weighted),
+        ] {
+            let mut out = zeroed_blocks::<W>(case.x.len() / W::BLOCK_ELEMS);
+            let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                W::quantize_row(&case.x, imatrix, &mut out)
+            }));
+            match (got, want) {
+                (Ok(()), Some(want)) => {
+                    n_blocks += out.len();
+                    let got = block_bytes::<W>(&out);
+                    for (b, (g, w)) in got
+                        .chunks_exact(size)
+                        .zip(want.chunks_exact(size))
+                        .enumerate()
+                    {
+                        if let Some(k) = g.iter().zip(w).position(|(a, b)| a != b) {
+                            failures.push(format!(
+                                "{} row {} block {b} {run}: byte {k} is {:#04x}, ggml {:#04x}\n  \
+                                 ours {g:02x?}\n  ggml {w:02x?}",
+                                W::NAME,
+                                case.row,
+                                g[k],
+                                w[k]
+                            ));
+                        }
+                    }
+                }
+                (Err(_), None) => n_aborts += 1,
+                (Ok(()), None) => failures.push(format!(
+                    "{} row {} {run}: ggml aborts, ours returns",
+                    W::NAME,
+                    case.row
+                )),
+                (Err(_), Some(_)) => failures.push(format!(
+                    "{} row {} {run}: ours panics, ggml returns",
+                    W::NAME,
+                    case.row
+                )),
+            }
+        }
+    }
+    assert!(n_blocks > 0, "{}: no golden blocks", W::NAME);
+    assert!(
+        failures.is_empty(),
+        "{} differences from ggml ({n_blocks} blocks compared, {n_aborts} aborts matched):\n{}",
+        failures.len(),
+        failures[..failures.len().min(8)].join("\n")
+    );
+}
+
+/// [`check_quantize_round_trip`] with the importance vector only, for the formats that
+/// need one.
+pub fn check_quantize_round_trip_weighted<W: Quantize>(levels: u32) {
+    let rel_limit = 1.25 * 6.3 / ((levels - 1) as f64 * 12f64.sqrt());
+    let n = 4096;
+    let x = activations(n, 7);
+    let imatrix: Vec<f32> = activations(n, 8).iter().map(|v| v * v).collect();
+    let rms = (x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / n as f64).sqrt();
+    let mut blocks = zeroed_blocks::<W>(n / W::BLOCK_ELEMS);
+    W::quantize_row(&x, Some(&imatrix), &mut blocks);
+    let mut y = vec![0f32; n];
+    W::dequantize_ref(&blocks, &mut y);
+    let mse = x
+        .iter()
+        .zip(&y)
+        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .sum::<f64>()
+        / n as f64;
+    let rel = mse.sqrt() / rms;
+    assert!(
+        rel <= rel_limit,
+        "{} (with imatrix): relative rms error {rel:.4} > {rel_limit}",
+        W::NAME
+    );
+}
