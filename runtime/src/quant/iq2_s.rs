@@ -188,7 +188,9 @@ fn quantize_block(lattice: &Lattice, x: &[f32], qw: Option<&[f32]>) -> BlockIQ2S
     for (ib, xb) in x.chunks_exact(16).enumerate() {
         let mut weight = [0f32; 16];
         match qw {
-            Some(qw) => importance_weights(xb, &qw[16 * ib..16 * ib + 16], sigma2, &mut weight),
+            Some(qw) => {
+                importance_weights(xb, &qw[16 * ib..16 * ib + 16], sigma2, &mut weight);
+            }
             None => {
                 for (w, &v) in weight.iter_mut().zip(xb) {
                     *w = 0.25 * sigma2 + v * v;
