@@ -478,5 +478,46 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
         &args(&q8, &out, "Q4_0", None, 1),
         &["q8.gguf", "already quantized", "--allow-requantize"],
     );
+
+    // A negative importance (a damaged file: importances are sums of squares).
+    let negative = dir.join("negative.dat");
+    let mut bytes = std::fs::read(&good).unwrap();
+    let last = bytes.len() - 4;
+    bytes[last..].copy_from_slice(&(-1.0f32).to_le_bytes());
+    std::fs::write(&negative, bytes).unwrap();
+    expect_error(
+        &args(&model, &out, "Q4_0", Some(&negative), 1),
+        &[
+            "negative.dat",
+            "blk.0.ffn_down.weight",
+            "negative importance",
+        ],
+    );
+    // A NaN weight: the IQ grid searches cannot place it (ggml aborts); an error that
+    // names the tensor, row and column.
+    let nan_model = dir.join("nan.gguf");
+    let mut g = GgufWriter::new();
+    for (k, v) in GgufFile::open(&model).unwrap().metadata {
+        g.add_kv(k, v);
+    }
+    let src = GgufFile::open(&model).unwrap();
+    for t in &src.tensors {
+        let mut data = src.tensor_data(t).to_vec();
+        if t.name == "blk.0.attn_q.weight" {
+            let at = (3 * 256 + 17) * 4;
+            data[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+        g.add_tensor(
+            t.name.clone(),
+            &t.dims,
+            t.ggml_type,
+            TensorData::Bytes(data),
+        );
+    }
+    g.write(&nan_model, WriteMode::Full).unwrap();
+    expect_error(
+        &args(&nan_model, &out, "IQ2_XXS", Some(&good), 2),
+        &["blk.0.attn_q.weight", "row 3", "column 17", "NaN"],
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

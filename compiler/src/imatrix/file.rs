@@ -61,6 +61,14 @@ impl Imatrix {
             if let Some(x) = v.iter().find(|x| !x.is_finite()) {
                 return Err(err(format!("entry `{name}` holds a non-finite value {x}")));
             }
+            // Sums of squares: a negative one is a damaged file (and ggml's IQ
+            // quantizers abort on it).
+            if let Some(x) = v.iter().find(|x| **x < 0.0) {
+                return Err(err(format!(
+                    "entry `{name}` holds a negative importance {x}; importances are \
+                     sums of squares"
+                )));
+            }
         }
         Ok(im)
     }

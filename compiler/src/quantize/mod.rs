@@ -494,6 +494,16 @@ fn scale_offsets(t: GgmlType) -> &'static [usize] {
     }
 }
 
+/// Whether type `t`'s quantizer searches a grid of points (the IQ1, IQ2 and IQ3
+/// formats), which ggml cannot do for a NaN or infinite value.
+fn grid_searched(t: GgmlType) -> bool {
+    use GgmlType as G;
+    matches!(
+        t,
+        G::IQ1_S | G::IQ1_M | G::IQ2_XXS | G::IQ2_XS | G::IQ2_S | G::IQ3_XXS | G::IQ3_S
+    )
+}
+
 /// Whether row bytes of type `t` hold only finite scales (quantized types) or finite
 /// values (float types), as llama-quantize requires of what it writes.
 fn row_is_valid(t: GgmlType, row: &[u8]) -> bool {
@@ -544,7 +554,15 @@ fn convert(bytes: &[u8], src: &TensorInfo, p: &Plan, threads: usize) -> Result<V
     tasks.reverse();
     let tasks = Mutex::new(tasks);
     let failed = AtomicBool::new(false);
-    let first_bad = Mutex::new(None::<usize>);
+    // The first bad row found (the lowest, whichever thread finds it) and what is wrong.
+    let first_bad = Mutex::new(None::<(usize, String)>);
+    let report = |row: usize, what: String| {
+        failed.store(true, Ordering::Relaxed);
+        let mut first = first_bad.lock().unwrap_or_else(|e| e.into_inner());
+        if first.as_ref().is_none_or(|(r, _)| row < *r) {
+            *first = Some((row, what));
+        }
+    };
 
     let work = || {
         let mut x = Vec::new();
@@ -562,20 +580,49 @@ fn convert(bytes: &[u8], src: &TensorInfo, p: &Plan, threads: usize) -> Result<V
                 &bytes[start * src_row..end * src_row],
                 &mut x,
             );
+            if grid_searched(p.to) {
+                // ggml's grid searches abort on a value with no finite distance.
+                if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+                    let what = format!(
+                        "holds {} at column {}; {} cannot quantize NaN or infinite values \
+                         (ggml aborts on them)",
+                        x[i],
+                        i % n_per_row,
+                        p.to
+                    );
+                    report(start + i / n_per_row, what);
+                    break;
+                }
+            }
             let matrix = start / rows_per_matrix;
             let imatrix = p
                 .imatrix
                 .as_deref()
                 .map(|im| &im[matrix * n_per_row..(matrix + 1) * n_per_row]);
-            quantize(&x, n_per_row, imatrix, dst);
+            // A quantizer's assertion is a bug or an input ggml also rejects: an error
+            // for this tensor, not a crash of the whole run.
+            let quantized = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                quantize(&x, n_per_row, imatrix, dst)
+            }));
+            if let Err(e) = quantized {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                report(start, format!("cannot be quantized to {}: {msg}", p.to));
+                break;
+            }
             if let Some(bad) = dst
                 .chunks_exact(dst_row)
                 .position(|r| !row_is_valid(p.to, r))
             {
-                failed.store(true, Ordering::Relaxed);
-                let mut first = first_bad.lock().unwrap_or_else(|e| e.into_inner());
-                let row = start + bad;
-                *first = Some(first.map_or(row, |r: usize| r.min(row)));
+                let what = format!(
+                    "quantized to {} has a NaN or infinite scale (the weights hold NaN or \
+                     infinite values, or values too large for {}); llama-quantize rejects it too",
+                    p.to, p.to
+                );
+                report(start + bad, what);
                 break;
             }
         }
@@ -586,12 +633,8 @@ fn convert(bytes: &[u8], src: &TensorInfo, p: &Plan, threads: usize) -> Result<V
         }
         work();
     });
-    if let Some(row) = *first_bad.lock().unwrap_or_else(|e| e.into_inner()) {
-        return Err(format!(
-            "row {row} quantized to {} has a NaN or infinite scale (the weights hold NaN or \
-             infinite values, or values too large for {}); llama-quantize rejects it too",
-            p.to, p.to
-        ));
+    if let Some((row, what)) = first_bad.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(format!("row {row} {what}"));
     }
     Ok(out)
 }
