@@ -32,6 +32,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "ggml.h"
 
@@ -227,6 +229,93 @@ static FILE * open_out(const char * dir, const char * name) {
     return f;
 }
 
+
+// ---- IQ3_XXS, IQ3_S, IQ1_S, IQ1_M -------------------------------------------------
+// These quantizers need ggml_quantize_init (their grid lookups), and abort
+// (GGML_ASSERT) on some rows: IQ1_S on every row without an importance vector, and all
+// four where NaNs or infinities (or negative importances) leave no grid point at a
+// finite error or make a scale NaN. So each quantization runs in a forked child, and
+// the file says which runs finished:
+//   <TYPE>.bin   u32 block_bytes, u32 block_elems, u32 n_rows, then per row: u32 row id,
+//                u32 runs (bit 0: the run without imatrix finished, bit 1: the run
+//                with it), then the finished runs' blocks, without imatrix first.
+
+// Quantizes one row in a child process: 1 with `out` filled if it finished, 0 if it
+// aborted.
+static int quantize_in_child(enum ggml_type type, const float * x, int width, const float * im,
+                             void * out, size_t row_bytes) {
+    int fds[2];
+    if (pipe(fds) != 0) { perror("pipe"); exit(1); }
+    fflush(stdout);
+    const pid_t pid = fork();
+    if (pid < 0) { perror("fork"); exit(1); }
+    if (pid == 0) {
+        close(fds[0]);
+        if (!freopen("/dev/null", "w", stderr)) _exit(3);
+        setenv("GGML_NO_BACKTRACE", "1", 1);
+        ggml_quantize_chunk(type, x, out, 0, 1, width, im);
+        const char * p = out;
+        for (size_t done = 0; done < row_bytes;) {
+            const ssize_t n = write(fds[1], p + done, row_bytes - done);
+            if (n <= 0) _exit(2);
+            done += (size_t)n;
+        }
+        _exit(0);
+    }
+    close(fds[1]);
+    size_t got = 0;
+    for (;;) {
+        const ssize_t n = read(fds[0], (char *)out + got, row_bytes - got);
+        if (n <= 0) break;
+        got += (size_t)n;
+        if (got == row_bytes) break;
+    }
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 && got == row_bytes;
+}
+
+static void write_iq3_iq1_goldens(const char * dir, int n_rows, const int * widths,
+                                  const int * imat_of, float ** xs, float ** ims) {
+    static const struct qtype IQ_TYPES[] = {
+        {"IQ3_XXS", GGML_TYPE_IQ3_XXS}, {"IQ3_S", GGML_TYPE_IQ3_S},
+        {"IQ1_S", GGML_TYPE_IQ1_S},     {"IQ1_M", GGML_TYPE_IQ1_M},
+    };
+    for (size_t t = 0; t < sizeof IQ_TYPES / sizeof IQ_TYPES[0]; t++) {
+        const enum ggml_type type = IQ_TYPES[t].type;
+        ggml_quantize_init(type);
+        const int64_t blck = ggml_blck_size(type);
+        char name[64];
+        snprintf(name, sizeof name, "%s.bin", IQ_TYPES[t].name);
+        FILE * f = open_out(dir, name);
+        uint32_t n_taken = 0;
+        for (int r = 0; r < n_rows; r++) n_taken += widths[r] % blck == 0;
+        put_u32(f, (uint32_t)ggml_type_size(type));
+        put_u32(f, (uint32_t)blck);
+        put_u32(f, n_taken);
+        int n_aborted = 0;
+        for (int r = 0; r < n_rows; r++) {
+            if (widths[r] % blck != 0) continue;
+            const size_t row_bytes = ggml_row_size(type, widths[r]);
+            void * plain = calloc(1, row_bytes);
+            void * weighted = calloc(1, row_bytes);
+            const int ok_plain = quantize_in_child(type, xs[r], widths[r], NULL, plain, row_bytes);
+            const int ok_weighted =
+                quantize_in_child(type, xs[r], widths[r], ims[imat_of[r]], weighted, row_bytes);
+            n_aborted += !ok_plain + !ok_weighted;
+            put_u32(f, (uint32_t)r);
+            put_u32(f, (uint32_t)(ok_plain | ok_weighted << 1));
+            if (ok_plain) fwrite(plain, 1, row_bytes, f);
+            if (ok_weighted) fwrite(weighted, 1, row_bytes, f);
+            free(plain);
+            free(weighted);
+        }
+        fclose(f);
+        printf("%s: %u rows, %d runs aborted in ggml\n", IQ_TYPES[t].name, n_taken, n_aborted);
+    }
+}
+
 int main(int argc, char ** argv) {
     const char * dir = argc > 1 ? argv[1] : "runtime/src/quant/golden_quantize";
     const int n_extra = argc > 2 ? atoi(argv[2]) : 0;
@@ -306,6 +395,7 @@ int main(int argc, char ** argv) {
         }
         fclose(f);
     }
+    write_iq3_iq1_goldens(dir, n_rows, widths, imat_of, xs, ims);
     printf("%d rows, %d importance vectors -> %s\n", n_rows, n_imat + n_extra, dir);
     return 0;
 }
