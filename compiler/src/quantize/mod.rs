@@ -49,7 +49,8 @@ pub struct Args {
     pub output: PathBuf,
     /// The file type, by llama-quantize's name or number: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
     /// Q2_K, Q2_K_S, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K,
-    /// IQ4_NL, IQ4_XS, F16, BF16, F32 (the IQ1/IQ2/IQ3 mixes are not written yet).
+    /// IQ3_XS, IQ3_S, IQ3_M, IQ4_NL, IQ4_XS, F16, BF16, F32, and IQ1_S, IQ1_M, IQ3_XXS
+    /// where no tensor gets an IQ2 type (the IQ2 quantizers are not written yet).
     #[arg(value_name = "TYPE")]
     pub ftype: String,
     /// Importance matrix from llama-imatrix (GGUF, or the legacy .dat format).
@@ -442,9 +443,11 @@ fn quantizer(t: GgmlType) -> Option<QuantizeFn> {
         G::Q6_K => q::<rq::q6_k::Q6_K>,
         G::IQ4_NL => q::<rq::iq4_nl::IQ4_NL>,
         G::IQ4_XS => q::<rq::iq4_xs::IQ4_XS>,
-        G::IQ1_S | G::IQ1_M | G::IQ2_XXS | G::IQ2_XS | G::IQ2_S | G::IQ3_XXS | G::IQ3_S => {
-            return None
-        }
+        G::IQ3_XXS => q::<rq::iq3_xxs::IQ3_XXS>,
+        G::IQ3_S => q::<rq::iq3_s::IQ3_S>,
+        G::IQ1_S => q::<rq::iq1_s::IQ1_S>,
+        G::IQ1_M => q::<rq::iq1_m::IQ1_M>,
+        G::IQ2_XXS | G::IQ2_XS | G::IQ2_S => return None,
     })
 }
 
@@ -488,6 +491,7 @@ fn scale_offsets(t: GgmlType) -> &'static [usize] {
         G::Q2_K => &[80, 82],
         G::Q3_K => &[108],
         G::Q6_K => &[208],
+        G::IQ3_XXS | G::IQ3_S | G::IQ1_S => &[0],
         _ => &[],
     }
 }
@@ -504,6 +508,13 @@ fn row_is_valid(t: GgmlType, row: &[u8]) -> bool {
         GgmlType::BF16 => row
             .chunks_exact(2)
             .all(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7f80 != 0x7f80),
+        // IQ1_M spreads its f16 scale over the top nibbles of the 4 scale words (bytes
+        // 48..56 of a block)
+        GgmlType::IQ1_M => row.chunks_exact(t.block_bytes() as usize).all(|b| {
+            let w = |k: usize| u16::from_le_bytes([b[48 + 2 * k], b[49 + 2 * k]]);
+            let d = w(0) >> 12 | (w(1) >> 8) & 0x00f0 | (w(2) >> 4) & 0x0f00 | w(3) & 0xf000;
+            f16_finite(&d.to_le_bytes())
+        }),
         _ => {
             let offsets = scale_offsets(t);
             row.chunks_exact(t.block_bytes() as usize)
