@@ -313,13 +313,13 @@ fn quantize_block(x: &[f32], qw: Option<&[f32]>) -> BlockIQ1M {
         }
         let mut index = [0usize; 2];
         let mut all_on_grid = true;
-        for (k, j) in index.iter_mut().enumerate() {
+        for (k, slot) in index.iter_mut().enumerate() {
             let r = 8 * k..8 * k + 8;
             let l: &[u8; 8] = levels[r.clone()].try_into().expect("8 levels");
             let values = group_values(shift, k);
-            let on;
-            (*j, on) = iq1_grid_index(grid, l, &xb[r.clone()], &weight[r], scale, values);
-            all_on_grid &= on;
+            let (j, on_grid) = iq1_grid_index(grid, l, &xb[r.clone()], &weight[r], scale, values);
+            *slot = j;
+            all_on_grid &= on_grid;
         }
         if !all_on_grid {
             let (mut sumqx, mut sumq2) = (0f32, 0f32);

@@ -487,6 +487,21 @@ mod tests {
         assert_eq!(n, &[1, 2]);
     }
 
+    /// The grids' keys are ggml's `kgrid_*` tables (the ones its init functions expand),
+    /// which list each grid's keys in ascending order: first entries and sum.
+    #[test]
+    fn grid_keys_are_ggml_kgrid_tables() {
+        fn check<const N: usize>(g: &GridSearch<N>, first: [usize; 6], sum: usize) {
+            let keys: Vec<usize> = (0..g.len()).map(|i| g.key(g.point(i))).collect();
+            assert!(keys.windows(2).all(|w| w[0] < w[1]), "ascending");
+            assert_eq!(keys[..6], first);
+            assert_eq!(keys.iter().sum::<usize>(), sum);
+        }
+        check(iq3xxs_grid(), [0, 2, 4, 9, 11, 15], 391_138);
+        check(iq3s_grid(), [0, 1, 2, 5, 7, 8], 777_331);
+        check(iq1s_grid(), [0, 2, 5, 8, 10, 17], 44_428_132);
+    }
+
     #[test]
     fn sort_is_stable_and_mirrors_glibc_on_nans() {
         let nan = f32::NAN;
