@@ -241,11 +241,12 @@ static FILE * open_out(const char * dir, const char * name) {
     return f;
 }
 
-// ---- Types whose quantizer may abort: IQ2_XXS, IQ2_XS, IQ2_S -------------------------
+// ---- Types whose quantizer may abort: IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S
 //
-// ggml aborts (GGML_ASSERT) instead of returning: IQ2_XXS and IQ2_XS without an
-// importance vector, and any IQ2 type where NaN or infinite weights leave a group with
-// no grid point at a finite distance or a scale that is NaN. Each run is made in a
+// These need ggml_quantize_init (their grid lookups), and ggml aborts (GGML_ASSERT)
+// instead of returning: IQ2_XXS, IQ2_XS and IQ1_S without an importance vector, and any
+// of them where NaN or infinite weights (or negative importances) leave a group with no
+// grid point at a finite distance or make a scale NaN. Each run is made in a
 // child process; the file records which runs ggml finished:
 //   <TYPE>.bin   u32 block_bytes, u32 block_elems, u32 n_rows, then per row: u32 row id,
 //                u32 runs (bit 0: without imatrix, bit 1: with), the blocks of each
@@ -254,6 +255,8 @@ static FILE * open_out(const char * dir, const char * name) {
 struct qtype_abort { const char * name; enum ggml_type type; };
 static const struct qtype_abort ABORTING_TYPES[] = {
     {"IQ2_XXS", GGML_TYPE_IQ2_XXS}, {"IQ2_XS", GGML_TYPE_IQ2_XS}, {"IQ2_S", GGML_TYPE_IQ2_S},
+    {"IQ3_XXS", GGML_TYPE_IQ3_XXS}, {"IQ3_S", GGML_TYPE_IQ3_S},   {"IQ1_S", GGML_TYPE_IQ1_S},
+    {"IQ1_M", GGML_TYPE_IQ1_M},
 };
 
 // ggml_quantize_chunk of one row in a child process: 1 with the bytes in `out`, 0 if

@@ -1,9 +1,7 @@
 //! `mcc quantize` against llama.cpp's `llama-quantize`: for every file type of the quant
-//! ladder whose tensor types mcc can write, SmolLM2-135M-Instruct's F16 file quantized
-//! with the ladder's importance matrix must be the ladder's file byte for byte (metadata,
-//! tensor infos, data and padding), at 1 and at 2 threads. The file types that need the
-//! IQ1/IQ3 quantizers must be refused with an error that names the missing one.
-//! The ladder's F16 file itself is llama-quantize's `--allow-requantize` of the Q4_1
+//! ladder (all 27 quantized types), SmolLM2-135M-Instruct's F16 file quantized with the
+//! ladder's importance matrix must be the ladder's file byte for byte (metadata, tensor
+//! infos, data and padding), at 1 and at 2 threads. The ladder's F16 file itself is llama-quantize's `--allow-requantize` of the Q4_1
 //! file, so requantizing that Q4_1 to F16 must give it too.
 //!
 //! The models come from `scripts/make-models.sh` (llama.cpp's tools); where they are
@@ -28,13 +26,6 @@ const LADDER: [&str; 27] = [
     "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "Q2_K_S", "Q2_K", "IQ3_XXS", "IQ3_XS",
     "Q3_K_S", "IQ3_S", "IQ3_M", "Q3_K_M", "Q3_K_L", "IQ4_XS", "Q4_0", "IQ4_NL", "Q4_K_S", "Q4_K_M",
     "Q4_1", "Q5_K_S", "Q5_0", "Q5_K_M", "Q5_1", "Q6_K", "Q8_0",
-];
-
-/// Those that need a quantizer mcc does not have yet (IQ1_*, IQ3_*): SmolLM2's
-/// ffn_down rows (1536 wide) keep those types where the 576-wide rows fall back. (IQ2_S
-/// and IQ2_M give three ffn_down tensors IQ3_S.)
-const NEEDS_IQ_QUANTIZER: [&str; 8] = [
-    "IQ1_S", "IQ1_M", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M",
 ];
 
 const STEM: &str = "SmolLM2-135M-Instruct";
@@ -164,7 +155,6 @@ fn ladder_files_match_llama_quantize_byte_for_byte() {
     let out_dir = scratch("ladder");
     let mut failures = Vec::new();
     let mut identical = Vec::new();
-    let mut refused = Vec::new();
     let mut missing = Vec::new();
 
     // F16: llama-quantize --allow-requantize of the Q4_1 file, without an imatrix.
@@ -199,35 +189,13 @@ fn ladder_files_match_llama_quantize_byte_for_byte() {
             match check(&a, &golden) {
                 Ok(None) => identical.push(format!("{ty} at {threads} threads")),
                 Ok(Some(d)) => failures.push(format!("{ty}, {threads} threads: {d}")),
-                Err(e) if NEEDS_IQ_QUANTIZER.contains(&ty) => {
-                    if !(e.contains("not supported yet: needs the IQ")
-                        && e.contains(" quantizer (tensor `"))
-                    {
-                        failures.push(format!(
-                            "{ty}: refused, but not for a missing IQ quantizer: {e}"
-                        ));
-                    } else if threads == 1 {
-                        refused.push(format!("{ty}: {e}"));
-                    }
-                    assert!(!out.exists(), "{ty}: a refused run left {}", out.display());
-                }
                 Err(e) => failures.push(format!("{ty}, {threads} threads: error: {e}")),
             }
-        }
-        if NEEDS_IQ_QUANTIZER.contains(&ty)
-            && identical.iter().any(|s| s.starts_with(&format!("{ty} ")))
-        {
-            announce(&format!(
-                "note: {ty} now matches llama-quantize: move it out of NEEDS_IQ_QUANTIZER"
-            ));
         }
     }
     let _ = std::fs::remove_dir_all(&out_dir);
     for line in &identical {
         announce(&format!("identical to llama-quantize: {line}"));
-    }
-    for line in &refused {
-        announce(&format!("refused: {line}"));
     }
     if !missing.is_empty() {
         announce(&format!(
@@ -361,18 +329,14 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
         &args(&model, &out, "IQ2_XXS", None, 1),
         &["importance matrix", "blk.0.attn_q.weight", "IQ2_XXS"],
     );
-    expect_error(
-        &args(&model, &out, "IQ1_S", Some(&good), 1),
-        &["not supported yet: needs the IQ1_S quantizer"],
-    );
-    // With one, IQ2_XXS is written (its quantizer needs the importance vector).
-    mcc::quantize::run(&args(&model, &out, "IQ2_XXS", Some(&good), 1)).unwrap();
-    let g = GgufFile::open(&out).unwrap();
-    assert_eq!(
-        g.tensor("blk.0.attn_q.weight").unwrap().ggml_type,
-        GgmlType::IQ2_XXS
-    );
-    std::fs::remove_file(&out).unwrap();
+    // With one, IQ2_XXS and IQ1_S are written (their quantizers need the importance
+    // vector).
+    for (ftype, ty) in [("IQ2_XXS", GgmlType::IQ2_XXS), ("IQ1_S", GgmlType::IQ1_S)] {
+        mcc::quantize::run(&args(&model, &out, ftype, Some(&good), 1)).unwrap();
+        let g = GgufFile::open(&out).unwrap();
+        assert_eq!(g.tensor("blk.0.attn_q.weight").unwrap().ggml_type, ty);
+        std::fs::remove_file(&out).unwrap();
+    }
     let before = std::fs::read(&model).unwrap();
     let e = mcc::quantize::run(&args(&model, &model, "Q8_0", None, 1)).unwrap_err();
     assert!(format!("{e:#}").contains("same file"), "{e:#}");

@@ -48,8 +48,8 @@ pub struct Args {
     pub output: PathBuf,
     /// The file type, by llama-quantize's name or number: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
     /// Q2_K, Q2_K_S, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K,
-    /// IQ2_XXS, IQ2_XS, IQ4_NL, IQ4_XS, F16, BF16, F32 (the IQ1/IQ3 mixes, and IQ2_S and
-    /// IQ2_M, which need IQ3_S tensors, are not written yet).
+    /// IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ2_M, IQ3_XXS, IQ3_XS, IQ3_S, IQ3_M, IQ4_NL,
+    /// IQ4_XS, F16, BF16, F32.
     #[arg(value_name = "TYPE")]
     pub ftype: String,
     /// Importance matrix from llama-imatrix (GGUF, or the legacy .dat format).
@@ -255,26 +255,6 @@ fn plan(
         });
     }
 
-    // Every type mcc cannot write yet, with the first tensor that would get it.
-    let mut missing: Vec<(GgmlType, &str)> = Vec::new();
-    for p in &plans {
-        let t = &g.tensors[p.index];
-        if p.to != t.ggml_type && quantizer(p.to).is_none() && !missing.iter().any(|m| m.0 == p.to)
-        {
-            missing.push((p.to, &t.name));
-        }
-    }
-    if !missing.is_empty() {
-        let list: Vec<String> = missing
-            .iter()
-            .map(|(ty, name)| format!("the {ty} quantizer (tensor `{name}` becomes {ty})"))
-            .collect();
-        bail!(
-            "{ftype} is not supported yet: needs {}, which mcc does not have yet",
-            list.join(" and ")
-        );
-    }
-
     for p in &mut plans {
         let t = &g.tensors[p.index];
         if p.to == t.ggml_type {
@@ -422,11 +402,11 @@ fn header(
 /// Quantizes f32 rows into a format's bytes: `(x, n_per_row, imatrix, out)`.
 type QuantizeFn = fn(&[f32], usize, Option<&[f32]>, &mut [u8]);
 
-/// The quantizer for type `t`, `None` for the types mcc cannot write yet.
-fn quantizer(t: GgmlType) -> Option<QuantizeFn> {
+/// The quantizer for type `t`.
+fn quantizer(t: GgmlType) -> QuantizeFn {
     use rq::quantize_rows_to_bytes as q;
     use GgmlType as G;
-    Some(match t {
+    match t {
         G::F32 => q::<rq::f32::F32>,
         G::F16 => q::<rq::f16::F16>,
         G::BF16 => q::<rq::bf16::BF16>,
@@ -445,8 +425,11 @@ fn quantizer(t: GgmlType) -> Option<QuantizeFn> {
         G::IQ2_XXS => q::<rq::iq2_xxs::IQ2_XXS>,
         G::IQ2_XS => q::<rq::iq2_xs::IQ2_XS>,
         G::IQ2_S => q::<rq::iq2_s::IQ2_S>,
-        G::IQ1_S | G::IQ1_M | G::IQ3_XXS | G::IQ3_S => return None,
-    })
+        G::IQ3_XXS => q::<rq::iq3_xxs::IQ3_XXS>,
+        G::IQ3_S => q::<rq::iq3_s::IQ3_S>,
+        G::IQ1_S => q::<rq::iq1_s::IQ1_S>,
+        G::IQ1_M => q::<rq::iq1_m::IQ1_M>,
+    }
 }
 
 /// Bytes of type `t` to f32 with the format's scalar reference dequantizer.
@@ -490,6 +473,7 @@ fn scale_offsets(t: GgmlType) -> &'static [usize] {
         G::Q2_K => &[80, 82],
         G::Q3_K => &[108],
         G::Q6_K => &[208],
+        G::IQ3_XXS | G::IQ3_S | G::IQ1_S => &[0],
         _ => &[],
     }
 }
@@ -516,6 +500,13 @@ fn row_is_valid(t: GgmlType, row: &[u8]) -> bool {
         GgmlType::BF16 => row
             .chunks_exact(2)
             .all(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7f80 != 0x7f80),
+        // IQ1_M spreads its f16 scale over the top nibbles of the 4 scale words (bytes
+        // 48..56 of a block)
+        GgmlType::IQ1_M => row.chunks_exact(t.block_bytes() as usize).all(|b| {
+            let w = |k: usize| u16::from_le_bytes([b[48 + 2 * k], b[49 + 2 * k]]);
+            let d = w(0) >> 12 | (w(1) >> 8) & 0x00f0 | (w(2) >> 4) & 0x0f00 | w(3) & 0xf000;
+            f16_finite(&d.to_le_bytes())
+        }),
         _ => {
             let offsets = scale_offsets(t);
             row.chunks_exact(t.block_bytes() as usize)
@@ -536,7 +527,7 @@ fn convert(bytes: &[u8], src: &TensorInfo, p: &Plan, threads: usize) -> Result<V
     let src_row = src.row_bytes() as usize;
     let dst_row = (p.dims[0] / p.to.block_elems() * p.to.block_bytes()) as usize;
     let n_rows = bytes.len() / src_row;
-    let quantize = quantizer(p.to).ok_or_else(|| format!("no {} quantizer", p.to))?;
+    let quantize = quantizer(p.to);
     let mut out = vec![0u8; n_rows * dst_row];
 
     // Tasks: runs of rows within one matrix (each expert has its own importances).

@@ -260,3 +260,31 @@ fn row_widths_that_a_block_does_not_divide_fall_back() {
         assert_eq!(got, want, "{ft} at width {width}");
     }
 }
+
+#[test]
+fn iq1_m_rows_are_checked_for_the_scale_spread_over_its_scale_words() {
+    // f16 bits 0xabcd: nibble k in the top nibble of scale word k (bytes 48..56)
+    let block = |bits: u16| {
+        let mut b = vec![0u8; 56];
+        for k in 0..4 {
+            let word = ((bits >> (4 * k)) & 0xf) << 12 | 0x0fff;
+            b[48 + 2 * k..50 + 2 * k].copy_from_slice(&word.to_le_bytes());
+        }
+        b
+    };
+    let row = |bits: &[u16]| bits.iter().flat_map(|&b| block(b)).collect::<Vec<u8>>();
+    assert!(super::row_is_valid(
+        GgmlType::IQ1_M,
+        &row(&[0x3c00, 0x7bff])
+    ));
+    assert!(!super::row_is_valid(
+        GgmlType::IQ1_M,
+        &row(&[0x3c00, 0x7c00])
+    ));
+    assert!(!super::row_is_valid(GgmlType::IQ1_M, &row(&[0xfe00])));
+    // the other formats' f16 scale is at byte 0
+    let mut b = vec![0u8; 98];
+    assert!(super::row_is_valid(GgmlType::IQ3_XXS, &b));
+    b[1] = 0x7c;
+    assert!(!super::row_is_valid(GgmlType::IQ3_XXS, &b));
+}

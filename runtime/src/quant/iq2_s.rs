@@ -272,7 +272,7 @@ mod tests {
 
     #[test]
     fn quantize_matches_ggml() {
-        testing::check_quantize_or_abort::<IQ2_S>();
+        let _ = testing::check_quantize_or_abort::<IQ2_S>();
     }
 
     #[test]

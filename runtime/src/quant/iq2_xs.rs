@@ -317,7 +317,7 @@ mod tests {
 
     #[test]
     fn quantize_matches_ggml() {
-        testing::check_quantize_or_abort::<IQ2_XS>();
+        let _ = testing::check_quantize_or_abort::<IQ2_XS>();
     }
 
     #[test]

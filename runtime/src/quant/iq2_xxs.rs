@@ -385,7 +385,7 @@ mod tests {
 
     #[test]
     fn quantize_matches_ggml() {
-        testing::check_quantize_or_abort::<IQ2_XXS>();
+        let _ = testing::check_quantize_or_abort::<IQ2_XXS>();
     }
 
     #[test]

@@ -19,10 +19,12 @@
 
 use crate::float16::f16;
 
+use super::iq3_iq1_search::{iq3_subblock, iq3s_grid, Iq3Search};
 use super::iq_grids::IQ3S_GRID;
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::quantize::{ggml_f16, importance_weights, nearest_int};
 use super::superblock::{self, signed_group, Batched, Ints, SuperBlock};
-use super::WeightType;
+use super::{check_quantize_lengths, Quantize, WeightType};
 
 /// One IQ3_S super-block of 256 weights.
 #[repr(C)]
@@ -143,6 +145,112 @@ impl SuperBlock for IQ3_S {
     }
 }
 
+/// One super-block as ggml's `quantize_row_iq3_s_impl` quantizes it (`qw`: the
+/// importances of its 256 weights).
+///
+/// Error weights are `qw_i sqrt(σ² + x_i²)` with `σ² = 2 Σ x² / 256` (or `x_i²`
+/// without importances). Per sub-block of 32: the sign bits are the weights' signs, and
+/// [`iq3_subblock`] finds the grid points and the scale of the magnitudes (19
+/// candidates, every group re-rounded); a negative scale flips the sign bits. The
+/// super-block scale is `max scale / 31`, stored times 1.033; each sub-block scale
+/// becomes `round((s / d - 1) / 2)` in 0..=15.
+///
+/// A sub-block whose magnitudes are all zero is skipped, and ggml then does not advance
+/// its write positions in `qs` and `signs`: the next sub-block's grid indices and signs
+/// land in the skipped one's place (the high index bits in `qh` and the scales keep
+/// their places). The bytes keep that quirk.
+fn quantize_block(x: &[f32], qw: Option<&[f32]>) -> BlockIQ3S {
+    let search = Iq3Search {
+        grid: iq3s_grid(),
+        steps: 9,
+        refine_all: true,
+        on_grid_at_start: false,
+    };
+    let mut block = BlockIQ3S {
+        d: ggml_f16(0.0),
+        qs: [0; QK_K / 4],
+        qh: [0; QK_K / 32],
+        signs: [0; QK_K / 8],
+        scales: [0; QK_K / 64],
+    };
+    let mut scales = [0f32; QK_K / 32];
+    let mut sumx2 = 0f32;
+    for &v in x {
+        sumx2 += v * v;
+    }
+    let sigma2 = 2.0 * sumx2 / QK_K as f32;
+    let mut max_scale = 0f32;
+    // sub-blocks written so far: where the next one's qs and signs go
+    let mut written = 0;
+    let (mut weight, mut waux, mut xval) = ([0f32; 32], [0f32; 32], [0f32; 32]);
+    for (ib, xb) in x.chunks_exact(32).enumerate() {
+        match qw {
+            Some(qw) => {
+                importance_weights(xb, &qw[32 * ib..32 * ib + 32], sigma2, &mut weight);
+            }
+            None => {
+                for (w, &v) in weight.iter_mut().zip(xb) {
+                    *w = v * v;
+                }
+            }
+        }
+        for (a, &w) in waux.iter_mut().zip(&weight) {
+            *a = w.sqrt();
+        }
+        let mut signs = [0u8; 4];
+        for (i, (&v, xv)) in xb.iter().zip(xval.iter_mut()).enumerate() {
+            if v >= 0.0 {
+                *xv = v;
+            } else {
+                *xv = -v;
+                signs[i / 8] |= 1 << (i % 8);
+            }
+        }
+        let mut max = xval[0];
+        for &v in &xval[1..] {
+            max = if max > v { max } else { v };
+        }
+        if max == 0.0 {
+            continue;
+        }
+        let (mut scale, index) = iq3_subblock(&search, &xval, &weight, &waux, max);
+        if scale < 0.0 {
+            scale = -scale;
+            for s in &mut signs {
+                *s = !*s;
+            }
+        }
+        for (k, &j) in index.iter().enumerate() {
+            block.qs[8 * written + k] = j as u8;
+            block.qh[ib] |= ((j >> 8) as u8) << k;
+        }
+        block.signs[4 * written..4 * written + 4].copy_from_slice(&signs);
+        written += 1;
+        scales[ib] = scale;
+        max_scale = if max_scale > scale { max_scale } else { scale };
+    }
+    if max_scale == 0.0 {
+        return block;
+    }
+    let d = max_scale / 31.0;
+    block.d = ggml_f16(d * 1.033);
+    let id = 1.0 / d;
+    for (byte, pair) in block.scales.iter_mut().zip(scales.chunks_exact(2)) {
+        let l = |s: f32| nearest_int(0.5 * (id * s - 1.0)).clamp(0, 15) as u8;
+        *byte = l(pair[0]) | l(pair[1]) << 4;
+    }
+    block
+}
+
+impl Quantize for IQ3_S {
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [BlockIQ3S]) {
+        check_quantize_lengths::<IQ3_S>(x, imatrix, out);
+        for (i, (b, xb)) in out.iter_mut().zip(x.chunks_exact(QK_K)).enumerate() {
+            *b = quantize_block(xb, imatrix.map(|qw| &qw[QK_K * i..QK_K * (i + 1)]));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::IQ3_S;
@@ -166,5 +274,11 @@ mod tests {
         // Bit-exact with ggml's x86 AVX2 dot on the same blocks (fast path); the scalar
         // reference within the limit derived above.
         crate::quant::iq_golden_dot::check_ggml_dot::<IQ3_S>(2e-6);
+    }
+
+    #[test]
+    fn quantize_matches_ggml() {
+        let (blocks, aborts) = crate::quant::testing::check_quantize_or_abort::<IQ3_S>();
+        assert!(blocks > 0 && aborts > 0, "{blocks} blocks, {aborts} aborts");
     }
 }

@@ -19,10 +19,12 @@
 
 use crate::float16::f16;
 
+use super::iq3_iq1_search::{iq3_subblock, iq3xxs_grid, Iq3Search};
 use super::iq_grids::{IQ3XXS_GRID, KSIGNS_IQ2XS};
 use super::q8_k::{BlockQ8K, Q8_K, QK_K};
+use super::quantize::{ggml_f16, importance_weights, nearest_int};
 use super::superblock::{self, signed_group, Batched, Ints, SuperBlock};
-use super::WeightType;
+use super::{check_quantize_lengths, Quantize, WeightType};
 
 /// One IQ3_XXS super-block of 256 weights.
 #[repr(C)]
@@ -146,6 +148,140 @@ impl SuperBlock for IQ3_XXS {
     }
 }
 
+/// Below this largest magnitude a sub-block gets scale 0 and all-zero bytes.
+const GROUP_MAX_EPS: f32 = 1e-8;
+
+/// Magnitudes and sign pattern of 8 weights, in IQ3_XXS's even parity: the weights'
+/// signs, except that with an odd number of negative weights the one of least
+/// `w x²` (the first on ties) keeps the wrong sign, its magnitude negated instead.
+/// Returns the 7 stored sign bits (the eighth follows from the parity).
+#[inline]
+fn even_signs(x: &[f32], weight: &[f32], xval: &mut [f32]) -> u8 {
+    let mut signs = 0u8;
+    for (i, (&v, xv)) in x.iter().zip(xval.iter_mut()).enumerate() {
+        if v >= 0.0 {
+            *xv = v;
+        } else {
+            *xv = -v;
+            signs |= 1 << i;
+        }
+    }
+    if signs.count_ones() % 2 == 1 {
+        let (mut imin, mut min) = (0, weight[0] * x[0] * x[0]);
+        for i in 1..8 {
+            let ax = weight[i] * x[i] * x[i];
+            if ax < min {
+                min = ax;
+                imin = i;
+            }
+        }
+        xval[imin] = -xval[imin];
+        signs ^= 1 << imin;
+    }
+    signs & 127
+}
+
+/// One super-block as ggml's `quantize_row_iq3_xxs_impl` quantizes it (`qw`: the
+/// importances of its 256 weights).
+///
+/// Error weights are `qw_i sqrt(σ² + x_i²)` with `σ² = 2 Σ x² / 256` (or `x_i²`
+/// without importances). Per sub-block of 32: the signs go to even parity
+/// ([`even_signs`]), [`iq3_subblock`] finds the grid points and the scale of the
+/// magnitudes (31 candidates), and a negative scale flips the 7 stored sign bits. The
+/// super-block scale is `max scale / 31`, stored times 1.0125; each sub-block scale
+/// becomes `round((s / d - 1) / 2)` in 0..=15.
+fn quantize_block(x: &[f32], qw: Option<&[f32]>) -> BlockIQ3XXS {
+    let search = Iq3Search {
+        grid: iq3xxs_grid(),
+        steps: 15,
+        refine_all: false,
+        on_grid_at_start: true,
+    };
+    let mut block = BlockIQ3XXS {
+        d: ggml_f16(0.0),
+        qs: [0; QK_K / 4],
+        signs_scales: [0; QK_K / 8],
+    };
+    let mut words = [0u32; QK_K / 32];
+    let mut scales = [0f32; QK_K / 32];
+    let mut sumx2 = 0f32;
+    for &v in x {
+        sumx2 += v * v;
+    }
+    let sigma2 = 2.0 * sumx2 / QK_K as f32;
+    let mut max_scale = 0f32;
+    let (mut weight, mut waux, mut xval) = ([0f32; 32], [0f32; 32], [0f32; 32]);
+    for (ib, xb) in x.chunks_exact(32).enumerate() {
+        match qw {
+            Some(qw) => {
+                importance_weights(xb, &qw[32 * ib..32 * ib + 32], sigma2, &mut weight);
+            }
+            None => {
+                for (w, &v) in weight.iter_mut().zip(xb) {
+                    *w = v * v;
+                }
+            }
+        }
+        for (a, &w) in waux.iter_mut().zip(&weight) {
+            *a = w.sqrt();
+        }
+        let mut signs = [0u8; 4];
+        for (k, s) in signs.iter_mut().enumerate() {
+            let r = 8 * k..8 * k + 8;
+            *s = even_signs(&xb[r.clone()], &weight[r.clone()], &mut xval[r]);
+        }
+        let mut max = xval[0];
+        for &v in &xval[1..] {
+            max = if max > v { max } else { v };
+        }
+        if max < GROUP_MAX_EPS {
+            continue;
+        }
+        let (mut scale, index) = iq3_subblock(&search, &xval, &weight, &waux, max);
+        if scale < 0.0 {
+            scale = -scale;
+            for s in &mut signs {
+                *s = !*s & 127;
+            }
+        }
+        for (q, &j) in block.qs[8 * ib..8 * ib + 8].iter_mut().zip(&index) {
+            *q = j as u8;
+        }
+        words[ib] = signs
+            .iter()
+            .enumerate()
+            .fold(0, |w, (k, &s)| w | (s as u32) << (7 * k));
+        scales[ib] = scale;
+        max_scale = if max_scale > scale { max_scale } else { scale };
+    }
+    if max_scale == 0.0 {
+        block.qs = [0; QK_K / 4];
+        return block;
+    }
+    let d = max_scale / 31.0;
+    block.d = ggml_f16(d * 1.0125);
+    let id = 1.0 / d;
+    for ((word, &s), out) in words
+        .iter_mut()
+        .zip(&scales)
+        .zip(block.signs_scales.chunks_exact_mut(4))
+    {
+        let l = nearest_int(0.5 * (id * s - 1.0)).clamp(0, 15);
+        *word |= (l as u32) << 28;
+        out.copy_from_slice(&word.to_le_bytes());
+    }
+    block
+}
+
+impl Quantize for IQ3_XXS {
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [BlockIQ3XXS]) {
+        check_quantize_lengths::<IQ3_XXS>(x, imatrix, out);
+        for (i, (b, xb)) in out.iter_mut().zip(x.chunks_exact(QK_K)).enumerate() {
+            *b = quantize_block(xb, imatrix.map(|qw| &qw[QK_K * i..QK_K * (i + 1)]));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::IQ3_XXS;
@@ -169,5 +305,11 @@ mod tests {
         // Bit-exact with ggml's x86 AVX2 dot on the same blocks (fast path); the scalar
         // reference within the limit derived above.
         crate::quant::iq_golden_dot::check_ggml_dot::<IQ3_XXS>(2e-6);
+    }
+
+    #[test]
+    fn quantize_matches_ggml() {
+        let (blocks, aborts) = crate::quant::testing::check_quantize_or_abort::<IQ3_XXS>();
+        assert!(blocks > 0 && aborts > 0, "{blocks} blocks, {aborts} aborts");
     }
 }

@@ -21,6 +21,7 @@ pub mod iq1_s;
 pub mod iq2_s;
 pub mod iq2_xs;
 pub mod iq2_xxs;
+pub(crate) mod iq3_iq1_search;
 pub mod iq3_s;
 pub mod iq3_xxs;
 pub mod iq4_nl;

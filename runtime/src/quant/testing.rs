@@ -648,8 +648,8 @@ pub fn quantize_golden_or_abort<W: WeightType>() -> Vec<AbortCase> {
 /// `W::quantize_row` on every golden row of [`quantize_golden_or_abort`], with and
 /// without the importance vector: where ggml finished it must give ggml's bytes exactly,
 /// and where ggml aborted it must panic. Reports every difference and fails if there is
-/// one.
-pub fn check_quantize_or_abort<W: Quantize>() {
+/// one; returns the blocks compared and the aborts matched.
+pub fn check_quantize_or_abort<W: Quantize>() -> (usize, usize) {
     let cases = quantize_golden_or_abort::<W>();
     let size = std::mem::size_of::<W::Block>();
     let mut failures = Vec::new();
@@ -705,6 +705,7 @@ pub fn check_quantize_or_abort<W: Quantize>() {
         failures.len(),
         failures[..failures.len().min(8)].join("\n")
     );
+    (n_blocks, n_aborts)
 }
 
 /// [`check_quantize_round_trip`] with the importance vector only, for the formats that
