@@ -69,32 +69,8 @@ impl WeightType for F16 {
         crate::ops::dot_f16(row, act)
     }
 
-    /// llama.cpp sends every batch of two or more tokens through llamafile's tinyBLAS
-    /// GEMM on the SIMD tiers (its portable build has no tinyBLAS for F16).
-    #[inline(always)]
-    fn batched(n_tokens: usize) -> bool {
-        SGEMM_LANES > 0 && n_tokens >= 2
-    }
-
-    /// tinyBLAS's dots ([`sgemm_dot_ref`]) when the row is a whole number of its vectors;
-    /// otherwise tinyBLAS declines and ggml takes its one-token dot per token.
-    fn batch_row_dots(
-        row: &[f16],
-        act: &[f16],
-        act_row: usize,
-        tokens: std::ops::Range<usize>,
-        _n_tokens: usize,
-        out: &mut [f32],
-    ) {
-        let token = |t: usize| &act[t * act_row..t * act_row + row.len()];
-        if SGEMM_LANES == 0 || !row.len().is_multiple_of(SGEMM_LANES) {
-            for (o, t) in out.iter_mut().zip(tokens) {
-                *o = Self::vec_dot(row, token(t));
-            }
-            return;
-        }
-        sgemm_dots(row, act, act_row, tokens, out);
-    }
+    /// Batches through [`gemm`]: register tiles of tinyBLAS's dots.
+    const GEMM: Option<super::Gemm<Self>> = if SGEMM_LANES > 0 { Some(gemm) } else { None };
 }
 
 /// Lanes of llamafile's tinyBLAS F16 GEMM in llama.cpp's build for this tier: 16 with
@@ -106,6 +82,24 @@ const SGEMM_LANES: usize = if cfg!(all(target_arch = "x86_64", target_feature = 
 } else {
     0
 };
+
+/// A prompt batch (2 or more tokens) as llama.cpp computes it: tinyBLAS's dots, in the
+/// SIMD tiers' register-tiled kernel; rows that are not a whole number of its vectors
+/// take ggml's one-token dot per token, as llama.cpp does when tinyBLAS declines them.
+fn gemm(pool: &crate::pool::Pool, w: &[f16], act: &[f16], n_tokens: usize, out: &mut [f32]) {
+    let k = act.len() / n_tokens;
+    #[cfg(x86_simd)]
+    if k.is_multiple_of(SGEMM_LANES) {
+        return super::x86_avx2::f16_gemm::gemm(pool, w, act, n_tokens, out);
+    }
+    let rows = out.len() / n_tokens;
+    for (r, row) in w.chunks_exact(k).enumerate() {
+        for t in 0..n_tokens {
+            out[t * rows + r] = F16::vec_dot(row, &act[t * k..(t + 1) * k]);
+        }
+    }
+    let _ = pool;
+}
 
 /// One dot of llamafile's tinyBLAS GEMM (`gemm_bloc`, F16 × F16 → F32), as llama.cpp
 /// computes every (row, token) of a batch: `lanes` f32 accumulators, lane `l` taking the
@@ -120,37 +114,6 @@ pub fn sgemm_dot_ref(row: &[f16], act: &[f16], lanes: usize) -> f32 {
         }
     }
     crate::ops::reduce_lanes_softmax(&acc[..lanes])
-}
-
-/// [`sgemm_dot_ref`] of `row` with tokens `tokens` (token `t`'s activations at
-/// `act[t * act_row..]`), four tokens' accumulators side by side, in vector registers
-/// where the tier has them.
-fn sgemm_dots(
-    row: &[f16],
-    act: &[f16],
-    act_row: usize,
-    tokens: std::ops::Range<usize>,
-    out: &mut [f32],
-) {
-    let k = row.len();
-    let token = |t: usize| &act[t * act_row..t * act_row + k];
-    let mut t = tokens.start;
-    let mut o = 0;
-    while t + 4 <= tokens.end {
-        let acts = [token(t), token(t + 1), token(t + 2), token(t + 3)];
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-        let dots = super::x86_avx2::legacy::sgemm_dots4_w16(row, acts);
-        #[cfg(all(x86_simd, not(target_feature = "avx512f")))]
-        let dots = super::x86_avx2::legacy::sgemm_dots4_w8(row, acts);
-        #[cfg(not(x86_simd))]
-        let dots = acts.map(|a| sgemm_dot_ref(row, a, SGEMM_LANES));
-        out[o..o + 4].copy_from_slice(&dots);
-        (t, o) = (t + 4, o + 4);
-    }
-    for t in t..tokens.end {
-        out[o] = sgemm_dot_ref(row, token(t), SGEMM_LANES);
-        o += 1;
-    }
 }
 
 /// ggml's model-file conversion to F16: each value rounded to nearest even, overflowing
@@ -202,34 +165,37 @@ mod tests {
     }
 
     #[test]
-    fn batch_dots_are_tinyblas_dots() {
-        // Values spanning many binades, so that any change of summation order shows.
-        let k = 576;
+    fn batches_are_tinyblas_dots_and_fall_back_where_it_declines() {
         let val = |i: usize| {
             f16::from_f32(((i * 7919 % 1013) as f32 - 506.0) * 1.37f32.powi((i % 23) as i32 - 11))
         };
-        let row: Vec<f16> = (0..k).map(val).collect();
-        let n = 7;
-        let act: Vec<f16> = (0..n * k).map(|i| val(i * 31 + 5)).collect();
-        if !F16::batched(n) {
-            return; // the portable build has no tinyBLAS
+        let pool = crate::pool::Pool::new(2);
+        let gemm = F16::GEMM.unwrap_or(|_, _, _, _, _| {});
+        if F16::GEMM.is_none() {
+            return; // the portable build has no tinyBLAS: the generic tiles
         }
-        let mut out = vec![0f32; n];
-        F16::batch_row_dots(&row, &act, k, 0..n, n, &mut out);
-        for (t, &o) in out.iter().enumerate() {
-            let want = sgemm_dot_ref(&row, &act[t * k..(t + 1) * k], SGEMM_LANES);
-            assert_eq!(o.to_bits(), want.to_bits(), "token {t}: {o} vs {want}");
+        // 576 wide (tinyBLAS), and 572 (not a whole number of its vectors: ggml's dot).
+        for k in [576, 572] {
+            let (rows, n) = (5, 7);
+            let w: Vec<f16> = (0..rows * k).map(val).collect();
+            let act: Vec<f16> = (0..n * k).map(|i| val(i * 31 + 5)).collect();
+            let mut out = vec![f32::NAN; n * rows];
+            gemm(&pool, &w, &act, n, &mut out);
+            for t in 0..n {
+                for r in 0..rows {
+                    let (row, a) = (&w[r * k..][..k], &act[t * k..][..k]);
+                    let want = match k % SGEMM_LANES {
+                        0 => sgemm_dot_ref(row, a, SGEMM_LANES),
+                        _ => F16::vec_dot(row, a),
+                    };
+                    assert_eq!(
+                        out[t * rows + r].to_bits(),
+                        want.to_bits(),
+                        "k {k} r {r} t {t}"
+                    );
+                }
+            }
         }
-        // A width tinyBLAS declines takes the one-token dot.
-        let short = &row[..k - 4];
-        let acts: Vec<f16> = (0..n)
-            .flat_map(|t| act[t * k..t * k + k - 4].to_vec())
-            .collect();
-        F16::batch_row_dots(short, &acts, k - 4, 1..3, n, &mut out[..2]);
-        assert_eq!(
-            out[0].to_bits(),
-            F16::vec_dot(short, &acts[k - 4..2 * (k - 4)]).to_bits()
-        );
     }
 
     #[test]

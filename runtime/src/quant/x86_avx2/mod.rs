@@ -2,6 +2,8 @@
 //! names as the scalar references. Compiled only when the target has AVX2 and FMA
 //! (the generated binaries build with `-C target-cpu=native` by default).
 
+#[cfg(target_feature = "f16c")]
+pub mod f16_gemm;
 pub mod gemm;
 #[cfg(target_feature = "f16c")]
 pub mod iq4_xs_x8;
