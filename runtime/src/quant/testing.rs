@@ -382,7 +382,8 @@ pub fn sane_f16(v: u64) -> crate::float16::f16 {
     crate::float16::f16::from_f32(sign * mag)
 }
 
-/// One row of `golden_quantize/` and llama.cpp's quantizations of it.
+/// One row of `golden_quantize/` and ggml's quantizations of it: `None` for a run where
+/// ggml aborted (only the formats whose ggml quantizer may abort have such runs).
 pub struct QuantizeCase {
     /// The row's index in `inputs.bin`.
     pub row: usize,
@@ -390,215 +391,43 @@ pub struct QuantizeCase {
     /// The row's importance vector.
     pub imatrix: Vec<f32>,
     /// ggml's blocks, as bytes, without the importance vector and with it.
-    pub plain: Vec<u8>,
-    pub weighted: Vec<u8>,
-}
-
-/// The rows of `golden_quantize/` (written by `scripts/quantize_golden.c`) whose width is
-/// a multiple of `W`'s block, with ggml's quantizations of them. `MCC_QUANTIZE_GOLDEN`
-/// names another directory of such files (a larger set made for a one-off check).
-pub fn quantize_golden<W: WeightType>() -> Vec<QuantizeCase> {
-    let dir = std::env::var("MCC_QUANTIZE_GOLDEN")
-        .unwrap_or_else(|_| format!("{}/src/quant/golden_quantize", env!("CARGO_MANIFEST_DIR")));
-    let read = |name: &str| {
-        let path = format!("{dir}/{name}");
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    };
-    let (inputs, outputs) = (read("inputs.bin"), read(&format!("{}.bin", W::NAME)));
-    let word = |b: &[u8], at: &mut usize| {
-        let w = u32::from_le_bytes(b[*at..*at + 4].try_into().unwrap()) as usize;
-        *at += 4;
-        w
-    };
-    let floats = |b: &[u8], at: &mut usize, n: usize| -> Vec<f32> {
-        let v = b[*at..*at + 4 * n]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        *at += 4 * n;
-        v
-    };
-    let mut at = 0;
-    let imatrices: Vec<Vec<f32>> = (0..word(&inputs, &mut at))
-        .map(|_| {
-            let width = word(&inputs, &mut at);
-            floats(&inputs, &mut at, width)
-        })
-        .collect();
-    let rows: Vec<(Vec<f32>, usize)> = (0..word(&inputs, &mut at))
-        .map(|_| {
-            let width = word(&inputs, &mut at);
-            let imatrix = word(&inputs, &mut at);
-            (floats(&inputs, &mut at, width), imatrix)
-        })
-        .collect();
-    assert_eq!(at, inputs.len(), "{dir}/inputs.bin: size");
-
-    let mut at = 0;
-    let block_bytes = word(&outputs, &mut at);
-    let block_elems = word(&outputs, &mut at);
-    assert_eq!(
-        (block_bytes, block_elems),
-        (std::mem::size_of::<W::Block>(), W::BLOCK_ELEMS),
-        "{}: block size and elements in the golden file",
-        W::NAME
-    );
-    let cases = (0..word(&outputs, &mut at))
-        .map(|_| {
-            let row = word(&outputs, &mut at);
-            let (x, imatrix) = &rows[row];
-            let n = x.len() / block_elems * block_bytes;
-            let case = QuantizeCase {
-                row,
-                x: x.clone(),
-                imatrix: imatrices[*imatrix].clone(),
-                plain: outputs[at..at + n].to_vec(),
-                weighted: outputs[at + n..at + 2 * n].to_vec(),
-            };
-            at += 2 * n;
-            case
-        })
-        .collect();
-    assert_eq!(at, outputs.len(), "{dir}/{}.bin: size", W::NAME);
-    cases
-}
-
-/// `n` blocks of `W` with every byte zero.
-pub fn zeroed_blocks<W: WeightType>(n: usize) -> Vec<W::Block> {
-    blocks_from_bytes::<W>(&vec![0u8; n * std::mem::size_of::<W::Block>()])
-}
-
-/// The bytes of blocks as stored.
-pub fn block_bytes<W: WeightType>(blocks: &[W::Block]) -> &[u8] {
-    // SAFETY: every block type is a `#[repr(C)]` struct of integers and f16 without
-    // padding (each format asserts its size), so all its bytes are initialised.
-    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), std::mem::size_of_val(blocks)) }
-}
-
-/// `W::quantize_row` on every golden row, with and without the importance vector, must
-/// give ggml's bytes exactly. Reports every block that differs (row, block, which run,
-/// first differing byte) and fails if there is one.
-pub fn check_quantize<W: Quantize>() {
-    let cases = quantize_golden::<W>();
-    assert!(!cases.is_empty(), "{}: no golden rows", W::NAME);
-    let size = std::mem::size_of::<W::Block>();
-    let mut failures = Vec::new();
-    let mut n_blocks = 0;
-    for case in &cases {
-        let mut out = zeroed_blocks::<W>(case.x.len() / W::BLOCK_ELEMS);
-        n_blocks += out.len();
-        for (run, imatrix, want) in [
-            ("without imatrix", None, &case.plain),
-            ("with imatrix", Some(&case.imatrix[..]), &case.weighted),
-        ] {
-            W::quantize_row(&case.x, imatrix, &mut out);
-            let got = block_bytes::<W>(&out);
-            for (b, (g, w)) in got
-                .chunks_exact(size)
-                .zip(want.chunks_exact(size))
-                .enumerate()
-            {
-                if let Some(k) = g.iter().zip(w).position(|(a, b)| a != b) {
-                    failures.push(format!(
-                        "{} row {} block {b} {run}: byte {k} is {:#04x}, ggml {:#04x}\n  \
-                         ours {g:02x?}\n  ggml {w:02x?}",
-                        W::NAME,
-                        case.row,
-                        g[k],
-                        w[k]
-                    ));
-                }
-            }
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} blocks differ from ggml:\n{}",
-        failures.len(),
-        2 * n_blocks,
-        failures[..failures.len().min(8)].join("\n")
-    );
-}
-
-/// Quantizing and dequantizing a row of normal-looking weights (with outliers) must stay
-/// close to it, with and without an importance vector, for a format with `levels` evenly
-/// spaced quant values per block.
-///
-/// Rounding to a grid of step `s` leaves an RMS error of about `s / √12`, and a block
-/// spread over `levels` values has `s = span / (levels - 1)`. On this row the RMS span
-/// of a block of 32 (`2 max |x|`, the widest a format spans) is 6.3 times the row's RMS,
-/// so the relative RMS error should stay below `6.3 / ((levels - 1) √12)`; a quarter
-/// more leaves room for the searches' other choices. A wrong bit layout or scale gives
-/// an error near 1.
-pub fn check_quantize_round_trip<W: Quantize>(levels: u32) {
-    let rel_limit = 1.25 * 6.3 / ((levels - 1) as f64 * 12f64.sqrt());
-    let n = 4096;
-    let x = activations(n, 7);
-    let imatrix: Vec<f32> = activations(n, 8).iter().map(|v| v * v).collect();
-    let rms = (x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / n as f64).sqrt();
-    for imatrix in [None, Some(&imatrix[..])] {
-        let mut blocks = zeroed_blocks::<W>(n / W::BLOCK_ELEMS);
-        W::quantize_row(&x, imatrix, &mut blocks);
-        let mut y = vec![0f32; n];
-        W::dequantize_ref(&blocks, &mut y);
-        let mse = x
-            .iter()
-            .zip(&y)
-            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
-            .sum::<f64>()
-            / n as f64;
-        let rel = mse.sqrt() / rms;
-        assert!(
-            rel <= rel_limit,
-            "{} (imatrix: {}): relative rms error {rel:.4} > {rel_limit}",
-            W::NAME,
-            imatrix.is_some()
-        );
-    }
-}
-
-// ---- Goldens of quantizers that may abort (IQ2_XXS, IQ2_XS, IQ2_S) ------------------
-
-/// One row of `golden_quantize/` and what ggml made of it, for a format whose ggml
-/// quantizer aborts on some inputs: `None` for a run where it aborted.
-pub struct AbortCase {
-    /// The row's index in `inputs.bin`.
-    pub row: usize,
-    pub x: Vec<f32>,
-    pub imatrix: Vec<f32>,
-    /// ggml's blocks, as bytes, without the importance vector and with it.
     pub plain: Option<Vec<u8>>,
     pub weighted: Option<Vec<u8>>,
 }
 
-/// The rows of `golden_quantize/` whose width is a multiple of `W`'s block, with ggml's
-/// quantizations of them where it did not abort (the `<TYPE>.bin` layout of
-/// `write_aborting_types` in `scripts/quantize_golden.c`). `MCC_QUANTIZE_GOLDEN` names
-/// another directory, as for [`quantize_golden`].
-pub fn quantize_golden_or_abort<W: WeightType>() -> Vec<AbortCase> {
+/// Reads little-endian words, floats and bytes off the front of a golden file.
+struct Cursor<'a>(&'a [u8]);
+
+impl Cursor<'_> {
+    fn bytes(&mut self, n: usize) -> &[u8] {
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        head
+    }
+    fn word(&mut self) -> usize {
+        u32::from_le_bytes(self.bytes(4).try_into().unwrap()) as usize
+    }
+    fn floats(&mut self, n: usize) -> Vec<f32> {
+        self.bytes(4 * n)
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+}
+
+/// The rows of `golden_quantize/` (written by `scripts/quantize_golden.c`) whose width is
+/// a multiple of `W`'s block, with ggml's quantizations of them. `<TYPE>.bin` holds both
+/// runs of every row; for the formats whose ggml quantizer may abort (the IQ1, IQ2 and
+/// IQ3 ones, `write_aborting_types` in the C) each row says which runs finished
+/// (`flagged`). `MCC_QUANTIZE_GOLDEN` names another directory of such files (a larger
+/// set made for a one-off check).
+fn quantize_golden<W: WeightType>(flagged: bool) -> Vec<QuantizeCase> {
     let dir = std::env::var("MCC_QUANTIZE_GOLDEN")
         .unwrap_or_else(|_| format!("{}/src/quant/golden_quantize", env!("CARGO_MANIFEST_DIR")));
     let read = |name: &str| {
         let path = format!("{dir}/{name}");
         std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     };
-    struct Cursor<'a>(&'a [u8]);
-    impl Cursor<'_> {
-        fn bytes(&mut self, n: usize) -> &[u8] {
-            let (head, tail) = self.0.split_at(n);
-            self.0 = tail;
-            head
-        }
-        fn word(&mut self) -> usize {
-            u32::from_le_bytes(self.bytes(4).try_into().unwrap()) as usize
-        }
-        fn floats(&mut self, n: usize) -> Vec<f32> {
-            self.bytes(4 * n)
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect()
-        }
-    }
     let inputs = read("inputs.bin");
     let mut c = Cursor(&inputs);
     let imatrices: Vec<Vec<f32>> = (0..c.word())
@@ -627,12 +456,13 @@ pub fn quantize_golden_or_abort<W: WeightType>() -> Vec<AbortCase> {
     );
     let cases = (0..c.word())
         .map(|_| {
-            let (row, runs) = (c.word(), c.word());
+            let row = c.word();
+            let runs = if flagged { c.word() } else { 3 };
             let (x, imatrix) = &rows[row];
             let n = x.len() / block_elems * block_bytes;
             let plain = (runs & 1 != 0).then(|| c.bytes(n).to_vec());
             let weighted = (runs & 2 != 0).then(|| c.bytes(n).to_vec());
-            AbortCase {
+            QuantizeCase {
                 row,
                 x: x.clone(),
                 imatrix: imatrices[*imatrix].clone(),
@@ -645,16 +475,38 @@ pub fn quantize_golden_or_abort<W: WeightType>() -> Vec<AbortCase> {
     cases
 }
 
-/// `W::quantize_row` on every golden row of [`quantize_golden_or_abort`], with and
-/// without the importance vector: where ggml finished it must give ggml's bytes exactly,
-/// and where ggml aborted it must panic. Reports every difference and fails if there is
-/// one; returns the blocks compared and the aborts matched.
+/// `n` blocks of `W` with every byte zero.
+pub fn zeroed_blocks<W: WeightType>(n: usize) -> Vec<W::Block> {
+    blocks_from_bytes::<W>(&vec![0u8; n * std::mem::size_of::<W::Block>()])
+}
+
+/// The bytes of blocks as stored.
+pub fn block_bytes<W: WeightType>(blocks: &[W::Block]) -> &[u8] {
+    // SAFETY: every block type is a `#[repr(C)]` struct of integers and f16 without
+    // padding (each format asserts its size), so all its bytes are initialised.
+    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), std::mem::size_of_val(blocks)) }
+}
+
+/// `W::quantize_row` on every golden row, with and without the importance vector, must
+/// give ggml's bytes exactly. Reports every block that differs (row, block, which run,
+/// first differing byte) and fails if there is one.
+pub fn check_quantize<W: Quantize>() {
+    check_cases::<W>(&quantize_golden::<W>(false));
+}
+
+/// [`check_quantize`] for a format whose ggml quantizer may abort: where ggml finished
+/// ours must give its bytes, and where ggml aborted ours must panic. Returns the blocks
+/// compared and the aborts matched.
 pub fn check_quantize_or_abort<W: Quantize>() -> (usize, usize) {
-    let cases = quantize_golden_or_abort::<W>();
+    check_cases::<W>(&quantize_golden::<W>(true))
+}
+
+fn check_cases<W: Quantize>(cases: &[QuantizeCase]) -> (usize, usize) {
+    assert!(!cases.is_empty(), "{}: no golden rows", W::NAME);
     let size = std::mem::size_of::<W::Block>();
     let mut failures = Vec::new();
     let (mut n_blocks, mut n_aborts) = (0, 0);
-    for case in &cases {
+    for case in cases {
         for (run, imatrix, want) in [
             ("without imatrix", None, &case.plain),
             ("with imatrix", Some(&case.imatrix[..]), &case.weighted),
@@ -706,6 +558,43 @@ pub fn check_quantize_or_abort<W: Quantize>() -> (usize, usize) {
         failures[..failures.len().min(8)].join("\n")
     );
     (n_blocks, n_aborts)
+}
+
+/// Quantizing and dequantizing a row of normal-looking weights (with outliers) must stay
+/// close to it, with and without an importance vector, for a format with `levels` evenly
+/// spaced quant values per block.
+///
+/// Rounding to a grid of step `s` leaves an RMS error of about `s / √12`, and a block
+/// spread over `levels` values has `s = span / (levels - 1)`. On this row the RMS span
+/// of a block of 32 (`2 max |x|`, the widest a format spans) is 6.3 times the row's RMS,
+/// so the relative RMS error should stay below `6.3 / ((levels - 1) √12)`; a quarter
+/// more leaves room for the searches' other choices. A wrong bit layout or scale gives
+/// an error near 1.
+pub fn check_quantize_round_trip<W: Quantize>(levels: u32) {
+    let rel_limit = 1.25 * 6.3 / ((levels - 1) as f64 * 12f64.sqrt());
+    let n = 4096;
+    let x = activations(n, 7);
+    let imatrix: Vec<f32> = activations(n, 8).iter().map(|v| v * v).collect();
+    let rms = (x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / n as f64).sqrt();
+    for imatrix in [None, Some(&imatrix[..])] {
+        let mut blocks = zeroed_blocks::<W>(n / W::BLOCK_ELEMS);
+        W::quantize_row(&x, imatrix, &mut blocks);
+        let mut y = vec![0f32; n];
+        W::dequantize_ref(&blocks, &mut y);
+        let mse = x
+            .iter()
+            .zip(&y)
+            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+            .sum::<f64>()
+            / n as f64;
+        let rel = mse.sqrt() / rms;
+        assert!(
+            rel <= rel_limit,
+            "{} (imatrix: {}): relative rms error {rel:.4} > {rel_limit}",
+            W::NAME,
+            imatrix.is_some()
+        );
+    }
 }
 
 /// [`check_quantize_round_trip`] with the importance vector only, for the formats that
