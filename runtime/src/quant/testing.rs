@@ -571,14 +571,26 @@ fn check_cases<W: Quantize>(cases: &[QuantizeCase]) -> (usize, usize) {
 /// more leaves room for the searches' other choices. A wrong bit layout or scale gives
 /// an error near 1.
 pub fn check_quantize_round_trip<W: Quantize>(levels: u32) {
+    round_trip::<W>(levels, &[false, true]);
+}
+
+/// [`check_quantize_round_trip`] with the importance vector only, for the formats that
+/// need one.
+pub fn check_quantize_round_trip_weighted<W: Quantize>(levels: u32) {
+    round_trip::<W>(levels, &[true]);
+}
+
+/// The round trip of [`check_quantize_round_trip`], without and/or with the importance
+/// vector (`weighted`).
+fn round_trip<W: Quantize>(levels: u32, weighted: &[bool]) {
     let rel_limit = 1.25 * 6.3 / ((levels - 1) as f64 * 12f64.sqrt());
     let n = 4096;
     let x = activations(n, 7);
     let imatrix: Vec<f32> = activations(n, 8).iter().map(|v| v * v).collect();
     let rms = (x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / n as f64).sqrt();
-    for imatrix in [None, Some(&imatrix[..])] {
+    for &w in weighted {
         let mut blocks = zeroed_blocks::<W>(n / W::BLOCK_ELEMS);
-        W::quantize_row(&x, imatrix, &mut blocks);
+        W::quantize_row(&x, w.then_some(&imatrix[..]), &mut blocks);
         let mut y = vec![0f32; n];
         W::dequantize_ref(&blocks, &mut y);
         let mse = x
@@ -590,35 +602,8 @@ pub fn check_quantize_round_trip<W: Quantize>(levels: u32) {
         let rel = mse.sqrt() / rms;
         assert!(
             rel <= rel_limit,
-            "{} (imatrix: {}): relative rms error {rel:.4} > {rel_limit}",
-            W::NAME,
-            imatrix.is_some()
+            "{} (imatrix: {w}): relative rms error {rel:.4} > {rel_limit}",
+            W::NAME
         );
     }
-}
-
-/// [`check_quantize_round_trip`] with the importance vector only, for the formats that
-/// need one.
-pub fn check_quantize_round_trip_weighted<W: Quantize>(levels: u32) {
-    let rel_limit = 1.25 * 6.3 / ((levels - 1) as f64 * 12f64.sqrt());
-    let n = 4096;
-    let x = activations(n, 7);
-    let imatrix: Vec<f32> = activations(n, 8).iter().map(|v| v * v).collect();
-    let rms = (x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / n as f64).sqrt();
-    let mut blocks = zeroed_blocks::<W>(n / W::BLOCK_ELEMS);
-    W::quantize_row(&x, Some(&imatrix), &mut blocks);
-    let mut y = vec![0f32; n];
-    W::dequantize_ref(&blocks, &mut y);
-    let mse = x
-        .iter()
-        .zip(&y)
-        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
-        .sum::<f64>()
-        / n as f64;
-    let rel = mse.sqrt() / rms;
-    assert!(
-        rel <= rel_limit,
-        "{} (with imatrix): relative rms error {rel:.4} > {rel_limit}",
-        W::NAME
-    );
 }
