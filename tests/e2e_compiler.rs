@@ -33,6 +33,7 @@ fn args(gguf: &Path, name: &str) -> mcc::build::Args {
         jobs: None,
         generated_dir: Some(dir.join("generated")),
         static_link: false,
+        ..Default::default()
     }
 }
 

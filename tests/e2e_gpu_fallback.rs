@@ -28,6 +28,7 @@ fn build_gpu_once() -> std::path::PathBuf {
         jobs: None,
         generated_dir: Some(dir.join("generated")),
         static_link: false,
+        ..Default::default()
     };
     let gpu = mcc::gpu::GpuArgs { gpu: true };
     if let Err(e) = mcc::build::run_with(&args, &gpu) {
@@ -527,6 +528,7 @@ fn an_emulated_gpu_runs_the_binary_end_to_end() {
         jobs: None,
         generated_dir: Some(dir.join("generated")),
         static_link: false,
+        ..Default::default()
     };
     mcc::build::run_with(&args, &mcc::gpu::GpuArgs { gpu: true }).unwrap();
     let prompt = dir.join("emulated-prompt.txt");

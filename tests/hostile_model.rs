@@ -87,6 +87,7 @@ fn build_error(case: &str, w: &GgufWriter) -> String {
         jobs: None,
         generated_dir: Some(scratch.0.join("generated")),
         static_link: false,
+        ..Default::default()
     };
     let err = match mcc::build::run(&args) {
         Ok(()) => panic!("{case}: mcc build accepted the lie"),

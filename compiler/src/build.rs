@@ -26,12 +26,13 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::describe::describe;
-use crate::emit::{emit_crate, Contents, EmitOptions, EmittedFile, RepackedTensor, GGUF_LINK};
-use crate::gguf::GgufFile;
+use crate::emit::{emit_crate, Contents, EmitOptions, EmittedFile, WrittenTensor};
 use crate::plan::plan_for;
+use crate::quantize::ftype::FileType;
+use crate::source::ModelSource;
 
 /// `mcc build MODEL.gguf -o NAME`: compile a GGUF model into a standalone executable.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, Default)]
 #[command(after_help = "\
 Environment:
   MCC_TARGET_DIR     cargo target directory shared by all builds (default: ~/.cache/mcc/target)
@@ -42,12 +43,27 @@ Environment:
 Example:
   mcc build SmolLM2-135M-Instruct.Q4_1.gguf -o smollm2 && ./smollm2 -p \"Hi\" -n 16 --temp 0")]
 pub struct Args {
-    /// The GGUF model to compile (llama architecture).
+    /// The model to compile (llama architecture): a GGUF file, or a Hugging Face
+    /// checkpoint directory (converted as `mcc convert` converts it).
     pub model: PathBuf,
-    /// Where to write the executable [default: the model's file name without .gguf, in
-    /// the current directory].
+    /// Where to write the executable [default: the model's file name without .gguf,
+    /// and with --quant `.TYPE` in place of a trailing `.F16`, `.BF16` or `.F32`, in the
+    /// current directory].
     #[arg(short = 'o', long = "output", value_name = "PATH")]
     pub output: Option<PathBuf>,
+    /// Quantize the model to this file type while building, straight into the
+    /// executable's weights: the tensors `mcc quantize` (and llama-quantize) would
+    /// write, with no quantized GGUF on disk. The executable is the one built from
+    /// llama-quantize's file. Types as `mcc quantize` takes them (Q4_K_M, IQ2_XS, ...).
+    #[arg(long = "quant", value_name = "TYPE")]
+    pub quant: Option<String>,
+    /// Importance matrix for --quant (llama-imatrix's or `mcc imatrix`'s file).
+    #[arg(long = "imatrix", value_name = "FILE", requires = "quant")]
+    pub imatrix: Option<PathBuf>,
+    /// With --quant: convert tensors that are already quantized (through f32, losing
+    /// more), as `mcc quantize --allow-requantize`.
+    #[arg(long = "allow-requantize", requires = "quant")]
+    pub allow_requantize: bool,
     /// Name of the emitted crate [default: the output's file name]. The crate is
     /// written to <generated-dir>/NAME; characters other than ASCII letters, digits, `-`
     /// and `_` become `_`. Cargo's package and executable are NAME-<12 hex digits of the
@@ -128,6 +144,7 @@ pub fn build_tool(
         jobs: None,
         generated_dir: Some(dir.join("generated")),
         static_link: false,
+        ..Default::default()
     };
     run(&build).with_context(|| format!("building {}", model.display()))?;
     Ok(exe)
@@ -227,10 +244,25 @@ pub fn run_with(args: &Args, gpu: &crate::gpu::GpuArgs) -> Result<()> {
     if args.static_link && gpu.gpu {
         bail!("--static and --gpu: a static executable cannot load the CUDA driver (libcuda.so.1); build the GPU binary without --static");
     }
-    let gguf_path = std::fs::canonicalize(&args.model)
+    let model_path = std::fs::canonicalize(&args.model)
         .with_context(|| format!("{}: cannot open", args.model.display()))?;
-    let gguf = GgufFile::open(&gguf_path)?;
-    let desc = describe(&gguf).with_context(|| format!("{}", gguf_path.display()))?;
+    let quant = match &args.quant {
+        Some(t) => Some(FileType::parse(t).map_err(|e| anyhow::anyhow!("--quant: {e}"))?),
+        None => None,
+    };
+    let mut source = crate::source::open(&model_path)?;
+    if let Some(ftype) = quant {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        source = Box::new(crate::quantize::Quantized::new(
+            source,
+            ftype,
+            args.imatrix.as_deref(),
+            args.allow_requantize,
+            threads,
+        )?);
+    }
+    let header = source.header();
+    let desc = describe(header).with_context(|| format!("{}", model_path.display()))?;
     let n_ctx = args.ctx.unwrap_or_else(|| desc.n_ctx_train.min(4096));
     if n_ctx == 0 {
         bail!("--ctx must be at least 1");
@@ -238,7 +270,7 @@ pub fn run_with(args: &Args, gpu: &crate::gpu::GpuArgs) -> Result<()> {
     let output = args
         .output
         .clone()
-        .unwrap_or_else(|| PathBuf::from(gguf_path.file_stem().unwrap_or_default()));
+        .unwrap_or_else(|| default_output(&model_path, quant));
     let name = match &args.name {
         Some(n) => crate_name(n)?,
         None => crate_name(
@@ -275,14 +307,14 @@ pub fn run_with(args: &Args, gpu: &crate::gpu::GpuArgs) -> Result<()> {
 
     // GPU kernels read plain ggml blocks: no repacking for them.
     let repack = !gpu.gpu && std::env::var_os("MCC_NO_REPACK").is_none();
-    let plan = plan_for(&desc, &gguf, repack);
+    let plan = plan_for(&desc, header, repack, source.is_file());
     let opts = EmitOptions {
         name: name.clone(),
         exe_name: exe_name.clone(),
         n_ctx,
         target_cpu: args.target_cpu.clone(),
         static_link: args.static_link,
-        gguf_path: gguf_path.clone(),
+        gguf_path: model_path.clone(),
         runtime_path: crate::runtime_copy::runtime_dir(&cache_dir())?,
     };
     let mut files = emit_crate(&desc, &plan, &opts, desc.tokenizer.to_bytes());
@@ -290,7 +322,7 @@ pub fn run_with(args: &Args, gpu: &crate::gpu::GpuArgs) -> Result<()> {
         crate::gpu::add_to_crate(&mut files, &desc, &plan, &opts)?;
     }
     install_signal_handler();
-    write_crate_atomically(&crate_dir, &files)?;
+    write_crate_atomically(&crate_dir, &files, &*source)?;
     eprintln!(
         "mcc: emitted {} ({} tensors, {:.1} MiB of weights) in {:.2?}",
         crate_dir.display(),
@@ -306,6 +338,31 @@ pub fn run_with(args: &Args, gpu: &crate::gpu::GpuArgs) -> Result<()> {
     install_atomically(&exe, &output)?;
     eprintln!("mcc: wrote {} in {:.1?}", output.display(), t0.elapsed());
     Ok(())
+}
+
+/// The executable's default path: the model's file name without `.gguf` (a
+/// checkpoint directory's name), in the current directory; quantized while building,
+/// with `.TYPE` in place of a trailing `.F16`, `.BF16` or `.F32` (or after the name).
+fn default_output(model: &Path, quant: Option<FileType>) -> PathBuf {
+    let name = if model.is_dir() {
+        model.file_name()
+    } else {
+        model.file_stem()
+    };
+    let mut name = name
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Some(ftype) = quant {
+        for float in [".F16", ".BF16", ".F32"] {
+            let at = name.len().saturating_sub(float.len());
+            if name.is_char_boundary(at) && name[at..].eq_ignore_ascii_case(float) {
+                name.truncate(at);
+                break;
+            }
+        }
+        name = format!("{name}.{ftype}");
+    }
+    PathBuf::from(name)
 }
 
 /// Fails fast when the executable's directory cannot take a new file, before minutes of
@@ -517,10 +574,14 @@ fn sibling(dest: &Path, label: &str) -> PathBuf {
     ))
 }
 
-/// Writes the crate into a temporary sibling directory, then swaps it into place.
-/// Files whose contents did not change keep their previous modification time, so cargo
-/// sees them as unchanged.
-fn write_crate_atomically(dir: &Path, files: &[EmittedFile]) -> Result<()> {
+/// Writes the crate into a temporary sibling directory, then swaps it into place, the
+/// written tensors' bytes read from `source`. Files whose contents did not change keep
+/// their previous modification time, so cargo sees them as unchanged.
+fn write_crate_atomically(
+    dir: &Path,
+    files: &[EmittedFile],
+    source: &dyn ModelSource,
+) -> Result<()> {
     let parent = dir.parent().context("crate directory has no parent")?;
     std::fs::create_dir_all(parent)
         .with_context(|| format!("{}: cannot create directory", parent.display()))?;
@@ -538,8 +599,8 @@ fn write_crate_atomically(dir: &Path, files: &[EmittedFile]) -> Result<()> {
                     .with_context(|| format!("{}: cannot create symlink", path.display()))?;
                 continue;
             }
-            Contents::Repacked(tensors) => {
-                write_repacked(&tmp.0, dir, &file.path, tensors)?;
+            Contents::Written(tensors) => {
+                write_weights(&tmp.0, dir, &file.path, tensors, source)?;
                 continue;
             }
         };
@@ -590,42 +651,36 @@ fn write_crate_atomically(dir: &Path, files: &[EmittedFile]) -> Result<()> {
     Ok(())
 }
 
-/// Version of the repacked file's layout, in its stamp: a new layout rewrites the file.
-const REPACK_VERSION: u32 = 5;
+/// Version of the written file's layout, in its stamp: a new layout rewrites the file.
+const WRITTEN_VERSION: u32 = 6;
 
-/// Writes `name` (the repacked tensors, [`Contents::Repacked`]) into the crate being
-/// assembled in `tmp`, from the GGUF its [`GGUF_LINK`] points to, and next to it
-/// `name.stamp`: what the file was made from (layout version, the GGUF's path, size and
-/// modification time, the tensors). When the previous crate in `dir` has the same stamp
-/// and a file of the right length, that file is hard-linked instead: a warm rebuild
-/// neither rewrites gigabytes nor changes the file's time, so cargo does not re-assemble
-/// the blob. Otherwise the tensors are streamed from the memory-mapped GGUF through the
-/// runtime's repacking, one group of rows at a time.
-fn write_repacked(tmp: &Path, dir: &Path, name: &str, tensors: &[RepackedTensor]) -> Result<()> {
-    let gguf = tmp.join(GGUF_LINK);
-    let target = std::fs::read_link(&gguf)
-        .with_context(|| format!("{}: cannot read link", gguf.display()))?;
-    let meta =
-        std::fs::metadata(&gguf).with_context(|| format!("{}: cannot open", target.display()))?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
+/// Writes `name` (the tensors of [`Contents::Written`], from `source`) into the crate
+/// being assembled in `tmp`, and next to it `name.stamp`: what the file was made from
+/// (layout version, the source's identity, the tensors). When the previous crate in
+/// `dir` has the same stamp and a file of the right length, that file is hard-linked
+/// instead: a warm rebuild neither rewrites (nor re-quantizes) gigabytes nor changes the
+/// file's time, so cargo does not re-assemble the blob. Otherwise the tensors are
+/// streamed one at a time from the source (mapped GGUF bytes, or tensors converted and
+/// quantized on demand), through the runtime's repacking where planned.
+fn write_weights(
+    tmp: &Path,
+    dir: &Path,
+    name: &str,
+    tensors: &[WrittenTensor],
+    source: &dyn ModelSource,
+) -> Result<()> {
     let mut stamp = format!(
-        "mcc repacked tensors, layout {REPACK_VERSION}\nfrom {} ({} bytes, modified {mtime} ns)\n",
-        target.display(),
-        meta.len()
+        "mcc written tensors, layout {WRITTEN_VERSION}\nfrom {}\n",
+        source.identity()?
     );
     for t in tensors {
+        let to = t.repack.map_or("as is", |r| r.name());
         stamp += &format!(
-            "{} {} [{}, {}] at {} -> {} at {} ({} bytes)\n",
+            "{} {} [{}, {}] -> {to} at {} ({} bytes)\n",
             t.name,
-            t.to.source().name(),
+            t.ggml_type.name(),
             t.cols,
             t.rows,
-            t.file_offset,
-            t.to.name(),
             t.offset,
             t.n_bytes
         );
@@ -644,44 +699,53 @@ fn write_repacked(tmp: &Path, dir: &Path, name: &str, tensors: &[RepackedTensor]
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(&stamp_path);
 
-    let file =
-        std::fs::File::open(&gguf).with_context(|| format!("{}: cannot open", target.display()))?;
-    // SAFETY: the mapping is read-only; mcc reads GGUFs that nothing writes meanwhile (the
-    // same assumption as `GgufFile::open`).
-    let map = unsafe { memmap2::Mmap::map(&file) }
-        .with_context(|| format!("{}: cannot map", target.display()))?;
+    let header = source.header();
+    let model = header.path.display();
     let out = std::fs::File::create(&path)
         .with_context(|| format!("{}: cannot create", path.display()))?;
     let mut out = std::io::BufWriter::with_capacity(8 << 20, out);
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} writing {bytes}/{total_bytes}: {wide_msg} [{elapsed}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let mut written = 0u64;
     for t in tensors {
         assert_eq!(
             t.offset, written,
-            "{}: repacked tensors are laid out in order",
+            "{}: written tensors are laid out in order",
             t.name
         );
-        let src_type = t.to.source();
-        let src_len = t.rows * (t.cols / src_type.block_elems()) * src_type.block_bytes();
-        let src = usize::try_from(t.file_offset)
-            .ok()
-            .zip(usize::try_from(t.file_offset + src_len).ok())
-            .and_then(|(start, end)| map.get(start..end))
-            .with_context(|| {
-                format!(
-                    "{}: tensor {} (bytes {}..{}) lies outside the file",
-                    target.display(),
-                    t.name,
-                    t.file_offset,
-                    t.file_offset + src_len
-                )
-            })?;
-        t.to.repack(src, t.cols, |bytes| {
-            std::io::Write::write_all(&mut out, bytes)
-        })
+        bar.set_message(t.name.clone());
+        let i = header
+            .tensor_position(&t.name)
+            .with_context(|| format!("{model}: no tensor `{}`", t.name))?;
+        let bytes = source
+            .tensor_bytes(i)
+            .with_context(|| format!("{model}: tensor `{}`", t.name))?;
+        let want = t.rows * (t.cols / t.ggml_type.block_elems()) * t.ggml_type.block_bytes();
+        if bytes.len() as u64 != want {
+            bail!(
+                "{model}: tensor `{}`: {} bytes, expected {want} for {} [{}, {}]",
+                t.name,
+                bytes.len(),
+                t.ggml_type.name(),
+                t.cols,
+                t.rows
+            );
+        }
+        match t.repack {
+            Some(to) => to.repack(&bytes, t.cols, |b| std::io::Write::write_all(&mut out, b)),
+            None => std::io::Write::write_all(&mut out, &bytes),
+        }
         .with_context(|| format!("{}: cannot write", path.display()))?;
         written += t.n_bytes;
+        bar.set_position(written);
     }
-    assert_eq!(written, len, "repacked sizes add up");
+    bar.finish_and_clear();
+    assert_eq!(written, len, "written sizes add up");
     out.into_inner()
         .map_err(|e| e.into_error())
         .with_context(|| format!("{}: cannot write", path.display()))?;
@@ -920,7 +984,8 @@ mod tests {
             path: p.into(),
             contents: Contents::Source(s.into()),
         };
-        write_crate_atomically(&dir, &[file("a.rs", "a"), file("src/b.rs", "b")]).unwrap();
+        let none = empty_model();
+        write_crate_atomically(&dir, &[file("a.rs", "a"), file("src/b.rs", "b")], &none).unwrap();
         let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
         for p in ["a.rs", "src/b.rs"] {
             let f = std::fs::File::options()
@@ -929,7 +994,7 @@ mod tests {
                 .unwrap();
             f.set_modified(old).unwrap();
         }
-        write_crate_atomically(&dir, &[file("a.rs", "a"), file("src/b.rs", "B")]).unwrap();
+        write_crate_atomically(&dir, &[file("a.rs", "a"), file("src/b.rs", "B")], &none).unwrap();
         let mtime = |p: &str| std::fs::metadata(dir.join(p)).unwrap().modified().unwrap();
         assert_eq!(mtime("a.rs"), old);
         assert_ne!(mtime("src/b.rs"), old);
@@ -944,49 +1009,78 @@ mod tests {
         assert!(lock_cleanup().iter().all(|p| !p.starts_with(root.path())));
     }
 
-    /// repacked.bin is the runtime's repacking of the GGUF bytes; a second build with
-    /// the same GGUF reuses the file (same inode and mtime), a changed GGUF rewrites it.
+    /// A model without tensors, for crates that write none.
+    fn empty_model() -> crate::gguf::GgufFile {
+        crate::gguf::GgufFile::header_only("none", 32, 32, Vec::new(), Vec::new())
+    }
+
+    /// weights.bin holds the model's tensors, repacked (here: the runtime's repacking of
+    /// the GGUF bytes) or as they are; a second build from the same GGUF reuses the file
+    /// (same inode and mtime), a changed GGUF rewrites it.
     #[test]
-    fn repacked_file_is_written_once_and_reused_while_the_gguf_is_unchanged() {
+    fn written_file_is_written_once_and_reused_while_the_source_is_unchanged() {
+        use crate::gguf::writer::{GgufWriter, TensorData, WriteMode};
+        use crate::gguf::{GgmlType, GgufFile};
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("m");
         let gguf = root.path().join("model.gguf");
-        // 16 rows of 512 columns of Q4_K (2 groups of 8 rows, 2 blocks per row) after a
-        // 100-byte "header"
-        let (rows, cols, at) = (16u64, 512u64, 100u64);
-        let src_len = rows * cols / 256 * 144;
-        let mut bytes: Vec<u8> = (0..at + src_len).map(|i| (i * 7 % 251) as u8).collect();
-        std::fs::write(&gguf, &bytes).unwrap();
-        let files = vec![
-            EmittedFile {
-                path: GGUF_LINK.into(),
-                contents: Contents::Symlink(gguf.clone()),
-            },
-            EmittedFile {
-                path: "repacked.bin".into(),
-                contents: Contents::Repacked(vec![RepackedTensor {
+        // 16 rows of 512 columns of Q4_K (2 groups of 8 rows, 2 blocks per row), and a
+        // Q8_0 vector written as it is
+        let (rows, cols) = (16u64, 512u64);
+        let q4k: Vec<u8> = (0..rows * cols / 256 * 144)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let q8: Vec<u8> = (0..34).map(|i| i as u8).collect();
+        let write_gguf = |q4k: &[u8]| {
+            let mut w = GgufWriter::new();
+            w.add_tensor(
+                "blk.0.ffn_down.weight",
+                &[cols, rows],
+                GgmlType::Q4_K,
+                TensorData::Bytes(q4k.to_vec()),
+            );
+            w.add_tensor(
+                "x.weight",
+                &[32],
+                GgmlType::Q8_0,
+                TensorData::Bytes(q8.clone()),
+            );
+            w.write(&gguf, WriteMode::Full).unwrap();
+        };
+        write_gguf(&q4k);
+        let repacked_len = rows / 8 * cols / 256 * 1152;
+        let files = vec![EmittedFile {
+            path: "weights.bin".into(),
+            contents: Contents::Written(vec![
+                WrittenTensor {
                     name: "blk.0.ffn_down.weight".into(),
-                    to: crate::plan::Repack::Q4KX8,
-                    file_offset: at,
+                    ggml_type: GgmlType::Q4_K,
+                    repack: Some(crate::plan::Repack::Q4KX8),
                     rows,
                     cols,
                     offset: 0,
-                    n_bytes: rows / 8 * cols / 256 * 1152,
-                }]),
-            },
-        ];
-        write_crate_atomically(&dir, &files).unwrap();
+                    n_bytes: repacked_len,
+                },
+                WrittenTensor {
+                    name: "x.weight".into(),
+                    ggml_type: GgmlType::Q8_0,
+                    repack: None,
+                    rows: 1,
+                    cols: 32,
+                    offset: repacked_len,
+                    n_bytes: 34,
+                },
+            ]),
+        }];
+        write_crate_atomically(&dir, &files, &GgufFile::open(&gguf).unwrap()).unwrap();
         let mut want = Vec::new();
-        mcc_runtime::quant::q4_k_x8::repack_q4_k_bytes::<()>(
-            &bytes[at as usize..],
-            cols as usize,
-            |b| {
-                want.extend_from_slice(b);
-                Ok(())
-            },
-        )
+        mcc_runtime::quant::q4_k_x8::repack_q4_k_bytes::<()>(&q4k, cols as usize, |b| {
+            want.extend_from_slice(b);
+            Ok(())
+        })
         .unwrap();
-        let bin = dir.join("repacked.bin");
+        want.extend_from_slice(&q8);
+        let bin = dir.join("weights.bin");
         assert_eq!(std::fs::read(&bin).unwrap(), want);
         let id = |p: &Path| {
             let m = std::fs::metadata(p).unwrap();
@@ -996,15 +1090,16 @@ mod tests {
             )
         };
         let first = id(&bin);
-        write_crate_atomically(&dir, &files).unwrap();
+        write_crate_atomically(&dir, &files, &GgufFile::open(&gguf).unwrap()).unwrap();
         assert_eq!(
             id(&bin),
             first,
             "rewritten although the GGUF did not change"
         );
 
-        bytes[at as usize] ^= 0xff;
-        std::fs::write(&gguf, &bytes).unwrap();
+        let mut changed = q4k.clone();
+        changed[0] ^= 0xff;
+        write_gguf(&changed);
         let later = std::time::SystemTime::now() + std::time::Duration::from_secs(10);
         std::fs::File::options()
             .write(true)
@@ -1012,7 +1107,7 @@ mod tests {
             .unwrap()
             .set_modified(later)
             .unwrap();
-        write_crate_atomically(&dir, &files).unwrap();
+        write_crate_atomically(&dir, &files, &GgufFile::open(&gguf).unwrap()).unwrap();
         assert_ne!(id(&bin).0, first.0, "not rewritten after the GGUF changed");
         assert_ne!(std::fs::read(&bin).unwrap(), want);
     }

@@ -36,8 +36,10 @@ pub struct EmitOptions {
     pub target_cpu: Option<String>,
     /// Linked statically against musl (`mcc build --static`).
     pub static_link: bool,
-    /// The GGUF the weights are read from. Only its file name appears in the sources;
-    /// the crate reaches the file through the [`GGUF_LINK`] symlink.
+    /// The model the weights come from: a GGUF file, or what a model made while
+    /// building was made from (a checkpoint directory, the F16 file of `--quant`). Only
+    /// its file name appears in the sources; the crate reaches a GGUF file through the
+    /// [`GGUF_LINK`] symlink.
     pub gguf_path: PathBuf,
     /// The runtime crate the emitted crate depends on (written into Cargo.toml as is).
     pub runtime_path: PathBuf,
@@ -48,9 +50,9 @@ pub struct EmitOptions {
 /// the runtime's in Cargo.toml), so the sources depend only on the model and options.
 pub const GGUF_LINK: &str = "model.gguf";
 
-/// Name of the file, in the crate root, that holds the repacked tensors ([`Layout`]);
-/// `weights.S` reads it with `.incbin` too.
-pub const REPACKED_FILE: &str = "repacked.bin";
+/// Name of the file, in the crate root, that holds the tensors the build writes
+/// ([`Layout::Written`]); `weights.S` reads it with `.incbin` too.
+pub const WRITTEN_FILE: &str = "weights.bin";
 
 /// One entry of the emitted crate, by path relative to the crate root.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,19 +71,20 @@ pub enum Contents {
     Data(Vec<u8>),
     /// A symlink to this target (the GGUF).
     Symlink(PathBuf),
-    /// Tensors to repack from the GGUF (reached through [`GGUF_LINK`], which comes
-    /// earlier in the crate) into one file; written by the build, streamed, never held
-    /// in memory whole.
-    Repacked(Vec<RepackedTensor>),
+    /// Tensors of the model (a [`crate::source::ModelSource`] the build holds), repacked
+    /// or as they are, one after another in one file; written by the build, streamed,
+    /// never held in memory whole.
+    Written(Vec<WrittenTensor>),
 }
 
-/// One tensor of [`Contents::Repacked`]: rows at `file_offset` of the GGUF, written as
-/// `to` at `offset` of the file (`n_bytes` long).
+/// One tensor of [`Contents::Written`]: the model's tensor `name`, `rows` × `cols` of
+/// `ggml_type`, written (repacked into `repack`, if given) at `offset` of the file,
+/// `n_bytes` long.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RepackedTensor {
+pub struct WrittenTensor {
     pub name: String,
-    pub to: Repack,
-    pub file_offset: u64,
+    pub ggml_type: GgmlType,
+    pub repack: Option<Repack>,
     pub rows: u64,
     pub cols: u64,
     pub offset: u64,
@@ -100,7 +103,8 @@ impl EmittedFile {
 /// Every file of the emitted crate, sources first, in a fixed order: Cargo.toml,
 /// .cargo/config.toml, build.rs, weights.S, src/main.rs, src/model.rs, the kernel
 /// tiers' tiers/rustc.sh and tiers/NAME/{Cargo.toml,lib.rs} (none in a single-tier
-/// build), tokenizer.bin, model.gguf, and repacked.bin when the plan repacks tensors.
+/// build), tokenizer.bin, model.gguf when the plan reads a GGUF file, and weights.bin
+/// when it writes tensors.
 pub fn emit_crate(
     desc: &ModelDesc,
     plan: &Plan,
@@ -123,15 +127,15 @@ pub fn emit_crate(
     let runtime = toml_escape(&opts.runtime_path.display().to_string());
     let incbins = emit_incbins(plan);
     let blob_len = plan.blob_len.to_string();
-    let repacked: Vec<RepackedTensor> = plan
+    let written: Vec<WrittenTensor> = plan
         .tensors
         .iter()
         .filter_map(|t| match t.layout {
             Layout::Gguf => None,
-            Layout::Repacked { to, offset } => Some(RepackedTensor {
+            Layout::Written { offset, repack } => Some(WrittenTensor {
                 name: t.name.clone(),
-                to,
-                file_offset: t.file_offset,
+                ggml_type: t.ggml_type,
+                repack,
                 rows: t.rows,
                 cols: t.cols,
                 offset,
@@ -139,20 +143,25 @@ pub fn emit_crate(
             }),
         })
         .collect();
-    let (sources, rerun) = if repacked.is_empty() {
-        (
-            format!("{GGUF_LINK} (a symlink to {source})"),
-            String::new(),
-        )
-    } else {
-        (
-            format!(
-                "{GGUF_LINK} (a symlink to {source}) and {REPACKED_FILE} (matrices\n   \
-                 with 8 rows interleaved, written by mcc)"
-            ),
-            format!("\n    println!(\"cargo:rerun-if-changed={REPACKED_FILE}\");"),
-        )
-    };
+    let linked = plan.tensors.iter().any(|t| t.layout == Layout::Gguf);
+    let (mut sources, mut rerun) = (Vec::new(), Vec::new());
+    if linked {
+        sources.push(format!("{GGUF_LINK} (a symlink to {source})"));
+        rerun.push(format!(
+            "    // Cargo follows the link: a rewritten GGUF re-assembles the blob.\n    \
+             println!(\"cargo:rerun-if-changed={GGUF_LINK}\");"
+        ));
+    }
+    if !written.is_empty() {
+        sources.push(format!(
+            "{WRITTEN_FILE} (tensors mcc wrote from {source}; repacked\n   \
+             matrices have 8 rows interleaved)"
+        ));
+        rerun.push(format!(
+            "    println!(\"cargo:rerun-if-changed={WRITTEN_FILE}\");"
+        ));
+    }
+    let (sources, rerun) = (sources.join(" and\n   "), rerun.join("\n"));
     let mut tier_deps = String::new();
     if !tiers(opts).is_empty() {
         tier_deps += "\n# One copy of the model and the runtime per SIMD kernel tier (tiers/, compiled with\n\
@@ -186,7 +195,7 @@ pub fn emit_crate(
             "build.rs",
             fill(
                 include_str!("../../templates/build.rs"),
-                &[("rerun_repacked", rerun)],
+                &[("rerun_weights", rerun)],
             ),
         ),
         EmittedFile::source(
@@ -208,15 +217,17 @@ pub fn emit_crate(
             path: "tokenizer.bin".into(),
             contents: Contents::Data(tokenizer),
         },
-        EmittedFile {
+    ];
+    if linked {
+        files.push(EmittedFile {
             path: GGUF_LINK.into(),
             contents: Contents::Symlink(opts.gguf_path.clone()),
-        },
-    ];
-    if !repacked.is_empty() {
+        });
+    }
+    if !written.is_empty() {
         files.push(EmittedFile {
-            path: REPACKED_FILE.into(),
-            contents: Contents::Repacked(repacked),
+            path: WRITTEN_FILE.into(),
+            contents: Contents::Written(written),
         });
     }
     let at = files
@@ -427,8 +438,8 @@ fn toml_escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
-/// One `.incbin` per tensor from the GGUF link (from `repacked.bin` for a repacked
-/// one), padded with zeros to the next tensor's aligned offset.
+/// One `.incbin` per tensor from the GGUF link (from `weights.bin` for a written one),
+/// padded with zeros to the next tensor's aligned offset.
 fn emit_incbins(plan: &Plan) -> String {
     let mut out = String::new();
     let mut at = 0u64;
@@ -447,7 +458,7 @@ fn emit_incbins(plan: &Plan) -> String {
         );
         let (file, skip) = match t.layout {
             Layout::Gguf => (GGUF_LINK, t.file_offset),
-            Layout::Repacked { offset, .. } => (REPACKED_FILE, offset),
+            Layout::Written { offset, .. } => (WRITTEN_FILE, offset),
         };
         let _ = writeln!(out, "    .incbin \"{file}\", {skip}, {}", t.n_bytes);
         at = t.offset + t.n_bytes;
@@ -466,10 +477,12 @@ pub fn emit_model_rs(
     opts: &EmitOptions,
     tokenizer_len: usize,
 ) -> String {
+    // No file name: rustc hashes each source file's bytes into the compiled code, and
+    // the executable must depend on the model's content only, not on its file's name
+    // (one built with `--quant` equals one built from llama-quantize's file).
     let header = format!(
-        "//! Generated by mcc {} from {}. Do not edit.\n//!\n//! {}: {} layers, {} hidden, {} heads ({} KV) of {}, FFN {}, vocab {}.\n\n",
+        "//! Generated by mcc {}. Do not edit.\n//!\n//! {}: {} layers, {} hidden, {} heads ({} KV) of {}, FFN {}, vocab {}.\n\n",
         env!("CARGO_PKG_VERSION"),
-        file_name(&opts.gguf_path),
         desc.name.as_deref().unwrap_or("llama"),
         desc.n_layer,
         desc.n_embd,
@@ -698,9 +711,9 @@ fn emit_static(t: &PlannedTensor) -> TokenStream {
     let ty = format_ident!("{}", t.type_name());
     let (rows, cols) = shape_of(t);
     let offset = hex_lit(t.offset);
-    let repacked = match t.layout {
-        Layout::Gguf => String::new(),
-        Layout::Repacked { to, .. } => format!(" ({}, 8 rows interleaved)", to.source().name()),
+    let repacked = match t.repack() {
+        None => String::new(),
+        Some(to) => format!(" ({}, 8 rows interleaved)", to.source().name()),
     };
     let doc = format!(
         " `{}`: {}{repacked} [{}, {}], {} bytes.",
@@ -863,7 +876,16 @@ fn emit_info(desc: &ModelDesc, plan: &Plan, opts: &EmitOptions) -> String {
         "model:        {}",
         desc.name.as_deref().unwrap_or("(unnamed)")
     );
-    let _ = writeln!(s, "source:       {}", file_name(&opts.gguf_path));
+    // What the weights are, not where the file was: a binary depends on the model's
+    // content only (one built with `--quant` equals one built from llama-quantize's file).
+    let file_type = desc.file_type.map(|ft| {
+        crate::describe::file_type_name(ft).map_or_else(|| format!("{ft} (unknown)"), String::from)
+    });
+    let _ = writeln!(
+        s,
+        "file type:    {}",
+        file_type.as_deref().unwrap_or("(not set)")
+    );
     let _ = writeln!(
         s,
         "architecture: llama, {} layers, {} hidden, {} heads / {} KV heads of {}, FFN {}",

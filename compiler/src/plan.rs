@@ -9,8 +9,11 @@
 //! projections, and `output` when it is its own tensor; never the token embedding, whose
 //! rows are looked up) are repacked into the runtime's 8-row-interleaved formats
 //! ([`Repack`]), whose kernels keep one row per vector lane. Their bytes come from
-//! `repacked.bin`, which the build writes into the crate ([`Layout::Repacked`]). GPU
+//! `weights.bin`, which the build writes into the crate ([`Layout::Written`]). GPU
 //! builds keep every tensor as the GGUF has it: their kernels read plain ggml blocks.
+//!
+//! A model that is not a file on disk (a checkpoint, or a model quantized while it is
+//! built: [`crate::source`]) has every tensor in `weights.bin`.
 
 use crate::describe::ModelDesc;
 use crate::gguf::{GgmlType, GgufFile};
@@ -31,7 +34,7 @@ pub struct PlannedTensor {
     /// Offset in the blob (64-byte aligned).
     pub offset: u64,
     pub n_bytes: u64,
-    /// Absolute offset of the tensor's bytes in the GGUF file.
+    /// Absolute offset of the tensor's bytes in the GGUF file (for [`Layout::Gguf`]).
     pub file_offset: u64,
     /// How the blob holds the tensor.
     pub layout: Layout,
@@ -40,11 +43,11 @@ pub struct PlannedTensor {
 /// Where a tensor's blob bytes come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
-    /// The GGUF's bytes as they are.
+    /// The GGUF file's bytes as they are.
     Gguf,
-    /// The GGUF's rows repacked 8 at a time into `to`, at byte `offset` of
-    /// `repacked.bin`.
-    Repacked { to: Repack, offset: u64 },
+    /// The tensor's bytes written by the build at byte `offset` of `weights.bin`: its
+    /// rows repacked 8 at a time into `repack`, or (none) as they are.
+    Written { offset: u64, repack: Option<Repack> },
 }
 
 /// A runtime format with 8 rows interleaved that the CPU build repacks the matrices of
@@ -143,32 +146,33 @@ impl Repack {
 }
 
 impl PlannedTensor {
+    /// The interleaved format the tensor is repacked into, if any.
+    pub fn repack(&self) -> Option<Repack> {
+        match self.layout {
+            Layout::Gguf => None,
+            Layout::Written { repack, .. } => repack,
+        }
+    }
+
     /// The runtime weight type's name: ggml's, or the interleaved format's.
     pub fn type_name(&self) -> &'static str {
-        match self.layout {
-            Layout::Gguf => self.ggml_type.name(),
-            Layout::Repacked { to, .. } => to.name(),
+        match self.repack() {
+            None => self.ggml_type.name(),
+            Some(to) => to.name(),
         }
     }
 
     /// The runtime module that defines the weight type (`q4_k`, `q4_k_x8`).
     pub fn type_module(&self) -> String {
-        match self.layout {
-            Layout::Gguf => self.ggml_type.name().to_ascii_lowercase(),
-            Layout::Repacked { to, .. } => to.module().into(),
+        match self.repack() {
+            None => self.ggml_type.name().to_ascii_lowercase(),
+            Some(to) => to.module().into(),
         }
     }
 
     /// Bytes of the tensor in the GGUF.
     pub fn gguf_bytes(&self) -> u64 {
-        match self.layout {
-            Layout::Gguf => self.n_bytes,
-            Layout::Repacked { .. } => {
-                self.rows
-                    * (self.cols / self.ggml_type.block_elems())
-                    * self.ggml_type.block_bytes()
-            }
-        }
+        self.rows * (self.cols / self.ggml_type.block_elems()) * self.ggml_type.block_bytes()
     }
 }
 
@@ -199,8 +203,8 @@ pub struct Plan {
     pub tensors: Vec<PlannedTensor>,
     /// Blob length: the end of the last tensor, rounded up to the alignment.
     pub blob_len: u64,
-    /// Length of `repacked.bin`: the repacked tensors one after another (0: none).
-    pub repacked_len: u64,
+    /// Length of `weights.bin`: the written tensors one after another (0: none).
+    pub written_len: u64,
 }
 
 impl Plan {
@@ -223,33 +227,34 @@ pub fn ident_of(name: &str) -> String {
 }
 
 /// Lays out every tensor the forward pass uses, in emission order, for the CPU (matrices
-/// repacked where they can be).
+/// repacked where they can be), from a GGUF file on disk.
 pub fn plan(desc: &ModelDesc, gguf: &GgufFile) -> Plan {
-    plan_for(desc, gguf, true)
+    plan_for(desc, gguf, true, true)
 }
 
 /// Lays out every tensor the forward pass uses, in emission order; `repack`: whether
-/// matrices become their interleaved formats (the CPU build; not with GPU kernels).
-pub fn plan_for(desc: &ModelDesc, gguf: &GgufFile, repack: bool) -> Plan {
+/// matrices become their interleaved formats (the CPU build; not with GPU kernels);
+/// `in_file`: whether `gguf` is a file on disk that holds the bytes (else every tensor
+/// is written by the build).
+pub fn plan_for(desc: &ModelDesc, gguf: &GgufFile, repack: bool, in_file: bool) -> Plan {
     let mut offset = 0u64;
-    let mut repacked = 0u64;
+    let mut written = 0u64;
     let tensors = desc
         .tensors()
         .into_iter()
         .map(|t| {
             let (rows, cols) = (t.n_rows(), t.dims[0]);
             let to = repack_of(&t.name, t.ggml_type, rows, cols).filter(|_| repack);
-            let (layout, n_bytes) = match to {
-                Some(to) => {
-                    let n_bytes = to.n_bytes(rows, cols);
-                    let layout = Layout::Repacked {
-                        to,
-                        offset: repacked,
-                    };
-                    repacked += n_bytes;
-                    (layout, n_bytes)
-                }
-                None => (Layout::Gguf, t.n_bytes),
+            let (layout, n_bytes) = if to.is_none() && in_file {
+                (Layout::Gguf, t.n_bytes)
+            } else {
+                let n_bytes = to.map_or(t.n_bytes, |to| to.n_bytes(rows, cols));
+                let layout = Layout::Written {
+                    offset: written,
+                    repack: to,
+                };
+                written += n_bytes;
+                (layout, n_bytes)
             };
             let planned = PlannedTensor {
                 name: t.name.clone(),
@@ -269,7 +274,7 @@ pub fn plan_for(desc: &ModelDesc, gguf: &GgufFile, repack: bool) -> Plan {
     Plan {
         tensors,
         blob_len: offset,
-        repacked_len: repacked,
+        written_len: written,
     }
 }
 

@@ -96,7 +96,7 @@ fn emit_gpu(gguf: &Path, name: &str) -> Vec<EmittedFile> {
         gguf_path: gguf.to_path_buf(),
         runtime_path: PathBuf::from("[mcc]/runtime"),
     };
-    let p = plan_for(&desc, &g, false);
+    let p = plan_for(&desc, &g, false, true);
     let mut files = emit_crate(&desc, &p, &opts, desc.tokenizer.to_bytes());
     add_to_crate(&mut files, &desc, &p, &opts).unwrap();
     files
@@ -250,7 +250,7 @@ fn builds_without_gpu_are_unchanged() {
         gguf_path: gguf.clone(),
         runtime_path: PathBuf::from("[mcc]/runtime"),
     };
-    let p = plan_for(&desc, &g, false);
+    let p = plan_for(&desc, &g, false, true);
     let plain = emit_crate(&desc, &p, &opts, desc.tokenizer.to_bytes());
     let mut gpu = plain.clone();
     add_to_crate(&mut gpu, &desc, &p, &opts).unwrap();
@@ -569,9 +569,9 @@ mod decode {
         .unwrap();
         let g = GgufFile::open(&path).unwrap();
         let desc = describe(&g).unwrap();
-        let p = plan_for(&desc, &g, false);
+        let p = plan_for(&desc, &g, false, true);
         let n_ctx = 24;
-        let ptx = emit_ptx(&desc, &p, n_ctx, "m.gguf").unwrap();
+        let ptx = emit_ptx(&desc, &p, n_ctx).unwrap();
         let file = std::fs::read(&path).unwrap();
         let model = gpu_model(&desc, &p);
         let rc = config(&desc, n_ctx);

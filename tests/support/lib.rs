@@ -79,6 +79,7 @@ pub fn build_model(gguf: &Path, name: &str, extra: impl FnOnce(&mut mcc::build::
         jobs: None,
         generated_dir: Some(dir.join("generated")),
         static_link: false,
+        ..Default::default()
     };
     extra(&mut args);
     if let Err(e) = mcc::build::run(&args) {

@@ -26,14 +26,16 @@ pub mod shards;
 pub mod tensors;
 pub mod vocab;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use serde_json::Value as Json;
 
-use crate::gguf::writer::{GgufWriter, TensorData, WriteError, WriteMode};
-use crate::gguf::{TensorInfo, Value};
+use crate::gguf::writer::{GgufWriter, TensorData};
+use crate::gguf::{GgufFile, Value};
+use crate::source::ModelSource;
 use config::Config;
 use shards::Checkpoint;
 use tensors::{Dims, OutType};
@@ -65,23 +67,77 @@ pub struct Args {
 /// Runs `mcc convert`.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let (writer, ck, plan) = prepare(&args.dir, args.outtype)?;
-    let mut produce = |i: usize, info: &TensorInfo| -> Result<Vec<u8>, WriteError> {
-        tensors::produce(&ck, &plan[i]).map_err(|e| WriteError::Source {
-            tensor: info.name.clone(),
-            source: format!("{e:#}").into(),
-        })
-    };
-    let layout = writer.write_streamed(&args.output, WriteMode::Full, &mut produce)?;
+    let converted = Converted::open(&args.dir, args.outtype)?;
+    let layout = crate::source::write(&converted, &converted.writer, &args.output)?;
     eprintln!(
         "mcc convert: {} -> {}: {} tensors, {:.2} MiB in {:.2} s",
         args.dir.display(),
         args.output.display(),
-        plan.len(),
+        converted.plan.len(),
         layout.file_len as f64 / (1 << 20) as f64,
         t0.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// A checkpoint as the GGUF `mcc convert` writes from it, each tensor converted when it
+/// is asked for.
+pub struct Converted {
+    dir: PathBuf,
+    writer: GgufWriter,
+    header: GgufFile,
+    ck: Checkpoint,
+    plan: Vec<tensors::OutTensor>,
+}
+
+impl Converted {
+    /// Reads and checks the checkpoint in `dir` (everything but the tensors' values).
+    pub fn open(dir: &Path, outtype: OutTypeArg) -> anyhow::Result<Converted> {
+        let (writer, ck, plan) = prepare(dir, outtype)?;
+        let header = writer.header_view(dir)?;
+        Ok(Converted {
+            dir: dir.to_path_buf(),
+            writer,
+            header,
+            ck,
+            plan,
+        })
+    }
+}
+
+impl ModelSource for Converted {
+    fn header(&self) -> &GgufFile {
+        &self.header
+    }
+
+    fn tensor_bytes(&self, i: usize) -> anyhow::Result<Cow<'_, [u8]>> {
+        tensors::produce(&self.ck, &self.plan[i]).map(Cow::Owned)
+    }
+
+    /// The directory and every file in it, with sizes and modification times, and the
+    /// file type converted to.
+    fn identity(&self) -> anyhow::Result<String> {
+        let read = |e| anyhow::anyhow!("{}: cannot list: {e}", self.dir.display());
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(read)? {
+            let path = entry.map_err(read)?.path();
+            if path.is_file() {
+                files.push(path);
+            }
+        }
+        files.sort();
+        let mut id = format!("checkpoint {}\n", self.dir.display());
+        for f in files {
+            id += &crate::source::file_identity(&f)?;
+            id.push('\n');
+        }
+        let file_type = self.header.get("general.file_type").map(|v| v.brief());
+        id += &format!(
+            "converted, general.file_type {}",
+            file_type.unwrap_or_default()
+        );
+        Ok(id)
+    }
 }
 
 /// Reads and checks everything; returns the writer (metadata and tensor infos), the

@@ -169,6 +169,40 @@ impl GgufFile {
         GgufFile::parse(path.to_path_buf(), backing)
     }
 
+    /// A header without a file: metadata and tensor infos (offsets relative to a data
+    /// section that starts at `data_offset`) of a model whose tensors are made on demand
+    /// ([`crate::source::ModelSource`]). `tensor_data` gives empty slices; `path` is
+    /// used in messages only.
+    pub fn header_only(
+        path: impl Into<PathBuf>,
+        alignment: u64,
+        data_offset: u64,
+        metadata: Vec<(String, Value)>,
+        tensors: Vec<TensorInfo>,
+    ) -> GgufFile {
+        let key_index = metadata
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.clone(), i))
+            .collect();
+        let tensor_index = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        GgufFile {
+            path: path.into(),
+            version: 3,
+            alignment,
+            data_offset,
+            metadata,
+            tensors,
+            backing: Backing::Heap(Vec::new()),
+            key_index,
+            tensor_index,
+        }
+    }
+
     /// Parses a file image held in memory; `path` is used in messages only.
     pub fn from_bytes(path: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<GgufFile, GgufError> {
         GgufFile::parse(path.into(), Backing::Heap(bytes))
@@ -203,6 +237,11 @@ impl GgufFile {
     /// The tensor named `name`.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// The index in [`GgufFile::tensors`] of the tensor named `name`.
+    pub fn tensor_position(&self, name: &str) -> Option<usize> {
+        self.tensor_index.get(name).copied()
     }
 
     /// The bytes of tensor `t` (one of this file's tensors; an info from another file

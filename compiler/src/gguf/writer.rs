@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
 
-use super::{GgmlType, TensorInfo, Value, DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS};
+use super::{GgmlType, GgufFile, TensorInfo, Value, DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS};
 
 /// Why a file could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +200,19 @@ impl GgufWriter {
                 "a u32 power of two",
             )),
         }
+    }
+
+    /// The file this writer would write, as a header without data
+    /// ([`GgufFile::header_only`]); `path` names it in messages.
+    pub fn header_view(&self, path: impl Into<PathBuf>) -> Result<GgufFile, WriteError> {
+        let layout = self.layout()?;
+        Ok(GgufFile::header_only(
+            path,
+            layout.alignment,
+            layout.data_offset,
+            self.metadata.clone(),
+            layout.tensors,
+        ))
     }
 
     /// Checks everything and computes where each tensor goes.

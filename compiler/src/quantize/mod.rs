@@ -24,6 +24,7 @@ pub mod rules;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -32,9 +33,10 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use mcc_runtime::quant as rq;
 
-use crate::gguf::writer::{GgufWriter, TensorData, WriteError, WriteMode};
+use crate::gguf::writer::{GgufWriter, TensorData};
 use crate::gguf::{Array, GgmlType, GgufFile, TensorInfo, Value};
 use crate::imatrix::file::Imatrix;
+use crate::source::ModelSource;
 use ftype::{is_quantized, FileType};
 use rules::{Chooser, ModelFacts, TensorShape};
 
@@ -42,7 +44,8 @@ use rules::{Chooser, ModelFacts, TensorShape};
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
     /// The model to quantize: a GGUF of the llama architecture (F32, F16 or BF16
-    /// weights; quantized ones with --allow-requantize).
+    /// weights; quantized ones with --allow-requantize), or a Hugging Face checkpoint
+    /// directory (converted first, as `mcc convert` does, in memory).
     pub input: PathBuf,
     /// Where to write the quantized model.
     pub output: PathBuf,
@@ -99,51 +102,124 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    let g = GgufFile::open(&args.input)?;
-    let facts = model_facts(&g)?;
-    let imatrix = match &args.imatrix {
-        Some(path) => {
-            let im = Imatrix::load(path)?;
-            if im.entries.is_empty() {
-                bail!(
-                    "{}: no importance entries (no `NAME.in_sum2` tensors)",
-                    path.display()
-                );
-            }
-            Some((path, im))
-        }
-        None => None,
-    };
-
-    let plans = plan(&g, ftype, facts, imatrix.as_ref(), args.allow_requantize)?;
-    let writer = header(&g, ftype, imatrix.as_ref(), &plans)?;
-
-    let mut n_converted = 0;
-    let mut produce = |i: usize, info: &TensorInfo| -> Result<Vec<u8>, WriteError> {
-        let p = &plans[i];
-        let src = &g.tensors[p.index];
-        let bytes = g.tensor_data(src);
-        if p.to == src.ggml_type {
-            return Ok(bytes.to_vec());
-        }
-        n_converted += 1;
-        convert(bytes, src, p, threads).map_err(|e| WriteError::Source {
-            tensor: info.name.clone(),
-            source: e.into(),
-        })
-    };
-    let layout = writer.write_streamed(&args.output, WriteMode::Full, &mut produce)?;
+    let source = crate::source::open(&args.input)?;
+    let in_len = source.header().file_len();
+    let q = Quantized::new(
+        source,
+        ftype,
+        args.imatrix.as_deref(),
+        args.allow_requantize,
+        threads,
+    )?;
+    let layout = crate::source::write(&q, &q.writer, &args.output)?;
     eprintln!(
-        "mcc quantize: {} -> {} as {ftype}: {} tensors, {n_converted} converted, \
-         {:.2} MiB -> {:.2} MiB in {:.2} s on {threads} threads",
+        "mcc quantize: {} -> {} as {ftype}: {} tensors, {} converted, \
+         {} -> {:.2} MiB in {:.2} s on {threads} threads",
         args.input.display(),
         args.output.display(),
-        plans.len(),
-        g.file_len() as f64 / (1 << 20) as f64,
+        q.plans.len(),
+        q.n_converted(),
+        if in_len > 0 {
+            format!("{:.2} MiB", in_len as f64 / (1 << 20) as f64)
+        } else {
+            "a checkpoint".to_string()
+        },
         layout.file_len as f64 / (1 << 20) as f64,
         t0.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// A model as the GGUF `mcc quantize` writes from it (that llama-quantize writes), each
+/// tensor converted when it is asked for.
+pub struct Quantized {
+    source: Box<dyn ModelSource>,
+    ftype: FileType,
+    /// The importance matrix's identity, if one is used.
+    imatrix: Option<String>,
+    plans: Vec<Plan>,
+    writer: GgufWriter,
+    header: GgufFile,
+    threads: usize,
+}
+
+impl Quantized {
+    /// Chooses every tensor's type and checks that it can be made, reading the
+    /// importance matrix at `imatrix` if given; `threads` convert each tensor.
+    pub fn new(
+        source: Box<dyn ModelSource>,
+        ftype: FileType,
+        imatrix: Option<&Path>,
+        allow_requantize: bool,
+        threads: usize,
+    ) -> anyhow::Result<Quantized> {
+        let g = source.header();
+        let facts = model_facts(g)?;
+        let imatrix = match imatrix {
+            Some(path) => {
+                let im = Imatrix::load(path)?;
+                if im.entries.is_empty() {
+                    bail!(
+                        "{}: no importance entries (no `NAME.in_sum2` tensors)",
+                        path.display()
+                    );
+                }
+                Some((path, im))
+            }
+            None => None,
+        };
+        let plans = plan(g, ftype, facts, imatrix.as_ref(), allow_requantize)?;
+        let writer = header(g, ftype, imatrix.as_ref(), &plans)?;
+        let header = writer.header_view(&g.path)?;
+        let imatrix = match imatrix {
+            Some((path, _)) => Some(crate::source::file_identity(path)?),
+            None => None,
+        };
+        Ok(Quantized {
+            source,
+            ftype,
+            imatrix,
+            plans,
+            writer,
+            header,
+            threads: threads.max(1),
+        })
+    }
+
+    /// How many tensors change type.
+    pub fn n_converted(&self) -> usize {
+        let src = &self.source.header().tensors;
+        self.plans
+            .iter()
+            .filter(|p| p.to != src[p.index].ggml_type)
+            .count()
+    }
+}
+
+impl ModelSource for Quantized {
+    fn header(&self) -> &GgufFile {
+        &self.header
+    }
+
+    fn tensor_bytes(&self, i: usize) -> anyhow::Result<Cow<'_, [u8]>> {
+        let p = &self.plans[i];
+        let src = &self.source.header().tensors[p.index];
+        let bytes = self.source.tensor_bytes(p.index)?;
+        if p.to == src.ggml_type {
+            return Ok(bytes);
+        }
+        let out = convert(&bytes, src, p, self.threads).map_err(anyhow::Error::msg)?;
+        Ok(Cow::Owned(out))
+    }
+
+    fn identity(&self) -> anyhow::Result<String> {
+        let mut id = self.source.identity()?;
+        id += &format!("\nquantized to {}", self.ftype);
+        if let Some(im) = &self.imatrix {
+            id += &format!(" with the importance matrix {im}");
+        }
+        Ok(id)
+    }
 }
 
 /// Whether two paths name one file (the output would replace the input being read).
@@ -215,7 +291,7 @@ fn plan(
     g: &GgufFile,
     ftype: FileType,
     facts: ModelFacts,
-    imatrix: Option<&(&PathBuf, Imatrix)>,
+    imatrix: Option<&(&Path, Imatrix)>,
     allow_requantize: bool,
 ) -> anyhow::Result<Vec<Plan>> {
     let file = g.path.display();
@@ -338,7 +414,7 @@ fn arg_string(s: &str) -> String {
 fn header(
     g: &GgufFile,
     ftype: FileType,
-    imatrix: Option<&(&PathBuf, Imatrix)>,
+    imatrix: Option<&(&Path, Imatrix)>,
     plans: &[Plan],
 ) -> anyhow::Result<GgufWriter> {
     let mut set: Vec<(&str, Value)> = vec![
