@@ -15,4 +15,6 @@ bash scripts/test.sh -- --include-ignored
 # mcc quantize against llama-quantize's ladder files, every type: a debug build checks
 # only F16 and Q8_0 (the K-quant searches take minutes unoptimised).
 cargo test --release --test e2e_quantize
+# mcc build --quant Q4_K_M against the build of llama-quantize's file, linked.
+cargo test --release --test e2e_build_quant -- --include-ignored smollm2
 bash scripts/check-install.sh

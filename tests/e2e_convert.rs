@@ -103,30 +103,9 @@ fn golden(name: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn make_checkpoints() -> PathBuf {
-    let dir = mcc_e2e::scratch_dir().join(format!("convert-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let vocab = mcc_e2e::llama_src().join("models/ggml-vocab-llama-bpe.gguf");
-    let script = mcc_e2e::repo_root().join("scripts/make-hf-checkpoints.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(&dir)
-        .arg("--vocab")
-        .arg(&vocab)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
-}
-
 #[test]
 fn convert_is_byte_identical_to_convert_hf_to_gguf() {
-    let dir = make_checkpoints();
+    let dir = mcc_e2e::hf_checkpoints("convert");
     let mut failures = Vec::new();
     for (ck, outtype) in CASES {
         let output = dir.join(format!("{ck}-{outtype}.gguf"));

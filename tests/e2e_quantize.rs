@@ -238,22 +238,6 @@ fn tiny_llama(path: &Path, arch: &str) {
     w.write(path, WriteMode::Full).unwrap();
 }
 
-/// A legacy .dat importance matrix: `(name, values)` entries, ncall 1, no trailer.
-fn legacy_imatrix(path: &Path, entries: &[(&str, usize)]) {
-    let mut b = Vec::new();
-    b.extend_from_slice(&(entries.len() as i32).to_le_bytes());
-    for (name, n) in entries {
-        b.extend_from_slice(&(name.len() as i32).to_le_bytes());
-        b.extend_from_slice(name.as_bytes());
-        b.extend_from_slice(&1i32.to_le_bytes());
-        b.extend_from_slice(&(*n as i32).to_le_bytes());
-        for i in 0..*n {
-            b.extend_from_slice(&(1.0 + i as f32 / 64.0).to_le_bytes());
-        }
-    }
-    std::fs::write(path, b).unwrap();
-}
-
 /// Runs `a`, expects an error containing every one of `needles`, and no output file.
 fn expect_error(a: &Args, needles: &[&str]) {
     let e = match mcc::quantize::run(a) {
@@ -283,7 +267,7 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     tiny_llama(&model, "llama");
     let out = dir.join("out.gguf");
     let good = dir.join("good.dat");
-    legacy_imatrix(
+    mcc_e2e::legacy_imatrix(
         &good,
         &[("blk.0.attn_q.weight", 256), ("blk.0.ffn_down.weight", 256)],
     );
@@ -348,7 +332,7 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
 
     // An importance matrix for another model: a wrong width, a missing tensor.
     let narrow = dir.join("narrow.dat");
-    legacy_imatrix(
+    mcc_e2e::legacy_imatrix(
         &narrow,
         &[("blk.0.attn_q.weight", 128), ("blk.0.ffn_down.weight", 256)],
     );
@@ -363,7 +347,7 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
         ],
     );
     let partial = dir.join("partial.dat");
-    legacy_imatrix(&partial, &[("blk.0.attn_q.weight", 256)]);
+    mcc_e2e::legacy_imatrix(&partial, &[("blk.0.attn_q.weight", 256)]);
     expect_error(
         &args(&model, &out, "Q4_0", Some(&partial), 1),
         &[

@@ -95,7 +95,7 @@ pub fn write(
             .map(Cow::into_owned)
             .map_err(|e| WriteError::Source {
                 tensor: info.name.clone(),
-                source: format!("{e:#}").into(),
+                why: format!("{e:#}"),
             })
     };
     writer.write_streamed(path, WriteMode::Full, &mut produce)

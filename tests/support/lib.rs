@@ -204,3 +204,44 @@ pub fn read_logits(path: &Path) -> (Vec<u32>, usize, Vec<f32>) {
     assert_eq!(logits.len(), n * n_vocab, "{}", path.display());
     (ids, n_vocab, logits)
 }
+
+/// Writes a legacy .dat importance matrix: `(name, values)` entries, ncall 1, no
+/// trailer, entry `i` of each tensor `1 + i/64`.
+pub fn legacy_imatrix(path: &Path, entries: &[(&str, usize)]) {
+    let mut b = Vec::new();
+    b.extend_from_slice(&(entries.len() as i32).to_le_bytes());
+    for (name, n) in entries {
+        b.extend_from_slice(&(name.len() as i32).to_le_bytes());
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(&1i32.to_le_bytes());
+        b.extend_from_slice(&(*n as i32).to_le_bytes());
+        for i in 0..*n {
+            b.extend_from_slice(&(1.0 + i as f32 / 64.0).to_le_bytes());
+        }
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+/// The synthetic Hugging Face checkpoints of scripts/make-hf-checkpoints.py (safetensors
+/// with random weights, a tokenizer from llama.cpp's Llama 3 BPE vocabulary), made in a
+/// fresh scratch directory named after `tag`; returns the directory holding them.
+pub fn hf_checkpoints(tag: &str) -> PathBuf {
+    let dir = scratch_dir().join(format!("{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let vocab = llama_src().join("models/ggml-vocab-llama-bpe.gguf");
+    let script = repo_root().join("scripts/make-hf-checkpoints.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&dir)
+        .arg("--vocab")
+        .arg(&vocab)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}

@@ -39,12 +39,11 @@ pub enum WriteError {
         found: String,
         expected: String,
     },
-    /// The producer of a [`TensorData::Streamed`] tensor failed.
-    #[error("tensor `{tensor}`: {source}")]
-    Source {
-        tensor: String,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    /// The producer of a [`TensorData::Streamed`] tensor failed (`why`: the producer's
+    /// whole message; a field named `source` would also be the error's cause, printed
+    /// twice in a chain).
+    #[error("tensor `{tensor}`: {why}")]
+    Source { tensor: String, why: String },
 }
 
 /// Makes the bytes of [`TensorData::Streamed`] tensors while the file is written: called
@@ -954,7 +953,7 @@ mod tests {
             .write_streamed(&path, WriteMode::Full, &mut |_, t| {
                 Err(WriteError::Source {
                     tensor: t.name.clone(),
-                    source: "no data".into(),
+                    why: "no data".into(),
                 })
             })
             .unwrap_err();

@@ -193,11 +193,7 @@ pub fn check(desc: &ModelDesc, plan: &Plan) -> Result<(), GpuError> {
 }
 
 /// The PTX module of the model (`model.ptx`), for a KV cache of `n_ctx` positions.
-pub fn emit_ptx(
-    desc: &ModelDesc,
-    plan: &Plan,
-    n_ctx: usize,
-) -> Result<String, GpuError> {
+pub fn emit_ptx(desc: &ModelDesc, plan: &Plan, n_ctx: usize) -> Result<String, GpuError> {
     check(desc, plan)?;
     let mut mv = BTreeSet::new();
     let mut fused = BTreeSet::new();
