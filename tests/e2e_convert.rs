@@ -4,8 +4,7 @@
 //! scripts/convert_golden.sh) hold the reference output's sha256 and, per metadata key
 //! and tensor, a sha256 of its bytes, so a mismatch names what differs.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use mcc::convert::{Args, OutTypeArg};
 use mcc::gguf::{GgufFile, Value};
