@@ -171,18 +171,25 @@ fn quant_builds_equal_builds_of_the_quantized_file() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `mcc convert CK -o OUT` (--outtype auto, as a checkpoint build converts).
+fn convert(ck: &Path, out: &Path) {
+    let args = mcc::convert::Args {
+        dir: ck.to_path_buf(),
+        output: out.to_path_buf(),
+        outtype: mcc::convert::OutTypeArg::Auto,
+    };
+    if let Err(e) = mcc::convert::run(&args) {
+        panic!("mcc convert {}: {e:#}", ck.display());
+    }
+}
+
 #[test]
 fn checkpoint_builds_equal_builds_of_the_converted_file() {
     let root = mcc_e2e::hf_checkpoints("checkpoints-for-build");
-    let ck = root.join("tiny-llama-sharded-v0.1");
     let dir = scratch("hf");
+    let ck = root.join("tiny-llama-sharded-v0.1");
     let converted = dir.join("converted.gguf");
-    let args = mcc::convert::Args {
-        dir: ck.clone(),
-        output: converted.clone(),
-        outtype: mcc::convert::OutTypeArg::Auto,
-    };
-    mcc::convert::run(&args).unwrap();
+    convert(&ck, &converted);
     assert_same_crate(
         "checkpoint",
         build_args(&ck, &dir, "ck"),
@@ -192,12 +199,7 @@ fn checkpoint_builds_equal_builds_of_the_converted_file() {
     // which no quantized type takes; Minitron's layout (head_dim 128, rope_freqs) does.
     let ck = root.join("Llama-3.1-Minitron-4B-Width-Base");
     let converted = dir.join("minitron.gguf");
-    let args = mcc::convert::Args {
-        dir: ck.clone(),
-        output: converted.clone(),
-        outtype: mcc::convert::OutTypeArg::Auto,
-    };
-    mcc::convert::run(&args).unwrap();
+    convert(&ck, &converted);
     let q8 = dir.join("minitron.Q8_0.gguf");
     quantize(&converted, &q8, "Q8_0", None);
     let mut made = build_args(&ck, &dir, "ck");

@@ -346,17 +346,22 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
             "another model",
         ],
     );
-    let partial = dir.join("partial.dat");
-    mcc_e2e::legacy_imatrix(&partial, &[("blk.0.attn_q.weight", 256)]);
+    let other = dir.join("other.dat");
+    mcc_e2e::legacy_imatrix(&other, &[("blk.7.attn_k.weight", 256)]);
     expect_error(
-        &args(&model, &out, "Q4_0", Some(&partial), 1),
+        &args(&model, &out, "Q4_0", Some(&other), 1),
         &[
-            "partial.dat",
-            "no entry",
-            "blk.0.ffn_down.weight",
+            "other.dat",
+            "no entry for any tensor",
             "another model",
         ],
     );
+    // A matrix without some tensors (llama-imatrix leaves `output` out by default):
+    // those are quantized without importances, as llama-quantize does.
+    let partial = dir.join("partial.dat");
+    mcc_e2e::legacy_imatrix(&partial, &[("blk.0.attn_q.weight", 256)]);
+    mcc::quantize::run(&args(&model, &out, "Q4_0", Some(&partial), 1)).unwrap();
+    std::fs::remove_file(&out).unwrap();
 
     // Truncated importance matrices, in both formats.
     let cut = dir.join("cut.dat");

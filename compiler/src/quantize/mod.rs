@@ -331,6 +331,7 @@ fn plan(
         });
     }
 
+    let mut missing = Vec::new();
     for p in &mut plans {
         let t = &g.tensors[p.index];
         if p.to == t.ggml_type {
@@ -373,16 +374,37 @@ fn plan(
                         ""
                     }
                 ),
-                None => bail!(
-                    "{}: no entry for tensor `{name}` of {}: is the importance matrix for \
-                     another model?",
-                    path.display(),
-                    file
-                ),
+                // llama-quantize quantizes such a tensor without importances (llama-imatrix
+                // leaves `output` out unless told otherwise).
+                None => missing.push(name),
             }
         }
         if p.imatrix.is_none() && rules::requires_imatrix(name, p.to, ftype) {
             bail!("tensor `{name}` becomes {} and needs importance data", p.to);
+        }
+    }
+    if let Some((path, _)) = imatrix {
+        let weighted = plans.iter().filter(|p| p.imatrix.is_some()).count();
+        if weighted == 0 && !missing.is_empty() {
+            bail!(
+                "{}: no entry for any tensor of {file} (not for `{}`, nor {} more): is the \
+                 importance matrix for another model?",
+                path.display(),
+                missing[0],
+                missing.len() - 1
+            );
+        }
+        if !missing.is_empty() {
+            eprintln!(
+                "mcc: {}: no entry for {} (quantized without importances, as llama-quantize \
+                 does)",
+                path.display(),
+                missing
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
     }
     Ok(plans)
