@@ -16,6 +16,7 @@ pub mod gguf;
 pub mod gpu;
 pub mod imatrix;
 pub mod inspect;
+pub mod ladder;
 pub mod plan;
 pub mod ppl_table;
 pub mod quantize;

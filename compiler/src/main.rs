@@ -18,6 +18,8 @@ enum Cmd {
     Synth(mcc::synth::Args),
     /// Compile several quantizations of a model and print their perplexity table.
     PplTable(mcc::ppl_table::Args),
+    /// Quantize a model to every file type (with an imatrix) and tabulate size and PPL.
+    Ladder(mcc::ladder::Args),
     /// Quantize a llama GGUF to another file type (the file llama-quantize writes).
     Quantize(mcc::quantize::Args),
     /// Compute an importance matrix over a calibration text (the file llama-imatrix
@@ -40,6 +42,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Inspect(args) => mcc::inspect::run(&args),
         Cmd::Synth(args) => mcc::synth::run(&args),
         Cmd::PplTable(args) => mcc::ppl_table::run(&args),
+        Cmd::Ladder(args) => mcc::ladder::run(&args),
         Cmd::Quantize(args) => mcc::quantize::run(&args),
         Cmd::Imatrix(args) => mcc::imatrix::run(&args),
         Cmd::Convert(args) => mcc::convert::run(&args),

@@ -90,32 +90,70 @@ pub fn run(args: &Args) -> Result<()> {
         .clone()
         .unwrap_or_else(|| crate::build::cache_dir().join("ppl-table"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let eval = Eval {
+        text: &args.file,
+        ctx_size: args.ctx_size,
+        chunks: args.chunks,
+        batch_size: args.batch_size,
+        threads: args.threads,
+    };
     let mut rows = Vec::with_capacity(args.models.len());
     for (i, model) in args.models.iter().enumerate() {
         let quant = quant_name(model)?;
-        let bytes = std::fs::metadata(model)
-            .with_context(|| format!("{}", model.display()))?
-            .len();
         eprintln!(
             "ppl-table: [{}/{}] {} ({quant})",
             i + 1,
             args.models.len(),
             model.display()
         );
-        let exe =
-            crate::build::build_tool(model, &dir, "ppl", args.ctx_size, args.target_cpu.clone())?;
-        let (ppl, ppl_err) = measure(args, &exe)?;
-        eprintln!("ppl-table: {quant}: PPL = {ppl:.4} +/- {ppl_err:.5}");
-        rows.push(Row {
-            quant,
-            file: model.clone(),
-            bytes,
-            ppl,
-            ppl_err,
-        });
+        let row = measure_file(model, quant, &eval, &dir, args.target_cpu.clone())?;
+        eprintln!(
+            "ppl-table: {}: PPL = {:.4} +/- {:.5}",
+            row.quant, row.ppl, row.ppl_err
+        );
+        rows.push(row);
     }
     print!("{}", render(&rows, args.format));
     Ok(())
+}
+
+/// How a file is scored: the binaries' `perplexity` options.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Eval<'a> {
+    /// The text to score.
+    pub text: &'a Path,
+    /// Chunk length in tokens (`-c`).
+    pub ctx_size: usize,
+    /// At most this many chunks (`--chunks`) [default: the whole text].
+    pub chunks: Option<usize>,
+    /// Most tokens per forward pass (`-b`) [default: the binary's].
+    pub batch_size: Option<usize>,
+    /// Threads (`-t`) [default: the binary's].
+    pub threads: Option<usize>,
+}
+
+/// Compiles `model` into `build_dir` (crate `ppl-<file stem>`, so a rebuild of an
+/// unchanged file is a cargo no-op) and scores the text with its `perplexity`
+/// subcommand: one row of the table, named `quant`.
+pub(crate) fn measure_file(
+    model: &Path,
+    quant: String,
+    eval: &Eval,
+    build_dir: &Path,
+    target_cpu: Option<String>,
+) -> Result<Row> {
+    let bytes = std::fs::metadata(model)
+        .with_context(|| format!("{}", model.display()))?
+        .len();
+    let exe = crate::build::build_tool(model, build_dir, "ppl", eval.ctx_size, target_cpu)?;
+    let (ppl, ppl_err) = measure(eval, &exe)?;
+    Ok(Row {
+        quant,
+        file: model.to_path_buf(),
+        bytes,
+        ppl,
+        ppl_err,
+    })
 }
 
 /// The file type name from the metadata, or the file name's last dotted part
@@ -131,20 +169,20 @@ fn quant_name(model: &Path) -> Result<String> {
 }
 
 /// Runs `exe perplexity` over the text and returns (PPL, its error estimate).
-fn measure(args: &Args, exe: &Path) -> Result<(f64, f64)> {
+fn measure(eval: &Eval, exe: &Path) -> Result<(f64, f64)> {
     let mut cmd = Command::new(exe);
     cmd.arg("perplexity")
         .arg("-f")
-        .arg(&args.file)
+        .arg(eval.text)
         .arg("-c")
-        .arg(args.ctx_size.to_string());
-    if let Some(k) = args.chunks {
+        .arg(eval.ctx_size.to_string());
+    if let Some(k) = eval.chunks {
         cmd.arg("--chunks").arg(k.to_string());
     }
-    if let Some(b) = args.batch_size {
+    if let Some(b) = eval.batch_size {
         cmd.arg("-b").arg(b.to_string());
     }
-    if let Some(t) = args.threads {
+    if let Some(t) = eval.threads {
         cmd.arg("-t").arg(t.to_string());
     }
     let out = cmd
