@@ -350,11 +350,7 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     mcc_e2e::legacy_imatrix(&other, &[("blk.7.attn_k.weight", 256)]);
     expect_error(
         &args(&model, &out, "Q4_0", Some(&other), 1),
-        &[
-            "other.dat",
-            "no entry for any tensor",
-            "another model",
-        ],
+        &["other.dat", "no entry for any tensor", "another model"],
     );
     // A matrix without some tensors (llama-imatrix leaves `output` out by default):
     // those are quantized without importances, as llama-quantize does.
