@@ -342,27 +342,14 @@ pub fn run_with(args: &Args, gpu: &crate::gpu::GpuArgs) -> Result<()> {
 
 /// The executable's default path: the model's file name without `.gguf` (a
 /// checkpoint directory's name), in the current directory; quantized while building,
-/// with `.TYPE` in place of a trailing `.F16`, `.BF16` or `.F32` (or after the name).
+/// the name's trailing file type (if any) replaced by `.TYPE`
+/// ([`crate::ladder::stem`]: `m.F16.gguf` → `m.Q4_K_M`).
 fn default_output(model: &Path, quant: Option<FileType>) -> PathBuf {
-    let name = if model.is_dir() {
-        model.file_name()
-    } else {
-        model.file_stem()
-    };
-    let mut name = name
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if let Some(ftype) = quant {
-        for float in [".F16", ".BF16", ".F32"] {
-            let at = name.len().saturating_sub(float.len());
-            if name.is_char_boundary(at) && name[at..].eq_ignore_ascii_case(float) {
-                name.truncate(at);
-                break;
-            }
-        }
-        name = format!("{name}.{ftype}");
+    match quant {
+        Some(ftype) => PathBuf::from(format!("{}.{ftype}", crate::ladder::stem(model))),
+        None if model.is_dir() => PathBuf::from(model.file_name().unwrap_or_default()),
+        None => PathBuf::from(model.file_stem().unwrap_or_default()),
     }
-    PathBuf::from(name)
 }
 
 /// Fails fast when the executable's directory cannot take a new file, before minutes of
@@ -1007,6 +994,27 @@ mod tests {
         // none of this test's temporaries is still registered (other tests running in
         // parallel may have their own in the list)
         assert!(lock_cleanup().iter().all(|p| !p.starts_with(root.path())));
+    }
+
+    #[test]
+    fn default_outputs_name_the_model_and_the_quantized_type() {
+        let q = |t: &str| Some(FileType::parse(t).unwrap());
+        let out = |p: &Path, t| default_output(p, t).display().to_string();
+        assert_eq!(out(Path::new("/m/SmolLM2.Q4_1.gguf"), None), "SmolLM2.Q4_1");
+        assert_eq!(
+            out(Path::new("/m/SmolLM2.F16.gguf"), q("Q4_K_M")),
+            "SmolLM2.Q4_K_M"
+        );
+        assert_eq!(
+            out(Path::new("/m/SmolLM2.gguf"), q("IQ2_XS")),
+            "SmolLM2.IQ2_XS"
+        );
+        // a checkpoint directory's name keeps its dots
+        let root = tempfile::tempdir().unwrap();
+        let ck = root.path().join("Llama-3.1-Minitron-4B-Width-Base");
+        std::fs::create_dir(&ck).unwrap();
+        assert_eq!(out(&ck, None), "Llama-3.1-Minitron-4B-Width-Base");
+        assert_eq!(out(&ck, q("Q8_0")), "Llama-3.1-Minitron-4B-Width-Base.Q8_0");
     }
 
     /// A model without tensors, for crates that write none.

@@ -138,8 +138,15 @@ pub fn parse_types(list: &[String]) -> Result<Vec<FileType>> {
 }
 
 /// The quantized files' name stem: MODEL's file stem less a trailing `.TYPE`
-/// (`SmolLM2.F16.gguf` → `SmolLM2`).
+/// (`SmolLM2.F16.gguf` → `SmolLM2`; a checkpoint directory's name as it is).
 pub fn stem(model: &Path) -> String {
+    if model.is_dir() {
+        return model
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+    }
     let stem = model.file_stem().unwrap_or_default().to_string_lossy();
     match stem.rsplit_once('.') {
         Some((head, tail))
